@@ -1,0 +1,338 @@
+package ds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/internal/topic"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+)
+
+// DB is an embedded Strata store: NShards shards in one directory. All methods are safe for
+// concurrent use.
+type DB struct {
+	dir     string
+	opts    *Options
+	man     manifest
+	pebbles []*pebble.DB // one, or one per shard
+	shards  []*shard.Shard
+
+	mu struct {
+		sync.RWMutex // held for reading by every call, for writing by Close
+		closed       bool
+	}
+	changed struct {
+		sync.Mutex
+		ch chan struct{}
+	}
+	quota struct {
+		sync.Mutex
+		checked  time.Time
+		exceeded bool
+	}
+	usage atomic.Uint64
+}
+
+// Open opens the DB in dir, creating it if it does not exist. opts may be nil for the defaults.
+func Open(dir string, opts *Options) (*DB, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	opts = opts.Clone()
+	opts.EnsureDefaults()
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	fs := opts.Expert.FS
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("strata: open %s: %w", dir, err)
+	}
+	m, found, err := readManifest(fs, dir)
+	if err != nil {
+		return nil, fmt.Errorf("strata: open %s: %w", dir, err)
+	}
+	if found {
+		if opts.NShards != 0 && opts.NShards != m.NShards {
+			return nil, fmt.Errorf("%w: %s was created with NShards %d, Options.NShards is %d",
+				ErrShardMismatch, dir, m.NShards, opts.NShards)
+		}
+		opts.NShards = m.NShards
+		opts.Expert.PebblePerShard = m.PebblePerShard
+	} else {
+		if opts.NShards == 0 {
+			opts.NShards = 16
+		}
+		m = manifest{Format: formatVersion, NShards: opts.NShards, PebblePerShard: opts.Expert.PebblePerShard,
+			Created: opts.Expert.Now().UTC().Format(time.RFC3339)}
+		if err := writeManifest(fs, dir, m); err != nil {
+			return nil, fmt.Errorf("strata: create %s: %w", dir, err)
+		}
+	}
+	db := &DB{dir: dir, opts: opts, man: m}
+	db.changed.ch = make(chan struct{})
+	if err := db.open(); err != nil {
+		db.closeAll()
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) open() error {
+	o := db.opts
+	n := 1
+	if o.Expert.PebblePerShard {
+		n = o.NShards
+	}
+	cache := pebble.NewCache(o.Expert.CacheBytes)
+	defer cache.Unref()
+	for i := 0; i < n; i++ {
+		path := o.Expert.FS.PathJoin(db.dir, "pebble")
+		if o.Expert.PebblePerShard {
+			path = o.Expert.FS.PathJoin(db.dir, fmt.Sprintf("shard-%04d", i))
+		}
+		p, err := pebble.Open(path, pebbleOptions(o, n, cache))
+		if err != nil {
+			return fmt.Errorf("strata: open %s: %w", path, err)
+		}
+		db.pebbles = append(db.pebbles, p)
+	}
+	params := layout.Params{Kind: o.Layout, Thresholds: o.WildcardThresholds}
+	for i := 0; i < o.NShards; i++ {
+		id := stream.ShardID(i)
+		cfg := shard.Config{
+			ID: id, Layout: params,
+			Sync:             o.Durability == Sync,
+			FlushInterval:    o.FlushInterval,
+			MaxBatchMessages: o.MaxBatchMessages,
+			MaxBatchBytes:    o.MaxBatchBytes,
+			QueueLength:      o.QueueLength,
+			GenerationSpan:   o.GenerationSpan,
+			Retention:        o.Retention,
+			MaintenanceInterval: o.Expert.MaintenanceInterval,
+			Now:              o.Expert.Now,
+			OnChange:         db.notifyChanged,
+			Logger:           o.Logger,
+		}
+		if o.StorageQuota > 0 {
+			cfg.QuotaExceeded = db.quotaExceeded
+		}
+		if o.Expert.PebblePerShard {
+			cfg.DB = db.pebbles[i]
+		} else {
+			cfg.DB, cfg.Prefix = db.pebbles[0], layout.ShardPrefix(id)
+		}
+		s, err := shard.Open(cfg)
+		if err != nil {
+			return fmt.Errorf("strata: open shard %d: %w", i, err)
+		}
+		db.shards = append(db.shards, s)
+	}
+	return nil
+}
+
+// pebbleOptions returns Pebble's options for one of n instances. Strata's keys arrive in
+// per-stream runs, so the memtable is large and L0 is allowed to grow before writes stall:
+// on a small machine sustained ingest is bound by compaction (see ../shared/notes/peers.md).
+func pebbleOptions(o *Options, n int, cache *pebble.Cache) *pebble.Options {
+	mem := max(o.Expert.MemTableBytes/n, 4<<20)
+	po := &pebble.Options{
+		FS:                          o.Expert.FS,
+		Cache:                       cache,
+		MemTableSize:                uint64(mem),
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       4,
+		L0StopWritesThreshold:       64,
+		LBaseMaxBytes:               256 << 20,
+		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
+		FormatMajorVersion:          pebble.FormatNewest,
+		Logger:                      pebbleLogger{o.Logger},
+	}
+	po.EnsureDefaults()
+	return po
+}
+
+// pebbleLogger routes Pebble's logs into slog: its info lines (flushes, compactions) at
+// debug level, so a DB does not flood the broker's log.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error(msg, "component", "pebble", "fatal", true)
+	panic("pebble: " + msg)
+}
+
+// Close commits every accepted Store, stops the shards and closes the storage. Calls after
+// Close return ErrClosed. Close waits for calls in progress.
+func (db *DB) Close() error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.mu.closed {
+		return ErrClosed
+	}
+	db.mu.closed = true
+	return db.closeAll()
+}
+
+func (db *DB) closeAll() error {
+	var errs []error
+	for _, s := range db.shards {
+		errs = append(errs, s.Close())
+	}
+	for _, p := range db.pebbles {
+		errs = append(errs, p.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// enter starts a call; the returned function ends it.
+func (db *DB) enter() (func(), error) {
+	db.mu.RLock()
+	if db.mu.closed {
+		db.mu.RUnlock()
+		return nil, ErrClosed
+	}
+	return db.mu.RUnlock, nil
+}
+
+// NShards returns the number of shards.
+func (db *DB) NShards() int { return len(db.shards) }
+
+// ShardOf returns the shard that stores the messages of a publisher: xxhash64 of the client ID
+// bytes modulo NShards. The function is part of the on-disk format and never changes.
+func ShardOf(clientID string, nShards int) stream.ShardID {
+	return stream.ShardID(xxhash.Sum64String(clientID) % uint64(nShards))
+}
+
+// Ref identifies a stored message: its shard and its timestamp there.
+type Ref struct {
+	Shard     stream.ShardID
+	Timestamp uint64 // µs since the Unix epoch
+}
+
+// Store stores msgs and returns once they are durable (per Options.Durability), with each
+// message's Ref in order.
+//
+// Every message is validated first; if one is invalid (ErrInvalidTopic, ErrMessageTooLarge,
+// ErrInvalidMessage) nothing is stored. Messages go to their publisher's shard; the messages of
+// one shard are stored atomically, in order. If a shard fails, the error names it and that
+// shard stored none of the call's messages, while other shards' messages may be stored (their
+// Refs are set). ctx bounds the wait for room in a full queue (back-pressure); once queued,
+// Store waits for the outcome, so a returned error never leaves a message's fate unknown. The
+// Message values are not retained.
+func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
+	exit, err := db.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	n := len(db.shards)
+	copies := make([]message.Message, len(msgs))
+	perShard := make(map[stream.ShardID][]*message.Message, min(n, len(msgs)))
+	bytes := make(map[stream.ShardID]int, min(n, len(msgs)))
+	for i := range msgs {
+		if err := db.validate(&msgs[i]); err != nil {
+			return nil, fmt.Errorf("message %d of %d: %w", i, len(msgs), err)
+		}
+		copies[i] = msgs[i]
+		sh := ShardOf(msgs[i].ClientID, n)
+		perShard[sh] = append(perShard[sh], &copies[i])
+		bytes[sh] += message.Size(&msgs[i])
+	}
+	type pending struct {
+		sh stream.ShardID
+		w  shard.Waiter
+	}
+	waits := make([]pending, 0, len(perShard))
+	var errs []error
+	for sh, ms := range perShard {
+		w, err := db.shards[sh].Submit(ctx, ms, bytes[sh])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("shard %d: %w", sh, err))
+			continue
+		}
+		waits = append(waits, pending{sh, w})
+	}
+	for _, p := range waits {
+		if err := p.w.Wait(); err != nil {
+			errs = append(errs, fmt.Errorf("shard %d: %w", p.sh, err))
+			for _, m := range perShard[p.sh] {
+				m.Timestamp = 0
+			}
+		}
+	}
+	refs := make([]Ref, len(msgs))
+	for i := range copies {
+		if copies[i].Timestamp != 0 {
+			refs[i] = Ref{Shard: stream.ShardID(copies[i].Shard), Timestamp: copies[i].Timestamp}
+		}
+	}
+	return refs, errors.Join(errs...)
+}
+
+func (db *DB) validate(m *Message) error {
+	if err := topic.ValidateName(m.Topic); err != nil {
+		return err
+	}
+	if m.QoS > 2 {
+		return fmt.Errorf("%w: QoS %d", ErrInvalidMessage, m.QoS)
+	}
+	if m.Properties.PayloadFormat > 1 {
+		return fmt.Errorf("%w: payload format indicator %d", ErrInvalidMessage, m.Properties.PayloadFormat)
+	}
+	if size := message.Size(m); size > db.opts.MaxMessageBytes {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, db.opts.MaxMessageBytes)
+	}
+	return nil
+}
+
+// quotaExceeded reports whether the DB's files exceed the quota, measuring at most every 100ms.
+func (db *DB) quotaExceeded() bool {
+	db.quota.Lock()
+	defer db.quota.Unlock()
+	if time.Since(db.quota.checked) >= 100*time.Millisecond {
+		var used uint64
+		for _, p := range db.pebbles {
+			used += p.Metrics().DiskSpaceUsage()
+		}
+		db.usage.Store(used)
+		db.quota.exceeded = used > uint64(db.opts.StorageQuota)
+		db.quota.checked = time.Now()
+	}
+	return db.quota.exceeded
+}
+
+// StreamsChanged returns a channel that is closed the next time the set of streams changes: a
+// new topic pattern is learned, or a generation is added or dropped. Call Streams then, and
+// StreamsChanged again for the next change. A reader thus learns of new streams without
+// polling every stream.
+func (db *DB) StreamsChanged() <-chan struct{} {
+	db.changed.Lock()
+	defer db.changed.Unlock()
+	return db.changed.ch
+}
+
+func (db *DB) notifyChanged() {
+	db.changed.Lock()
+	defer db.changed.Unlock()
+	close(db.changed.ch)
+	db.changed.ch = make(chan struct{})
+}

@@ -1,0 +1,87 @@
+package ds
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// manifestName is the file in a DB directory that records what must not change after creation.
+const manifestName = "STRATA"
+
+// formatVersion is the on-disk format version of a DB (manifest, keys, records). A DB of
+// another version is refused.
+const formatVersion = 1
+
+// manifest is the JSON content of the STRATA file.
+type manifest struct {
+	Format         int    `json:"format"`
+	NShards        int    `json:"nshards"`
+	PebblePerShard bool   `json:"pebble_per_shard"`
+	Created        string `json:"created"`
+}
+
+// readManifest returns the manifest of dir, or found == false when there is none.
+func readManifest(fs vfs.FS, dir string) (m manifest, found bool, err error) {
+	f, err := fs.Open(fs.PathJoin(dir, manifestName))
+	if errors.Is(err, os.ErrNotExist) {
+		return m, false, nil
+	}
+	if err != nil {
+		return m, false, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<16))
+	if err != nil {
+		return m, true, err
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, true, fmt.Errorf("%w: %s: %v", ErrCorruption, fs.PathJoin(dir, manifestName), err)
+	}
+	if m.Format != formatVersion {
+		return m, true, fmt.Errorf("%w: %s: format version %d, this build reads %d",
+			ErrShardMismatch, fs.PathJoin(dir, manifestName), m.Format, formatVersion)
+	}
+	if m.NShards < 1 || m.NShards > MaxShards {
+		return m, true, fmt.Errorf("%w: %s: nshards %d", ErrCorruption, fs.PathJoin(dir, manifestName), m.NShards)
+	}
+	return m, true, nil
+}
+
+// writeManifest writes m atomically: a temporary file, fsynced, renamed, and the directory
+// fsynced, so a crash leaves either no manifest or the whole one.
+func writeManifest(fs vfs.FS, dir string, m manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := fs.PathJoin(dir, manifestName+".tmp")
+	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := fs.Rename(tmp, fs.PathJoin(dir, manifestName)); err != nil {
+		return err
+	}
+	d, err := fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

@@ -1,0 +1,135 @@
+package ds
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/strata-mq/strata/shard"
+)
+
+// Metrics is a snapshot of the DB's counters.
+type Metrics struct {
+	Shards []ShardMetrics
+	// DiskBytes is the size of the DB's Pebble files.
+	DiskBytes uint64
+	// Pebble is Pebble's own report, one per instance (levels, compactions, WAL).
+	Pebble []string
+}
+
+// ShardMetrics are one shard's counters.
+type ShardMetrics struct {
+	Shard       ShardID
+	Messages    uint64 // stored since Open
+	Bytes       uint64 // message bytes stored since Open
+	Batches     uint64 // group commits since Open
+	QueueDepth  int64  // Store calls waiting for the writer
+	Generations int
+	Streams     int // in the current generation
+	// CommitLatency[i] counts commits that took at most shard.LatencyBuckets[i]; the last
+	// element counts the slower ones.
+	CommitLatency []uint64
+	CommitTotal   time.Duration
+}
+
+// Totals sums the shards' counters.
+func (m Metrics) Totals() ShardMetrics {
+	var t ShardMetrics
+	t.Shard = ShardID(len(m.Shards))
+	t.CommitLatency = make([]uint64, len(shard.LatencyBuckets)+1)
+	for _, s := range m.Shards {
+		t.Messages += s.Messages
+		t.Bytes += s.Bytes
+		t.Batches += s.Batches
+		t.QueueDepth += s.QueueDepth
+		t.Generations += s.Generations
+		t.Streams += s.Streams
+		t.CommitTotal += s.CommitTotal
+		for i, c := range s.CommitLatency {
+			t.CommitLatency[i] += c
+		}
+	}
+	return t
+}
+
+// Metrics returns a snapshot of the DB's counters.
+func (db *DB) Metrics() (Metrics, error) {
+	exit, err := db.enter()
+	if err != nil {
+		return Metrics{}, err
+	}
+	defer exit()
+	var m Metrics
+	for _, s := range db.shards {
+		sm := ShardMetrics{
+			Shard:         s.ID(),
+			Messages:      s.Metrics.Messages.Load(),
+			Bytes:         s.Metrics.Bytes.Load(),
+			Batches:       s.Metrics.Batches.Load(),
+			QueueDepth:    s.Metrics.QueueDepth.Load(),
+			CommitTotal:   time.Duration(s.Metrics.CommitNanos.Load()),
+			CommitLatency: make([]uint64, len(s.Metrics.CommitLatency)),
+		}
+		for i := range s.Metrics.CommitLatency {
+			sm.CommitLatency[i] = s.Metrics.CommitLatency[i].Load()
+		}
+		gens := s.Generations()
+		sm.Generations = len(gens)
+		if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
+			sm.Streams = len(l.Streams([]string{"#"})) + len(l.Streams([]string{"$", "#"}))
+		}
+		m.Shards = append(m.Shards, sm)
+	}
+	for _, p := range db.pebbles {
+		pm := p.Metrics()
+		m.DiskBytes += pm.DiskSpaceUsage()
+		m.Pebble = append(m.Pebble, pm.String())
+	}
+	return m, nil
+}
+
+// String renders the metrics as an aligned table, one line per shard and a total.
+func (m Metrics) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-6s %12s %14s %10s %9s %6s %8s %12s\n",
+		"shard", "messages", "bytes", "batches", "msgs/batch", "queue", "gens", "avg commit")
+	row := func(name string, s ShardMetrics) {
+		perBatch, avg := 0.0, time.Duration(0)
+		if s.Batches > 0 {
+			perBatch = float64(s.Messages) / float64(s.Batches)
+		}
+		var commits uint64
+		for _, c := range s.CommitLatency {
+			commits += c
+		}
+		if commits > 0 {
+			avg = s.CommitTotal / time.Duration(commits)
+		}
+		fmt.Fprintf(&b, "%-6s %12d %14d %10d %9.1f %6d %8d %12s\n",
+			name, s.Messages, s.Bytes, s.Batches, perBatch, s.QueueDepth, s.Generations, avg.Round(time.Microsecond))
+	}
+	for _, s := range m.Shards {
+		row(fmt.Sprint(s.Shard), s)
+	}
+	row("total", m.Totals())
+	fmt.Fprintf(&b, "disk bytes: %d\n", m.DiskBytes)
+	return b.String()
+}
+
+// DumpLayout renders the learned topic structure of one shard-generation (ds-info's trie view).
+func (db *DB) DumpLayout(sh ShardID, gen GenerationID) (string, error) {
+	exit, err := db.enter()
+	if err != nil {
+		return "", err
+	}
+	defer exit()
+	if int(sh) >= len(db.shards) {
+		return "", fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
+	}
+	l, ok := db.shards[sh].Layout(gen)
+	if !ok {
+		return "", fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, sh, gen)
+	}
+	return l.Dump(), nil
+}
+

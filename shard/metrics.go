@@ -1,0 +1,39 @@
+package shard
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// LatencyBuckets are the upper bounds of the commit latency histogram.
+var LatencyBuckets = []time.Duration{
+	250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond,
+	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, time.Second,
+}
+
+// Metrics are a shard's counters. All fields are safe for concurrent use.
+type Metrics struct {
+	Messages   atomic.Uint64 // messages stored
+	Bytes      atomic.Uint64 // message bytes stored
+	Batches    atomic.Uint64 // group commits of messages
+	QueueDepth atomic.Int64  // requests waiting for the writer
+	// CommitLatency counts commits by duration, from the start of Apply to durability;
+	// bucket i counts durations <= LatencyBuckets[i], the last one everything slower.
+	CommitLatency [12]atomic.Uint64
+	CommitNanos   atomic.Uint64 // sum of commit durations
+}
+
+func (m *Metrics) observeCommit(d time.Duration, msgs, bytes int) {
+	if msgs > 0 {
+		m.Messages.Add(uint64(msgs))
+		m.Bytes.Add(uint64(bytes))
+		m.Batches.Add(1)
+	}
+	i := 0
+	for i < len(LatencyBuckets) && d > LatencyBuckets[i] {
+		i++
+	}
+	m.CommitLatency[i].Add(1)
+	m.CommitNanos.Add(uint64(d.Nanoseconds()))
+}

@@ -1,0 +1,90 @@
+package shard
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/stream"
+)
+
+// Generations returns the shard's generation table as readers see it.
+func (s *Shard) Generations() []generation.Info {
+	v := s.core.view.Load()
+	return append([]generation.Info(nil), v.table.Gens...)
+}
+
+// Layout returns the layout of a generation, for inspection (ds-info, tests).
+func (s *Shard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
+	l, ok := s.core.view.Load().gens[gen]
+	return l, ok
+}
+
+// LastTimestamp returns the largest durable timestamp, or 0 for none.
+func (s *Shard) LastTimestamp() uint64 { return s.core.view.Load().readLimit - 1 }
+
+// Streams returns the streams of every generation with Until > since (or current) whose pattern
+// can match the filter levels, in read order.
+func (s *Shard) Streams(filter []string, since uint64) []stream.Stream {
+	v := s.core.view.Load()
+	var out []stream.Stream
+	for _, g := range v.table.Gens {
+		if !g.Current() && g.Until <= since {
+			continue
+		}
+		for _, si := range v.gens[g.ID].Streams(filter) {
+			out = append(out, stream.Stream{
+				Shard: s.cfg.ID, Generation: g.ID, Layout: g.Layout.Kind, Key: si.Key, Pattern: si.Pattern,
+			})
+		}
+	}
+	return out
+}
+
+// Read appends to out up to max messages of it's stream that match filter (it.Filter split into
+// levels), from position it.Next, and returns the position to resume from.
+//
+// An empty result with a nil error means no more messages yet. ErrEndOfStream means the
+// generation is sealed and every message of the stream was returned; ErrGenerationNotFound that
+// the generation does not exist (anymore).
+func (s *Shard) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
+	v := s.core.view.Load()
+	gen := it.Stream.Generation
+	g, ok := v.table.Get(gen)
+	if !ok {
+		return out, it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
+	}
+	l := v.gens[gen]
+	if l.Params().Kind != it.Stream.Layout {
+		return out, it.Next, fmt.Errorf("%w: stream %s has layout %s, generation has %s", ErrStreamNotFound, it.Stream, it.Stream.Layout, l.Params().Kind)
+	}
+	if _, ok := l.Stream(it.Stream.Key); !ok {
+		return out, it.Next, fmt.Errorf("%w: %s", ErrStreamNotFound, it.Stream)
+	}
+	until := v.readLimit
+	if !g.Current() {
+		until = min(until, g.Until)
+	}
+	n := len(out)
+	out, res, err := l.Read(s.cfg.DB, layout.ReadRequest{
+		Key: it.Stream.Key, Filter: filter, From: max64(it.Next, g.Since), Until: until, Max: max,
+	}, out)
+	if errors.Is(err, layout.ErrCorrupt) {
+		return out[:n], it.Next, fmt.Errorf("%w: shard %d: %w", ErrCorruption, s.cfg.ID, err)
+	} else if err != nil {
+		return out[:n], it.Next, fmt.Errorf("shard %d: %w", s.cfg.ID, err)
+	}
+	// A drop that committed while we read may have hidden data behind its range deletion.
+	if _, ok := s.core.view.Load().table.Get(gen); !ok {
+		return out[:n], it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
+	}
+	next := max64(res.Next, it.Next)
+	if len(out) == n && res.Exhausted && !g.Current() {
+		return out, next, ErrEndOfStream
+	}
+	return out, next, nil
+}
+
+func max64(a, b uint64) uint64 { return max(a, b) }

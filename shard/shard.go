@@ -1,0 +1,259 @@
+// Package shard is one shard of a Strata DB: its keyspace in Pebble, its generation table, the
+// deterministic Apply of commands, the writer goroutine that group-commits Store calls, and reads.
+//
+// # State and who owns it
+//
+// The writer goroutine owns the mutable state (generation table, layouts, last timestamp) and
+// is the only caller of Apply. Readers never touch it: after each durable commit the writer
+// publishes an immutable view (table, layouts, read limit) that readers load atomically. A
+// reader therefore never sees a message before it is durable, nor a generation sealed before
+// every message written to it is durable.
+//
+// # Invariants
+//
+//  1. Timestamps strictly increase within a shard: ts = max(last+1, cmd.Time), and the current
+//     generation's Since <= ts.
+//  2. One command is one Pebble batch: messages, learned trie records, the generation table and
+//     the last timestamp commit together or not at all.
+//  3. A failed batch is aborted: the in-memory state returns to what the disk holds.
+//  4. view.readLimit only grows, and every message with ts < readLimit is durable.
+package shard
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/topic"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/stream"
+)
+
+// Meta keys inside the shard's prefix.
+var (
+	metaTable = []byte{layout.KeyspaceMeta, 'g'} // generation table
+	metaLast  = []byte{layout.KeyspaceMeta, 'l'} // last assigned timestamp, u64 big-endian
+)
+
+// state is the part of a shard that changes only by Apply and that readers see via a view.
+type state struct {
+	table generation.Table
+	gens  map[stream.GenerationID]layout.Generation
+}
+
+// view is what readers see: an immutable state and the exclusive upper bound of durable
+// timestamps.
+type view struct {
+	*state
+	readLimit uint64
+}
+
+// core is the deterministic heart of a shard: its state and Apply, without goroutines.
+type core struct {
+	id     stream.ShardID
+	db     *pebble.DB
+	prefix []byte
+	params layout.Params // for new generations
+
+	st     *state // owned by the applier
+	lastTS uint64
+
+	view atomic.Pointer[view]
+
+	keyTable, keyLast []byte
+}
+
+func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Params) *core {
+	c := &core{id: id, db: db, prefix: prefix, params: params}
+	c.keyTable = append(append([]byte(nil), prefix...), metaTable...)
+	c.keyLast = append(append([]byte(nil), prefix...), metaLast...)
+	return c
+}
+
+// load reads the shard's state from Pebble. found is false for a shard never written.
+func (c *core) load() (found bool, err error) {
+	v, closer, err := c.db.Get(c.keyTable)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	table, err := generation.Decode(v)
+	closer.Close()
+	if err != nil {
+		return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
+	}
+	st := &state{table: table, gens: map[stream.GenerationID]layout.Generation{}}
+	for _, g := range table.Gens {
+		l, err := layout.Load(c.db, g.Layout, c.prefix, g.ID)
+		if err != nil {
+			return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
+		}
+		st.gens[g.ID] = l
+	}
+	v, closer, err = c.db.Get(c.keyLast)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		c.lastTS = table.Current().Since - 1
+	case err != nil:
+		return true, err
+	case len(v) != 8:
+		closer.Close()
+		return true, fmt.Errorf("%w: shard %d: last timestamp of %d bytes", ErrCorruption, c.id, len(v))
+	default:
+		c.lastTS = binary.BigEndian.Uint64(v)
+		closer.Close()
+	}
+	c.st = st
+	c.publish(c.st, c.lastTS+1)
+	return true, nil
+}
+
+// create initialises a new shard with its first generation starting at since.
+func (c *core) create(since uint64, sync bool) error {
+	b := c.db.NewBatch()
+	defer b.Close()
+	table := generation.New(since, c.params)
+	g, err := layout.New(c.params, c.prefix, 1, nil, b)
+	if err != nil {
+		return err
+	}
+	if err := b.Set(c.keyTable, table.AppendBinary(nil), nil); err != nil {
+		return err
+	}
+	opts := pebble.NoSync
+	if sync {
+		opts = pebble.Sync
+	}
+	if err := b.Commit(opts); err != nil {
+		return err
+	}
+	g.Commit()
+	c.st = &state{table: table, gens: map[stream.GenerationID]layout.Generation{1: g}}
+	c.lastTS = since - 1
+	c.publish(c.st, c.lastTS+1)
+	return nil
+}
+
+func (c *core) publish(st *state, readLimit uint64) {
+	if old := c.view.Load(); old != nil && old.readLimit > readLimit {
+		readLimit = old.readLimit
+	}
+	c.view.Store(&view{state: st, readLimit: readLimit})
+}
+
+// Applied is the outcome of Apply, to be committed or aborted once the batch's fate is known.
+type Applied struct {
+	c          *core
+	prevState  *state
+	prevLast   uint64
+	touched    []layout.Generation
+	Timestamps []uint64 // per message of the command
+	Added      *generation.Info
+	Dropped    []stream.GenerationID
+	// Spans are the key ranges the command range-deleted (dropped generations).
+	Spans [][2][]byte
+	// NewStreams is set by Commit when the command created streams or generations.
+	NewStreams bool
+}
+
+// apply writes cmd into b and changes the in-memory state accordingly. On error nothing of the
+// state changed and b must be discarded.
+//
+// REQUIRES: the caller is the shard's only applier, and every message topic is valid.
+func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
+	a := &Applied{c: c, prevState: c.st, prevLast: c.lastTS}
+	st := c.st
+	if cmd.AddGeneration || len(cmd.Drop) > 0 {
+		st = &state{table: c.st.table.Clone(), gens: maps.Clone(c.st.gens)}
+	}
+	fail := func(err error) (*Applied, error) {
+		a.Abort()
+		return nil, err
+	}
+	if cmd.AddGeneration {
+		cur := st.table.Current()
+		since := max(cmd.Time, c.lastTS+1, cur.Since+1)
+		g, err := layout.New(c.params, c.prefix, st.table.NextID, st.gens[cur.ID], b)
+		if err != nil {
+			return fail(err)
+		}
+		info := st.table.Add(since, c.params)
+		st.gens[info.ID] = g
+		a.touched = append(a.touched, g)
+		a.Added = &info
+		c.lastTS = since - 1
+	}
+	for _, id := range cmd.Drop {
+		if err := st.table.Drop(id); err != nil {
+			switch {
+			case errors.Is(err, generation.ErrCurrent):
+				err = fmt.Errorf("%w: shard %d generation %d", ErrCurrentGeneration, c.id, id)
+			case errors.Is(err, generation.ErrNotFound):
+				err = fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, c.id, id)
+			}
+			return fail(err)
+		}
+		delete(st.gens, id)
+		for _, sp := range layout.GenerationSpans(c.prefix, id) {
+			if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
+				return fail(err)
+			}
+			a.Spans = append(a.Spans, sp)
+		}
+		a.Dropped = append(a.Dropped, id)
+	}
+	c.st = st
+	if len(cmd.Messages) > 0 {
+		cur := st.table.Current()
+		g := st.gens[cur.ID]
+		a.touched = append(a.touched, g)
+		a.Timestamps = make([]uint64, len(cmd.Messages))
+		for i, m := range cmd.Messages {
+			ts := max(c.lastTS+1, cmd.Time)
+			m.Timestamp, m.Shard = ts, uint16(c.id)
+			if err := g.Add(b, m, topic.Split(m.Topic)); err != nil {
+				return fail(err)
+			}
+			c.lastTS = ts
+			a.Timestamps[i] = ts
+		}
+	}
+	if st != a.prevState {
+		if err := b.Set(c.keyTable, st.table.AppendBinary(nil), nil); err != nil {
+			return fail(err)
+		}
+	}
+	if c.lastTS != a.prevLast {
+		if err := b.Set(c.keyLast, binary.BigEndian.AppendUint64(nil, c.lastTS), nil); err != nil {
+			return fail(err)
+		}
+	}
+	return a, nil
+}
+
+// Commit makes the applied changes permanent in memory. Call it once the batch is committed
+// to Pebble (not necessarily synced). It returns the view to publish once the batch is durable.
+func (a *Applied) Commit() *view {
+	a.NewStreams = a.Added != nil || len(a.Dropped) > 0
+	for _, g := range a.touched {
+		if g.Commit() {
+			a.NewStreams = true
+		}
+	}
+	return &view{state: a.c.st, readLimit: a.c.lastTS + 1}
+}
+
+// Abort returns the in-memory state to what it was before Apply.
+func (a *Applied) Abort() {
+	for _, g := range a.touched {
+		g.Abort()
+	}
+	a.c.st = a.prevState
+	a.c.lastTS = a.prevLast
+}

@@ -1,0 +1,429 @@
+package shard
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/stream"
+)
+
+// Config configures one shard. Package ds fills it from its Options; every field must be set.
+type Config struct {
+	ID     stream.ShardID
+	DB     *pebble.DB
+	Prefix []byte        // key prefix; empty when the shard owns DB
+	Layout layout.Params // for new generations
+
+	Sync             bool          // fsync every commit
+	FlushInterval    time.Duration // group-commit window after the first waiting message
+	MaxBatchMessages int
+	MaxBatchBytes    int
+	QueueLength      int // requests waiting for the writer before Store blocks
+
+	GenerationSpan      time.Duration // 0: no automatic rotation
+	Retention           time.Duration // <= 0: keep everything
+	MaintenanceInterval time.Duration // how often rotation and retention are checked
+
+	Now           func() time.Time
+	QuotaExceeded func() bool // may be nil
+	OnChange      func()      // called after new streams or generations became visible; may be nil
+	Logger        *slog.Logger
+}
+
+type requestKind uint8
+
+const (
+	reqStore requestKind = iota
+	reqAddGeneration
+	reqDrop
+)
+
+type request struct {
+	kind     requestKind
+	msgs     []*message.Message
+	bytes    int
+	gen      stream.GenerationID
+	enqueued time.Time
+
+	err  error
+	done chan struct{}
+}
+
+// inflight is a batch committed to Pebble and waiting for its WAL sync.
+type inflight struct {
+	batch *pebble.Batch
+	reqs  []*request
+	view  *view
+	news  bool
+	start time.Time
+	msgs  int
+	bytes int
+	spans [][2][]byte
+}
+
+// Shard is one shard: a core plus its writer and syncer goroutines.
+type Shard struct {
+	cfg  Config
+	core *core
+
+	q       chan *request
+	synced  chan *inflight
+	closing chan struct{}
+	wg      sync.WaitGroup
+	mu      struct {
+		sync.RWMutex
+		closed bool
+	}
+	failed  error // set by the syncer; read by the writer under failMu
+	failMu  sync.Mutex
+	Metrics Metrics
+
+	compactCtx    context.Context
+	cancelCompact context.CancelFunc
+}
+
+// Open opens (or creates) the shard described by cfg and starts its writer.
+func Open(cfg Config) (*Shard, error) {
+	c := newCore(cfg.ID, cfg.DB, cfg.Prefix, cfg.Layout)
+	found, err := c.load()
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		if err := c.create(uint64(cfg.Now().UnixMicro()), cfg.Sync); err != nil {
+			return nil, fmt.Errorf("shard %d: create: %w", cfg.ID, err)
+		}
+	}
+	s := &Shard{
+		cfg:     cfg,
+		core:    c,
+		q:       make(chan *request, cfg.QueueLength),
+		synced:  make(chan *inflight, 4),
+		closing: make(chan struct{}),
+	}
+	s.compactCtx, s.cancelCompact = context.WithCancel(context.Background())
+	s.wg.Add(2)
+	go s.runWriter()
+	go s.runSyncer()
+	return s, nil
+}
+
+// ID returns the shard's ID.
+func (s *Shard) ID() stream.ShardID { return s.cfg.ID }
+
+// Close stops the writer after it has committed every accepted request, and waits for it.
+// Reads must have finished.
+func (s *Shard) Close() error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.closed = true
+	s.mu.Unlock()
+	close(s.closing)
+	s.cancelCompact()
+	s.wg.Wait()
+	return nil
+}
+
+// Store stores msgs as one batch and returns once they are durable (per Config.Sync), with
+// their timestamps set. ctx bounds the wait for room in the queue only: once accepted, a
+// request is committed or failed, and Store reports which, so the caller never has to guess
+// whether a message was stored.
+//
+// REQUIRES: every message's topic is valid.
+func (s *Shard) Store(ctx context.Context, msgs []*message.Message, bytes int) error {
+	w, err := s.Submit(ctx, msgs, bytes)
+	if err != nil {
+		return err
+	}
+	return w.Wait()
+}
+
+// Submit is Store in two halves: it returns once msgs are queued, and the Waiter's Wait
+// returns Store's result. A caller storing to several shards submits to all, then waits.
+func (s *Shard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (Waiter, error) {
+	r := &request{kind: reqStore, msgs: msgs, bytes: bytes, done: make(chan struct{})}
+	if err := s.enqueue(ctx, r); err != nil {
+		return Waiter{}, err
+	}
+	return Waiter{r}, nil
+}
+
+// Waiter waits for a submitted request.
+type Waiter struct{ r *request }
+
+// Wait returns once the request is durable or failed.
+func (w Waiter) Wait() error {
+	<-w.r.done
+	return w.r.err
+}
+
+// AddGeneration seals the current generation and opens a new one.
+func (s *Shard) AddGeneration(ctx context.Context) error {
+	return s.do(ctx, &request{kind: reqAddGeneration, done: make(chan struct{})})
+}
+
+// DropGeneration drops a sealed generation by range deletion.
+func (s *Shard) DropGeneration(ctx context.Context, gen stream.GenerationID) error {
+	return s.do(ctx, &request{kind: reqDrop, gen: gen, done: make(chan struct{})})
+}
+
+func (s *Shard) do(ctx context.Context, r *request) error {
+	if err := s.enqueue(ctx, r); err != nil {
+		return err
+	}
+	<-r.done
+	return r.err
+}
+
+func (s *Shard) enqueue(ctx context.Context, r *request) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.mu.closed {
+		return ErrClosed
+	}
+	r.enqueued = time.Now()
+	select {
+	case s.q <- r:
+		s.Metrics.QueueDepth.Add(1)
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closing:
+		return ErrClosed
+	}
+}
+
+func (s *Shard) now() uint64 { return uint64(s.cfg.Now().UnixMicro()) }
+
+func (s *Shard) failure() error {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	return s.failed
+}
+
+func (s *Shard) fail(err error) {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	if s.failed == nil {
+		s.failed = fmt.Errorf("%w: shard %d: %w", ErrFailed, s.cfg.ID, err)
+		s.cfg.Logger.Error("shard failed; reopen the DB", "shard", s.cfg.ID, "err", err)
+	}
+}
+
+// runWriter is the writer goroutine: it drains the queue into group commits and runs the
+// shard's maintenance (rotation, retention).
+func (s *Shard) runWriter() {
+	defer s.wg.Done()
+	defer close(s.synced)
+	tick := time.NewTicker(s.cfg.MaintenanceInterval)
+	defer tick.Stop()
+	var timer *time.Timer
+	for {
+		var first *request
+		select {
+		case first = <-s.q:
+		case <-tick.C:
+			s.maintain()
+			continue
+		case <-s.closing:
+			// Commit what was accepted before Close; enqueue refuses new requests now.
+			for {
+				select {
+				case r := <-s.q:
+					s.Metrics.QueueDepth.Add(-1)
+					s.handle([]*request{r})
+				default:
+					return
+				}
+			}
+		}
+		s.Metrics.QueueDepth.Add(-1)
+		if first.kind != reqStore {
+			s.handle([]*request{first})
+			continue
+		}
+		batch := []*request{first}
+		n, bytes := len(first.msgs), first.bytes
+		var next *request // a non-store request that ends the batch
+		deadline := first.enqueued.Add(s.cfg.FlushInterval)
+	collect:
+		for n < s.cfg.MaxBatchMessages && bytes < s.cfg.MaxBatchBytes {
+			var r *request
+			select {
+			case r = <-s.q:
+			default:
+				wait := time.Until(deadline)
+				if wait <= 0 {
+					break collect
+				}
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case r = <-s.q:
+					timer.Stop()
+				case <-timer.C:
+					break collect
+				case <-s.closing:
+					timer.Stop()
+					break collect
+				}
+			}
+			s.Metrics.QueueDepth.Add(-1)
+			if r.kind != reqStore {
+				next = r
+				break
+			}
+			batch = append(batch, r)
+			n += len(r.msgs)
+			bytes += r.bytes
+		}
+		s.handle(batch)
+		if next != nil {
+			s.handle([]*request{next})
+		}
+	}
+}
+
+// maintain rotates and drops generations as the configuration asks.
+func (s *Shard) maintain() {
+	now := s.now()
+	t := s.core.st.table
+	if t.RotationDue(now, s.cfg.GenerationSpan) {
+		s.handle([]*request{{kind: reqAddGeneration}})
+	}
+	for _, id := range t.Expired(now, s.cfg.Retention) {
+		s.handle([]*request{{kind: reqDrop, gen: id}})
+	}
+}
+
+// handle applies one command built from reqs (all stores, or one admin request) and hands it to
+// the syncer. Requests without a done channel are internal (maintenance).
+func (s *Shard) handle(reqs []*request) {
+	finish := func(err error) {
+		for _, r := range reqs {
+			r.err = err
+			if r.done != nil {
+				close(r.done)
+			}
+		}
+	}
+	if err := s.failure(); err != nil {
+		finish(err)
+		return
+	}
+	cmd := &Command{Time: s.now()}
+	switch reqs[0].kind {
+	case reqAddGeneration:
+		cmd.AddGeneration = true
+	case reqDrop:
+		cmd.Drop = []stream.GenerationID{reqs[0].gen}
+	case reqStore:
+		if s.cfg.QuotaExceeded != nil && s.cfg.QuotaExceeded() {
+			finish(fmt.Errorf("%w (shard %d)", ErrQuotaExceeded, s.cfg.ID))
+			return
+		}
+		for _, r := range reqs {
+			cmd.Messages = append(cmd.Messages, r.msgs...)
+		}
+	}
+	start := time.Now()
+	b := s.cfg.DB.NewBatch()
+	a, err := s.core.apply(b, cmd)
+	if err != nil {
+		b.Close()
+		finish(err)
+		if reqs[0].done == nil {
+			s.cfg.Logger.Warn("shard maintenance failed", "shard", s.cfg.ID, "err", err)
+		}
+		return
+	}
+	var err2 error
+	if s.cfg.Sync {
+		// The WAL fsync completes in the syncer, while this goroutine builds the next batch.
+		// On error the batch is left to the garbage collector: Pebble forbids closing a batch
+		// given to ApplyNoSyncWait before its SyncWait, which may never come.
+		err2 = s.cfg.DB.ApplyNoSyncWait(b, pebble.Sync)
+	} else {
+		err2 = b.Commit(pebble.NoSync)
+		if err2 != nil {
+			b.Close()
+		}
+	}
+	if err2 != nil {
+		a.Abort()
+		finish(err2)
+		return
+	}
+	v := a.Commit()
+	f := &inflight{batch: b, reqs: reqs, view: v, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans}
+	for _, r := range reqs {
+		f.bytes += r.bytes
+	}
+	if a.Added != nil {
+		s.cfg.Logger.Info("generation added", "shard", s.cfg.ID, "gen", a.Added.ID, "since", generation.FormatTS(a.Added.Since))
+	}
+	for _, id := range a.Dropped {
+		s.cfg.Logger.Info("generation dropped", "shard", s.cfg.ID, "gen", id)
+	}
+	s.synced <- f
+}
+
+// runSyncer waits for each committed batch's WAL sync in commit order, publishes the new view
+// and wakes the batch's callers. The writer meanwhile builds the next batch, so a commit round's
+// fsync overlaps the next round's work.
+func (s *Shard) runSyncer() {
+	defer s.wg.Done()
+	for f := range s.synced {
+		var err error
+		if s.cfg.Sync {
+			err = f.batch.SyncWait()
+		}
+		f.batch.Close()
+		if err != nil {
+			s.fail(err)
+			err = s.failure()
+		} else {
+			s.core.publish(f.view.state, f.view.readLimit)
+			s.Metrics.observeCommit(time.Since(f.start), f.msgs, f.bytes)
+		}
+		for _, r := range f.reqs {
+			r.err = err
+			if r.done != nil {
+				close(r.done)
+			}
+		}
+		if err == nil && f.news && s.cfg.OnChange != nil {
+			s.cfg.OnChange()
+		}
+		if err == nil && len(f.spans) > 0 {
+			s.compactDropped(f.spans)
+		}
+	}
+}
+
+// compactDropped compacts the range-deleted spans of dropped generations in the background, so
+// their disk space is returned (and a quota lifted) without waiting for Pebble to get to them.
+func (s *Shard) compactDropped(spans [][2][]byte) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for _, sp := range spans {
+			if err := s.cfg.DB.Compact(s.compactCtx, sp[0], sp[1], false); err != nil && s.compactCtx.Err() == nil {
+				s.cfg.Logger.Warn("compaction of a dropped generation failed", "shard", s.cfg.ID, "err", err)
+			}
+		}
+	}()
+}
