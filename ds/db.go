@@ -12,6 +12,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/shard"
@@ -111,17 +112,17 @@ func (db *DB) open() error {
 		id := stream.ShardID(i)
 		cfg := shard.Config{
 			ID: id, Layout: params,
-			Sync:             o.Durability == Sync,
-			FlushInterval:    o.FlushInterval,
-			MaxBatchMessages: o.MaxBatchMessages,
-			MaxBatchBytes:    o.MaxBatchBytes,
-			QueueLength:      o.QueueLength,
-			GenerationSpan:   o.GenerationSpan,
-			Retention:        o.Retention,
+			Sync:                o.Durability == Sync,
+			FlushInterval:       o.FlushInterval,
+			MaxBatchMessages:    o.MaxBatchMessages,
+			MaxBatchBytes:       o.MaxBatchBytes,
+			QueueLength:         o.QueueLength,
+			GenerationSpan:      o.GenerationSpan,
+			Retention:           o.Retention,
 			MaintenanceInterval: o.Expert.MaintenanceInterval,
-			Now:              o.Expert.Now,
-			OnChange:         db.notifyChanged,
-			Logger:           o.Logger,
+			Now:                 o.Expert.Now,
+			OnChange:            db.notifyChanged,
+			Logger:              o.Logger,
 		}
 		if o.StorageQuota > 0 {
 			cfg.QuotaExceeded = db.quotaExceeded
@@ -140,25 +141,12 @@ func (db *DB) open() error {
 	return nil
 }
 
-// pebbleOptions returns Pebble's options for one of n instances. Strata's keys arrive in
-// per-stream runs, so the memtable is large and L0 is allowed to grow before writes stall:
-// on a small machine sustained ingest is bound by compaction (see ../shared/notes/peers.md).
+// pebbleOptions returns Pebble's options for one of n instances: the memtable budget is
+// shared among them.
 func pebbleOptions(o *Options, n int, cache *pebble.Cache) *pebble.Options {
-	mem := max(o.Expert.MemTableBytes/n, 4<<20)
-	po := &pebble.Options{
-		FS:                          o.Expert.FS,
-		Cache:                       cache,
-		MemTableSize:                uint64(mem),
-		MemTableStopWritesThreshold: 4,
-		L0CompactionThreshold:       4,
-		L0StopWritesThreshold:       64,
-		LBaseMaxBytes:               256 << 20,
-		CompactionConcurrencyRange:  func() (int, int) { return 1, 2 },
-		FormatMajorVersion:          pebble.FormatNewest,
-		Logger:                      pebbleLogger{o.Logger},
-	}
-	po.EnsureDefaults()
-	return po
+	return pebbleopts.New(pebbleopts.Config{
+		FS: o.Expert.FS, Cache: cache, MemTableBytes: o.Expert.MemTableBytes / n, Logger: pebbleLogger{o.Logger},
+	})
 }
 
 // pebbleLogger routes Pebble's logs into slog: its info lines (flushes, compactions) at
@@ -245,41 +233,60 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 		return nil, err
 	}
 	n := len(db.shards)
-	copies := make([]message.Message, len(msgs))
-	perShard := make(map[stream.ShardID][]*message.Message, min(n, len(msgs)))
-	bytes := make(map[stream.ShardID]int, min(n, len(msgs)))
 	for i := range msgs {
 		if err := db.validate(&msgs[i]); err != nil {
 			return nil, fmt.Errorf("message %d of %d: %w", i, len(msgs), err)
 		}
-		copies[i] = msgs[i]
-		sh := ShardOf(msgs[i].ClientID, n)
-		perShard[sh] = append(perShard[sh], &copies[i])
-		bytes[sh] += message.Size(&msgs[i])
 	}
-	type pending struct {
-		sh stream.ShardID
-		w  shard.Waiter
-	}
-	waits := make([]pending, 0, len(perShard))
-	var errs []error
-	for sh, ms := range perShard {
-		w, err := db.shards[sh].Submit(ctx, ms, bytes[sh])
-		if err != nil {
-			errs = append(errs, fmt.Errorf("shard %d: %w", sh, err))
-			continue
+	copies := make([]message.Message, len(msgs))
+	copy(copies, msgs)
+	refs := make([]Ref, len(msgs))
+	if len(msgs) == 1 {
+		// The common case of a broker storing each PUBLISH as it arrives: no grouping.
+		m := &copies[0]
+		sh := ShardOf(m.ClientID, n)
+		if err := db.shards[sh].Store(ctx, []*message.Message{m}, message.Size(m)); err != nil {
+			return nil, fmt.Errorf("shard %d: %w", sh, err)
 		}
-		waits = append(waits, pending{sh, w})
+		refs[0] = Ref{Shard: sh, Timestamp: m.Timestamp}
+		return refs, nil
 	}
-	for _, p := range waits {
-		if err := p.w.Wait(); err != nil {
-			errs = append(errs, fmt.Errorf("shard %d: %w", p.sh, err))
-			for _, m := range perShard[p.sh] {
+	type group struct {
+		msgs  []*message.Message
+		bytes int
+		w     shard.Waiter
+		err   error
+	}
+	groups := make(map[stream.ShardID]*group, min(n, len(msgs)))
+	order := make([]stream.ShardID, 0, min(n, len(msgs)))
+	for i := range copies {
+		sh := ShardOf(copies[i].ClientID, n)
+		g := groups[sh]
+		if g == nil {
+			g = &group{}
+			groups[sh] = g
+			order = append(order, sh)
+		}
+		g.msgs = append(g.msgs, &copies[i])
+		g.bytes += message.Size(&copies[i])
+	}
+	for _, sh := range order {
+		g := groups[sh]
+		g.w, g.err = db.shards[sh].Submit(ctx, g.msgs, g.bytes)
+	}
+	var errs []error
+	for _, sh := range order {
+		g := groups[sh]
+		if g.err == nil {
+			g.err = g.w.Wait()
+		}
+		if g.err != nil {
+			errs = append(errs, fmt.Errorf("shard %d: %w", sh, g.err))
+			for _, m := range g.msgs {
 				m.Timestamp = 0
 			}
 		}
 	}
-	refs := make([]Ref, len(msgs))
 	for i := range copies {
 		if copies[i].Timestamp != 0 {
 			refs[i] = Ref{Shard: stream.ShardID(copies[i].Shard), Timestamp: copies[i].Timestamp}

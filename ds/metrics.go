@@ -132,4 +132,3 @@ func (db *DB) DumpLayout(sh ShardID, gen GenerationID) (string, error) {
 	}
 	return l.Dump(), nil
 }
-

@@ -124,6 +124,12 @@ type ReadResult struct {
 	Exhausted bool
 }
 
+// Writer receives the keys a layout writes; *pebble.Batch implements it. A layout never
+// writes the same key twice and does not depend on the order in which keys are applied.
+type Writer interface {
+	Set(key, value []byte, opts *pebble.WriteOptions) error
+}
+
 // Generation is the layout of one shard-generation.
 //
 // Add, Commit and Abort are called by the shard's single writer. Streams, Read, Stream and Dump
@@ -132,7 +138,7 @@ type Generation interface {
 	Params() Params
 	// Add writes m, whose Timestamp is set, into b; levels is topic.Split(m.Topic). It may learn
 	// new streams and write their records into b too.
-	Add(b *pebble.Batch, m *message.Message, levels []string) error
+	Add(b Writer, m *message.Message, levels []string) error
 	// Commit makes what Add learned since the last Commit or Abort permanent and reports
 	// whether new streams appeared. Call it once the batch is committed.
 	Commit() (newStreams bool)
@@ -151,7 +157,7 @@ type Generation interface {
 
 // New returns the layout of a new generation and writes its initial records into b. For LTS,
 // the new generation starts from the '+' edges of prev when prev is an LTS generation.
-func New(p Params, prefix []byte, gen stream.GenerationID, prev Generation, b *pebble.Batch) (Generation, error) {
+func New(p Params, prefix []byte, gen stream.GenerationID, prev Generation, b Writer) (Generation, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}

@@ -21,8 +21,13 @@ type lts struct {
 
 	// Scratch of the single writer, reused across Add calls.
 	key     []byte
+	dk      []byte
 	value   []byte
 	varying []int
+	vals    []string
+	emit    func(uint32, []byte) // writes trie records to emitTo
+	emitTo  Writer
+	emitErr error
 }
 
 func newLTS(p Params, prefix []byte, gen stream.GenerationID) *lts {
@@ -32,7 +37,7 @@ func newLTS(p Params, prefix []byte, gen stream.GenerationID) *lts {
 func (l *lts) Params() Params { return l.params }
 
 // emitter returns a function that writes trie records into b; the first error is kept in *err.
-func (l *lts) emitter(b *pebble.Batch, err *error) func(uint32, []byte) {
+func (l *lts) emitter(b Writer, err *error) func(uint32, []byte) {
 	base := genPrefix(l.prefix, keyspaceTrie, l.gen)
 	return func(seq uint32, rec []byte) {
 		k := binary.BigEndian.AppendUint32(append([]byte(nil), base...), seq)
@@ -65,31 +70,45 @@ func (l *lts) load(r pebble.Reader) error {
 	return it.Error()
 }
 
-func (l *lts) Add(b *pebble.Batch, m *message.Message, levels []string) error {
-	var err error
-	n, varying := l.trie.learn(levels, l.varying[:0], l.emitter(b, &err))
-	l.varying = varying
-	if err != nil {
-		return err
+func (l *lts) Add(b Writer, m *message.Message, levels []string) error {
+	if l.emit == nil {
+		// One closure for the generation's life: Add runs per message and must not allocate
+		// one per call.
+		l.emit = l.emitter(writerFunc(func(k, v []byte, o *pebble.WriteOptions) error {
+			return l.emitTo.Set(k, v, o)
+		}), &l.emitErr)
+	}
+	l.emitTo, l.emitErr = b, nil
+	n, varying := l.trie.learn(levels, l.varying[:0], l.emit)
+	l.varying, l.emitTo = varying, nil
+	if l.emitErr != nil {
+		return l.emitErr
 	}
 	keys := newStreamKeysInto(l.key[:0], l.prefix, l.gen, uint64(n.id))
 	l.key = keys.base
-	vals := make([]string, len(varying))
-	for i, pos := range varying {
-		vals[i] = levels[pos]
+	l.vals = l.vals[:0]
+	for _, pos := range varying {
+		l.vals = append(l.vals, levels[pos])
 	}
 	l.value = message.AppendRecord(l.value[:0], m)
-	dk := keys.appendDataKey(make([]byte, 0, len(keys.base)+16+len(m.Topic)), m.Timestamp, vals)
-	if err := b.Set(dk, l.value, nil); err != nil {
+	l.dk = keys.appendDataKey(l.dk[:0], m.Timestamp, l.vals)
+	if err := b.Set(l.dk, l.value, nil); err != nil {
 		return err
 	}
 	for _, pos := range varying {
-		ik := keys.appendIndexKey(dk[:0], uint16(pos+1), xxhash.Sum64String(levels[pos]), m.Timestamp)
-		if err := b.Set(ik, nil, nil); err != nil {
+		l.dk = keys.appendIndexKey(l.dk[:0], uint16(pos+1), xxhash.Sum64String(levels[pos]), m.Timestamp)
+		if err := b.Set(l.dk, nil, nil); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// writerFunc adapts a function to Writer.
+type writerFunc func(key, value []byte, opts *pebble.WriteOptions) error
+
+func (f writerFunc) Set(key, value []byte, opts *pebble.WriteOptions) error {
+	return f(key, value, opts)
 }
 
 func newStreamKeysInto(dst, prefix []byte, gen stream.GenerationID, static uint64) streamKeys {

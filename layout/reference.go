@@ -32,7 +32,7 @@ func (l *reference) Commit() bool   { return false }
 func (l *reference) Abort()         {}
 func (l *reference) Dump() string   { return fmt.Sprintf("generation %d reference\n", l.gen) }
 
-func (l *reference) Add(b *pebble.Batch, m *message.Message, _ []string) error {
+func (l *reference) Add(b Writer, m *message.Message, _ []string) error {
 	l.key = binary.BigEndian.AppendUint64(append(l.key[:0], l.base...), m.Timestamp)
 	l.value = binary.AppendUvarint(l.value[:0], uint64(len(m.Topic)))
 	l.value = append(l.value, m.Topic...)

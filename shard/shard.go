@@ -65,6 +65,7 @@ type core struct {
 	view atomic.Pointer[view]
 
 	keyTable, keyLast []byte
+	sorted            sortedWriter // scratch of apply
 }
 
 func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Params) *core {
@@ -169,6 +170,7 @@ type Applied struct {
 func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 	a := &Applied{c: c, prevState: c.st, prevLast: c.lastTS}
 	st := c.st
+	c.sorted.reset()
 	if cmd.AddGeneration || len(cmd.Drop) > 0 {
 		st = &state{table: c.st.table.Clone(), gens: maps.Clone(c.st.gens)}
 	}
@@ -217,12 +219,15 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		for i, m := range cmd.Messages {
 			ts := max(c.lastTS+1, cmd.Time)
 			m.Timestamp, m.Shard = ts, uint16(c.id)
-			if err := g.Add(b, m, topic.Split(m.Topic)); err != nil {
+			if err := g.Add(&c.sorted, m, topic.Split(m.Topic)); err != nil {
 				return fail(err)
 			}
 			c.lastTS = ts
 			a.Timestamps[i] = ts
 		}
+	}
+	if err := c.sorted.flush(b); err != nil {
+		return fail(err)
 	}
 	if st != a.prevState {
 		if err := b.Set(c.keyTable, st.table.AppendBinary(nil), nil); err != nil {

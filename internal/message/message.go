@@ -94,6 +94,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"unsafe"
 )
 
 // ErrCorrupt is wrapped by every decode error (fmt.Errorf("%w: ...", ErrCorrupt)).
@@ -292,6 +293,12 @@ func Size(m *Message) int {
 // Any malformed input returns an error wrapping ErrCorrupt and leaves m
 // unchanged. DecodeRecord never panics.
 func DecodeRecord(buf []byte, m *Message) error {
+	// One copy of the whole record: every field below is a view into it, so a decode costs one
+	// allocation instead of one per field. The copy is never written to, which makes the string
+	// views safe; the payload and correlation data views are capped so appends reallocate.
+	if len(buf) > 0 {
+		buf = append(make([]byte, 0, len(buf)), buf...)
+	}
 	r := reader{b: buf}
 
 	version, ok := r.byte()
@@ -355,21 +362,21 @@ func DecodeRecord(buf []byte, m *Message) error {
 		if err != nil {
 			return err
 		}
-		props.ContentType = string(b)
+		props.ContentType = view(b)
 	}
 	if pf&propResponseTopic != 0 {
 		b, err := r.nonEmpty("response topic")
 		if err != nil {
 			return err
 		}
-		props.ResponseTopic = string(b)
+		props.ResponseTopic = view(b)
 	}
 	if pf&propCorrelationData != 0 {
 		b, err := r.nonEmpty("correlation data")
 		if err != nil {
 			return err
 		}
-		props.CorrelationData = clone(b)
+		props.CorrelationData = b[:len(b):len(b)]
 	}
 	if pf&propUser != 0 {
 		count, err := r.uvarint("user property count")
@@ -395,7 +402,7 @@ func DecodeRecord(buf []byte, m *Message) error {
 			if err != nil {
 				return err
 			}
-			props.User[i] = UserProperty{Key: string(k), Value: string(v)}
+			props.User[i] = UserProperty{Key: view(k), Value: view(v)}
 		}
 	}
 
@@ -407,8 +414,11 @@ func DecodeRecord(buf []byte, m *Message) error {
 		return corrupt("%d trailing bytes", len(r.b))
 	}
 
-	m.ClientID = string(clientID)
-	m.Payload = clone(payload)
+	m.ClientID = view(clientID)
+	m.Payload = nil
+	if len(payload) > 0 {
+		m.Payload = payload[:len(payload):len(payload)]
+	}
 	m.QoS = qos
 	m.Retain = flags&flagRetain != 0
 	m.Properties = props
@@ -522,6 +532,14 @@ func lenPrefixed(n int) int {
 
 // clone copies b so that the result does not alias the record. Empty input
 // returns nil: nil and empty are the same value in this format.
+// view returns b as a string without copying. REQUIRES: b is never modified afterwards.
+func view(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
+
 func clone(b []byte) []byte {
 	if len(b) == 0 {
 		return nil

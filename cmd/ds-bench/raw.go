@@ -1,0 +1,117 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/pebbleopts"
+)
+
+// rawVariant is one way of writing the benchmark's bytes to a bare Pebble.
+type rawVariant struct {
+	name     string
+	options  func() *pebble.Options
+	perMsg   bool // one batch per message from the publisher goroutines; else batches of 1000
+	optsNote string
+}
+
+func rawVariants() []rawVariant {
+	strata := func() *pebble.Options {
+		return pebbleopts.New(pebbleopts.Config{FS: vfs.Default, MemTableBytes: ds.DefaultOptions().Expert.MemTableBytes, Logger: quietLogger{}})
+	}
+	defaults := func() *pebble.Options {
+		return &pebble.Options{FormatMajorVersion: pebble.FormatNewest, Logger: quietLogger{}}
+	}
+	return []rawVariant{
+		{"raw pebble, 1 batch/msg", strata, true, "Strata's Pebble options"},
+		{"raw pebble, batched", strata, false, "Strata's Pebble options"},
+		{"raw pebble, batched, defaults", defaults, false, "Pebble's default options"},
+	}
+}
+
+// runRawPebble writes the same bytes as the Strata ingest to a bare Pebble: the floor under
+// Strata. Keys are shard | publisher | sequence (big-endian), values hold client ID, topic and
+// payload. "1 batch/msg" uses the same publisher goroutines as Strata's ingest, each committing
+// its own one-message batch (Pebble's commit pipeline groups the concurrent WAL syncs);
+// "batched" uses one writer per shard committing 1000 messages at a time, which is what
+// Strata's group commit turns the publishers into, minus queueing and layout.
+func runRawPebble(c config) ([]result, error) {
+	var results []result
+	for _, v := range rawVariants() {
+		r, err := runRawVariant(c, v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", v.name, err)
+		}
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+func runRawVariant(c config, v rawVariant) (result, error) {
+	dir, err := os.MkdirTemp("", "ds-bench-raw-")
+	if err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(dir)
+	db, err := pebble.Open(dir, v.options())
+	if err != nil {
+		return result{}, err
+	}
+	defer db.Close()
+	wo := pebble.Sync
+	if c.durability == ds.NoSync {
+		wo = pebble.NoSync
+	}
+	pl := payloads(64, c.payload)
+	value := func(p, i int) []byte {
+		client, topic := clientID(p), topicOf(p, i)
+		val := make([]byte, 0, len(client)+len(topic)+c.payload)
+		return append(append(append(val, client...), topic...), pl[(p+i)%len(pl)]...)
+	}
+	key := func(p int, seq uint64) []byte {
+		k := binary.BigEndian.AppendUint16(nil, uint16(ds.ShardOf(clientID(p), c.shards)))
+		k = binary.BigEndian.AppendUint32(k, uint32(p))
+		return binary.BigEndian.AppendUint64(k, seq)
+	}
+	name := fmt.Sprintf("%s (%s)", v.name, c.durability)
+	if v.perMsg {
+		elapsed, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
+			b := db.NewBatch()
+			defer b.Close()
+			if err := b.Set(key(p, uint64(i)), value(p, i), nil); err != nil {
+				return err
+			}
+			return b.Commit(wo)
+		})
+		return result{name: name, msgs: c.n, bytes: int64(c.n * c.payload), elapsed: elapsed,
+			note: v.optsNote + ", publisher goroutines"}, err
+	}
+	const batch = 1000
+	rounds := c.n / batch / c.shards
+	elapsed, err := runPublishers(name, rounds*c.shards, c.shards, c.progress, func(w, r int) error {
+		b := db.NewBatch()
+		defer b.Close()
+		for j := 0; j < batch; j++ {
+			p := (w + (r*batch+j)*c.shards) % c.publishers
+			if err := b.Set(key(p, uint64(r*batch+j)<<8|uint64(w)), value(p, r), nil); err != nil {
+				return err
+			}
+		}
+		return b.Commit(wo)
+	})
+	n := rounds * c.shards * batch
+	return result{name: name, msgs: n, bytes: int64(n * c.payload), elapsed: elapsed,
+		note: fmt.Sprintf("%s, %d writers × %d msgs/commit", v.optsNote, c.shards, batch)}, err
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+)
+
+func runStrata(c config) ([]result, error) {
+	dir := c.dir
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "ds-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	}
+	storage := "shared"
+	if c.perShard {
+		storage = "per-shard"
+	}
+	opts := &ds.Options{
+		NShards:       c.shards,
+		Durability:    c.durability,
+		Layout:        c.layout,
+		FlushInterval: c.flush,
+		Retention:     ds.RetainForever,
+		Expert:        ds.ExpertOptions{PebblePerShard: c.perShard},
+	}
+	db, err := ds.Open(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	pl := payloads(64, c.payload)
+	name := fmt.Sprintf("ingest (%s, %s)", storage, c.durability)
+	elapsed, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
+		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	m, err := db.Metrics()
+	if err != nil {
+		return nil, err
+	}
+	t := m.Totals()
+	if c.metrics {
+		fmt.Println(m)
+		for _, pm := range m.Pebble {
+			fmt.Println(pm)
+		}
+	}
+	results := []result{{
+		name: name, msgs: c.n, bytes: int64(c.n * c.payload), elapsed: elapsed,
+		note: fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg", float64(t.Messages)/float64(max(t.Batches, 1)), float64(m.DiskBytes)/float64(c.n)),
+	}}
+
+	if !c.replay {
+		return results, db.Close()
+	}
+	for _, q := range []struct{ name, filter string }{
+		{"replay all (#)", "#"},
+		{"replay wildcard " + regionFilter(3), regionFilter(3)},
+		{"replay one publisher", publisherFilter(c.publishers / 2)},
+	} {
+		r, err := replay(ctx, db, q.name+" ("+storage+")", q.filter, c.progress)
+		if err != nil {
+			return nil, err
+		}
+		r.note = fmt.Sprintf("%s", q.filter)
+		results = append(results, r)
+	}
+	return results, db.Close()
+}
+
+// replay reads every stream matching filter to its end, with GOMAXPROCS readers in parallel, in
+// batches of 1000.
+func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) (result, error) {
+	start := time.Now()
+	streams, err := db.Streams(filter, time.Time{})
+	if err != nil {
+		return result{}, err
+	}
+	work := make(chan ds.Stream, len(streams))
+	for _, s := range streams {
+		work <- s
+	}
+	close(work)
+	var msgs, bytes atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range work {
+				it, err := db.Iterator(s, filter, time.Time{})
+				for err == nil {
+					var batch []ds.Message
+					batch, it, err = db.Next(ctx, it, 1000)
+					if len(batch) == 0 && err == nil {
+						break // everything durable has been read
+					}
+					msgs.Add(int64(len(batch)))
+					for i := range batch {
+						bytes.Add(int64(len(batch[i].Payload)))
+					}
+				}
+				if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if e := firstErr.Load(); e != nil {
+		return result{}, fmt.Errorf("%s: %w", name, *e)
+	}
+	return result{name: name, msgs: int(msgs.Load()), bytes: bytes.Load(), elapsed: time.Since(start)}, nil
+}

@@ -1,0 +1,29 @@
+// Package ds is Strata's public API: an embedded, durable message store for MQTT brokers.
+//
+// A broker opens a DB in a directory and hands it every message a durable session may need.
+// The DB stores each message once, in the shard of its publisher (xxhash64 of the client ID
+// modulo NShards), inside the shard's current generation (a time slice; old generations are
+// dropped whole, by retention), in the stream of its learned topic pattern. Sessions read back
+// by topic filter and start time, in batches, through iterators that are plain values: marshal
+// one to bytes, keep it with the session, and resume after a restart.
+//
+//	db, _ := ds.Open(dir, nil)
+//	refs, err := db.Store(ctx, ds.Message{ClientID: "c1", Topic: "sensor/1/temp", Payload: p})
+//	streams, _ := db.Streams("sensor/+/temp", since)
+//	it, _ := db.Iterator(streams[0], "sensor/+/temp", since)
+//	msgs, it, err := db.Next(ctx, it, 100)
+//
+// # Guarantees
+//
+//   - Store returns once the messages are durable (Options.Durability), and then they are
+//     readable; a message that is not yet durable is never returned by Next.
+//   - Within a stream, messages come back in timestamp order; timestamps strictly increase within
+//     a shard, and a publisher's messages keep their order.
+//   - A shard's part of one Store is atomic: all of it is stored, or none.
+//   - Every error for a documented condition wraps one of the sentinel errors (errors.Is).
+//   - Invalid input (topic, filter, oversized message, garbage iterator bytes) is refused with an
+//     error and changes nothing.
+//
+// See DESIGN.md in the project's shared notes for the model, and package layout for the
+// on-disk format.
+package ds
