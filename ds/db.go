@@ -55,7 +55,7 @@ func Open(dir string, opts *Options) (*DB, error) {
 		return nil, err
 	}
 	fs := opts.Expert.FS
-	if err := fs.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirAllSynced(fs, dir); err != nil {
 		return nil, fmt.Errorf("strata: open %s: %w", dir, err)
 	}
 	m, found, err := readManifest(fs, dir)
@@ -318,13 +318,24 @@ func (db *DB) quotaExceeded() bool {
 	if time.Since(db.quota.checked) >= 100*time.Millisecond {
 		var used uint64
 		for _, p := range db.pebbles {
-			used += p.Metrics().DiskSpaceUsage()
+			used += quotaUsage(p.Metrics())
 		}
 		db.usage.Store(used)
 		db.quota.exceeded = used > uint64(db.opts.StorageQuota)
 		db.quota.checked = time.Now()
 	}
 	return db.quota.exceeded
+}
+
+// quotaUsage is the disk usage that counts against StorageQuota: sstables and blob files (live,
+// obsolete and zombie), compactions in progress, and the live data in the WAL. Not the WAL files'
+// physical size: Pebble recycles WAL files, so a WAL holding a few bytes can occupy a whole old
+// file, and a quota near the memtable size would then stay exceeded forever, whatever is
+// dropped.
+func quotaUsage(m *pebble.Metrics) uint64 {
+	t, b := m.Table.Local, m.BlobFiles.Local
+	return t.LiveSize + t.ObsoleteSize + t.ZombieSize + b.LiveSize + b.ObsoleteSize + b.ZombieSize +
+		uint64(max(m.Compact.InProgressBytes, 0)) + m.WAL.Size
 }
 
 // StreamsChanged returns a channel that is closed the next time the set of streams changes: a

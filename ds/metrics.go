@@ -76,7 +76,7 @@ func (db *DB) Metrics() (Metrics, error) {
 		gens := s.Generations()
 		sm.Generations = len(gens)
 		if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
-			sm.Streams = len(l.Streams([]string{"#"})) + len(l.Streams([]string{"$", "#"}))
+			sm.Streams = l.StreamCount()
 		}
 		m.Shards = append(m.Shards, sm)
 	}

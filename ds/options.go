@@ -198,7 +198,11 @@ func (o *Options) Validate() error {
 	if o.Retention > 0 && o.GenerationSpan > 0 && o.GenerationSpan > o.Retention {
 		bad("GenerationSpan %v exceeds Retention %v", o.GenerationSpan, o.Retention)
 	}
-	if err := (layout.Params{Kind: o.Layout, Thresholds: o.WildcardThresholds}).Validate(); err != nil {
+	kind := o.Layout
+	if kind == 0 {
+		kind = stream.LayoutLTS // the default
+	}
+	if err := (layout.Params{Kind: kind, Thresholds: o.WildcardThresholds}).Validate(); err != nil {
 		bad("layout: %v", err)
 	}
 	if o.MaxBatchMessages < 0 {

@@ -20,6 +20,7 @@
 package generation
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -154,8 +155,11 @@ func (t Table) AppendBinary(dst []byte) []byte {
 	return dst
 }
 
-// Decode decodes what AppendBinary wrote and checks the table's invariants.
+// Decode decodes what AppendBinary wrote and checks the table's invariants. It accepts only the
+// bytes AppendBinary writes (minimal uvarints, thresholds spelled out), so every table has one
+// encoding and a damaged one is not silently read as another.
 func Decode(b []byte) (Table, error) {
+	orig := b
 	var t Table
 	if len(b) == 0 || b[0] != formatVersion {
 		return t, fmt.Errorf("%w: unknown version", ErrCorrupt)
@@ -205,7 +209,13 @@ func Decode(b []byte) (Table, error) {
 	if len(b) != 0 {
 		return t, fmt.Errorf("%w: %d trailing bytes", ErrCorrupt, len(b))
 	}
-	return t, t.check()
+	if err := t.check(); err != nil {
+		return t, err
+	}
+	if !bytes.Equal(t.AppendBinary(make([]byte, 0, len(orig))), orig) {
+		return t, fmt.Errorf("%w: not in canonical form", ErrCorrupt)
+	}
+	return t, nil
 }
 
 func (t Table) check() error {

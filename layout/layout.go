@@ -139,14 +139,22 @@ type Generation interface {
 	// Add writes m, whose Timestamp is set, into b; levels is topic.Split(m.Topic). It may learn
 	// new streams and write their records into b too.
 	Add(b Writer, m *message.Message, levels []string) error
-	// Commit makes what Add learned since the last Commit or Abort permanent and reports
-	// whether new streams appeared. Call it once the batch is committed.
+	// Commit makes what Add learned since the last Commit or Abort permanent and visible to
+	// readers, and reports whether new streams appeared. Call it once the batch is durable.
 	Commit() (newStreams bool)
+	// CommitPending is Commit without the visibility: call it once the batch is committed but
+	// not yet durable, and Publish(mark) once it is durable, so that a reader is never handed a
+	// stream a crash could take back.
+	CommitPending() (newStreams bool, mark uint64)
+	// Publish makes visible what was committed up to mark, a CommitPending result.
+	Publish(mark uint64)
 	// Abort forgets what Add learned since the last Commit or Abort. Call it when the batch is
 	// discarded.
 	Abort()
 	// Streams returns the streams whose pattern can match the filter levels, by key.
 	Streams(filter []string) []StreamInfo
+	// StreamCount returns the number of committed streams.
+	StreamCount() int
 	// Stream returns the stream with the given key.
 	Stream(key uint64) (StreamInfo, bool)
 	// Read appends to out the messages of one stream that match the filter, in timestamp order.

@@ -119,7 +119,14 @@ func newStreamKeysInto(dst, prefix []byte, gen stream.GenerationID, static uint6
 }
 
 func (l *lts) Commit() bool { return l.trie.commit() }
-func (l *lts) Abort()       { l.trie.abort() }
+
+func (l *lts) CommitPending() (bool, uint64) {
+	news, mark := l.trie.commitPending()
+	return news, uint64(mark)
+}
+
+func (l *lts) Publish(mark uint64) { l.trie.publish(uint32(mark)) }
+func (l *lts) Abort()              { l.trie.abort() }
 
 func (l *lts) Streams(filter []string) []StreamInfo {
 	nodes := l.trie.match(filter)
@@ -128,6 +135,11 @@ func (l *lts) Streams(filter []string) []StreamInfo {
 		out = append(out, StreamInfo{Key: uint64(n.id), Pattern: joinLevels(n.pattern)})
 	}
 	return out
+}
+
+func (l *lts) StreamCount() int {
+	_, streams := l.trie.size()
+	return streams
 }
 
 func (l *lts) Stream(key uint64) (StreamInfo, bool) {
@@ -154,6 +166,7 @@ func (l *lts) Dump() string {
 // matches plus one seek per index and skip, not the size of the stream.
 func (l *lts) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]message.Message, ReadResult, error) {
 	res := ReadResult{Next: req.From}
+	limit := len(out) + req.Max // out may hold earlier messages; Max counts this read's only
 	n := l.trie.stream(req.Key)
 	if n == nil || req.From >= req.Until {
 		res.Exhausted = true
@@ -208,7 +221,7 @@ func (l *lts) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]m
 			res.Next = ts + 1
 			if m != nil {
 				out = append(out, *m)
-				if len(out) >= req.Max {
+				if len(out) >= limit {
 					return out, res, data.Error()
 				}
 			}
@@ -256,7 +269,7 @@ func (l *lts) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]m
 		}
 		cand++
 		res.Next = cand
-		if len(out) >= req.Max {
+		if len(out) >= limit {
 			return out, res, nil
 		}
 	}

@@ -27,10 +27,12 @@ func newReference(prefix []byte, gen stream.GenerationID) *reference {
 	return &reference{prefix: prefix, gen: gen, base: genPrefix(prefix, keyspaceData, gen)}
 }
 
-func (l *reference) Params() Params { return Params{Kind: stream.LayoutReference} }
-func (l *reference) Commit() bool   { return false }
-func (l *reference) Abort()         {}
-func (l *reference) Dump() string   { return fmt.Sprintf("generation %d reference\n", l.gen) }
+func (l *reference) Params() Params                { return Params{Kind: stream.LayoutReference} }
+func (l *reference) Commit() bool                  { return false }
+func (l *reference) CommitPending() (bool, uint64) { return false, 0 }
+func (l *reference) Publish(uint64)                {}
+func (l *reference) Abort()                        {}
+func (l *reference) Dump() string                  { return fmt.Sprintf("generation %d reference\n", l.gen) }
 
 func (l *reference) Add(b Writer, m *message.Message, _ []string) error {
 	l.key = binary.BigEndian.AppendUint64(append(l.key[:0], l.base...), m.Timestamp)
@@ -46,12 +48,15 @@ func (l *reference) Streams([]string) []StreamInfo {
 	return []StreamInfo{{Key: referenceKey, Pattern: "#"}}
 }
 
+func (l *reference) StreamCount() int { return 1 }
+
 func (l *reference) Stream(key uint64) (StreamInfo, bool) {
 	return StreamInfo{Key: referenceKey, Pattern: "#"}, key == referenceKey
 }
 
 func (l *reference) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]message.Message, ReadResult, error) {
 	res := ReadResult{Next: req.From}
+	limit := len(out) + req.Max // out may hold earlier messages; Max counts this read's only
 	if req.Key != referenceKey || req.From >= req.Until {
 		res.Exhausted = true
 		return out, res, nil
@@ -88,7 +93,7 @@ func (l *reference) Read(r pebble.Reader, req ReadRequest, out []message.Message
 			return out, res, fmt.Errorf("%w: reference key %x: %w", ErrCorrupt, it.Key(), err)
 		}
 		out = append(out, m)
-		if len(out) >= req.Max {
+		if len(out) >= limit {
 			return out, res, it.Error()
 		}
 	}

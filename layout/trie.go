@@ -32,6 +32,11 @@ type node struct {
 	plusEdge *node
 	stream   bool     // some topic ends here: the node is a stream
 	pattern  []string // levels from the root, "+" for a plus edge; set for stream nodes
+	// committed is set once the stream is committed; readers see only committed streams. A
+	// node that existed before may become a stream in a batch that is then aborted, so the
+	// node ID alone (committedNodes) does not tell.
+	committed bool
+	streamSeq uint32 // seq of the stream record; the stream is visible once it is below t.visible
 }
 
 // trie is the learned topic structure of one generation.
@@ -46,7 +51,11 @@ type trie struct {
 	// Undo state since the last commit.
 	committedNodes   int
 	committedRecords uint32
-	pendingStreams   []*node
+	// visible is the record watermark readers see: a stream is visible once its record's seq
+	// is below it. It trails committedRecords until the batch holding the records is durable
+	// (publish), so a reader is never handed a stream that a crash could take back.
+	visible        uint32
+	pendingStreams []*node
 }
 
 func newTrie(thresholds []int) *trie {
@@ -123,20 +132,21 @@ func (t *trie) addEdgeLocked(parent *node, literal string, plus bool, emit func(
 		rec = append(rec, boolByte(plus))
 		rec = append(rec, literal...)
 		emit(t.records, rec)
-		t.records++
 	}
+	t.records++ // every edge is one record, emitted here or replayed
 	return c
 }
 
 func (t *trie) markStreamLocked(n *node, emit func(uint32, []byte)) {
 	n.stream = true
+	n.streamSeq = t.records
 	n.pattern = patternOf(n)
 	t.pendingStreams = append(t.pendingStreams, n)
 	if emit != nil {
 		rec := binary.BigEndian.AppendUint32([]byte{recordStream}, n.id)
 		emit(t.records, rec)
-		t.records++
 	}
+	t.records++ // every stream is one record, emitted here or replayed
 }
 
 func patternOf(n *node) []string {
@@ -151,16 +161,34 @@ func patternOf(n *node) []string {
 	return p
 }
 
-// commit makes everything learned since the last commit permanent and reports whether new
-// streams appeared.
+// commit makes everything learned since the last commit permanent and visible, and reports
+// whether new streams appeared.
 func (t *trie) commit() (newStreams bool) {
+	newStreams, mark := t.commitPending()
+	t.publish(mark)
+	return newStreams
+}
+
+// publish makes the streams committed up to mark (a commitPending result) visible to readers.
+func (t *trie) publish(mark uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.visible = max(t.visible, mark)
+}
+
+// commitPending makes everything learned since the last commit permanent, so abort no longer
+// undoes it, but leaves it invisible to readers until publish(mark).
+func (t *trie) commitPending() (newStreams bool, mark uint32) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	newStreams = len(t.pendingStreams) > 0
+	for _, n := range t.pendingStreams {
+		n.committed = true
+	}
 	t.committedNodes = len(t.nodes)
 	t.committedRecords = t.records
 	t.pendingStreams = t.pendingStreams[:0]
-	return newStreams
+	return newStreams, t.records
 }
 
 // abort forgets everything learned since the last commit.
@@ -220,12 +248,13 @@ func (t *trie) replay(seq uint32, rec []byte) error {
 			return fmt.Errorf("%w: trie stream record %d names node %d", ErrCorrupt, seq, id)
 		}
 		t.markStreamLocked(t.nodes[id], nil)
+		t.nodes[id].committed = true
 	default:
 		return fmt.Errorf("%w: trie record %d has kind %d", ErrCorrupt, seq, rec[0])
 	}
-	t.records++
 	t.committedNodes = len(t.nodes)
 	t.committedRecords = t.records
+	t.visible = t.records // replayed records are on disk
 	t.pendingStreams = t.pendingStreams[:0]
 	return nil
 }
@@ -285,7 +314,7 @@ func (t *trie) match(filter []string) []*node {
 		if n.id >= uint32(t.committedNodes) {
 			return
 		}
-		if n.stream {
+		if t.visibleLocked(n) {
 			out = append(out, n)
 		}
 		for _, c := range n.children {
@@ -300,7 +329,7 @@ func (t *trie) match(filter []string) []*node {
 			return
 		}
 		if i == len(filter) {
-			if n.stream {
+			if t.visibleLocked(n) {
 				out = append(out, n)
 			}
 			return
@@ -331,14 +360,19 @@ func (t *trie) match(filter []string) []*node {
 	return out
 }
 
-// stream returns the committed stream node with the given ID, or nil.
+// visibleLocked reports whether readers may see n as a stream. REQUIRES: t.mu held.
+func (t *trie) visibleLocked(n *node) bool {
+	return n.committed && n.streamSeq < t.visible
+}
+
+// stream returns the visible stream node with the given ID, or nil.
 func (t *trie) stream(id uint64) *node {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if id >= uint64(t.committedNodes) {
 		return nil
 	}
-	if n := t.nodes[id]; n.stream {
+	if n := t.nodes[id]; t.visibleLocked(n) {
 		return n
 	}
 	return nil
@@ -349,7 +383,7 @@ func (t *trie) size() (nodes, streams int) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, n := range t.nodes[:t.committedNodes] {
-		if n.stream {
+		if t.visibleLocked(n) {
 			streams++
 		}
 	}

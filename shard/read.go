@@ -53,7 +53,7 @@ func (s *Shard) Read(it stream.Iterator, filter []string, max int, out []message
 	v := s.core.view.Load()
 	gen := it.Stream.Generation
 	g, ok := v.table.Get(gen)
-	if !ok {
+	if !ok || s.core.isDropped(gen) {
 		return out, it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
 	}
 	l := v.gens[gen]
@@ -76,9 +76,15 @@ func (s *Shard) Read(it stream.Iterator, filter []string, max int, out []message
 	} else if err != nil {
 		return out[:n], it.Next, fmt.Errorf("shard %d: %w", s.cfg.ID, err)
 	}
-	// A drop that committed while we read may have hidden data behind its range deletion.
-	if _, ok := s.core.view.Load().table.Get(gen); !ok {
+	// A drop that committed while we read may have hidden data behind its range deletion. Its
+	// range deletion is visible before its view is published, so check the dropped set, which
+	// the writer fills before it commits the drop.
+	if s.core.isDropped(gen) {
 		return out[:n], it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
+	}
+	// The layout knows the stream, not the shard: stamp where each message is stored.
+	for i := n; i < len(out); i++ {
+		out[i].Shard = uint16(s.cfg.ID)
 	}
 	next := max64(res.Next, it.Next)
 	if len(out) == n && res.Exhausted && !g.Current() {

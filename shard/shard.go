@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"sync"
 	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -63,6 +64,12 @@ type core struct {
 	lastTS uint64
 
 	view atomic.Pointer[view]
+	// dropped holds the IDs of generations whose drop was applied, set before the drop's batch
+	// commits. Pebble shows the range deletion to readers as soon as the batch commits, while
+	// the view without the generation is published only once the batch is durable; readers
+	// check dropped too, so that a generation emptied under them is reported as dropped, not as
+	// read to its end. IDs are never reused, so entries never need to be removed.
+	dropped sync.Map // stream.GenerationID → struct{}
 
 	keyTable, keyLast []byte
 	sorted            sortedWriter // scratch of apply
@@ -202,13 +209,14 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			return fail(err)
 		}
 		delete(st.gens, id)
+		a.Dropped = append(a.Dropped, id)
+		c.dropped.Store(id, struct{}{})
 		for _, sp := range layout.GenerationSpans(c.prefix, id) {
 			if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
 				return fail(err)
 			}
 			a.Spans = append(a.Spans, sp)
 		}
-		a.Dropped = append(a.Dropped, id)
 	}
 	c.st = st
 	if len(cmd.Messages) > 0 {
@@ -243,15 +251,38 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 }
 
 // Commit makes the applied changes permanent in memory. Call it once the batch is committed
-// to Pebble (not necessarily synced). It returns the view to publish once the batch is durable.
-func (a *Applied) Commit() *view {
+// to Pebble (not necessarily synced). It returns what to publish once the batch is durable.
+func (a *Applied) Commit() *publication {
 	a.NewStreams = a.Added != nil || len(a.Dropped) > 0
+	p := &publication{view: &view{state: a.c.st, readLimit: a.c.lastTS + 1}}
 	for _, g := range a.touched {
-		if g.Commit() {
+		news, mark := g.CommitPending()
+		if news {
 			a.NewStreams = true
 		}
+		p.layouts = append(p.layouts, layoutMark{g, mark})
 	}
-	return &view{state: a.c.st, readLimit: a.c.lastTS + 1}
+	return p
+}
+
+// publication is what readers may see once a batch is durable: its view and the streams its
+// layouts learned.
+type publication struct {
+	view    *view
+	layouts []layoutMark
+}
+
+type layoutMark struct {
+	g    layout.Generation
+	mark uint64
+}
+
+// publish makes p visible. Publications must be published in commit order.
+func (c *core) publishDurable(p *publication) {
+	for _, lm := range p.layouts {
+		lm.g.Publish(lm.mark)
+	}
+	c.publish(p.view.state, p.view.readLimit)
 }
 
 // Abort returns the in-memory state to what it was before Apply.
@@ -259,6 +290,16 @@ func (a *Applied) Abort() {
 	for _, g := range a.touched {
 		g.Abort()
 	}
+	for _, id := range a.Dropped {
+		a.c.dropped.Delete(id)
+	}
 	a.c.st = a.prevState
 	a.c.lastTS = a.prevLast
+}
+
+// isDropped reports whether the drop of generation gen was applied, possibly before it became
+// durable and visible in the view.
+func (c *core) isDropped(gen stream.GenerationID) bool {
+	_, ok := c.dropped.Load(gen)
+	return ok
 }

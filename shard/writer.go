@@ -60,7 +60,7 @@ type request struct {
 type inflight struct {
 	batch *pebble.Batch
 	reqs  []*request
-	view  *view
+	pub   *publication
 	news  bool
 	start time.Time
 	msgs  int
@@ -367,8 +367,8 @@ func (s *Shard) handle(reqs []*request) {
 		finish(err2)
 		return
 	}
-	v := a.Commit()
-	f := &inflight{batch: b, reqs: reqs, view: v, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans}
+	pub := a.Commit()
+	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans}
 	for _, r := range reqs {
 		f.bytes += r.bytes
 	}
@@ -396,7 +396,7 @@ func (s *Shard) runSyncer() {
 			s.fail(err)
 			err = s.failure()
 		} else {
-			s.core.publish(f.view.state, f.view.readLimit)
+			s.core.publishDurable(f.pub)
 			s.Metrics.observeCommit(time.Since(f.start), f.msgs, f.bytes)
 		}
 		for _, r := range f.reqs {

@@ -1,0 +1,493 @@
+package shard
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/stream"
+)
+
+// quietLogger drops Pebble's info lines.
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)         {}
+func (quietLogger) Errorf(f string, args ...any) { fmt.Fprintf(os.Stderr, f+"\n", args...) }
+func (quietLogger) Fatalf(f string, args ...any) { panic(fmt.Sprintf(f, args...)) }
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+var testParams = layout.Params{Kind: stream.LayoutLTS, Thresholds: []int{4, 2}}
+
+// testCore is a core on an in-memory Pebble that can be closed and reopened.
+type testCore struct {
+	fs     vfs.FS
+	db     *pebble.DB
+	c      *core
+	prefix []byte
+}
+
+func openTestCore(t testing.TB, prefix []byte, since uint64) *testCore {
+	t.Helper()
+	tc := &testCore{fs: vfs.NewMem(), prefix: prefix}
+	tc.open(t)
+	must(t, tc.c.create(since, false))
+	t.Cleanup(func() { tc.db.Close() })
+	return tc
+}
+
+func (tc *testCore) open(t testing.TB) {
+	t.Helper()
+	db, err := pebble.Open("", &pebble.Options{FS: tc.fs, Logger: quietLogger{}})
+	must(t, err)
+	tc.db = db
+	tc.c = newCore(3, db, tc.prefix, testParams)
+}
+
+// reopen closes the Pebble and loads the shard from it, as after a restart.
+func (tc *testCore) reopen(t testing.TB) {
+	t.Helper()
+	must(t, tc.db.Close())
+	tc.open(t)
+	found, err := tc.c.load()
+	must(t, err)
+	if !found {
+		t.Fatal("reopened shard not found")
+	}
+}
+
+// apply applies cmd and commits its batch, as the writer does.
+func (tc *testCore) apply(t testing.TB, cmd *Command) (*Applied, error) {
+	t.Helper()
+	b := tc.db.NewBatch()
+	a, err := tc.c.apply(b, cmd)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	must(t, b.Commit(pebble.NoSync))
+	tc.c.publishDurable(a.Commit())
+	return a, nil
+}
+
+// applyAbort applies cmd and then discards its batch, as the writer does when the commit fails.
+func (tc *testCore) applyAbort(t testing.TB, cmd *Command) {
+	t.Helper()
+	b := tc.db.NewBatch()
+	defer b.Close()
+	a, err := tc.c.apply(b, cmd)
+	if err != nil {
+		return
+	}
+	a.Abort()
+}
+
+// contents returns every key and value of the Pebble, as text for a diff, and a digest.
+func (tc *testCore) contents(t testing.TB) (dump []string, digest [32]byte) {
+	t.Helper()
+	it, err := tc.db.NewIter(nil)
+	must(t, err)
+	defer it.Close()
+	h := sha256.New()
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		must(t, err)
+		var n [8]byte
+		h.Write(binary.BigEndian.AppendUint32(n[:0], uint32(len(it.Key()))))
+		h.Write(it.Key())
+		h.Write(binary.BigEndian.AppendUint32(n[:0], uint32(len(v))))
+		h.Write(v)
+		dump = append(dump, fmt.Sprintf("%x = %x", it.Key(), v))
+	}
+	must(t, it.Error())
+	h.Sum(digest[:0])
+	return dump, digest
+}
+
+// stateOf renders the in-memory state of a core: table, last timestamp, every trie.
+func stateOf(c *core) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "last=%d table=%x\n", c.lastTS, c.st.table.AppendBinary(nil))
+	for _, g := range c.st.table.Gens {
+		b.WriteString(c.st.gens[g.ID].Dump())
+	}
+	return b.String()
+}
+
+func requireSameContents(t *testing.T, a, b *testCore, what string) {
+	t.Helper()
+	da, ha := a.contents(t)
+	db, hb := b.contents(t)
+	if ha == hb {
+		return
+	}
+	for i := range min(len(da), len(db)) {
+		if da[i] != db[i] {
+			t.Fatalf("%s: contents differ at key %d:\n%s\n%s", what, i, da[i], db[i])
+		}
+	}
+	t.Fatalf("%s: %d keys vs %d keys", what, len(da), len(db))
+}
+
+// cmdSpec describes a command; build makes a fresh Command from it for each core, since Apply
+// sets the messages' timestamps.
+type cmdSpec struct {
+	time   uint64
+	addGen bool
+	drop   []stream.GenerationID
+	topics []string
+}
+
+func (s cmdSpec) build() *Command {
+	cmd := &Command{Time: s.time, AddGeneration: s.addGen, Drop: s.drop}
+	for i, tp := range s.topics {
+		cmd.Messages = append(cmd.Messages, &message.Message{
+			ClientID: fmt.Sprintf("c%d", i%7), Topic: tp, QoS: byte(i % 3), Retain: i%5 == 0,
+			Payload: []byte(fmt.Sprintf("%s #%d at %d", tp, i, s.time)),
+		})
+	}
+	return cmd
+}
+
+func randomTopic(rng *rand.Rand) string {
+	roots := []string{"dev", "app", "$SYS", "x", "y", "z", "w", "v"}
+	levels := []string{roots[rng.IntN(len(roots))]}
+	for d := rng.IntN(4); d > 0; d-- {
+		levels = append(levels, fmt.Sprintf("l%d", rng.IntN(12)))
+	}
+	return strings.Join(levels, "/")
+}
+
+// randomCommands returns a sequence of commands: messages over many topics with a proposal
+// time that sometimes goes backwards, generation adds, and drops (some of which fail).
+func randomCommands(rng *rand.Rand, n int) []cmdSpec {
+	var out []cmdSpec
+	now := uint64(1_000_000)
+	nextGen, oldest := stream.GenerationID(2), stream.GenerationID(1)
+	for range n {
+		switch r := rng.IntN(20); {
+		case r < 1:
+			now += uint64(rng.IntN(100))
+			out = append(out, cmdSpec{time: now, addGen: true})
+			nextGen++
+		case r < 2 && oldest+1 < nextGen:
+			out = append(out, cmdSpec{time: now, drop: []stream.GenerationID{oldest}})
+			oldest++
+		case r < 3:
+			// Fails: the current generation, or one that does not exist.
+			out = append(out, cmdSpec{time: now, drop: []stream.GenerationID{[]stream.GenerationID{nextGen - 1, nextGen + 5}[rng.IntN(2)]}})
+		default:
+			s := cmdSpec{time: now}
+			if rng.IntN(4) == 0 {
+				s.time -= uint64(rng.IntN(1000)) // the clock went back
+			} else {
+				now += uint64(rng.IntN(50))
+				s.time = now
+			}
+			if rng.IntN(10) == 0 {
+				s.addGen = true
+				nextGen++
+			}
+			for range 1 + rng.IntN(30) {
+				s.topics = append(s.topics, randomTopic(rng))
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// TestApplyDeterministic: the same commands applied to two fresh shards write identical bytes and
+// assign identical timestamps; a third shard that restarts along the way, and a fourth that
+// applies and aborts junk commands in between, end up identical too.
+func TestApplyDeterministic(t *testing.T) {
+	for seed := range uint64(3) {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, 20))
+			prefix := layout.ShardPrefix(3)
+			if seed%2 == 0 {
+				prefix = nil
+			}
+			cores := make([]*testCore, 4)
+			for i := range cores {
+				cores[i] = openTestCore(t, prefix, 999_000)
+			}
+			cmds := randomCommands(rng, 300)
+			for i, spec := range cmds {
+				if i%50 == 49 {
+					cores[2].reopen(t)
+				}
+				if rng.IntN(4) == 0 {
+					junk := randomCommands(rng, 1)[0]
+					junk.time = spec.time + uint64(rng.IntN(3000)) // may move the clock forward
+					if rng.IntN(2) == 0 {
+						junk.drop = append(junk.drop, 12345) // fails after doing some work
+					}
+					before := stateOf(cores[3].c)
+					cores[3].applyAbort(t, junk.build())
+					if after := stateOf(cores[3].c); after != before {
+						t.Fatalf("command %d: abort left\n%s\nwant\n%s", i, after, before)
+					}
+				}
+				var ts [][]uint64
+				var errs []error
+				for _, tc := range cores {
+					a, err := tc.apply(t, spec.build())
+					errs = append(errs, err)
+					if a != nil {
+						ts = append(ts, a.Timestamps)
+					} else {
+						ts = append(ts, nil)
+					}
+				}
+				for j := 1; j < len(cores); j++ {
+					if fmt.Sprint(errs[j]) != fmt.Sprint(errs[0]) {
+						t.Fatalf("command %d: core %d error %v, core 0 %v", i, j, errs[j], errs[0])
+					}
+					if !slices.Equal(ts[j], ts[0]) {
+						t.Fatalf("command %d: core %d timestamps %v, core 0 %v", i, j, ts[j], ts[0])
+					}
+				}
+				if errs[0] != nil && !errors.Is(errs[0], ErrGenerationNotFound) && !errors.Is(errs[0], ErrCurrentGeneration) {
+					t.Fatalf("command %d: %v", i, errs[0])
+				}
+				// Invariant 1: strictly increasing, and within the current generation.
+				if cur := cores[0].c.st.table.Current(); len(ts[0]) > 0 && ts[0][0] < cur.Since {
+					t.Fatalf("command %d: ts %d before the current generation's since %d", i, ts[0][0], cur.Since)
+				}
+				for k := 1; k < len(ts[0]); k++ {
+					if ts[0][k] <= ts[0][k-1] {
+						t.Fatalf("command %d: timestamps %v", i, ts[0])
+					}
+				}
+				if i%50 == 0 || i == len(cmds)-1 {
+					for j := 1; j < len(cores); j++ {
+						requireSameContents(t, cores[0], cores[j], fmt.Sprintf("after command %d, core %d", i, j))
+						if a, b := stateOf(cores[0].c), stateOf(cores[j].c); a != b {
+							t.Fatalf("after command %d, core %d state\n%s\ncore 0\n%s", i, j, b, a)
+						}
+					}
+				}
+			}
+			if n := len(cores[0].c.st.table.Gens); n < 2 {
+				t.Fatalf("only %d generations: the commands did not exercise rotation", n)
+			}
+		})
+	}
+}
+
+// TestApplyTimestamps pins ts = max(last+1, cmd.Time), with a clock that goes backwards, across
+// generation adds and a restart.
+func TestApplyTimestamps(t *testing.T) {
+	tc := openTestCore(t, nil, 1000)
+	step := func(spec cmdSpec, want ...uint64) {
+		t.Helper()
+		a, err := tc.apply(t, spec.build())
+		must(t, err)
+		if !slices.Equal(a.Timestamps, want) {
+			t.Fatalf("Time %d: timestamps %v, want %v", spec.time, a.Timestamps, want)
+		}
+	}
+	step(cmdSpec{time: 1000, topics: []string{"a", "b", "c"}}, 1000, 1001, 1002)
+	step(cmdSpec{time: 500, topics: []string{"a", "b"}}, 1003, 1004) // clock went back
+	step(cmdSpec{time: 2000, topics: []string{"a"}}, 2000)
+	step(cmdSpec{time: 2000, topics: []string{"a"}}, 2001) // same time
+	step(cmdSpec{time: 1})                                 // no messages, no timestamp
+	step(cmdSpec{time: 1, topics: []string{"a"}}, 2002)
+	// A generation added with a clock behind the last timestamp starts after it, and the
+	// command's messages land in it.
+	step(cmdSpec{time: 1500, addGen: true, topics: []string{"a", "b"}}, 2003, 2004)
+	if g := tc.c.st.table.Current(); g.ID != 2 || g.Since != 2003 {
+		t.Fatalf("new generation %v", g)
+	}
+	if g, _ := tc.c.st.table.Get(1); g.Until != 2003 {
+		t.Fatalf("sealed generation %v", g)
+	}
+	// A generation added ahead of the last timestamp moves the clock to its since.
+	step(cmdSpec{time: 9000, addGen: true})
+	step(cmdSpec{time: 10, topics: []string{"a"}}, 9000)
+	tc.reopen(t)
+	step(cmdSpec{time: 10, topics: []string{"a"}}, 9001)
+	step(cmdSpec{time: 9500, topics: []string{"a"}}, 9500)
+	// Two generation adds at the same time still give each a distinct since.
+	step(cmdSpec{time: 9500, addGen: true})
+	step(cmdSpec{time: 9500, addGen: true})
+	gens := tc.c.st.table.Gens
+	if n := len(gens); gens[n-1].Since != 9502 || gens[n-2].Since != 9501 {
+		t.Fatalf("generations %v", gens)
+	}
+	step(cmdSpec{time: 0, topics: []string{"a"}}, 9502)
+}
+
+// TestApplyAbort: after an Abort (of a command that failed half-way, or of one whose batch was
+// never committed) the shard's state equals the state before, and the next command writes the
+// same bytes as on a shard that never saw the aborted one.
+func TestApplyAbort(t *testing.T) {
+	history := []cmdSpec{
+		{time: 100, topics: []string{"dev/a/t", "dev/b/t", "dev/c/t", "x/y"}},
+		{time: 200, addGen: true, topics: []string{"dev/d/t", "dev/e/t", "dev/f/t", "dev/g/t"}},
+		{time: 300, topics: []string{"app/1", "$SYS/a"}},
+	}
+	next := cmdSpec{time: 400, topics: []string{"dev/h/t", "dev/a/t", "q/r/s", "app/2", "app/3", "$SYS/b"}}
+	for _, tc := range []struct {
+		name  string
+		junk  cmdSpec
+		fails bool
+	}{
+		{"messages, batch discarded", cmdSpec{time: 350, topics: []string{"dev/z/t", "q/r/s", "new/topic", "app/9"}}, false},
+		{"clock ahead, batch discarded", cmdSpec{time: 100000, topics: []string{"q/r/s"}}, false},
+		{"generation and messages, batch discarded", cmdSpec{time: 350, addGen: true, topics: []string{"q/r/s", "dev/a/t"}}, false},
+		{"drop, batch discarded", cmdSpec{time: 350, drop: []stream.GenerationID{1}, topics: []string{"q/r/s"}}, false},
+		{"generation then a failing drop", cmdSpec{time: 350, addGen: true, drop: []stream.GenerationID{77}}, true},
+		{"drop then a failing drop", cmdSpec{time: 350, drop: []stream.GenerationID{1, 3}}, true},
+		{"generation, drop, failing drop", cmdSpec{time: 350, addGen: true, drop: []stream.GenerationID{1, 2, 2}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			aborted, fresh := openTestCore(t, nil, 50), openTestCore(t, nil, 50)
+			for _, h := range history {
+				for _, c := range []*testCore{aborted, fresh} {
+					_, err := c.apply(t, h.build())
+					must(t, err)
+				}
+			}
+			before := stateOf(aborted.c)
+			_, digestBefore := aborted.contents(t)
+			if tc.fails {
+				b := aborted.db.NewBatch()
+				if _, err := aborted.c.apply(b, tc.junk.build()); err == nil {
+					t.Fatal("junk command applied")
+				}
+				b.Close()
+			} else {
+				aborted.applyAbort(t, tc.junk.build())
+			}
+			if after := stateOf(aborted.c); after != before {
+				t.Fatalf("abort left\n%s\nwant\n%s", after, before)
+			}
+			if _, d := aborted.contents(t); d != digestBefore {
+				t.Fatal("abort changed the Pebble")
+			}
+			var ts [2][]uint64
+			for i, c := range []*testCore{aborted, fresh} {
+				a, err := c.apply(t, next.build())
+				must(t, err)
+				ts[i] = a.Timestamps
+			}
+			if !slices.Equal(ts[0], ts[1]) {
+				t.Fatalf("timestamps %v, fresh %v", ts[0], ts[1])
+			}
+			requireSameContents(t, aborted, fresh, "after the next command")
+			if a, b := stateOf(aborted.c), stateOf(fresh.c); a != b {
+				t.Fatalf("state\n%s\nfresh\n%s", a, b)
+			}
+		})
+	}
+}
+
+// TestApplyDropIsRangeDeletion: a dropped generation's keys are gone, the others untouched.
+func TestApplyDropIsRangeDeletion(t *testing.T) {
+	tc := openTestCore(t, layout.ShardPrefix(9), 10)
+	for _, spec := range []cmdSpec{
+		{time: 100, topics: []string{"a/b", "c/d"}},
+		{time: 200, addGen: true, topics: []string{"a/b", "e/f"}},
+		{time: 300, addGen: true, topics: []string{"a/b"}},
+	} {
+		_, err := tc.apply(t, spec.build())
+		must(t, err)
+	}
+	count := func(gen stream.GenerationID) int {
+		n := 0
+		for _, sp := range layout.GenerationSpans(tc.prefix, gen) {
+			it, err := tc.db.NewIter(&pebble.IterOptions{LowerBound: sp[0], UpperBound: sp[1]})
+			must(t, err)
+			for ok := it.First(); ok; ok = it.Next() {
+				n++
+			}
+			must(t, it.Close())
+		}
+		return n
+	}
+	n1, n2 := count(1), count(2)
+	if n1 == 0 || n2 == 0 {
+		t.Fatalf("generations hold %d and %d keys", n1, n2)
+	}
+	a, err := tc.apply(t, cmdSpec{time: 400, drop: []stream.GenerationID{1}}.build())
+	must(t, err)
+	if !slices.Equal(a.Dropped, []stream.GenerationID{1}) || len(a.Spans) != 2 {
+		t.Fatalf("applied %+v", a)
+	}
+	if count(1) != 0 || count(2) != n2 {
+		t.Fatalf("after drop: %d and %d keys", count(1), count(2))
+	}
+	tc.reopen(t)
+	if _, ok := tc.c.st.table.Get(1); ok {
+		t.Fatal("dropped generation reloaded")
+	}
+	if _, err := tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{1}}.build()); !errors.Is(err, ErrGenerationNotFound) {
+		t.Fatalf("second drop: %v", err)
+	}
+	if _, err := tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{3}}.build()); !errors.Is(err, ErrCurrentGeneration) {
+		t.Fatalf("drop of current: %v", err)
+	}
+}
+
+// BenchmarkApply measures Apply plus an unsynced batch commit: commands of 100 messages with
+// 1 KiB payloads over 1000 publishers' topics.
+func BenchmarkApply(b *testing.B) {
+	const perCmd, publishers, payload = 100, 1000, 1024
+	tc := openTestCore(b, nil, 1)
+	tc.c.params = layout.Params{Kind: stream.LayoutLTS} // default thresholds
+	rng := rand.New(rand.NewPCG(1, 2))
+	body := make([]byte, payload)
+	for i := range body {
+		body[i] = byte(rng.Uint32())
+	}
+	kinds := []string{"temp", "humidity", "status"}
+	cmd := &Command{}
+	for i := range perCmd {
+		p := rng.IntN(publishers)
+		cmd.Messages = append(cmd.Messages, &message.Message{
+			ClientID: fmt.Sprintf("p%d", p), Topic: fmt.Sprintf("site/%d/dev/p%d/%s", p%10, p, kinds[i%3]),
+			Payload: body, QoS: 1,
+		})
+	}
+	b.SetBytes(perCmd * payload)
+	b.ReportAllocs()
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		// A new set of publishers each round, so the trie keeps seeing both known and new topics.
+		for _, m := range cmd.Messages[:10] {
+			p := rng.IntN(publishers)
+			m.Topic = fmt.Sprintf("site/%d/dev/p%d/%s", p%10, p, kinds[p%3])
+		}
+		cmd.Time = uint64(n)
+		batch := tc.db.NewBatch()
+		a, err := tc.c.apply(batch, cmd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := batch.Commit(pebble.NoSync); err != nil {
+			b.Fatal(err)
+		}
+		tc.c.publishDurable(a.Commit())
+		batch.Close()
+		n++
+	}
+	b.ReportMetric(float64(n*perCmd)/b.Elapsed().Seconds(), "msgs/s")
+}
