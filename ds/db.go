@@ -34,7 +34,8 @@ type DB struct {
 	}
 	changed struct {
 		sync.Mutex
-		ch chan struct{}
+		ch     chan struct{}
+		closed bool // ch stays closed: the DB is closed
 	}
 	quota struct {
 		sync.Mutex
@@ -174,7 +175,13 @@ func (db *DB) Close() error {
 		return ErrClosed
 	}
 	db.mu.closed = true
-	return db.closeAll()
+	err := db.closeAll()
+	// Wake whoever waits for new streams: there will be none.
+	db.changed.Lock()
+	close(db.changed.ch)
+	db.changed.closed = true
+	db.changed.Unlock()
+	return err
 }
 
 func (db *DB) closeAll() error {
@@ -221,8 +228,9 @@ type Ref struct {
 // one shard are stored atomically, in order. If a shard fails, the error names it and that
 // shard stored none of the call's messages, while other shards' messages may be stored (their
 // Refs are set). ctx bounds the wait for room in a full queue (back-pressure); once queued,
-// Store waits for the outcome, so a returned error never leaves a message's fate unknown. The
-// Message values are not retained.
+// Store waits for the outcome, so a returned error says the messages were not stored, with
+// one exception: ErrFailed (a failed fsync) means durability is unknown. The Message values
+// are not retained.
 func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 	exit, err := db.enter()
 	if err != nil {
@@ -339,9 +347,10 @@ func quotaUsage(m *pebble.Metrics) uint64 {
 }
 
 // StreamsChanged returns a channel that is closed the next time the set of streams changes: a
-// new topic pattern is learned, or a generation is added or dropped. Call Streams then, and
-// StreamsChanged again for the next change. A reader thus learns of new streams without
-// polling every stream.
+// new topic pattern is learned, or a generation is added or dropped; and when the DB is
+// closed. Call Streams then, and StreamsChanged again for the next change. A reader thus
+// learns of new streams without polling every stream. It does not fire for new messages in
+// existing streams.
 func (db *DB) StreamsChanged() <-chan struct{} {
 	db.changed.Lock()
 	defer db.changed.Unlock()
@@ -351,6 +360,9 @@ func (db *DB) StreamsChanged() <-chan struct{} {
 func (db *DB) notifyChanged() {
 	db.changed.Lock()
 	defer db.changed.Unlock()
+	if db.changed.closed {
+		return
+	}
 	close(db.changed.ch)
 	db.changed.ch = make(chan struct{})
 }

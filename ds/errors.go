@@ -42,9 +42,12 @@ var (
 	ErrInvalidIterator = stream.ErrInvalid
 	// ErrInvalidOptions: Options.Validate found problems; the message lists all of them.
 	ErrInvalidOptions = errors.New("strata: invalid options")
-	// ErrShardMismatch: the DB was created with another NShards (or storage mode).
+	// ErrShardMismatch: the DB was created with another NShards, or by a build with another
+	// on-disk format version.
 	ErrShardMismatch = errors.New("strata: options do not match the stored DB")
-	// ErrFailed: a shard hit an error that leaves durability unknown (a failed fsync); reopen.
+	// ErrFailed: a shard hit an error that leaves durability unknown (a failed WAL fsync). The
+	// messages of the failed call may or may not have been stored; reopen the DB and read to
+	// find out. Every later write to the shard fails with it until the reopen.
 	ErrFailed = shard.ErrFailed
 )
 

@@ -57,7 +57,7 @@ func Example() {
 				log.Fatal(err)
 			}
 			if len(msgs) == 0 {
-				break // nothing more yet; wait on db.StreamsChanged() or the broker's own signal
+				break // nothing more yet: wait for the broker's publish signal or a timer
 			}
 			for _, m := range msgs {
 				fmt.Printf("%s %s\n", m.Topic, m.Payload)

@@ -37,6 +37,9 @@ const RetainForever time.Duration = -1
 // MaxShards is the largest NShards.
 const MaxShards = 1024
 
+// MaxQueueLength is the largest QueueLength.
+const MaxQueueLength = 1 << 20
+
 // MaxMessageBytesLimit is the largest MaxMessageBytes: MQTT's own packet limit.
 const MaxMessageBytesLimit = 256 << 20
 
@@ -75,7 +78,7 @@ type Options struct {
 	MaxBatchBytes    int
 
 	// QueueLength is how many Store calls may wait per shard before Store blocks (back-pressure).
-	// Default 1024.
+	// Default 1024; at most MaxQueueLength.
 	QueueLength int
 
 	// Durability: Sync (default) or NoSync.
@@ -101,8 +104,8 @@ type ExpertOptions struct {
 	// FS is the filesystem. Default: the OS's.
 	FS vfs.FS
 	// PebblePerShard gives every shard its own Pebble instance (own WAL, own memtable) instead
-	// of one instance with shard-prefixed keys. Fixed at creation. See DESIGN.md §1 and the
-	// README's figures for the trade-off.
+	// of one instance with shard-prefixed keys. Used when the DB is created; a reopen uses the
+	// stored mode whatever this says. See docs/design-changes.md for the measured trade-off.
 	PebblePerShard bool
 	// MemTableBytes is the memtable budget over all Pebble instances. Default 128 MiB.
 	MemTableBytes int
@@ -110,8 +113,9 @@ type ExpertOptions struct {
 	CacheBytes int64
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
-	// MaintenanceInterval is how often rotation, retention and the quota are checked. Default
-	// 1s, or less when GenerationSpan is shorter.
+	// MaintenanceInterval is how often rotation and retention are checked. Default 1s, or
+	// GenerationSpan/10 when that is shorter. (The quota is checked at each commit, measured at
+	// most every 100ms.)
 	MaintenanceInterval time.Duration
 }
 
@@ -192,8 +196,8 @@ func (o *Options) Validate() error {
 	if o.Retention < 0 && o.Retention != RetainForever {
 		bad("Retention %v is negative (use RetainForever)", o.Retention)
 	}
-	if o.GenerationSpan < 0 {
-		bad("GenerationSpan %v is negative", o.GenerationSpan)
+	if o.GenerationSpan < 0 || o.GenerationSpan > 0 && o.GenerationSpan < time.Millisecond {
+		bad("GenerationSpan %v is negative or below 1ms", o.GenerationSpan)
 	}
 	if o.Retention > 0 && o.GenerationSpan > 0 && o.GenerationSpan > o.Retention {
 		bad("GenerationSpan %v exceeds Retention %v", o.GenerationSpan, o.Retention)
@@ -211,8 +215,8 @@ func (o *Options) Validate() error {
 	if o.MaxBatchBytes < 0 {
 		bad("MaxBatchBytes %d is negative", o.MaxBatchBytes)
 	}
-	if o.QueueLength < 0 {
-		bad("QueueLength %d is negative", o.QueueLength)
+	if o.QueueLength < 0 || o.QueueLength > MaxQueueLength {
+		bad("QueueLength %d is outside [1, %d]", o.QueueLength, MaxQueueLength)
 	}
 	if o.Durability != Sync && o.Durability != NoSync {
 		bad("Durability %d is unknown", o.Durability)
@@ -229,8 +233,8 @@ func (o *Options) Validate() error {
 	if o.Expert.CacheBytes < 0 {
 		bad("Expert.CacheBytes %d is negative", o.Expert.CacheBytes)
 	}
-	if o.Expert.MaintenanceInterval < 0 {
-		bad("Expert.MaintenanceInterval %v is negative", o.Expert.MaintenanceInterval)
+	if o.Expert.MaintenanceInterval < 0 || o.Expert.MaintenanceInterval > 0 && o.Expert.MaintenanceInterval < 100*time.Microsecond {
+		bad("Expert.MaintenanceInterval %v is negative or below 100µs", o.Expert.MaintenanceInterval)
 	}
 	if len(errs) == 0 {
 		return nil

@@ -48,8 +48,8 @@ func (db *DB) Iterator(s Stream, filter string, since time.Time) (Iterator, erro
 // Next returns up to max messages from it, in timestamp order, and the advanced iterator.
 //
 //   - A non-empty batch: more may follow; call Next again with the returned iterator.
-//   - An empty batch and a nil error: no more messages yet. Wait (StreamsChanged, a timer, a
-//     notification from the broker's publish path) and call again.
+//   - An empty batch and a nil error: no more messages yet. Wait (a timer, or a signal from the
+//     broker's own publish path; StreamsChanged fires only for new streams) and call again.
 //   - ErrEndOfStream: the generation is sealed and everything was read; call Streams for the
 //     streams of later generations.
 //   - ErrGenerationNotFound: the generation was dropped (retention); its messages are gone.

@@ -3,6 +3,7 @@ package layout
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/cespare/xxhash/v2"
@@ -166,7 +167,8 @@ func (l *lts) Dump() string {
 // matches plus one seek per index and skip, not the size of the stream.
 func (l *lts) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]message.Message, ReadResult, error) {
 	res := ReadResult{Next: req.From}
-	limit := len(out) + req.Max // out may hold earlier messages; Max counts this read's only
+	// out may hold earlier messages; Max counts this read's only (saturating: Max may be huge).
+	limit := len(out) + min(req.Max, math.MaxInt-len(out))
 	n := l.trie.stream(req.Key)
 	if n == nil || req.From >= req.Until {
 		res.Exhausted = true

@@ -3,6 +3,7 @@ package layout
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/internal/message"
@@ -56,7 +57,8 @@ func (l *reference) Stream(key uint64) (StreamInfo, bool) {
 
 func (l *reference) Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]message.Message, ReadResult, error) {
 	res := ReadResult{Next: req.From}
-	limit := len(out) + req.Max // out may hold earlier messages; Max counts this read's only
+	// out may hold earlier messages; Max counts this read's only (saturating: Max may be huge).
+	limit := len(out) + min(req.Max, math.MaxInt-len(out))
 	if req.Key != referenceKey || req.From >= req.Until {
 		res.Exhausted = true
 		return out, res, nil

@@ -22,7 +22,8 @@ func (s *Shard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
 	return l, ok
 }
 
-// LastTimestamp returns the largest durable timestamp, or 0 for none.
+// LastTimestamp returns the largest durable timestamp; before the first message it is the
+// current generation's Since - 1.
 func (s *Shard) LastTimestamp() uint64 { return s.core.view.Load().readLimit - 1 }
 
 // Streams returns the streams of every generation with Until > since (or current) whose pattern

@@ -97,7 +97,7 @@ func Open(cfg Config) (*Shard, error) {
 		return nil, err
 	}
 	if !found {
-		if err := c.create(uint64(cfg.Now().UnixMicro()), cfg.Sync); err != nil {
+		if err := c.create(uint64(max(cfg.Now().UnixMicro(), 1)), cfg.Sync); err != nil {
 			return nil, fmt.Errorf("shard %d: create: %w", cfg.ID, err)
 		}
 	}
@@ -203,7 +203,7 @@ func (s *Shard) enqueue(ctx context.Context, r *request) error {
 	}
 }
 
-func (s *Shard) now() uint64 { return uint64(s.cfg.Now().UnixMicro()) }
+func (s *Shard) now() uint64 { return uint64(max(s.cfg.Now().UnixMicro(), 0)) }
 
 func (s *Shard) failure() error {
 	s.failMu.Lock()
@@ -228,33 +228,36 @@ func (s *Shard) runWriter() {
 	tick := time.NewTicker(s.cfg.MaintenanceInterval)
 	defer tick.Stop()
 	var timer *time.Timer
+	var carry *request // taken from the queue but left for the next batch
 	for {
-		var first *request
-		select {
-		case first = <-s.q:
-		case <-tick.C:
-			s.maintain()
-			continue
-		case <-s.closing:
-			// Commit what was accepted before Close; enqueue refuses new requests now.
-			for {
-				select {
-				case r := <-s.q:
-					s.Metrics.QueueDepth.Add(-1)
-					s.handle([]*request{r})
-				default:
-					return
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case first = <-s.q:
+				s.Metrics.QueueDepth.Add(-1)
+			case <-tick.C:
+				s.maintain()
+				continue
+			case <-s.closing:
+				// Commit what was accepted before Close; enqueue refuses new requests now.
+				for {
+					select {
+					case r := <-s.q:
+						s.Metrics.QueueDepth.Add(-1)
+						s.handle([]*request{r})
+					default:
+						return
+					}
 				}
 			}
 		}
-		s.Metrics.QueueDepth.Add(-1)
 		if first.kind != reqStore {
 			s.handle([]*request{first})
 			continue
 		}
 		batch := []*request{first}
 		n, bytes := len(first.msgs), first.bytes
-		var next *request // a non-store request that ends the batch
 		deadline := first.enqueued.Add(s.cfg.FlushInterval)
 	collect:
 		for n < s.cfg.MaxBatchMessages && bytes < s.cfg.MaxBatchBytes {
@@ -282,8 +285,11 @@ func (s *Shard) runWriter() {
 				}
 			}
 			s.Metrics.QueueDepth.Add(-1)
-			if r.kind != reqStore {
-				next = r
+			// A request joins only if the batch stays within its bounds (a single request
+			// larger than them still commits alone, as one batch); an admin request ends the
+			// batch. Either way the request that does not join starts the next round.
+			if r.kind != reqStore || n+len(r.msgs) > s.cfg.MaxBatchMessages || bytes+r.bytes > s.cfg.MaxBatchBytes {
+				carry = r
 				break
 			}
 			batch = append(batch, r)
@@ -291,9 +297,6 @@ func (s *Shard) runWriter() {
 			bytes += r.bytes
 		}
 		s.handle(batch)
-		if next != nil {
-			s.handle([]*request{next})
-		}
 	}
 }
 
@@ -394,7 +397,11 @@ func (s *Shard) runSyncer() {
 		f.batch.Close()
 		if err != nil {
 			s.fail(err)
-			err = s.failure()
+		}
+		// Once a sync failed, nothing after it is published: durability is unknown from
+		// there on, whatever Pebble reports for later batches.
+		if failed := s.failure(); failed != nil {
+			err = failed
 		} else {
 			s.core.publishDurable(f.pub)
 			s.Metrics.observeCommit(time.Since(f.start), f.msgs, f.bytes)
