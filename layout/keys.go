@@ -121,7 +121,9 @@ func decodeDataSuffix(suffix []byte, n int, varying []string) (uint64, []string,
 	rest := suffix[8:]
 	for i := 0; i < n; i++ {
 		l, w := binary.Uvarint(rest)
-		if w <= 0 || l > uint64(len(rest)-w) {
+		// A length is canonical (a multi-byte uvarint never ends in a zero byte), so one key
+		// has one decoding and a damaged key is not read as another.
+		if w <= 0 || w > 1 && rest[w-1] == 0 || l > uint64(len(rest)-w) {
 			return 0, varying, fmt.Errorf("%w: varying level %d of data key at ts %d", ErrCorrupt, i, ts)
 		}
 		varying = append(varying, string(rest[w:w+int(l)]))

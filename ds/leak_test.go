@@ -1,0 +1,54 @@
+package ds_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCloseLeavesNoGoroutines: Close stops every goroutine the DB started (shard writers and
+// syncers, background compactions of dropped generations, Pebble's own).
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	for _, perShard := range []bool{false, true} {
+		db, err := ds.Open(t.TempDir(), fastOptions(func(o *ds.Options) { o.Expert.PebblePerShard = perShard }))
+		require.NoError(t, err)
+		ctx := context.Background()
+		for i := range 50 {
+			_, err := db.Store(ctx, msg("c", "leak/a", i), msg("d", "leak/b", i))
+			require.NoError(t, err)
+		}
+		require.NoError(t, db.AddGeneration(ctx))
+		gens, err := db.Generations()
+		require.NoError(t, err)
+		require.NoError(t, db.DropGeneration(ctx, gens[0].Shard, gens[0].ID))
+		ss, err := db.Streams("#", time.Time{})
+		require.NoError(t, err)
+		for _, s := range ss {
+			it, err := db.Iterator(s, "#", time.Time{})
+			require.NoError(t, err)
+			_, _, _ = db.Next(ctx, it, 10)
+		}
+		require.NoError(t, db.Close())
+	}
+	ok := assertEventually(func() bool { return runtime.NumGoroutine() <= before }, 10*time.Second)
+	if !ok {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("goroutines: %d before Open, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+	}
+}
+
+func assertEventually(cond func() bool, limit time.Duration) bool {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}
