@@ -380,21 +380,6 @@ func modelMatch(filter, name string) bool {
 	return len(f) == len(n)
 }
 
-// modelPatternHolds reports whether a topic fits a learned LTS pattern: same number of levels,
-// each equal or '+'.
-func modelPatternHolds(pattern, name string) bool {
-	p, n := strings.Split(pattern, "/"), strings.Split(name, "/")
-	if len(p) != len(n) {
-		return false
-	}
-	for i := range p {
-		if p[i] != "+" && p[i] != n[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // expected returns the refs of the model's messages that match filter with ts >= since, by
 // shard then timestamp.
 func (r *modelRun) expected(filter string, since uint64) []ds.Ref {
@@ -461,7 +446,7 @@ func (r *modelRun) checkMsg(s ds.Stream, filter string, since uint64, got ds.Mes
 	require.True(t, modelMatch(filter, got.Topic), "%q does not match filter %q", got.Topic, filter)
 	require.GreaterOrEqual(t, got.Timestamp, since)
 	if s.Layout == ds.LayoutLTS {
-		require.True(t, modelPatternHolds(s.Pattern, got.Topic), "%q read from stream with pattern %q", got.Topic, s.Pattern)
+		require.True(t, patternFits(s.Pattern, got.Topic), "%q read from stream with pattern %q", got.Topic, s.Pattern)
 	}
 	id := streamIDOf(s)
 	if prev, ok := r.streamOf[ref]; ok {
