@@ -13,6 +13,9 @@ type Metrics struct {
 	Shards []ShardMetrics
 	// DiskBytes is the size of the DB's Pebble files.
 	DiskBytes uint64
+	// BytesWritten counts what Pebble wrote since Open: WAL, flushes and compactions (tables and
+	// blob files). Divided by the message bytes stored it is the write amplification.
+	BytesWritten uint64
 	// Pebble is Pebble's own report, one per instance (levels, compactions, WAL).
 	Pebble []string
 }
@@ -83,6 +86,10 @@ func (db *DB) Metrics() (Metrics, error) {
 	for _, p := range db.pebbles {
 		pm := p.Metrics()
 		m.DiskBytes += pm.DiskSpaceUsage()
+		m.BytesWritten += pm.WAL.BytesWritten
+		for _, l := range pm.Levels {
+			m.BytesWritten += l.TableBytesFlushed + l.TableBytesCompacted + l.BlobBytesFlushed + l.BlobBytesCompacted
+		}
 		m.Pebble = append(m.Pebble, pm.String())
 	}
 	return m, nil
@@ -112,7 +119,7 @@ func (m Metrics) String() string {
 		row(fmt.Sprint(s.Shard), s)
 	}
 	row("total", m.Totals())
-	fmt.Fprintf(&b, "disk bytes: %d\n", m.DiskBytes)
+	fmt.Fprintf(&b, "disk bytes: %d, bytes written: %d\n", m.DiskBytes, m.BytesWritten)
 	return b.String()
 }
 

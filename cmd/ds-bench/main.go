@@ -8,6 +8,7 @@
 package main
 
 import (
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -34,6 +35,7 @@ type config struct {
 	flush      time.Duration
 	replay     bool
 	metrics    bool
+	quick      bool
 }
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 	flag.BoolVar(&c.replay, "replay", true, "run the replay scenarios after ingest")
 	flag.DurationVar(&c.flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
+	flag.BoolVar(&c.quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -65,6 +69,13 @@ func main() {
 		defer pprof.StopCPUProfile()
 	}
 
+	if c.quick {
+		nSet := false
+		flag.Visit(func(f *flag.Flag) { nSet = nSet || f.Name == "n" })
+		if !nSet {
+			c.n = 300_000
+		}
+	}
 	switch durability {
 	case "sync":
 		c.durability = ds.Sync
@@ -89,8 +100,10 @@ func main() {
 		fail("unknown -storage %q", storage)
 	}
 
-	fmt.Printf("ds-bench: %d messages × %d B payload from %d publishers, %d shards, %s, layout %s; GOMAXPROCS %d\n\n",
-		c.n, c.payload, c.publishers, c.shards, c.durability, c.layout, runtime.GOMAXPROCS(0))
+	if !*asJSON {
+		fmt.Printf("ds-bench: %d messages × %d B payload from %d publishers, %d shards, %s, layout %s; GOMAXPROCS %d\n\n",
+			c.n, c.payload, c.publishers, c.shards, c.durability, c.layout, runtime.GOMAXPROCS(0))
+	}
 	var results []result
 	for _, perShard := range modes {
 		c.perShard = perShard
@@ -107,40 +120,70 @@ func main() {
 		}
 		results = append(results, rs...)
 	}
+	for i := range results {
+		results[i].Rate = results[i].rate()
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(results); err != nil {
+			fail("%v", err)
+		}
+		return
+	}
 	printResults(results)
 }
 
-// result is one line of the report.
+// result is one line of the report (and one object of the -json output).
 type result struct {
-	name    string
-	msgs    int
-	bytes   int64
-	elapsed time.Duration
-	note    string
+	Name    string        `json:"scenario"`
+	Msgs    int           `json:"messages"`
+	Bytes   int64         `json:"payload_bytes"`
+	Elapsed time.Duration `json:"elapsed_ns"`
+	Rate    float64       `json:"msgs_per_sec"`
+	// Store latency, for ingest scenarios with one call per message.
+	P50  time.Duration `json:"p50_ns,omitempty"`
+	P99  time.Duration `json:"p99_ns,omitempty"`
+	P999 time.Duration `json:"p999_ns,omitempty"`
+	// Strata ingest only.
+	MsgsPerCommit   float64 `json:"msgs_per_commit,omitempty"`
+	DiskBytesPerMsg float64 `json:"disk_bytes_per_msg,omitempty"`
+	WriteAmp        float64 `json:"write_amp,omitempty"`
+	PeakHeapBytes   uint64  `json:"peak_heap_bytes,omitempty"`
+	PeakRSSBytes    uint64  `json:"peak_rss_bytes,omitempty"`
+	Note            string  `json:"note"`
 }
 
-func (r result) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
+func (r result) rate() float64 { return float64(r.Msgs) / r.Elapsed.Seconds() }
+
+func (r *result) setLatency(lats []time.Duration) { r.P50, r.P99, r.P999 = percentiles(lats) }
 
 func printResults(rs []result) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\tMB/s\t\tnote")
+	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\tMB/s\tp50\tp99\tp99.9\t\tnote")
+	lat := func(d time.Duration) string {
+		if d == 0 {
+			return "-"
+		}
+		return d.Round(10 * time.Microsecond).String()
+	}
 	for _, r := range rs {
-		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%.1f\t\t%s\n", r.name, r.msgs, r.elapsed.Round(time.Millisecond),
-			human(r.rate()), float64(r.bytes)/r.elapsed.Seconds()/1e6, r.note)
+		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%.1f\t%s\t%s\t%s\t\t%s\n", r.Name, r.Msgs, r.Elapsed.Round(time.Millisecond),
+			human(r.rate()), float64(r.Bytes)/r.Elapsed.Seconds()/1e6, lat(r.P50), lat(r.P99), lat(r.P999), r.Note)
 	}
 	w.Flush()
 	// Ratios of Strata's ingest to raw Pebble's, when both ran.
 	var raw float64
 	for _, r := range rs {
-		if strings.HasPrefix(r.name, "raw pebble, 1 batch/msg") && raw == 0 {
+		if strings.HasPrefix(r.Name, "raw pebble, 1 batch/msg") && raw == 0 {
 			raw = r.rate()
 		}
 	}
 	if raw > 0 {
 		fmt.Println()
 		for _, r := range rs {
-			if strings.HasPrefix(r.name, "ingest") {
-				fmt.Printf("%s / raw pebble 1 batch/msg (same options, same publishers): %.2f×\n", r.name, r.rate()/raw)
+			if strings.HasPrefix(r.Name, "ingest") {
+				fmt.Printf("%s / raw pebble 1 batch/msg (same options, same publishers): %.2f×\n", r.Name, r.rate()/raw)
 			}
 		}
 	}

@@ -27,8 +27,8 @@ func TestScenariosRun(t *testing.T) {
 		}
 		for _, r := range rs {
 			for prefix, n := range want {
-				if len(r.name) >= len(prefix) && r.name[:len(prefix)] == prefix && r.msgs != n {
-					t.Errorf("%s: %d messages, want %d", r.name, r.msgs, n)
+				if len(r.Name) >= len(prefix) && r.Name[:len(prefix)] == prefix && r.Msgs != n {
+					t.Errorf("%s: %d messages, want %d", r.Name, r.Msgs, n)
 				}
 			}
 		}
@@ -42,8 +42,8 @@ func TestRawPebbleRuns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range rs {
-		if r.msgs == 0 || r.elapsed <= 0 {
-			t.Errorf("%s: %d messages in %v", r.name, r.msgs, r.elapsed)
+		if r.Msgs == 0 || r.Elapsed <= 0 {
+			t.Errorf("%s: %d messages in %v", r.Name, r.Msgs, r.Elapsed)
 		}
 	}
 }

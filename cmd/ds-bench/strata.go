@@ -43,7 +43,8 @@ func runStrata(c config) ([]result, error) {
 	ctx := context.Background()
 	pl := payloads(64, c.payload)
 	name := fmt.Sprintf("ingest (%s, %s)", storage, c.durability)
-	elapsed, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
+	mem := startMemory()
+	elapsed, lats, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
 		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
 		return err
 	})
@@ -61,10 +62,18 @@ func runStrata(c config) ([]result, error) {
 			fmt.Println(pm)
 		}
 	}
-	results := []result{{
-		name: name, msgs: c.n, bytes: int64(c.n * c.payload), elapsed: elapsed,
-		note: fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg", float64(t.Messages)/float64(max(t.Batches, 1)), float64(m.DiskBytes)/float64(c.n)),
-	}}
+	heap, rss := mem.finish()
+	ingest := result{
+		Name: name, Msgs: c.n, Bytes: int64(c.n * c.payload), Elapsed: elapsed,
+		MsgsPerCommit:   float64(t.Messages) / float64(max(t.Batches, 1)),
+		DiskBytesPerMsg: float64(m.DiskBytes) / float64(c.n),
+		WriteAmp:        float64(m.BytesWritten) / float64(max(t.Bytes, 1)),
+		PeakHeapBytes:   heap, PeakRSSBytes: rss,
+	}
+	ingest.setLatency(lats)
+	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, heap %d MiB, RSS %d MiB",
+		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, heap>>20, rss>>20)
+	results := []result{ingest}
 
 	if !c.replay {
 		return results, db.Close()
@@ -78,7 +87,7 @@ func runStrata(c config) ([]result, error) {
 		if err != nil {
 			return nil, err
 		}
-		r.note = fmt.Sprintf("%s", q.filter)
+		r.Note = q.filter
 		results = append(results, r)
 	}
 	return results, db.Close()
@@ -128,5 +137,5 @@ func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) 
 	if e := firstErr.Load(); e != nil {
 		return result{}, fmt.Errorf("%s: %w", name, *e)
 	}
-	return result{name: name, msgs: int(msgs.Load()), bytes: bytes.Load(), elapsed: time.Since(start)}, nil
+	return result{Name: name, Msgs: int(msgs.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}, nil
 }

@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,14 +38,15 @@ func payloads(k, size int) [][]byte {
 
 // runPublishers runs one goroutine per publisher; publisher p sends its share of n messages by
 // calling send(p, i) sequentially, like a broker connection's read loop. It returns the elapsed
-// time and the first error.
-func runPublishers(name string, n, publishers int, progress bool, send func(p, i int) error) (time.Duration, error) {
+// time, the latency of every send (in no particular order) and the first error.
+func runPublishers(name string, n, publishers int, progress bool, send func(p, i int) error) (time.Duration, []time.Duration, error) {
 	var done atomic.Int64
 	var firstErr atomic.Pointer[error]
 	stop := make(chan struct{})
 	if progress {
 		go progressLine(name, n, &done, stop)
 	}
+	lats := make([][]time.Duration, publishers)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for p := 0; p < publishers; p++ {
@@ -49,28 +54,90 @@ func runPublishers(name string, n, publishers int, progress bool, send func(p, i
 		if p < n%publishers {
 			count++
 		}
+		lats[p] = make([]time.Duration, 0, count)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; i < count; i++ {
+				t0 := time.Now()
 				if err := send(p, i); err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
+				lats[p] = append(lats[p], time.Since(t0))
 				done.Add(1)
 			}
 		}()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	var all []time.Duration
+	for _, l := range lats {
+		all = append(all, l...)
+	}
 	close(stop)
 	if progress {
 		fmt.Fprint(os.Stderr, "\r\033[K")
 	}
 	if e := firstErr.Load(); e != nil {
-		return elapsed, *e
+		return elapsed, all, *e
 	}
-	return elapsed, nil
+	return elapsed, all, nil
+}
+
+// percentiles returns the p50, p99 and p99.9 of lats (sorted in place).
+func percentiles(lats []time.Duration) (p50, p99, p999 time.Duration) {
+	if len(lats) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(lats)
+	at := func(q float64) time.Duration { return lats[min(len(lats)-1, int(q*float64(len(lats))))] }
+	return at(0.50), at(0.99), at(0.999)
+}
+
+// memory samples the Go heap while a run goes on and reports its peak, and the process's peak
+// RSS (VmHWM, which covers Pebble's manually managed memory too).
+type memory struct {
+	peakHeap atomic.Uint64
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+func startMemory() *memory {
+	m := &memory{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(m.done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > m.peakHeap.Load() {
+				m.peakHeap.Store(ms.HeapInuse)
+			}
+			select {
+			case <-m.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return m
+}
+
+// finish stops sampling and returns the peak Go heap and the peak RSS (0 where /proc is
+// missing).
+func (m *memory) finish() (heap, rss uint64) {
+	close(m.stop)
+	<-m.done
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmHWM:" {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			rss = kb << 10
+		}
+	}
+	return m.peakHeap.Load(), rss
 }
 
 // progressLine prints "name  42% 123.4k msgs/s" on stderr twice a second.
