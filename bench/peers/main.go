@@ -1,0 +1,243 @@
+// Command peers measures NATS JetStream (embedded nats-server) next to Strata on the same
+// machine and workload: 1 KiB messages over 1,000 subjects/publishers, durable publish, read
+// back, and a consumer filtered to one subject. It lives in its own module so that the
+// library's go.mod never carries nats-server's dependency tree.
+//
+//	cd bench/peers && go run . -n 200000
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/strata-mq/strata/ds"
+)
+
+func main() {
+	n := flag.Int("n", 200_000, "messages")
+	subjects := flag.Int("subjects", 1000, "subjects (JetStream) / publishers (Strata)")
+	payload := flag.Int("payload", 1024, "payload bytes")
+	syncAlwaysN := flag.Int("syncalways-n", 5000, "messages for the SyncAlways run (it does ~3k msgs/s)")
+	flag.Parse()
+	if *n < *subjects || *subjects < 1 {
+		fmt.Fprintln(os.Stderr, "peers: need -n >= -subjects >= 1")
+		os.Exit(2)
+	}
+	data := make([]byte, *payload)
+	for i := range data {
+		data[i] = byte(i*7 + 3)
+	}
+	var rows []row
+	add := func(r row, err error) {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "peers:", r.name, err)
+			os.Exit(1)
+		}
+		rows = append(rows, r)
+	}
+	js, err := jetStreamRun(false, *n, *subjects, data)
+	add(row{name: "JetStream R1 publish, default sync"}, err)
+	rows[len(rows)-1] = js.publish
+	rows = append(rows, js.readAll, js.filtered)
+	jsAlways, err := jetStreamRun(true, *syncAlwaysN, min(*subjects, *syncAlwaysN), data)
+	add(jsAlways.publish, err)
+	st, err := strataRun(*n, *subjects, data)
+	add(st.publish, err)
+	rows = append(rows, st.readAll, st.filtered)
+
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\t\tdurability")
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%d\t%s\t%.0f\t\t%s\n", r.name, r.msgs, r.elapsed.Round(time.Millisecond), r.rate(), r.durability)
+	}
+	w.Flush()
+	fmt.Println()
+	fmt.Printf("durable ingest, Strata (fsync per commit) / JetStream R1 default sync (no fsync per write): %.2f×\n", st.publish.rate()/js.publish.rate())
+	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
+	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
+	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", *subjects, st.filtered.rate()/js.filtered.rate())
+}
+
+type row struct {
+	name       string
+	msgs       int
+	elapsed    time.Duration
+	durability string
+}
+
+func (r row) rate() float64 { return float64(r.msgs) / r.elapsed.Seconds() }
+
+type runResult struct{ publish, readAll, filtered row }
+
+// jetStreamRun starts an embedded nats-server with a file-store R1 stream, publishes n
+// messages asynchronously (4,000 pending) round-robin over the subjects, reads them all back with
+// a pull consumer, then reads one subject's messages through a filtered consumer.
+func jetStreamRun(syncAlways bool, n, subjects int, data []byte) (runResult, error) {
+	var res runResult
+	dir, err := os.MkdirTemp("", "peers-js-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := server.NewServer(&server.Options{JetStream: true, StoreDir: dir, Port: -1, SyncAlways: syncAlways, NoLog: true, NoSigs: true})
+	if err != nil {
+		return res, err
+	}
+	go srv.Start()
+	defer srv.Shutdown()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		return res, errors.New("nats-server not ready")
+	}
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		return res, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4000))
+	if err != nil {
+		return res, err
+	}
+	ctx := context.Background()
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BENCH", Subjects: []string{"bench.>"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		return res, err
+	}
+	durability := "default sync (fsync every 2 min)"
+	if syncAlways {
+		durability = "SyncAlways (fsync per write)"
+	}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := js.PublishAsync(fmt.Sprintf("bench.s%d", i%subjects), data, jetstream.WithStallWait(time.Minute)); err != nil {
+			return res, err
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(10 * time.Minute):
+		return res, errors.New("publish acks timed out")
+	}
+	name := "JetStream R1 publish"
+	if syncAlways {
+		name += " SyncAlways"
+	}
+	res.publish = row{name: name, msgs: n, elapsed: time.Since(start), durability: durability}
+	if syncAlways {
+		return res, nil
+	}
+	read := func(filter string, want int) (time.Duration, error) {
+		start := time.Now()
+		cons, err := st.CreateConsumer(ctx, jetstream.ConsumerConfig{AckPolicy: jetstream.AckNonePolicy, FilterSubject: filter})
+		if err != nil {
+			return 0, err
+		}
+		got := 0
+		for got < want {
+			batch, err := cons.FetchNoWait(1000)
+			if err != nil {
+				return 0, err
+			}
+			for range batch.Messages() {
+				got++
+			}
+			if err := batch.Error(); err != nil {
+				return 0, err
+			}
+		}
+		return time.Since(start), nil
+	}
+	d, err := read("", n)
+	if err != nil {
+		return res, err
+	}
+	res.readAll = row{name: "JetStream read all (pull consumer)", msgs: n, elapsed: d, durability: "-"}
+	one := n / subjects
+	d, err = read("bench.s7", one)
+	if err != nil {
+		return res, err
+	}
+	res.filtered = row{name: "JetStream filtered consumer, one subject", msgs: one, elapsed: d, durability: "-"}
+	return res, nil
+}
+
+// strataRun stores n messages from one goroutine per publisher (one Store per message, Sync),
+// reads everything back, then one publisher's messages.
+func strataRun(n, publishers int, data []byte) (runResult, error) {
+	var res runResult
+	dir, err := os.MkdirTemp("", "peers-strata-")
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(dir)
+	db, err := ds.Open(dir, &ds.Options{Retention: ds.RetainForever})
+	if err != nil {
+		return res, err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, publishers)
+	for p := 0; p < publishers; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := fmt.Sprintf("client-%d", p)
+			for i := p; i < n; i += publishers {
+				if _, err := db.Store(ctx, ds.Message{ClientID: client, Topic: fmt.Sprintf("bench/%s", client), QoS: 1, Payload: data}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return res, err
+	}
+	res.publish = row{name: "Strata Store (1,000 publishers)", msgs: n, elapsed: time.Since(start), durability: "Sync (fsync per group commit)"}
+	read := func(filter string) (int, time.Duration, error) {
+		start := time.Now()
+		streams, err := db.Streams(filter, time.Time{})
+		if err != nil {
+			return 0, 0, err
+		}
+		got := 0
+		for _, s := range streams {
+			it, err := db.Iterator(s, filter, time.Time{})
+			for err == nil {
+				var msgs []ds.Message
+				msgs, it, err = db.Next(ctx, it, 1000)
+				if len(msgs) == 0 && err == nil {
+					break
+				}
+				got += len(msgs)
+			}
+			if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
+				return 0, 0, err
+			}
+		}
+		return got, time.Since(start), nil
+	}
+	got, d, err := read("#")
+	if err != nil {
+		return res, err
+	}
+	res.readAll = row{name: "Strata read all (one reader)", msgs: got, elapsed: d, durability: "-"}
+	got, d, err = read("bench/client-7")
+	if err != nil {
+		return res, err
+	}
+	res.filtered = row{name: "Strata one publisher's topic", msgs: got, elapsed: d, durability: "-"}
+	return res, nil
+}
