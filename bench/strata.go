@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -13,8 +13,8 @@ import (
 	"github.com/strata-mq/strata/ds"
 )
 
-func runStrata(c config) ([]result, error) {
-	dir := c.dir
+func RunStrata(c Config) ([]Result, error) {
+	dir := c.Dir
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "ds-bench-")
 		if err != nil {
@@ -24,16 +24,16 @@ func runStrata(c config) ([]result, error) {
 		dir = tmp
 	}
 	storage := "shared"
-	if c.perShard {
+	if c.PerShard {
 		storage = "per-shard"
 	}
 	opts := &ds.Options{
-		NShards:       c.shards,
-		Durability:    c.durability,
-		Layout:        c.layout,
-		FlushInterval: c.flush,
+		NShards:       c.Shards,
+		Durability:    c.Durability,
+		Layout:        c.Layout,
+		FlushInterval: c.Flush,
 		Retention:     ds.RetainForever,
-		Expert:        ds.ExpertOptions{PebblePerShard: c.perShard},
+		Expert:        ds.ExpertOptions{PebblePerShard: c.PerShard},
 	}
 	db, err := ds.Open(dir, opts)
 	if err != nil {
@@ -41,10 +41,10 @@ func runStrata(c config) ([]result, error) {
 	}
 	defer db.Close()
 	ctx := context.Background()
-	pl := payloads(64, c.payload)
-	name := fmt.Sprintf("ingest (%s, %s)", storage, c.durability)
+	pl := payloads(64, c.Payload)
+	name := fmt.Sprintf("ingest (%s, %s)", storage, c.Durability)
 	mem := startMemory()
-	elapsed, lats, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
+	elapsed, lats, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
 		return err
 	})
@@ -56,34 +56,34 @@ func runStrata(c config) ([]result, error) {
 		return nil, err
 	}
 	t := m.Totals()
-	if c.metrics {
+	if c.Metrics {
 		fmt.Println(m)
 		for _, pm := range m.Pebble {
 			fmt.Println(pm)
 		}
 	}
 	heap, rss := mem.finish()
-	ingest := result{
-		Name: name, Msgs: c.n, Bytes: int64(c.n * c.payload), Elapsed: elapsed,
+	ingest := Result{
+		Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 		MsgsPerCommit:   float64(t.Messages) / float64(max(t.Batches, 1)),
-		DiskBytesPerMsg: float64(m.DiskBytes) / float64(c.n),
+		DiskBytesPerMsg: float64(m.DiskBytes) / float64(c.N),
 		WriteAmp:        float64(m.BytesWritten) / float64(max(t.Bytes, 1)),
 		PeakHeapBytes:   heap, PeakRSSBytes: rss,
 	}
 	ingest.setLatency(lats)
 	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, heap %d MiB, RSS %d MiB",
 		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, heap>>20, rss>>20)
-	results := []result{ingest}
+	results := []Result{ingest}
 
-	if !c.replay {
+	if !c.Replay {
 		return results, db.Close()
 	}
 	for _, q := range []struct{ name, filter string }{
 		{"replay all (#)", "#"},
 		{"replay wildcard " + regionFilter(3), regionFilter(3)},
-		{"replay one publisher", publisherFilter(c.publishers / 2)},
+		{"replay one publisher", publisherFilter(c.Publishers / 2)},
 	} {
-		r, err := replay(ctx, db, q.name+" ("+storage+")", q.filter, c.progress)
+		r, err := replay(ctx, db, q.name+" ("+storage+")", q.filter, c.Progress)
 		if err != nil {
 			return nil, err
 		}
@@ -95,11 +95,11 @@ func runStrata(c config) ([]result, error) {
 
 // replay reads every stream matching filter to its end, with GOMAXPROCS readers in parallel, in
 // batches of 1000.
-func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) (result, error) {
+func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) (Result, error) {
 	start := time.Now()
 	streams, err := db.Streams(filter, time.Time{})
 	if err != nil {
-		return result{}, err
+		return Result{}, err
 	}
 	work := make(chan ds.Stream, len(streams))
 	for _, s := range streams {
@@ -135,7 +135,7 @@ func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) 
 	}
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
-		return result{}, fmt.Errorf("%s: %w", name, *e)
+		return Result{}, fmt.Errorf("%s: %w", name, *e)
 	}
-	return result{Name: name, Msgs: int(msgs.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}, nil
+	return Result{Name: name, Msgs: int(msgs.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}, nil
 }

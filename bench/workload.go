@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"fmt"
@@ -152,7 +152,7 @@ func progressLine(name string, total int, done *atomic.Int64, stop chan struct{}
 		case <-t.C:
 			d := done.Load()
 			fmt.Fprintf(os.Stderr, "\r\033[K%-28s %3d%%  %s msgs/s", name, d*100/int64(total),
-				human(float64(d)/time.Since(start).Seconds()))
+				Human(float64(d)/time.Since(start).Seconds()))
 		}
 	}
 }

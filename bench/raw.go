@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"encoding/binary"
@@ -39,10 +39,10 @@ func rawVariants() []rawVariant {
 // its own one-message batch (Pebble's commit pipeline groups the concurrent WAL syncs);
 // "batched" uses one writer per shard committing 1000 messages at a time, which is what
 // Strata's group commit turns the publishers into, minus queueing and layout.
-func runRawPebble(c config) ([]result, error) {
-	var results []result
+func RunRawPebble(c Config) ([]Result, error) {
+	var results []Result
 	for _, v := range rawVariants() {
-		if c.quick && v.name == "raw pebble, batched, defaults" {
+		if c.Quick && v.name == "raw pebble, batched, defaults" {
 			continue // the slowest run, and only there to show why Strata tunes Pebble
 		}
 		r, err := runRawVariant(c, v)
@@ -54,35 +54,35 @@ func runRawPebble(c config) ([]result, error) {
 	return results, nil
 }
 
-func runRawVariant(c config, v rawVariant) (result, error) {
+func runRawVariant(c Config, v rawVariant) (Result, error) {
 	dir, err := os.MkdirTemp("", "ds-bench-raw-")
 	if err != nil {
-		return result{}, err
+		return Result{}, err
 	}
 	defer os.RemoveAll(dir)
 	db, err := pebble.Open(dir, v.options())
 	if err != nil {
-		return result{}, err
+		return Result{}, err
 	}
 	defer db.Close()
 	wo := pebble.Sync
-	if c.durability == ds.NoSync {
+	if c.Durability == ds.NoSync {
 		wo = pebble.NoSync
 	}
-	pl := payloads(64, c.payload)
+	pl := payloads(64, c.Payload)
 	value := func(p, i int) []byte {
 		client, topic := clientID(p), topicOf(p, i)
-		val := make([]byte, 0, len(client)+len(topic)+c.payload)
+		val := make([]byte, 0, len(client)+len(topic)+c.Payload)
 		return append(append(append(val, client...), topic...), pl[(p+i)%len(pl)]...)
 	}
 	key := func(p int, seq uint64) []byte {
-		k := binary.BigEndian.AppendUint16(nil, uint16(ds.ShardOf(clientID(p), c.shards)))
+		k := binary.BigEndian.AppendUint16(nil, uint16(ds.ShardOf(clientID(p), c.Shards)))
 		k = binary.BigEndian.AppendUint32(k, uint32(p))
 		return binary.BigEndian.AppendUint64(k, seq)
 	}
-	name := fmt.Sprintf("%s (%s)", v.name, c.durability)
+	name := fmt.Sprintf("%s (%s)", v.name, c.Durability)
 	if v.perMsg {
-		elapsed, lats, err := runPublishers(name, c.n, c.publishers, c.progress, func(p, i int) error {
+		elapsed, lats, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 			b := db.NewBatch()
 			defer b.Close()
 			if err := b.Set(key(p, uint64(i)), value(p, i), nil); err != nil {
@@ -90,27 +90,27 @@ func runRawVariant(c config, v rawVariant) (result, error) {
 			}
 			return b.Commit(wo)
 		})
-		r := result{Name: name, Msgs: c.n, Bytes: int64(c.n * c.payload), Elapsed: elapsed,
+		r := Result{Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 			Note: v.optsNote + ", publisher goroutines"}
 		r.setLatency(lats)
 		return r, err
 	}
 	const batch = 1000
-	rounds := c.n / batch / c.shards
-	elapsed, _, err := runPublishers(name, rounds*c.shards, c.shards, c.progress, func(w, r int) error {
+	rounds := c.N / batch / c.Shards
+	elapsed, _, err := runPublishers(name, rounds*c.Shards, c.Shards, c.Progress, func(w, r int) error {
 		b := db.NewBatch()
 		defer b.Close()
 		for j := 0; j < batch; j++ {
-			p := (w + (r*batch+j)*c.shards) % c.publishers
+			p := (w + (r*batch+j)*c.Shards) % c.Publishers
 			if err := b.Set(key(p, uint64(r*batch+j)<<8|uint64(w)), value(p, r), nil); err != nil {
 				return err
 			}
 		}
 		return b.Commit(wo)
 	})
-	n := rounds * c.shards * batch
-	return result{Name: name, Msgs: n, Bytes: int64(n * c.payload), Elapsed: elapsed,
-		Note: fmt.Sprintf("%s, %d writers × %d msgs/commit", v.optsNote, c.shards, batch)}, err
+	n := rounds * c.Shards * batch
+	return Result{Name: name, Msgs: n, Bytes: int64(n * c.Payload), Elapsed: elapsed,
+		Note: fmt.Sprintf("%s, %d writers × %d msgs/commit", v.optsNote, c.Shards, batch)}, err
 }
 
 type quietLogger struct{}

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"testing"
@@ -10,17 +10,17 @@ import (
 // a replay must find exactly the messages its filter selects.
 func TestScenariosRun(t *testing.T) {
 	for _, perShard := range []bool{false, true} {
-		c := config{n: 4000, publishers: 40, payload: 100, shards: 4, durability: ds.NoSync,
-			perShard: perShard, layout: ds.LayoutLTS, dir: t.TempDir(), replay: true}
-		rs, err := runStrata(c)
+		c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync,
+			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true}
+		rs, err := RunStrata(c)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := map[string]int{
-			"ingest":               c.n,
-			"replay all":           c.n,
-			"replay wildcard":      c.n / 8,            // one region of 8
-			"replay one publisher": c.n / c.publishers, // one publisher's share
+			"ingest":               c.N,
+			"replay all":           c.N,
+			"replay wildcard":      c.N / 8,            // one region of 8
+			"replay one publisher": c.N / c.Publishers, // one publisher's share
 		}
 		if len(rs) != len(want) {
 			t.Fatalf("got %d results, want %d", len(rs), len(want))
@@ -36,8 +36,8 @@ func TestScenariosRun(t *testing.T) {
 }
 
 func TestRawPebbleRuns(t *testing.T) {
-	c := config{n: 16000, publishers: 40, payload: 100, shards: 4, durability: ds.NoSync}
-	rs, err := runRawPebble(c)
+	c := Config{N: 16000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync}
+	rs, err := RunRawPebble(c)
 	if err != nil {
 		t.Fatal(err)
 	}
