@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/strata-mq/strata/ds"
 )
@@ -46,4 +48,49 @@ func TestRawPebbleRuns(t *testing.T) {
 			t.Errorf("%s: %d messages in %v", r.Name, r.Msgs, r.Elapsed)
 		}
 	}
+}
+
+func TestFanOutAndRetentionRun(t *testing.T) {
+	c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync, Layout: ds.LayoutLTS}
+	r, err := RunFanOut(c, 500, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Msgs != 500*8 {
+		t.Errorf("fan-out delivered %d, want %d", r.Msgs, 500*8)
+	}
+	r, err = RunRetentionUnderLoad(c, 5*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Msgs != c.N || r.Note == "" {
+		t.Errorf("retention: %+v", r)
+	}
+}
+
+// BenchmarkScenarios runs the scenarios under go test -bench, b.N messages each (1 KiB,
+// 100 publishers, NoSync so that the machine's fsync rate does not dominate; use cmd/ds-bench
+// for the durable figures).
+func BenchmarkScenarios(b *testing.B) {
+	c := Config{Publishers: 100, Payload: 1024, Shards: 4, Durability: ds.NoSync, Layout: ds.LayoutLTS}
+	b.Run("ingest+replays", func(b *testing.B) {
+		c := c
+		c.N = max(b.N, c.Publishers)
+		c.Replay = true
+		rs, err := RunStrata(c)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rs {
+			words := strings.Fields(strings.SplitN(r.Name, " (", 2)[0])
+			b.ReportMetric(r.MsgsPerSec(), strings.Join(words[:min(2, len(words))], "-")+"-msgs/s")
+		}
+	})
+	b.Run("fanout", func(b *testing.B) {
+		r, err := RunFanOut(c, max(b.N/10, 10), 10)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(r.MsgsPerSec(), "msgs/s")
+	})
 }

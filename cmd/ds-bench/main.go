@@ -41,7 +41,15 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
+	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw", "comma-separated: ingest (with the replays), fanout, retention, raw")
+	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
+	fanN := flag.Int("fanout-n", 20_000, "fan-out: messages in the stream")
+	span := flag.Duration("retention-span", 100*time.Millisecond, "retention: GenerationSpan (Retention is twice it)")
 	flag.Parse()
+	want := map[string]bool{}
+	for _, s := range strings.Split(*scenarios, ",") {
+		want[strings.TrimSpace(s)] = true
+	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -91,13 +99,31 @@ func main() {
 	var results []bench.Result
 	for _, perShard := range modes {
 		c.PerShard = perShard
-		rs, err := bench.RunStrata(c)
-		if err != nil {
-			fail("%v", err)
+		if want["ingest"] {
+			rs, err := bench.RunStrata(c)
+			if err != nil {
+				fail("%v", err)
+			}
+			results = append(results, rs...)
 		}
-		results = append(results, rs...)
+		if want["fanout"] {
+			r, err := bench.RunFanOut(c, *fanN, *fanReaders)
+			if err != nil {
+				fail("fan-out: %v", err)
+			}
+			results = append(results, r)
+		}
+		if want["retention"] {
+			rc := c
+			rc.N = c.N / 2
+			r, err := bench.RunRetentionUnderLoad(rc, *span)
+			if err != nil {
+				fail("retention: %v", err)
+			}
+			results = append(results, r)
+		}
 	}
-	if c.Raw {
+	if c.Raw && want["raw"] {
 		rs, err := bench.RunRawPebble(c)
 		if err != nil {
 			fail("raw pebble: %v", err)
