@@ -6,6 +6,7 @@ package bench
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
@@ -47,12 +48,35 @@ type Result struct {
 	PeakHeapBytes   uint64  `json:"peak_heap_bytes,omitempty"`
 	PeakRSSBytes    uint64  `json:"peak_rss_bytes,omitempty"`
 	Note            string  `json:"note"`
+	// Series is the throughput (msgs/s) every SampleInterval of a publisher run.
+	Series []float64 `json:"msgs_per_sec_over_time,omitempty"`
+	// LatencyHist counts Store latencies per LatencyBounds bucket.
+	LatencyHist []int `json:"latency_histogram,omitempty"`
 }
 
 // MsgsPerSec is Msgs / Elapsed.
 func (r Result) MsgsPerSec() float64 { return float64(r.Msgs) / r.Elapsed.Seconds() }
 
-func (r *Result) setLatency(lats []time.Duration) { r.P50, r.P99, r.P999 = percentiles(lats) }
+// setRun records a publisher run: latency percentiles and histogram, and the throughput series.
+func (r *Result) setRun(lats []time.Duration, series []float64) {
+	r.P50, r.P99, r.P999 = percentiles(lats)
+	r.Series = series
+	r.LatencyHist = make([]int, len(LatencyBounds)+1)
+	for _, l := range lats {
+		i, _ := slices.BinarySearch(LatencyBounds, l)
+		r.LatencyHist[i]++
+	}
+}
+
+// LatencyBounds are the upper bounds of Result.LatencyHist's buckets (the last bucket counts
+// what is slower): 100µs to 1s, four buckets per decade.
+var LatencyBounds = func() []time.Duration {
+	var b []time.Duration
+	for d := 100.0; d <= 1e6; d *= 1.7782794 { // 10^(1/4)
+		b = append(b, time.Duration(d*float64(time.Microsecond)).Round(time.Microsecond))
+	}
+	return b
+}()
 
 // Human renders a rate as 12.3k or 1.23M.
 func Human(v float64) string {

@@ -94,3 +94,23 @@ func BenchmarkScenarios(b *testing.B) {
 		b.ReportMetric(r.MsgsPerSec(), "msgs/s")
 	})
 }
+
+// TestWriteHTML: the report holds the table, escapes names, and draws one pair of charts per
+// publisher run.
+func TestWriteHTML(t *testing.T) {
+	r := Result{Name: "ingest <x>", Msgs: 10, Elapsed: time.Second, Note: "a&b"}
+	r.setRun([]time.Duration{time.Millisecond, 2 * time.Millisecond, time.Second}, []float64{5, 10, 7})
+	var b strings.Builder
+	if err := WriteHTML(&b, "t", []Result{r, {Name: "replay", Msgs: 1, Elapsed: time.Millisecond}}); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"ingest &lt;x&gt;", "a&amp;b", "<polyline", "<rect", "replay"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if n := strings.Count(out, "<svg"); n != 2 {
+		t.Errorf("%d charts, want 2", n)
+	}
+}

@@ -82,7 +82,7 @@ func runRawVariant(c Config, v rawVariant) (Result, error) {
 	}
 	name := fmt.Sprintf("%s (%s)", v.name, c.Durability)
 	if v.perMsg {
-		elapsed, lats, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
+		elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 			b := db.NewBatch()
 			defer b.Close()
 			if err := b.Set(key(p, uint64(i)), value(p, i), nil); err != nil {
@@ -92,12 +92,12 @@ func runRawVariant(c Config, v rawVariant) (Result, error) {
 		})
 		r := Result{Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 			Note: v.optsNote + ", publisher goroutines"}
-		r.setLatency(lats)
+		r.setRun(lats, series)
 		return r, err
 	}
 	const batch = 1000
 	rounds := c.N / batch / c.Shards
-	elapsed, _, err := runPublishers(name, rounds*c.Shards, c.Shards, c.Progress, func(w, r int) error {
+	elapsed, _, _, err := runPublishers(name, rounds*c.Shards, c.Shards, c.Progress, func(w, r int) error {
 		b := db.NewBatch()
 		defer b.Close()
 		for j := 0; j < batch; j++ {

@@ -111,7 +111,7 @@ func RunRetentionUnderLoad(c Config, span time.Duration) (Result, error) {
 	ctx := context.Background()
 	pl := payloads(64, c.Payload)
 	name := fmt.Sprintf("ingest with retention (span %v)", span)
-	elapsed, lats, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
+	elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
 		return err
 	})
@@ -136,6 +136,6 @@ func RunRetentionUnderLoad(c Config, span time.Duration) (Result, error) {
 	added, dropped := int(last)-1, int(last)-kept
 	r := Result{Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 		Note: fmt.Sprintf("%d generations added and %d dropped (shard 0), %d MiB on disk at the end", added, dropped, m.DiskBytes>>20)}
-	r.setLatency(lats)
+	r.setRun(lats, series)
 	return r, nil
 }

@@ -44,7 +44,7 @@ func RunStrata(c Config) ([]Result, error) {
 	pl := payloads(64, c.Payload)
 	name := fmt.Sprintf("ingest (%s, %s)", storage, c.Durability)
 	mem := startMemory()
-	elapsed, lats, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
+	elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
 		return err
 	})
@@ -70,7 +70,7 @@ func RunStrata(c Config) ([]Result, error) {
 		WriteAmp:        float64(m.BytesWritten) / float64(max(t.Bytes, 1)),
 		PeakHeapBytes:   heap, PeakRSSBytes: rss,
 	}
-	ingest.setLatency(lats)
+	ingest.setRun(lats, series)
 	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, heap %d MiB, RSS %d MiB",
 		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, heap>>20, rss>>20)
 	results := []Result{ingest}

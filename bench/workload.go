@@ -39,10 +39,12 @@ func payloads(k, size int) [][]byte {
 // runPublishers runs one goroutine per publisher; publisher p sends its share of n messages by
 // calling send(p, i) sequentially, like a broker connection's read loop. It returns the elapsed
 // time, the latency of every send (in no particular order) and the first error.
-func runPublishers(name string, n, publishers int, progress bool, send func(p, i int) error) (time.Duration, []time.Duration, error) {
+func runPublishers(name string, n, publishers int, progress bool, send func(p, i int) error) (time.Duration, []time.Duration, []float64, error) {
 	var done atomic.Int64
 	var firstErr atomic.Pointer[error]
 	stop := make(chan struct{})
+	series := make(chan []float64, 1)
+	go sampleRate(&done, stop, series)
 	if progress {
 		go progressLine(name, n, &done, stop)
 	}
@@ -79,10 +81,34 @@ func runPublishers(name string, n, publishers int, progress bool, send func(p, i
 	if progress {
 		fmt.Fprint(os.Stderr, "\r\033[K")
 	}
+	rates := <-series
 	if e := firstErr.Load(); e != nil {
-		return elapsed, all, *e
+		return elapsed, all, rates, *e
 	}
-	return elapsed, all, nil
+	return elapsed, all, rates, nil
+}
+
+// SampleInterval is the period of the throughput-over-time series.
+const SampleInterval = 250 * time.Millisecond
+
+// sampleRate records the completion rate (msgs/s) every SampleInterval until stop, then sends
+// the series.
+func sampleRate(done *atomic.Int64, stop chan struct{}, out chan<- []float64) {
+	t := time.NewTicker(SampleInterval)
+	defer t.Stop()
+	var rates []float64
+	last, lastT := int64(0), time.Now()
+	for {
+		select {
+		case <-stop:
+			out <- rates
+			return
+		case now := <-t.C:
+			d := done.Load()
+			rates = append(rates, float64(d-last)/now.Sub(lastT).Seconds())
+			last, lastT = d, now
+		}
+	}
 }
 
 // percentiles returns the p50, p99 and p99.9 of lats (sorted in place).

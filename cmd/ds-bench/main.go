@@ -40,6 +40,7 @@ func main() {
 	flag.DurationVar(&c.Flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
+	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
 	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw", "comma-separated: ingest (with the replays), fanout, retention, raw")
 	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
@@ -132,6 +133,20 @@ func main() {
 	}
 	for i := range results {
 		results[i].Rate = results[i].MsgsPerSec()
+	}
+	if *report != "" {
+		f, err := os.Create(*report)
+		if err != nil {
+			fail("%v", err)
+		}
+		title := fmt.Sprintf("Strata ds-bench: %d × %d B from %d publishers, %d shards, %s, %s",
+			c.N, c.Payload, c.Publishers, c.Shards, c.Durability, c.Layout)
+		if err := bench.WriteHTML(f, title, results); err != nil {
+			fail("%v", err)
+		}
+		if err := f.Close(); err != nil {
+			fail("%v", err)
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
