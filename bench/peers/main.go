@@ -11,6 +11,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"sync"
 	"text/tabwriter"
@@ -50,6 +52,8 @@ func main() {
 	rows = append(rows, js.readAll, js.filtered)
 	jsAlways, err := jetStreamRun(true, *syncAlwaysN, min(*subjects, *syncAlwaysN), data)
 	add(jsAlways.publish, err)
+	r3, err := jetStreamR3Publish(*n, *subjects, data)
+	add(r3, err)
 	st, err := strataRun(*n, *subjects, data)
 	add(st.publish, err)
 	rows = append(rows, st.readAll, st.filtered)
@@ -63,6 +67,7 @@ func main() {
 	fmt.Println()
 	fmt.Printf("durable ingest, Strata (fsync per commit) / JetStream R1 default sync (no fsync per write): %.2f×\n", st.publish.rate()/js.publish.rate())
 	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
+	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×  (Strata R3 comes with replication)\n", st.publish.rate()/r3.rate())
 	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
 	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", *subjects, st.filtered.rate()/js.filtered.rate())
 }
@@ -240,4 +245,98 @@ func strataRun(n, publishers int, data []byte) (runResult, error) {
 	}
 	res.filtered = row{name: "Strata one publisher's topic", msgs: got, elapsed: d, durability: "-"}
 	return res, nil
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// jetStreamR3Publish starts three clustered nats-servers in this process (routes on loopback),
+// creates an R3 file-store stream and publishes n messages asynchronously, as in jetStreamRun.
+func jetStreamR3Publish(n, subjects int, data []byte) (row, error) {
+	const size = 3
+	ports := make([]int, size)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return row{}, err
+		}
+		ports[i] = p
+	}
+	var routes []*url.URL
+	for _, p := range ports {
+		u, _ := url.Parse(fmt.Sprintf("nats://127.0.0.1:%d", p))
+		routes = append(routes, u)
+	}
+	var servers []*server.Server
+	defer func() {
+		for _, s := range servers {
+			s.Shutdown()
+		}
+	}()
+	for i := range size {
+		dir, err := os.MkdirTemp("", "peers-js-r3-")
+		if err != nil {
+			return row{}, err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("s%d", i), JetStream: true, StoreDir: dir, Port: -1, NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "bench", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  routes,
+		})
+		if err != nil {
+			return row{}, err
+		}
+		go srv.Start()
+		servers = append(servers, srv)
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(20 * time.Second) {
+			return row{}, errors.New("nats-server not ready")
+		}
+	}
+	nc, err := nats.Connect(servers[0].ClientURL())
+	if err != nil {
+		return row{}, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4000))
+	if err != nil {
+		return row{}, err
+	}
+	// The cluster elects its meta leader after the routes connect: retry until it takes the
+	// stream (bounded).
+	ctx := context.Background()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err = js.CreateStream(cctx, jetstream.StreamConfig{Name: "BENCH", Subjects: []string{"bench.>"}, Storage: jetstream.FileStorage, Replicas: size})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return row{}, fmt.Errorf("create R3 stream: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		if _, err := js.PublishAsync(fmt.Sprintf("bench.s%d", i%subjects), data, jetstream.WithStallWait(time.Minute)); err != nil {
+			return row{}, err
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(10 * time.Minute):
+		return row{}, errors.New("publish acks timed out")
+	}
+	return row{name: "JetStream R3 publish (3 servers, loopback)", msgs: n, elapsed: time.Since(start), durability: "default sync, replicated to 3"}, nil
 }
