@@ -54,9 +54,11 @@ func main() {
 	add(jsAlways.publish, err)
 	r3, err := jetStreamR3Publish(*n, *subjects, data)
 	add(r3, err)
-	st, err := strataRun(*n, *subjects, data)
+	st, err := strataRun(*n, *subjects, data, ds.Sync)
 	add(st.publish, err)
 	rows = append(rows, st.readAll, st.filtered)
+	stNoSync, err := strataRun(*n, *subjects, data, ds.NoSync)
+	add(stNoSync.publish, err)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\t\tdurability")
@@ -66,6 +68,7 @@ func main() {
 	w.Flush()
 	fmt.Println()
 	fmt.Printf("durable ingest, Strata (fsync per commit) / JetStream R1 default sync (no fsync per write): %.2f×\n", st.publish.rate()/js.publish.rate())
+	fmt.Printf("NoSync ingest, Strata NoSync / JetStream R1 default sync (neither fsyncs per write):     %.2f×\n", stNoSync.publish.rate()/js.publish.rate())
 	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
 	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×  (Strata R3 comes with replication)\n", st.publish.rate()/r3.rate())
 	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
@@ -176,14 +179,14 @@ func jetStreamRun(syncAlways bool, n, subjects int, data []byte) (runResult, err
 
 // strataRun stores n messages from one goroutine per publisher (one Store per message, Sync),
 // reads everything back, then one publisher's messages.
-func strataRun(n, publishers int, data []byte) (runResult, error) {
+func strataRun(n, publishers int, data []byte, durability ds.Durability) (runResult, error) {
 	var res runResult
 	dir, err := os.MkdirTemp("", "peers-strata-")
 	if err != nil {
 		return res, err
 	}
 	defer os.RemoveAll(dir)
-	db, err := ds.Open(dir, &ds.Options{Retention: ds.RetainForever})
+	db, err := ds.Open(dir, &ds.Options{Retention: ds.RetainForever, Durability: durability})
 	if err != nil {
 		return res, err
 	}
@@ -211,6 +214,10 @@ func strataRun(n, publishers int, data []byte) (runResult, error) {
 		return res, err
 	}
 	res.publish = row{name: "Strata Store (1,000 publishers)", msgs: n, elapsed: time.Since(start), durability: "Sync (fsync per group commit)"}
+	if durability == ds.NoSync {
+		res.publish.name, res.publish.durability = "Strata Store NoSync (1,000 publishers)", "NoSync (page cache)"
+		return res, nil
+	}
 	read := func(filter string) (int, time.Duration, error) {
 		start := time.Now()
 		streams, err := db.Streams(filter, time.Time{})
