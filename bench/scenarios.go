@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -73,16 +72,9 @@ func RunFanOut(c Config, n, readers int) (Result, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			it, err := db.Iterator(streams[0], "fanout/#", time.Time{})
-			for err == nil {
-				var msgs []ds.Message
-				msgs, it, err = db.Next(ctx, it, 1000)
-				if len(msgs) == 0 && err == nil {
-					break
-				}
-				delivered.Add(int64(len(msgs)))
-			}
-			if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
+			n, _, err := readStream(ctx, db, streams[0], "fanout/#")
+			delivered.Add(n)
+			if err != nil {
 				firstErr.CompareAndSwap(nil, &err)
 			}
 		}()

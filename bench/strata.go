@@ -83,7 +83,7 @@ func RunStrata(c Config) ([]Result, error) {
 		{"replay wildcard " + regionFilter(3), regionFilter(3)},
 		{"replay one publisher", publisherFilter(c.Publishers / 2)},
 	} {
-		r, err := replay(ctx, db, q.name+" ("+storage+")", q.filter, c.Progress)
+		r, err := Replay(ctx, db, q.name+" ("+storage+")", q.filter, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -93,9 +93,12 @@ func RunStrata(c Config) ([]Result, error) {
 	return results, db.Close()
 }
 
-// replay reads every stream matching filter to its end, with GOMAXPROCS readers in parallel, in
-// batches of 1000.
-func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) (Result, error) {
+// Replay reads every stream matching filter to its end, with readers goroutines in parallel
+// (GOMAXPROCS when readers <= 0), in batches of 1000.
+func Replay(ctx context.Context, db *ds.DB, name, filter string, readers int) (Result, error) {
+	if readers <= 0 {
+		readers = runtime.GOMAXPROCS(0)
+	}
 	start := time.Now()
 	streams, err := db.Streams(filter, time.Time{})
 	if err != nil {
@@ -109,24 +112,15 @@ func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) 
 	var msgs, bytes atomic.Int64
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
-	for range runtime.GOMAXPROCS(0) {
+	for range readers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for s := range work {
-				it, err := db.Iterator(s, filter, time.Time{})
-				for err == nil {
-					var batch []ds.Message
-					batch, it, err = db.Next(ctx, it, 1000)
-					if len(batch) == 0 && err == nil {
-						break // everything durable has been read
-					}
-					msgs.Add(int64(len(batch)))
-					for i := range batch {
-						bytes.Add(int64(len(batch[i].Payload)))
-					}
-				}
-				if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
+				n, b, err := readStream(ctx, db, s, filter)
+				msgs.Add(n)
+				bytes.Add(b)
+				if err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
@@ -138,4 +132,25 @@ func replay(ctx context.Context, db *ds.DB, name, filter string, progress bool) 
 		return Result{}, fmt.Errorf("%s: %w", name, *e)
 	}
 	return Result{Name: name, Msgs: int(msgs.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}, nil
+}
+
+// readStream reads one stream from the beginning until nothing more is durable or the sealed
+// generation ends, and returns the messages and payload bytes read.
+func readStream(ctx context.Context, db *ds.DB, s ds.Stream, filter string) (msgs, bytes int64, err error) {
+	it, err := db.Iterator(s, filter, time.Time{})
+	for err == nil {
+		var batch []ds.Message
+		batch, it, err = db.Next(ctx, it, 1000)
+		if len(batch) == 0 && err == nil {
+			break // everything durable has been read
+		}
+		msgs += int64(len(batch))
+		for i := range batch {
+			bytes += int64(len(batch[i].Payload))
+		}
+	}
+	if errors.Is(err, ds.ErrEndOfStream) {
+		err = nil
+	}
+	return msgs, bytes, err
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/strata-mq/strata/bench"
 	"github.com/strata-mq/strata/ds"
 )
 
@@ -218,39 +219,16 @@ func strataRun(n, publishers int, data []byte, durability ds.Durability) (runRes
 		res.publish.name, res.publish.durability = "Strata Store NoSync (1,000 publishers)", "NoSync (page cache)"
 		return res, nil
 	}
-	read := func(filter string) (int, time.Duration, error) {
-		start := time.Now()
-		streams, err := db.Streams(filter, time.Time{})
-		if err != nil {
-			return 0, 0, err
-		}
-		got := 0
-		for _, s := range streams {
-			it, err := db.Iterator(s, filter, time.Time{})
-			for err == nil {
-				var msgs []ds.Message
-				msgs, it, err = db.Next(ctx, it, 1000)
-				if len(msgs) == 0 && err == nil {
-					break
-				}
-				got += len(msgs)
-			}
-			if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
-				return 0, 0, err
-			}
-		}
-		return got, time.Since(start), nil
-	}
-	got, d, err := read("#")
+	all, err := bench.Replay(ctx, db, "Strata read all (one reader)", "#", 1)
 	if err != nil {
 		return res, err
 	}
-	res.readAll = row{name: "Strata read all (one reader)", msgs: got, elapsed: d, durability: "-"}
-	got, d, err = read("bench/client-7")
+	res.readAll = row{name: all.Name, msgs: all.Msgs, elapsed: all.Elapsed, durability: "-"}
+	one, err := bench.Replay(ctx, db, "Strata one publisher's topic", "bench/client-7", 1)
 	if err != nil {
 		return res, err
 	}
-	res.filtered = row{name: "Strata one publisher's topic", msgs: got, elapsed: d, durability: "-"}
+	res.filtered = row{name: one.Name, msgs: one.Msgs, elapsed: one.Elapsed, durability: "-"}
 	return res, nil
 }
 
