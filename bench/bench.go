@@ -14,20 +14,21 @@ import (
 
 // Config describes a benchmark run.
 type Config struct {
-	N          int
-	Publishers int
-	Payload    int
-	Shards     int
-	Durability ds.Durability
-	PerShard   bool
-	Layout     ds.LayoutKind
-	Dir        string
-	Raw        bool
-	Progress   bool
-	Flush      time.Duration
-	Replay     bool
-	Metrics    bool
-	Quick      bool
+	MemTableBytes int // Options.Expert.MemTableBytes; 0: the default
+	N             int
+	Publishers    int
+	Payload       int
+	Shards        int
+	Durability    ds.Durability
+	PerShard      bool
+	Layout        ds.LayoutKind
+	Dir           string
+	Raw           bool
+	Progress      bool
+	Flush         time.Duration
+	Replay        bool
+	Metrics       bool
+	Quick         bool
 }
 
 // Result is one line of the report (and one object of the -json output).

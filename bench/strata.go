@@ -33,7 +33,7 @@ func RunStrata(c Config) ([]Result, error) {
 		Layout:        c.Layout,
 		FlushInterval: c.Flush,
 		Retention:     ds.RetainForever,
-		Expert:        ds.ExpertOptions{PebblePerShard: c.PerShard},
+		Expert:        ds.ExpertOptions{PebblePerShard: c.PerShard, MemTableBytes: c.MemTableBytes},
 	}
 	db, err := ds.Open(dir, opts)
 	if err != nil {

@@ -37,6 +37,7 @@ func main() {
 	flag.BoolVar(&c.Progress, "progress", true, "print a progress line on stderr")
 	flag.BoolVar(&c.Metrics, "metrics", false, "print Strata's and Pebble's metrics after ingest")
 	flag.BoolVar(&c.Replay, "replay", true, "run the replay scenarios after ingest")
+	flag.IntVar(&c.MemTableBytes, "memtable", 0, "Options.Expert.MemTableBytes (0: the default)")
 	flag.DurationVar(&c.Flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
