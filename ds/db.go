@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,7 +103,7 @@ func (db *DB) open() error {
 		if o.Expert.PebblePerShard {
 			path = o.Expert.FS.PathJoin(db.dir, fmt.Sprintf("shard-%04d", i))
 		}
-		p, err := pebble.Open(path, pebbleOptions(o, n, cache))
+		p, err := openPebble(path, pebbleOptions(o, n, cache))
 		if err != nil {
 			return fmt.Errorf("strata: open %s: %w", path, err)
 		}
@@ -163,7 +164,33 @@ func (p pebbleLogger) Errorf(format string, args ...any) {
 func (p pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	p.l.Error(msg, "component", "pebble", "fatal", true)
-	panic("pebble: " + msg)
+	panic(pebbleFatal(msg))
+}
+
+// pebbleFatal is the panic value of pebbleLogger.Fatalf. Pebble calls Fatalf where it cannot
+// go on (a MANIFEST that cannot be written); its default would exit the process.
+type pebbleFatal string
+
+// openPebble is pebble.Open with a fatal storage error during the open (say, a MANIFEST that
+// cannot be created on a full disk) returned as an error wrapping ErrFailed instead of a panic
+// in the broker's goroutine.
+func openPebble(path string, opts *pebble.Options) (db *pebble.DB, err error) {
+	defer func() {
+		switch r := recover().(type) {
+		case nil:
+		case pebbleFatal:
+			db, err = nil, fmt.Errorf("%w: pebble: %s", ErrFailed, string(r))
+		case runtime.Error:
+			panic(r) // a bug, not a storage failure
+		case error:
+			// Pebble panics with the I/O error where it cannot go on (moving its MANIFEST
+			// marker, for one).
+			db, err = nil, fmt.Errorf("%w: pebble open: %w", ErrFailed, r)
+		default:
+			panic(r)
+		}
+	}()
+	return pebble.Open(path, opts)
 }
 
 // Close commits every accepted Store, stops the shards and closes the storage. Calls after
