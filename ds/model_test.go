@@ -185,7 +185,7 @@ func newModelRun(t *testing.T, cfg modelConfig, seed uint64) *modelRun {
 		},
 	}
 	if r.rng.IntN(2) == 0 {
-		r.opts.FlushInterval = 0 // the default group-commit window
+		r.opts.FlushInterval = 200 * time.Microsecond // a group-commit window
 	}
 	if r.rng.IntN(3) == 0 {
 		r.opts.MaxBatchMessages = 1 + r.rng.IntN(5) // small commits: one Store spans several

@@ -67,9 +67,11 @@ type Options struct {
 	// children are folded into '+'. Default [100, 10].
 	WildcardThresholds []int
 
-	// FlushInterval is the group-commit window: a shard's writer waits up to this long after the
-	// first waiting message for more before it commits. Default 500µs. Negative: commit
-	// whatever is queued at once.
+	// FlushInterval is an extra group-commit window: a shard's writer waits up to this long
+	// after the first waiting message for more before it commits. Default 0: no wait — the
+	// writer commits whatever is queued, and the messages that arrive during a commit's fsync
+	// (which overlaps the next batch) form the next group. Measured: a 500µs window gave the
+	// same throughput and twice the p99 Store latency. Negative is the same as 0.
 	FlushInterval time.Duration
 
 	// MaxBatchMessages and MaxBatchBytes bound one shard commit. Defaults 1000 and 1 MiB. A
@@ -150,9 +152,6 @@ func (o *Options) EnsureDefaults() {
 	}
 	if len(o.WildcardThresholds) == 0 {
 		o.WildcardThresholds = slices.Clone(layout.DefaultThresholds)
-	}
-	if o.FlushInterval == 0 {
-		o.FlushInterval = 500 * time.Microsecond
 	}
 	if o.MaxBatchMessages == 0 {
 		o.MaxBatchMessages = 1000
