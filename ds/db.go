@@ -268,10 +268,13 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 		return nil, err
 	}
 	n := len(db.shards)
+	sizes := make([]int, len(msgs))
 	for i := range msgs {
-		if err := db.validate(&msgs[i]); err != nil {
+		size, err := db.validate(&msgs[i])
+		if err != nil {
 			return nil, fmt.Errorf("message %d of %d: %w", i, len(msgs), err)
 		}
+		sizes[i] = size
 	}
 	copies := make([]message.Message, len(msgs))
 	copy(copies, msgs)
@@ -280,7 +283,7 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 		// The common case of a broker storing each PUBLISH as it arrives: no grouping.
 		m := &copies[0]
 		sh := ShardOf(m.ClientID, n)
-		if err := db.shards[sh].Store(ctx, []*message.Message{m}, message.Size(m)); err != nil {
+		if err := db.shards[sh].Store(ctx, []*message.Message{m}, sizes[0]); err != nil {
 			return nil, fmt.Errorf("shard %d: %w", sh, err)
 		}
 		refs[0] = Ref{Shard: sh, Timestamp: m.Timestamp}
@@ -303,7 +306,7 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 			order = append(order, sh)
 		}
 		g.msgs = append(g.msgs, &copies[i])
-		g.bytes += message.Size(&copies[i])
+		g.bytes += sizes[i]
 	}
 	for _, sh := range order {
 		g := groups[sh]
@@ -330,20 +333,23 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 	return refs, errors.Join(errs...)
 }
 
-func (db *DB) validate(m *Message) error {
+// validate checks m and returns its size (message.Size), which Store reuses for the batch
+// byte budget.
+func (db *DB) validate(m *Message) (int, error) {
 	if err := topic.ValidateName(m.Topic); err != nil {
-		return err
+		return 0, err
 	}
 	if m.QoS > 2 {
-		return fmt.Errorf("%w: QoS %d", ErrInvalidMessage, m.QoS)
+		return 0, fmt.Errorf("%w: QoS %d", ErrInvalidMessage, m.QoS)
 	}
 	if m.Properties.PayloadFormat > 1 {
-		return fmt.Errorf("%w: payload format indicator %d", ErrInvalidMessage, m.Properties.PayloadFormat)
+		return 0, fmt.Errorf("%w: payload format indicator %d", ErrInvalidMessage, m.Properties.PayloadFormat)
 	}
-	if size := message.Size(m); size > db.opts.MaxMessageBytes {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, db.opts.MaxMessageBytes)
+	size := message.Size(m)
+	if size > db.opts.MaxMessageBytes {
+		return 0, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, db.opts.MaxMessageBytes)
 	}
-	return nil
+	return size, nil
 }
 
 // quotaExceeded reports whether the DB's files exceed the quota, measuring at most every 100ms.

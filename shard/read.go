@@ -22,10 +22,6 @@ func (s *Shard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
 	return l, ok
 }
 
-// LastTimestamp returns the largest durable timestamp; before the first message it is the
-// current generation's Since - 1.
-func (s *Shard) LastTimestamp() uint64 { return s.core.view.Load().readLimit - 1 }
-
 // Streams returns the streams of every generation with Until > since (or current) whose pattern
 // can match the filter levels, in read order.
 func (s *Shard) Streams(filter []string, since uint64) []stream.Stream {

@@ -539,12 +539,3 @@ func view(b []byte) string {
 	}
 	return unsafe.String(&b[0], len(b))
 }
-
-func clone(b []byte) []byte {
-	if len(b) == 0 {
-		return nil
-	}
-	c := make([]byte, len(b))
-	copy(c, b)
-	return c
-}
