@@ -130,6 +130,7 @@ type crashRun struct {
 	calls            map[int][]int            // Store call → message IDs
 	acked            []crashAck               // in the order the Stores returned
 	seen             map[crashStreamID]string // every stream Streams returned, and its pattern
+	ackSignal        chan struct{}            // gets a token after every acknowledgement (capacity 1)
 }
 
 type crashStreamID struct {
@@ -140,16 +141,17 @@ type crashStreamID struct {
 
 func newCrashRun(t *testing.T, c crashCase, seed uint64) *crashRun {
 	r := &crashRun{
-		t:     t,
-		c:     c,
-		rng:   rand.New(rand.NewPCG(seed, 1)),
-		seed:  seed,
-		fs:    vfs.NewCrashableMem(),
-		dir:   "/data/strata",
-		sent:  map[int]crashMsg{},
-		calls: map[int][]int{},
-		seen:  map[crashStreamID]string{},
-		start: time.Now(),
+		t:         t,
+		c:         c,
+		rng:       rand.New(rand.NewPCG(seed, 1)),
+		seed:      seed,
+		fs:        vfs.NewCrashableMem(),
+		dir:       "/data/strata",
+		sent:      map[int]crashMsg{},
+		calls:     map[int][]int{},
+		seen:      map[crashStreamID]string{},
+		start:     time.Now(),
+		ackSignal: make(chan struct{}, 1),
 	}
 	r.opts = ds.Options{
 		NShards:            4,
@@ -263,6 +265,10 @@ func (r *crashRun) write(db *ds.DB, w int, stop <-chan struct{}) {
 			r.acked = append(r.acked, crashAck{id: id, ref: refs[i]})
 		}
 		r.mu.Unlock()
+		select {
+		case r.ackSignal <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -270,6 +276,25 @@ func (r *crashRun) nAcked() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.acked)
+}
+
+// waitAcked waits until at least n messages are acknowledged; it fails the test if the writers
+// make no progress for 10 s.
+func (r *crashRun) waitAcked(n int) {
+	r.t.Helper()
+	stuck := time.NewTimer(10 * time.Second)
+	defer stuck.Stop()
+	for {
+		got := r.nAcked()
+		if got >= n {
+			return
+		}
+		select {
+		case <-r.ackSignal:
+		case <-stuck.C:
+			r.t.Fatalf("writers are stuck: %d of %d acknowledged", got, n)
+		}
+	}
 }
 
 // crashClone is one crash image and what was acknowledged before it was taken.
@@ -345,16 +370,13 @@ func (r *crashRun) run() {
 	if r.c.big {
 		target = 400 + r.rng.IntN(400)
 	}
-	deadline := time.Now().Add(time.Duration(20+r.rng.IntN(200)) * time.Millisecond)
-	byTime := r.rng.IntN(3) == 0
-	for {
-		time.Sleep(200 * time.Microsecond)
-		n := r.nAcked()
-		if !byTime && n >= target || byTime && time.Now().After(deadline) && n > 0 {
-			break
-		}
-		require.False(t, time.Since(deadline) > 10*time.Second, "writers are stuck: %d acknowledged", n)
+	if r.rng.IntN(3) == 0 {
+		// The crash point is a random moment (the timer is the test's input, not a wait for
+		// something to happen), once at least one message was acknowledged.
+		<-time.After(time.Duration(20+r.rng.IntN(200)) * time.Millisecond)
+		target = 1
 	}
+	r.waitAcked(target)
 	for _, pct := range []int{0, 50, 100} {
 		r.mu.Lock()
 		acked := slices.Clone(r.acked)
@@ -362,9 +384,9 @@ func (r *crashRun) run() {
 		r.mu.Unlock()
 		fs := r.fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: pct, RNG: r.rng})
 		clones = append(clones, crashClone{pct: pct, fs: fs, acked: acked, seen: seen})
-		time.Sleep(time.Duration(r.rng.IntN(3)) * time.Millisecond)
+		r.waitAcked(len(acked) + r.rng.IntN(20)) // the next clone sees a later moment
 	}
-	time.Sleep(time.Duration(r.rng.IntN(5)) * time.Millisecond)
+	r.waitAcked(r.nAcked() + r.rng.IntN(30)) // writers go on after the last clone
 	close(stop)
 	wg.Wait()
 	require.NoError(t, db.Close())
@@ -598,16 +620,21 @@ func TestCrashStreamSeenBeforeDurable(t *testing.T) {
 	require.NoError(t, err)
 
 	slow.delay.Store(int64(300 * time.Millisecond))
+	changed := db.StreamsChanged() // fires when the new stream becomes visible
 	stored := make(chan error, 1)
 	go func() {
 		_, err := db.Store(ctx, ds.Message{ClientID: "c", Topic: "x/y", Payload: []byte("in flight")})
 		stored <- err
 	}()
 	var seen []ds.Stream
-	for start := time.Now(); len(seen) == 0 && time.Since(start) < 200*time.Millisecond; {
+	select {
+	case <-changed:
 		seen, err = db.Streams("x/#", time.Time{})
 		require.NoError(t, err)
-		time.Sleep(100 * time.Microsecond)
+	case err := <-stored:
+		stored <- err // the stream appears only with the Store's durability: handled below
+	case <-time.After(200 * time.Millisecond):
+		// Neither within most of the slow sync: the stream is not visible while its Store waits.
 	}
 	var crashed *vfs.MemFS
 	select {

@@ -42,6 +42,9 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	}
 }
 
+// assertEventually polls cond until it holds or limit passes. Polling is the only way here:
+// nothing signals a goroutine's exit to another package, and testify's Eventually would add a
+// goroutine of its own to the count being checked.
 func assertEventually(cond func() bool, limit time.Duration) bool {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {

@@ -840,6 +840,16 @@ func TestModelDropWhileReading(t *testing.T) {
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		var reads, notFound atomic.Int64
+		readDone := make(chan struct{}, 64) // a token per read, dropped when full
+		waitReads := func(k int) {
+			for range k {
+				select {
+				case <-readDone:
+				case <-time.After(10 * time.Second):
+					t.Fatalf("round %d: readers made no progress", round)
+				}
+			}
+		}
 		for range 2 {
 			wg.Go(func() {
 				for {
@@ -862,6 +872,10 @@ func TestModelDropWhileReading(t *testing.T) {
 						}
 						got, _, err := db.Next(ctx, it, 1000)
 						reads.Add(1)
+						select {
+						case readDone <- struct{}{}:
+						default:
+						}
 						switch {
 						case errors.Is(err, ds.ErrGenerationNotFound):
 							notFound.Add(1)
@@ -875,9 +889,12 @@ func TestModelDropWhileReading(t *testing.T) {
 				}
 			})
 		}
-		time.Sleep(time.Millisecond)
+		waitReads(4) // readers are reading the generation…
+		for len(readDone) > 0 {
+			<-readDone
+		}
 		require.NoError(t, db.DropGeneration(ctx, 0, gen))
-		time.Sleep(time.Millisecond)
+		waitReads(4) // …and go on across the drop
 		close(stop)
 		wg.Wait()
 		t.Logf("round %d: %d reads, %d ErrGenerationNotFound", round, reads.Load(), notFound.Load())
@@ -915,6 +932,8 @@ func (fs modelSlowSyncFS) ReuseForWrite(oldname, newname string, c vfs.DiskWrite
 	return fs.wrap(fs.FS.ReuseForWrite(oldname, newname, c))
 }
 
+// modelSlowSyncFile delays every sync by delay: it emulates a slow disk (the sleep is the fault
+// being injected, not a wait for some condition).
 type modelSlowSyncFile struct {
 	vfs.File
 	delay *atomic.Int64
