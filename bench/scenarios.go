@@ -4,8 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"sync"
-	"sync/atomic"
+	"slices"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
@@ -65,25 +64,10 @@ func RunFanOut(c Config, n, readers int) (Result, error) {
 		return Result{}, fmt.Errorf("fan-out: %d streams, want 1", len(streams))
 	}
 	start := time.Now()
-	var delivered atomic.Int64
-	var firstErr atomic.Pointer[error]
-	var wg sync.WaitGroup
-	for range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n, _, err := readStream(ctx, db, streams[0], "fanout/#")
-			delivered.Add(n)
-			if err != nil {
-				firstErr.CompareAndSwap(nil, &err)
-			}
-		}()
+	d, _, err := readParallel(ctx, db, slices.Repeat(streams, readers), "fanout/#", readers)
+	if err != nil {
+		return Result{}, err
 	}
-	wg.Wait()
-	if e := firstErr.Load(); e != nil {
-		return Result{}, *e
-	}
-	d := delivered.Load()
 	if d != int64(n*readers) {
 		return Result{}, fmt.Errorf("fan-out: delivered %d, want %d", d, n*readers)
 	}

@@ -104,6 +104,17 @@ func Replay(ctx context.Context, db *ds.DB, name, filter string, readers int) (R
 	if err != nil {
 		return Result{}, err
 	}
+	msgs, bytes, err := readParallel(ctx, db, streams, filter, readers)
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", name, err)
+	}
+	return Result{Name: name, Msgs: int(msgs), Bytes: bytes, Elapsed: time.Since(start)}, nil
+}
+
+// readParallel reads every stream of streams to its end (a stream listed twice is read twice),
+// with readers goroutines taking streams from a queue, and returns the messages and payload
+// bytes read and the first error.
+func readParallel(ctx context.Context, db *ds.DB, streams []ds.Stream, filter string, readers int) (int64, int64, error) {
 	work := make(chan ds.Stream, len(streams))
 	for _, s := range streams {
 		work <- s
@@ -113,9 +124,7 @@ func Replay(ctx context.Context, db *ds.DB, name, filter string, readers int) (R
 	var firstErr atomic.Pointer[error]
 	var wg sync.WaitGroup
 	for range readers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			for s := range work {
 				n, b, err := readStream(ctx, db, s, filter)
 				msgs.Add(n)
@@ -125,13 +134,13 @@ func Replay(ctx context.Context, db *ds.DB, name, filter string, readers int) (R
 					return
 				}
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	if e := firstErr.Load(); e != nil {
-		return Result{}, fmt.Errorf("%s: %w", name, *e)
+		return msgs.Load(), bytes.Load(), *e
 	}
-	return Result{Name: name, Msgs: int(msgs.Load()), Bytes: bytes.Load(), Elapsed: time.Since(start)}, nil
+	return msgs.Load(), bytes.Load(), nil
 }
 
 // readStream reads one stream from the beginning until nothing more is durable or the sealed
