@@ -29,6 +29,7 @@ type Config struct {
 	Replay        bool
 	Metrics       bool
 	Quick         bool
+	RaftInFlight  int // replicated: raftgroup.Config.MaxInFlight (0: its default)
 }
 
 // Result is one line of the report (and one object of the -json output).

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
 )
 
 // TestScenariosRun runs every scenario on a small workload and checks what each one counted:
@@ -112,5 +113,18 @@ func TestWriteHTML(t *testing.T) {
 	}
 	if n := strings.Count(out, "<svg"); n != 2 {
 		t.Errorf("%d charts, want 2", n)
+	}
+}
+
+// TestReplicatedRuns: the replicated scenario starts three sites, ingests through all of them
+// and reports a latency distribution.
+func TestReplicatedRuns(t *testing.T) {
+	c := Config{N: 3000, Publishers: 30, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
+	r, err := RunReplicated(c, 3, raftgroup.LogDBPebble)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Msgs != c.N || r.Elapsed <= 0 || r.P50 <= 0 || r.MsgsPerCommit < 1 {
+		t.Fatalf("%+v", r)
 	}
 }

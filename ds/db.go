@@ -4,30 +4,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
-	"runtime"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/internal/message"
-	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/internal/topic"
-	"github.com/strata-mq/strata/layout"
-	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
 
-// DB is an embedded Strata store: NShards shards in one directory. All methods are safe for
-// concurrent use.
+// DB is a Strata store: NShards shards, each storing the messages of its publishers. Open
+// builds one over the embedded storage (one directory); OpenBackend over any Backend (package
+// raftgroup's replicated one). The API is the same. All methods are safe for concurrent use.
 type DB struct {
-	dir     string
 	opts    *Options
-	man     manifest
-	pebbles []*pebble.DB // one, or one per shard
-	shards  []*shard.Shard
+	backend Backend
+	shards  []ShardBackend
+	stats   StorageStatser // backend's, or nil: Metrics leaves the storage fields zero
 
 	mu struct {
 		sync.RWMutex // held for reading by every call, for writing by Close
@@ -38,16 +30,47 @@ type DB struct {
 		ch     chan struct{}
 		closed bool // ch stays closed: the DB is closed
 	}
-	quota struct {
-		sync.Mutex
-		checked  time.Time
-		exceeded bool
-	}
-	usage atomic.Uint64
 }
 
 // Open opens the DB in dir, creating it if it does not exist. opts may be nil for the defaults.
 func Open(dir string, opts *Options) (*DB, error) {
+	opts, err := prepareOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	b, err := openEmbedded(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	// opts is valid and its NShards is the stored one, so newDB fails only on a Backend that
+	// breaks its contract, which the embedded one does not; still, the storage must not leak.
+	db, err := newDB(b, opts)
+	if err != nil {
+		b.Close() // the error that matters is newDB's, as with any failed Open
+		return nil, err
+	}
+	return db, nil
+}
+
+// OpenBackend returns a DB over b, which it owns from then on: DB.Close closes it. If
+// OpenBackend fails, b is not closed; the caller still owns it.
+//
+// The shards and their storage come configured with b, so of opts only what applies above
+// them is used: MaxMessageBytes (Store refuses larger messages with ErrMessageTooLarge), Logger
+// (the DB's own logs) and NShards, which, when not 0, must equal the number of b's shards
+// (ErrShardMismatch). The other fields are ignored, though opts is still validated as Open
+// does (ErrInvalidOptions). opts may be nil for the defaults; OpenBackend works on a copy.
+func OpenBackend(b Backend, opts *Options) (*DB, error) {
+	opts, err := prepareOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return newDB(b, opts)
+}
+
+// prepareOptions returns a copy of opts (nil: the defaults) with the defaults filled in,
+// or the error of Validate.
+func prepareOptions(opts *Options) (*Options, error) {
 	if opts == nil {
 		opts = &Options{}
 	}
@@ -56,145 +79,37 @@ func Open(dir string, opts *Options) (*DB, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	fs := opts.Expert.FS
-	if err := mkdirAllSynced(fs, dir); err != nil {
-		return nil, fmt.Errorf("strata: open %s: %w", dir, err)
-	}
-	m, found, err := readManifest(fs, dir)
-	if err != nil {
-		return nil, fmt.Errorf("strata: open %s: %w", dir, err)
-	}
-	if found {
-		if opts.NShards != 0 && opts.NShards != m.NShards {
-			return nil, fmt.Errorf("%w: %s was created with NShards %d, Options.NShards is %d",
-				ErrShardMismatch, dir, m.NShards, opts.NShards)
-		}
-		opts.NShards = m.NShards
-		opts.Expert.PebblePerShard = m.PebblePerShard
-	} else {
-		if opts.NShards == 0 {
-			opts.NShards = 16
-		}
-		m = manifest{Format: formatVersion, NShards: opts.NShards, PebblePerShard: opts.Expert.PebblePerShard,
-			Created: opts.Expert.Now().UTC().Format(time.RFC3339)}
-		if err := writeManifest(fs, dir, m); err != nil {
-			return nil, fmt.Errorf("strata: create %s: %w", dir, err)
-		}
-	}
-	db := &DB{dir: dir, opts: opts, man: m}
+	return opts, nil
+}
+
+// newDB builds the DB over b; opts is prepared. It checks that b's shards are what routing by
+// ShardOf assumes (IDs 0..n-1 in order), since a mistake there would store messages in the
+// wrong shard, silently.
+func newDB(b Backend, opts *Options) (*DB, error) {
+	db := &DB{opts: opts, backend: b}
 	db.changed.ch = make(chan struct{})
-	if err := db.open(); err != nil {
-		db.closeAll()
-		return nil, err
+	b.Watch(db.notifyChanged)
+	shards := b.Shards()
+	if len(shards) < 1 || len(shards) > MaxShards {
+		return nil, fmt.Errorf("strata: backend has %d shards, want [1, %d]", len(shards), MaxShards)
 	}
+	for i, s := range shards {
+		if s == nil || s.ID() != stream.ShardID(i) {
+			return nil, fmt.Errorf("strata: backend shard %d is nil or has another ID", i)
+		}
+	}
+	if opts.NShards != 0 && opts.NShards != len(shards) {
+		return nil, fmt.Errorf("%w: the backend has %d shards, Options.NShards is %d",
+			ErrShardMismatch, len(shards), opts.NShards)
+	}
+	opts.NShards = len(shards)
+	db.shards = shards
+	db.stats, _ = b.(StorageStatser)
 	return db, nil
 }
 
-func (db *DB) open() error {
-	o := db.opts
-	n := 1
-	if o.Expert.PebblePerShard {
-		n = o.NShards
-	}
-	cache := pebble.NewCache(o.Expert.CacheBytes)
-	defer cache.Unref()
-	for i := 0; i < n; i++ {
-		path := o.Expert.FS.PathJoin(db.dir, "pebble")
-		if o.Expert.PebblePerShard {
-			path = o.Expert.FS.PathJoin(db.dir, fmt.Sprintf("shard-%04d", i))
-		}
-		p, err := openPebble(path, pebbleOptions(o, n, cache))
-		if err != nil {
-			return fmt.Errorf("strata: open %s: %w", path, err)
-		}
-		db.pebbles = append(db.pebbles, p)
-	}
-	params := layout.Params{Kind: o.Layout, Thresholds: o.WildcardThresholds}
-	for i := 0; i < o.NShards; i++ {
-		id := stream.ShardID(i)
-		cfg := shard.Config{
-			ID: id, Layout: params,
-			Sync:                o.Durability == Sync,
-			FlushInterval:       o.FlushInterval,
-			MaxBatchMessages:    o.MaxBatchMessages,
-			MaxBatchBytes:       o.MaxBatchBytes,
-			QueueLength:         o.QueueLength,
-			GenerationSpan:      o.GenerationSpan,
-			Retention:           o.Retention,
-			MaintenanceInterval: o.Expert.MaintenanceInterval,
-			Now:                 o.Expert.Now,
-			OnChange:            db.notifyChanged,
-			Logger:              o.Logger,
-		}
-		if o.StorageQuota > 0 {
-			cfg.QuotaExceeded = db.quotaExceeded
-		}
-		if o.Expert.PebblePerShard {
-			cfg.DB = db.pebbles[i]
-		} else {
-			cfg.DB, cfg.Prefix = db.pebbles[0], layout.ShardPrefix(id)
-		}
-		s, err := shard.Open(cfg)
-		if err != nil {
-			return fmt.Errorf("strata: open shard %d: %w", i, err)
-		}
-		db.shards = append(db.shards, s)
-	}
-	return nil
-}
-
-// pebbleOptions returns Pebble's options for one of n instances: the memtable budget is
-// shared among them.
-func pebbleOptions(o *Options, n int, cache *pebble.Cache) *pebble.Options {
-	return pebbleopts.New(pebbleopts.Config{
-		FS: o.Expert.FS, Cache: cache, MemTableBytes: o.Expert.MemTableBytes / n, Logger: pebbleLogger{o.Logger},
-	})
-}
-
-// pebbleLogger routes Pebble's logs into slog: its info lines (flushes, compactions) at
-// debug level, so a DB does not flood the broker's log.
-type pebbleLogger struct{ l *slog.Logger }
-
-func (p pebbleLogger) Infof(format string, args ...any) {
-	p.l.Debug(fmt.Sprintf(format, args...), "component", "pebble")
-}
-func (p pebbleLogger) Errorf(format string, args ...any) {
-	p.l.Error(fmt.Sprintf(format, args...), "component", "pebble")
-}
-func (p pebbleLogger) Fatalf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	p.l.Error(msg, "component", "pebble", "fatal", true)
-	panic(pebbleFatal(msg))
-}
-
-// pebbleFatal is the panic value of pebbleLogger.Fatalf. Pebble calls Fatalf where it cannot
-// go on (a MANIFEST that cannot be written); its default would exit the process.
-type pebbleFatal string
-
-// openPebble is pebble.Open with a fatal storage error during the open (say, a MANIFEST that
-// cannot be created on a full disk) returned as an error wrapping ErrFailed instead of a panic
-// in the broker's goroutine.
-func openPebble(path string, opts *pebble.Options) (db *pebble.DB, err error) {
-	defer func() {
-		switch r := recover().(type) {
-		case nil:
-		case pebbleFatal:
-			db, err = nil, fmt.Errorf("%w: pebble: %s", ErrFailed, string(r))
-		case runtime.Error:
-			panic(r) // a bug, not a storage failure
-		case error:
-			// Pebble panics with the I/O error where it cannot go on (moving its MANIFEST
-			// marker, for one).
-			db, err = nil, fmt.Errorf("%w: pebble open: %w", ErrFailed, r)
-		default:
-			panic(r)
-		}
-	}()
-	return pebble.Open(path, opts)
-}
-
-// Close commits every accepted Store, stops the shards and closes the storage. Calls after
-// Close return ErrClosed. Close waits for calls in progress.
+// Close commits every accepted Store, stops the shards and closes the storage (the Backend).
+// Calls after Close return ErrClosed. Close waits for calls in progress.
 func (db *DB) Close() error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
@@ -202,24 +117,13 @@ func (db *DB) Close() error {
 		return ErrClosed
 	}
 	db.mu.closed = true
-	err := db.closeAll()
+	err := db.backend.Close()
 	// Wake whoever waits for new streams: there will be none.
 	db.changed.Lock()
 	close(db.changed.ch)
 	db.changed.closed = true
 	db.changed.Unlock()
 	return err
-}
-
-func (db *DB) closeAll() error {
-	var errs []error
-	for _, s := range db.shards {
-		errs = append(errs, s.Close())
-	}
-	for _, p := range db.pebbles {
-		errs = append(errs, p.Close())
-	}
-	return errors.Join(errs...)
 }
 
 // enter starts a call; the returned function ends it.
@@ -283,7 +187,11 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 		// The common case of a broker storing each PUBLISH as it arrives: no grouping.
 		m := &copies[0]
 		sh := ShardOf(m.ClientID, n)
-		if err := db.shards[sh].Store(ctx, []*message.Message{m}, sizes[0]); err != nil {
+		w, err := db.shards[sh].Submit(ctx, []*message.Message{m}, sizes[0])
+		if err == nil {
+			err = w.Wait()
+		}
+		if err != nil {
 			return nil, fmt.Errorf("shard %d: %w", sh, err)
 		}
 		refs[0] = Ref{Shard: sh, Timestamp: m.Timestamp}
@@ -292,7 +200,7 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 	type group struct {
 		msgs  []*message.Message
 		bytes int
-		w     shard.Waiter
+		w     Waiter
 		err   error
 	}
 	groups := make(map[stream.ShardID]*group, min(n, len(msgs)))
@@ -350,33 +258,6 @@ func (db *DB) validate(m *Message) (int, error) {
 		return 0, fmt.Errorf("%w: %d bytes, limit %d", ErrMessageTooLarge, size, db.opts.MaxMessageBytes)
 	}
 	return size, nil
-}
-
-// quotaExceeded reports whether the DB's files exceed the quota, measuring at most every 100ms.
-func (db *DB) quotaExceeded() bool {
-	db.quota.Lock()
-	defer db.quota.Unlock()
-	if time.Since(db.quota.checked) >= 100*time.Millisecond {
-		var used uint64
-		for _, p := range db.pebbles {
-			used += quotaUsage(p.Metrics())
-		}
-		db.usage.Store(used)
-		db.quota.exceeded = used > uint64(db.opts.StorageQuota)
-		db.quota.checked = time.Now()
-	}
-	return db.quota.exceeded
-}
-
-// quotaUsage is the disk usage that counts against StorageQuota: sstables and blob files (live,
-// obsolete and zombie), compactions in progress, and the live data in the WAL. Not the WAL files'
-// physical size: Pebble recycles WAL files, so a WAL holding a few bytes can occupy a whole old
-// file, and a quota near the memtable size would then stay exceeded forever, whatever is
-// dropped.
-func quotaUsage(m *pebble.Metrics) uint64 {
-	t, b := m.Table.Local, m.BlobFiles.Local
-	return t.LiveSize + t.ObsoleteSize + t.ZombieSize + b.LiveSize + b.ObsoleteSize + b.ZombieSize +
-		uint64(max(m.Compact.InProgressBytes, 0)) + m.WAL.Size
 }
 
 // StreamsChanged returns a channel that is closed the next time the set of streams changes: a

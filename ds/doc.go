@@ -24,6 +24,13 @@
 //   - Invalid input (topic, filter, oversized message, garbage iterator bytes) is refused with an
 //     error and changes nothing.
 //
+// # Backends
+//
+// Open keeps the shards in one directory (package shard over Pebble). The same DB also runs
+// over a Backend handed to OpenBackend: package raftgroup's replicates every shard with Raft.
+// This package does not depend on raftgroup; a broker picks one or the other when it opens the
+// DB and uses the same API afterwards.
+//
 // See DESIGN.md in the project's shared notes for the model, and package layout for the
 // on-disk format.
 package ds

@@ -49,13 +49,23 @@ var (
 	// messages of the failed call may or may not have been stored; reopen the DB and read to
 	// find out. Every later write to the shard fails with it until the reopen.
 	ErrFailed = shard.ErrFailed
+	// ErrUnavailable (replicated mode): the shard's Raft group could not commit in time — no
+	// leader, quorum lost, or this site is cut off from the majority — or this site has no
+	// open replica of it yet. Retry later. The messages of the failed Store were not stored,
+	// unless the error also wraps ErrOutcomeUnknown.
+	ErrUnavailable = shard.ErrUnavailable
+	// ErrOutcomeUnknown (replicated mode), beside ErrUnavailable or ErrClosed: a proposal may
+	// have been committed although Store could not learn it (an attempt timed out after a
+	// leader had it, or the site closed). Read before storing the messages again.
+	ErrOutcomeUnknown = shard.ErrOutcomeUnknown
 )
 
 // IsCorruptionError reports whether err is about stored bytes that do not decode.
 func IsCorruptionError(err error) bool { return errors.Is(err, ErrCorruption) }
 
 // IsRetryable reports whether the same call may succeed later without a change by the caller:
-// the quota may be lifted by a drop, and a full queue or a deadline may clear.
+// the quota may be lifted by a drop, a full queue or a deadline may clear, and a replicated
+// shard may regain its quorum.
 func IsRetryable(err error) bool {
-	return errors.Is(err, ErrQuotaExceeded) || errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, ErrQuotaExceeded) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrUnavailable)
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/strata-mq/strata/internal/fsutil"
 )
 
 // manifestName is the file in a DB directory that records what must not change after creation.
@@ -60,62 +60,5 @@ func writeManifest(fs vfs.FS, dir string, m manifest) error {
 	if err != nil {
 		return err
 	}
-	tmp := fs.PathJoin(dir, manifestName+".tmp")
-	f, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := fs.Rename(tmp, fs.PathJoin(dir, manifestName)); err != nil {
-		return err
-	}
-	d, err := fs.OpenDir(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// mkdirAllSynced creates dir and any missing parents, fsyncing each parent whose entries
-// changed, so that a crash cannot take back a directory that acknowledged writes live in.
-// (Pebble syncs the parents only of directories it creates itself.)
-func mkdirAllSynced(fs vfs.FS, dir string) error {
-	var missing []string
-	for d := filepath.Clean(dir); ; d = fs.PathDir(d) {
-		if _, err := fs.Stat(d); err == nil {
-			break
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-		missing = append(missing, d)
-		if parent := fs.PathDir(d); parent == d {
-			break
-		}
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		if err := fs.MkdirAll(missing[i], 0o755); err != nil {
-			return err
-		}
-		parent, err := fs.OpenDir(fs.PathDir(missing[i]))
-		if err != nil {
-			return err
-		}
-		err = parent.Sync()
-		parent.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+	return fsutil.WriteFileAtomic(fs, fs.PathJoin(dir, manifestName), append(b, '\n'))
 }

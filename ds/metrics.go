@@ -17,6 +17,9 @@ type Metrics struct {
 	// blob files). Divided by the message bytes stored it is the write amplification.
 	BytesWritten uint64
 	// Pebble is Pebble's own report, one per instance (levels, compactions, WAL).
+	//
+	// DiskBytes, BytesWritten and Pebble come from the Backend's StorageStats; they stay zero
+	// with a Backend that does not implement StorageStatser.
 	Pebble []string
 }
 
@@ -64,33 +67,33 @@ func (db *DB) Metrics() (Metrics, error) {
 	defer exit()
 	var m Metrics
 	for _, s := range db.shards {
+		c := s.ShardMetrics()
 		sm := ShardMetrics{
 			Shard:         s.ID(),
-			Messages:      s.Metrics.Messages.Load(),
-			Bytes:         s.Metrics.Bytes.Load(),
-			Batches:       s.Metrics.Batches.Load(),
-			QueueDepth:    s.Metrics.QueueDepth.Load(),
-			CommitTotal:   time.Duration(s.Metrics.CommitNanos.Load()),
-			CommitLatency: make([]uint64, len(s.Metrics.CommitLatency)),
+			Messages:      c.Messages.Load(),
+			Bytes:         c.Bytes.Load(),
+			Batches:       c.Batches.Load(),
+			QueueDepth:    c.QueueDepth.Load(),
+			CommitTotal:   time.Duration(c.CommitNanos.Load()),
+			CommitLatency: make([]uint64, len(c.CommitLatency)),
 		}
-		for i := range s.Metrics.CommitLatency {
-			sm.CommitLatency[i] = s.Metrics.CommitLatency[i].Load()
+		for i := range c.CommitLatency {
+			sm.CommitLatency[i] = c.CommitLatency[i].Load()
 		}
 		gens := s.Generations()
 		sm.Generations = len(gens)
-		if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
-			sm.Streams = l.StreamCount()
+		// A replicated site may hold no open replica of a shard for a moment (starting,
+		// receiving a snapshot, left the cluster): then it reports no generations.
+		if len(gens) > 0 {
+			if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
+				sm.Streams = l.StreamCount()
+			}
 		}
 		m.Shards = append(m.Shards, sm)
 	}
-	for _, p := range db.pebbles {
-		pm := p.Metrics()
-		m.DiskBytes += pm.DiskSpaceUsage()
-		m.BytesWritten += pm.WAL.BytesWritten
-		for _, l := range pm.Levels {
-			m.BytesWritten += l.TableBytesFlushed + l.TableBytesCompacted + l.BlobBytesFlushed + l.BlobBytesCompacted
-		}
-		m.Pebble = append(m.Pebble, pm.String())
+	if db.stats != nil {
+		st := db.stats.StorageStats()
+		m.DiskBytes, m.BytesWritten, m.Pebble = st.DiskBytes, st.BytesWritten, st.Pebble
 	}
 	return m, nil
 }

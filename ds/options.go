@@ -44,7 +44,9 @@ const MaxQueueLength = 1 << 20
 const MaxMessageBytesLimit = 256 << 20
 
 // Options configure a DB. The zero value of every field means its documented default; see
-// DefaultOptions. Open works on a copy, so the caller may reuse its Options.
+// DefaultOptions. Open works on a copy, so the caller may reuse its Options. OpenBackend, whose
+// Backend comes with its shards and storage configured, uses only NShards, MaxMessageBytes and
+// Logger.
 type Options struct {
 	// NShards is the number of shards. Fixed when the DB is created and stored in it; reopening
 	// with another value fails with ErrShardMismatch. 0 means the stored value when reopening

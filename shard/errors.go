@@ -24,3 +24,17 @@ var (
 	// from without a reopen (a failed WAL sync leaves durability unknown).
 	ErrFailed = errors.New("strata: shard failed")
 )
+
+// ErrUnavailable is the error of replicated shards only.
+var (
+	// ErrUnavailable: the shard's Raft group could not commit in time (no leader, quorum lost,
+	// this site cut off) or this site holds no open replica of it. Retry later. A write that
+	// fails with it was not stored, unless the error says the outcome is unknown (a proposal
+	// timed out after its leader received it).
+	ErrUnavailable = errors.New("strata: shard unavailable")
+)
+
+// ErrOutcomeUnknown is wrapped, beside ErrUnavailable or ErrClosed, by a replicated write whose
+// proposal may have been committed although the caller was not told: an attempt timed out
+// after a leader had it, or the site closed meanwhile. Read to find out before storing again.
+var ErrOutcomeUnknown = errors.New("strata: outcome unknown")

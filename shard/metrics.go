@@ -24,7 +24,8 @@ type Metrics struct {
 	CommitNanos   atomic.Uint64 // sum of commit durations
 }
 
-func (m *Metrics) observeCommit(d time.Duration, msgs, bytes int) {
+// ObserveCommit records one commit of msgs messages (bytes in total) that took d.
+func (m *Metrics) ObserveCommit(d time.Duration, msgs, bytes int) {
 	if msgs > 0 {
 		m.Messages.Add(uint64(msgs))
 		m.Bytes.Add(uint64(bytes))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/generation"
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/layout"
@@ -11,21 +12,21 @@ import (
 )
 
 // Generations returns the shard's generation table as readers see it.
-func (s *Shard) Generations() []generation.Info {
-	v := s.core.view.Load()
+func (c *core) Generations() []generation.Info {
+	v := c.view.Load()
 	return append([]generation.Info(nil), v.table.Gens...)
 }
 
 // Layout returns the layout of a generation, for inspection (ds-info, tests).
-func (s *Shard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
-	l, ok := s.core.view.Load().gens[gen]
+func (c *core) Layout(gen stream.GenerationID) (layout.Generation, bool) {
+	l, ok := c.view.Load().gens[gen]
 	return l, ok
 }
 
 // Streams returns the streams of every generation with Until > since (or current) whose pattern
 // can match the filter levels, in read order.
-func (s *Shard) Streams(filter []string, since uint64) []stream.Stream {
-	v := s.core.view.Load()
+func (c *core) Streams(filter []string, since uint64) []stream.Stream {
+	v := c.view.Load()
 	var out []stream.Stream
 	for _, g := range v.table.Gens {
 		if !g.Current() && g.Until <= since {
@@ -33,7 +34,7 @@ func (s *Shard) Streams(filter []string, since uint64) []stream.Stream {
 		}
 		for _, si := range v.gens[g.ID].Streams(filter) {
 			out = append(out, stream.Stream{
-				Shard: s.cfg.ID, Generation: g.ID, Layout: g.Layout.Kind, Key: si.Key, Pattern: si.Pattern,
+				Shard: c.id, Generation: g.ID, Layout: g.Layout.Kind, Key: si.Key, Pattern: si.Pattern,
 			})
 		}
 	}
@@ -46,12 +47,12 @@ func (s *Shard) Streams(filter []string, since uint64) []stream.Stream {
 // An empty result with a nil error means no more messages yet. ErrEndOfStream means the
 // generation is sealed and every message of the stream was returned; ErrGenerationNotFound that
 // the generation does not exist (anymore).
-func (s *Shard) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
-	v := s.core.view.Load()
+func (c *core) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
+	v := c.view.Load()
 	gen := it.Stream.Generation
 	g, ok := v.table.Get(gen)
-	if !ok || s.core.isDropped(gen) {
-		return out, it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
+	if !ok || c.isDropped(gen) {
+		return out, it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, c.id, gen)
 	}
 	l := v.gens[gen]
 	if l.Params().Kind != it.Stream.Layout {
@@ -65,23 +66,23 @@ func (s *Shard) Read(it stream.Iterator, filter []string, max int, out []message
 		until = min(until, g.Until)
 	}
 	n := len(out)
-	out, res, err := l.Read(s.cfg.DB, layout.ReadRequest{
+	out, res, err := l.Read(c.db, layout.ReadRequest{
 		Key: it.Stream.Key, Filter: filter, From: max64(it.Next, g.Since), Until: until, Max: max,
 	}, out)
-	if errors.Is(err, layout.ErrCorrupt) {
-		return out[:n], it.Next, fmt.Errorf("%w: shard %d: %w", ErrCorruption, s.cfg.ID, err)
+	if errors.Is(err, layout.ErrCorrupt) || pebble.IsCorruptionError(err) {
+		return out[:n], it.Next, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
 	} else if err != nil {
-		return out[:n], it.Next, fmt.Errorf("shard %d: %w", s.cfg.ID, err)
+		return out[:n], it.Next, fmt.Errorf("shard %d: %w", c.id, err)
 	}
 	// A drop that committed while we read may have hidden data behind its range deletion. Its
 	// range deletion is visible before its view is published, so check the dropped set, which
 	// the writer fills before it commits the drop.
-	if s.core.isDropped(gen) {
-		return out[:n], it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, s.cfg.ID, gen)
+	if c.isDropped(gen) {
+		return out[:n], it.Next, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, c.id, gen)
 	}
 	// The layout knows the stream, not the shard: stamp where each message is stored.
 	for i := n; i < len(out); i++ {
-		out[i].Shard = uint16(s.cfg.ID)
+		out[i].Shard = uint16(c.id)
 	}
 	next := max64(res.Next, it.Next)
 	if len(out) == n && res.Exhausted && !g.Current() {

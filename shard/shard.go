@@ -38,6 +38,9 @@ import (
 var (
 	metaTable = []byte{layout.KeyspaceMeta, 'g'} // generation table
 	metaLast  = []byte{layout.KeyspaceMeta, 'l'} // last assigned timestamp, u64 big-endian
+	// Replicated shards only (see Replica):
+	metaApplied  = []byte{layout.KeyspaceMeta, 'a'} // last applied Raft log index, u64 big-endian
+	metaProposer = []byte{layout.KeyspaceMeta, 'p'} // + ProposerID: de-duplication record
 )
 
 // state is the part of a shard that changes only by Apply and that readers see via a view.

@@ -70,8 +70,8 @@ type inflight struct {
 
 // Shard is one shard: a core plus its writer and syncer goroutines.
 type Shard struct {
-	cfg  Config
-	core *core
+	*core // reads (Streams, Read, Generations, Layout) are promoted from it
+	cfg   Config
 
 	q       chan *request
 	synced  chan *inflight
@@ -404,7 +404,7 @@ func (s *Shard) runSyncer() {
 			err = failed
 		} else {
 			s.core.publishDurable(f.pub)
-			s.Metrics.observeCommit(time.Since(f.start), f.msgs, f.bytes)
+			s.Metrics.ObserveCommit(time.Since(f.start), f.msgs, f.bytes)
 		}
 		for _, r := range f.reqs {
 			r.err = err

@@ -20,6 +20,7 @@ import (
 
 	"github.com/strata-mq/strata/bench"
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
 )
 
 func main() {
@@ -43,7 +44,12 @@ func main() {
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
-	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw", "comma-separated: ingest (with the replays), fanout, retention, raw")
+	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated", "comma-separated: ingest (with the replays), fanout, retention, raw, replicated")
+	logdbs := flag.String("raft-logdb", "pebble,tan", "replicated: Raft LogDB(s) to measure, comma-separated: pebble, tan")
+	raftN := flag.Int("raft-n", 200_000, "replicated: messages (the cluster ingests ~20k msgs/s here; capped by -n)")
+	raftShards := flag.Int("raft-shards", 4, "replicated: shards (fewer shards, larger Raft entries)")
+	sites := flag.Int("sites", 3, "replicated: sites in this process (replication factor 3)")
+	flag.IntVar(&c.RaftInFlight, "raft-inflight", 0, "replicated: proposals in flight per shard and site (0: the default)")
 	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
 	fanN := flag.Int("fanout-n", 20_000, "fan-out: messages in the stream")
 	span := flag.Duration("retention-span", 100*time.Millisecond, "retention: GenerationSpan (Retention is twice it)")
@@ -121,6 +127,20 @@ func main() {
 			r, err := bench.RunRetentionUnderLoad(rc, *span)
 			if err != nil {
 				fail("retention: %v", err)
+			}
+			results = append(results, r)
+		}
+	}
+	if want["replicated"] {
+		for _, l := range strings.Split(*logdbs, ",") {
+			rc := c
+			rc.N, rc.Shards = min(c.N, *raftN), *raftShards
+			if c.Quick {
+				rc.N = min(rc.N, 60_000)
+			}
+			r, err := bench.RunReplicated(rc, *sites, raftgroup.LogDB(strings.TrimSpace(l)))
+			if err != nil {
+				fail("replicated: %v", err)
 			}
 			results = append(results, r)
 		}

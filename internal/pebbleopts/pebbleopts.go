@@ -50,5 +50,15 @@ func New(c Config) *pebble.Options {
 		}
 	}
 	po.EnsureDefaults()
+	// Pebble's default reaction to a damaged block is Logger.Fatalf, which would take the
+	// broker down for one bad block. Log it; the read that found it returns the error (a
+	// corruption error, which shard reads wrap in ErrCorruption).
+	el := *po.EventListener
+	el.DataCorruption = func(info pebble.DataCorruptionInfo) {
+		if c.Logger != nil {
+			c.Logger.Errorf("data corruption in %s: %v", info.Path, info.Details)
+		}
+	}
+	po.EventListener = &el
 	return po
 }

@@ -1,0 +1,117 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/loopback"
+	"github.com/strata-mq/strata/raftgroup"
+)
+
+// RunReplicated measures durable ingest into a replicated cluster: sites sites in this process
+// on 127.0.0.1 (each its own NodeHost, Raft log and replicas), bootstrapped with replication
+// factor 3 and c.Shards shards; publisher p stores through site p mod sites, so two thirds of
+// the proposals are forwarded to a leader elsewhere. A Store returns once a quorum of the
+// shard's voters holds the message in its Raft log (fsynced) and the local proposer learned
+// the outcome.
+func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
+	root := c.Dir
+	if root == "" {
+		tmp, err := os.MkdirTemp("", "ds-bench-raft-")
+		if err != nil {
+			return Result{}, err
+		}
+		defer os.RemoveAll(tmp)
+		root = tmp
+	} else {
+		root = filepath.Join(root, "replicated-"+string(logdb))
+	}
+	addrs, err := loopback.FreeAddrs(sites)
+	if err != nil {
+		return Result{}, err
+	}
+	ss := make([]*raftgroup.Site, sites)
+	errs := make([]error, sites)
+	var wg sync.WaitGroup
+	for i := range ss {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			ss[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
+				Dir: filepath.Join(root, fmt.Sprintf("site-%d", i)), RaftAddress: addrs[i], InitialSites: addrs,
+				LogDB: logdb, LogDBMemory: raftgroup.LogDBSmall, MaxInFlight: c.RaftInFlight,
+				DB: &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
+					Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}},
+			})
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, s := range ss {
+			if s != nil {
+				s.Close()
+			}
+		}
+	}()
+	if err := errors.Join(errs...); err != nil {
+		return Result{}, err
+	}
+	dbs := make([]*ds.DB, sites)
+	for i, s := range ss {
+		db, err := s.DB()
+		if err != nil {
+			return Result{}, err
+		}
+		dbs[i] = db
+	}
+	// Wait for every shard to have a leader: a first Store per shard.
+	for sh := range c.Shards {
+		for p := 0; ; p++ {
+			if int(ds.ShardOf(clientID(p), c.Shards)) != sh {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := dbs[0].Store(ctx, ds.Message{ClientID: clientID(p), Topic: "warmup", Payload: []byte("x")})
+			cancel()
+			if err != nil {
+				return Result{}, fmt.Errorf("warm-up of shard %d: %w", sh, err)
+			}
+			break
+		}
+	}
+	ctx := context.Background()
+	pl := payloads(64, c.Payload)
+	name := fmt.Sprintf("replicated ingest (%d sites, RF 3, %d shards, %s log)", sites, c.Shards, logdb)
+	mem := startMemory()
+	elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
+		_, err := dbs[p%sites].Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
+		return err
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: %w", name, err)
+	}
+	heap, rss := mem.finish()
+	var msgs, batches uint64
+	for _, db := range dbs {
+		m, err := db.Metrics()
+		if err != nil {
+			return Result{}, err
+		}
+		t := m.Totals()
+		msgs += t.Messages
+		batches += t.Batches
+	}
+	r := Result{Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
+		MsgsPerCommit: float64(msgs) / float64(max(batches, 1)), PeakHeapBytes: heap, PeakRSSBytes: rss}
+	r.setRun(lats, series)
+	r.Note = fmt.Sprintf("%.0f msgs/proposal, heap %d MiB, RSS %d MiB (all %d sites in one process)", r.MsgsPerCommit, heap>>20, rss>>20, sites)
+	return r, nil
+}

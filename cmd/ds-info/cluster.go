@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/strata-mq/strata/raftgroup"
+)
+
+// cluster prints a replicated site's view of its cluster (raftgroup.Site.AdminHandler's
+// /v1/cluster): the sites, every Raft group's leader, this site's replicas, and the replica
+// transitions in progress.
+func (c *command) cluster(args []string) int {
+	c.flags()
+	if !c.parse(args) {
+		return exitUsage
+	}
+	if c.url == "" {
+		c.errorf("cluster works only with -url (a replicated site's admin handler)")
+		return exitUsage
+	}
+	src, err := newURLSource(c.url)
+	if err != nil {
+		c.errorf("-url %v", err)
+		return exitUsage
+	}
+	var v raftgroup.ClusterView
+	if code, ok := c.failed(src.get("/v1/cluster", nil, &v)); !ok {
+		return code
+	}
+	if c.json {
+		c.printJSON(v)
+		return exitOK
+	}
+	meta := "fresh (through the meta leader)"
+	if !v.MetaFresh {
+		meta = "STALE: this site's local copy (no meta quorum reachable)"
+	}
+	fmt.Fprintf(c.stdout, "site %s (raft %s); meta %s\n\n", v.Site, v.RaftAddress, meta)
+	tw := c.table()
+	fmt.Fprintln(tw, "SLOT\tSITE\tADDRESS\tSTATE\tREACHABLE")
+	for _, s := range v.Sites {
+		reach := "no"
+		if s.Reachable {
+			reach = "yes"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.Slot, s.ID, s.Addr, s.State, reach)
+	}
+	tw.Flush()
+	fmt.Fprintln(c.stdout)
+	tw = c.table()
+	fmt.Fprintln(tw, "GROUP\tSHARD\tLEADER\tLEADER SLOT\tTERM\tREPLICA HERE\tAPPLIED HERE")
+	for _, g := range v.Groups {
+		name, shard, leader, slot := "shard", fmt.Sprint(g.Shard), "none", "-"
+		if g.Meta {
+			name, shard = "meta", "-"
+		}
+		if g.Leader != 0 {
+			leader = fmt.Sprint(g.Leader)
+		}
+		if g.LeaderSlot != 0 {
+			slot = fmt.Sprint(g.LeaderSlot)
+		}
+		applied := "-"
+		if !g.Meta && g.Replica != 0 {
+			applied = fmt.Sprint(g.Applied)
+		}
+		fmt.Fprintf(tw, "%s %d\t%s\t%s\t%s\t%d\t%d\t%s\n", name, g.Group, shard, leader, slot, g.Term, g.Replica, applied)
+	}
+	tw.Flush()
+	fmt.Fprintln(c.stdout)
+	var moving []raftgroup.ReplicaView
+	for _, r := range v.Replicas {
+		if r.Transition != "" {
+			moving = append(moving, r)
+		}
+	}
+	if len(moving) == 0 {
+		fmt.Fprintln(c.stdout, "replica transitions: none")
+		return exitOK
+	}
+	tw = c.table()
+	fmt.Fprintln(tw, "GROUP\tREPLICA\tSLOT\tVOTER\tMEMBER\tTRANSITION")
+	for _, r := range moving {
+		member := r.Member
+		if member == "" {
+			member = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%v\t%s\t%s\n", r.Group, r.ReplicaID, r.Slot, r.Voter, member, r.Transition)
+	}
+	tw.Flush()
+	return exitOK
+}

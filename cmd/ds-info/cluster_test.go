@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/loopback"
+	"github.com/strata-mq/strata/internal/testutil"
+	"github.com/strata-mq/strata/raftgroup"
+)
+
+// TestClusterCommand: ds-info cluster against a running three-site cluster names every
+// group's leader; after the site leading shard 0 is closed, asking a surviving site shows the
+// new leader, on a live site.
+func TestClusterCommand(t *testing.T) {
+	root := t.TempDir()
+	addrs, err := loopback.FreeAddrs(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites := make([]*raftgroup.Site, 3)
+	errs := make([]error, 3)
+	var wg sync.WaitGroup
+	for i := range sites {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			sites[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
+				Dir: filepath.Join(root, fmt.Sprint(i)), RaftAddress: addrs[i], InitialSites: addrs,
+				LogDBMemory: raftgroup.LogDBTiny, ReconcileInterval: 20 * time.Millisecond,
+				DB: &ds.Options{NShards: 2, Expert: ds.ExpertOptions{MemTableBytes: 4 << 20}},
+			})
+		}()
+	}
+	wg.Wait()
+	for i, s := range sites {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		t.Cleanup(func() { s.Close() })
+	}
+	urls := make([]string, 3)
+	for i, s := range sites {
+		h, err := s.AdminHandler()
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(h)
+		t.Cleanup(srv.Close)
+		urls[i] = srv.URL
+	}
+	cluster := func(i int) (raftgroup.ClusterView, string) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		if code := run([]string{"-url", urls[i], "cluster", "-json"}, &out, &errOut); code != exitOK {
+			t.Fatalf("cluster -json on site %d: exit %d: %s", i, code, errOut.String())
+		}
+		var v raftgroup.ClusterView
+		if err := json.Unmarshal(out.Bytes(), &v); err != nil {
+			t.Fatal(err)
+		}
+		out.Reset()
+		if code := run([]string{"cluster", "-url", urls[i]}, &out, &errOut); code != exitOK {
+			t.Fatalf("cluster on site %d: exit %d: %s", i, code, errOut.String())
+		}
+		return v, out.String()
+	}
+	shard0Leader := func(v raftgroup.ClusterView) int {
+		for _, g := range v.Groups {
+			if !g.Meta && g.Shard == 0 {
+				return g.LeaderSlot
+			}
+		}
+		return 0
+	}
+	var before int
+	testutil.Eventually(t, 20*time.Second, "shard 0 has a leader", func() error {
+		v, text := cluster(0)
+		if before = shard0Leader(v); before == 0 {
+			return fmt.Errorf("no leader yet:\n%s", text)
+		}
+		if !strings.Contains(text, "SLOT") || !strings.Contains(text, "LEADER SLOT") || !strings.Contains(text, "active") {
+			return fmt.Errorf("table lacks its sections:\n%s", text)
+		}
+		return nil
+	})
+	victim := -1
+	for i, s := range sites {
+		v, _ := cluster(i)
+		for _, site := range v.Sites {
+			if site.Slot == before && site.ID == s.ID() {
+				victim = i
+			}
+		}
+	}
+	if victim < 0 {
+		t.Fatalf("no site holds slot %d", before)
+	}
+	sites[victim].Close()
+	other := (victim + 1) % 3
+	testutil.Eventually(t, 20*time.Second, "ds-info shows a new leader of shard 0", func() error {
+		v, text := cluster(other)
+		for _, si := range v.Sites {
+			if si.Slot == before && si.Reachable {
+				return fmt.Errorf("the closed site (slot %d) still shows reachable:\n%s", before, text)
+			}
+		}
+		if after := shard0Leader(v); after == 0 || after == before {
+			return fmt.Errorf("leader slot %d (closed site: slot %d):\n%s", after, before, text)
+		}
+		return nil
+	})
+}

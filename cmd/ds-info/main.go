@@ -1,0 +1,504 @@
+// Command ds-info is the operator's view of an embedded Strata data directory (the kind
+// ds.Open creates): its manifest, generations, learned streams and topic tries, messages, and
+// a full integrity check.
+//
+//	ds-info info        -dir DIR                      manifest, disk bytes, generation and stream counts
+//	ds-info generations -dir DIR                      per shard and generation: span, state, layout, streams
+//	ds-info streams     -dir DIR [-filter F]          learned patterns per shard and generation (filter default #)
+//	ds-info trie        -dir DIR -shard N -gen G      the learned topic structure of one shard-generation
+//	ds-info messages    -dir DIR [-filter F] [-since RFC3339] [-limit N]
+//	ds-info check       -dir DIR                      decode every key and value, verify order and checksums
+//
+//	ds-info -url URL <command> [flags]                 info, generations, streams, trie, messages of a
+//	                                                  running node, through its admin handler (ds.AdminHandler)
+//
+// Every subcommand prints an aligned table, or JSON with -json; the JSON is the same, row for
+// row, with -dir and with -url (the types of package ds: InfoView, GenerationView, ...).
+//
+// The directory is never modified: ds-info opens Pebble read-only (the WAL is replayed in
+// memory) through ds.Inspect, whose filesystem refuses every write, and starts no shard
+// writer, so no rotation or retention runs. It takes Pebble's directory lock, so it cannot
+// inspect a directory that a running node holds: it says so and exits 2 (stop the node, or,
+// use -url with the node's admin endpoint).
+//
+// Exit status: 0 success; 1 corruption found (check), or data that could not be read; 2
+// usage errors and directories that cannot be opened.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/ds"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitFailed = 1 // corruption, or data that could not be read
+	exitUsage  = 2 // usage, or the directory cannot be opened
+)
+
+const usage = `usage: ds-info <command> -dir DIR [flags]
+       ds-info [-url URL] <command> [-url URL] [flags]
+
+-dir reads a data directory that no process holds; -url reads a running node's admin
+handler (ds.AdminHandler), e.g. -url http://host:port/strata. check needs -dir.
+
+commands:
+  info          manifest, disk bytes, generation and stream counts
+  generations   per shard and generation: span, state, layout, stream count
+  streams       learned stream patterns per shard and generation [-filter F]
+  trie          learned topic structure of one shard-generation -shard N -gen G
+  messages      messages [-filter F] [-since RFC3339] [-limit N]
+  check         decode every key and value, verify order and checksums
+  cluster       a replicated site's view (-url only): sites, leaders, transitions
+
+every command takes -json for JSON output.
+`
+
+// run is the whole command, in-process testable: it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) (code int) {
+	defer func() {
+		// The code paths below return errors for damaged input; this is the last line of
+		// defence, so that a bug shows as a clear failure rather than a goroutine dump.
+		if r := recover(); r != nil {
+			fmt.Fprintf(stderr, "ds-info: internal error (please report): %v\n%s", r, debug.Stack())
+			code = exitFailed
+		}
+	}()
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	// -dir and -url may also come before the command.
+	global := flag.NewFlagSet("ds-info", flag.ContinueOnError)
+	global.SetOutput(stderr)
+	var gdir, gurl string
+	global.StringVar(&gdir, "dir", "", "the embedded data directory")
+	global.StringVar(&gurl, "url", "", "a running node's admin handler")
+	global.Usage = func() { fmt.Fprint(stderr, usage) }
+	if err := global.Parse(args); err != nil {
+		return exitUsage
+	}
+	args = global.Args()
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, args := args[0], args[1:]
+	c := &command{name: cmd, stdout: stdout, stderr: stderr, dir: gdir, url: gurl}
+	switch cmd {
+	case "info":
+		return c.info(args)
+	case "generations":
+		return c.generations(args)
+	case "streams":
+		return c.streams(args)
+	case "trie":
+		return c.trie(args)
+	case "messages":
+		return c.messages(args)
+	case "check":
+		return c.check(args)
+	case "cluster":
+		return c.cluster(args)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "ds-info: unknown command %q\n%s", cmd, usage)
+		return exitUsage
+	}
+}
+
+type command struct {
+	name           string
+	stdout, stderr io.Writer
+	fs             *flag.FlagSet
+	dir            string
+	url            string // of a node's admin handler, instead of dir
+	json           bool
+}
+
+// flags returns the subcommand's flag set with -dir and -json.
+func (c *command) flags() *flag.FlagSet {
+	c.fs = flag.NewFlagSet("ds-info "+c.name, flag.ContinueOnError)
+	c.fs.SetOutput(c.stderr)
+	c.fs.StringVar(&c.dir, "dir", c.dir, "the embedded data directory (this or -url is required)")
+	urlHelp := "a running node's admin handler, e.g. http://host:port/strata"
+	if c.name == "check" {
+		urlHelp = "not for check, which needs -dir"
+	}
+	c.fs.StringVar(&c.url, "url", c.url, urlHelp)
+	c.fs.BoolVar(&c.json, "json", false, "print JSON instead of a table")
+	return c.fs
+}
+
+// parse parses args and checks -dir; ok false means exit with exitUsage.
+func (c *command) parse(args []string) bool {
+	if err := c.fs.Parse(args); err != nil {
+		return false
+	}
+	if c.fs.NArg() > 0 {
+		fmt.Fprintf(c.stderr, "ds-info %s: unexpected arguments %q\n", c.name, c.fs.Args())
+		return false
+	}
+	if c.name == "check" && c.url != "" {
+		fmt.Fprintf(c.stderr, "ds-info check: works only with -dir (it reads every file of a stopped node's directory), not -url\n")
+		return false
+	}
+	switch {
+	case c.dir != "" && c.url != "":
+		fmt.Fprintf(c.stderr, "ds-info %s: -dir and -url exclude each other\n", c.name)
+		return false
+	case c.dir == "" && c.url == "":
+		fmt.Fprintf(c.stderr, "ds-info %s: -dir (or -url) is required\n", c.name)
+		return false
+	}
+	return true
+}
+
+func (c *command) errorf(format string, args ...any) {
+	fmt.Fprintf(c.stderr, "ds-info %s: %s\n", c.name, clean(fmt.Sprintf(format, args...)))
+}
+
+// clean drops the placeholder lines Pebble's errors carry for their structured details.
+func clean(msg string) string {
+	return strings.ReplaceAll(msg, "\n<corruption detail carrier>", "")
+}
+
+// open opens the directory read-only. On failure it prints why and returns the exit status.
+func (c *command) open() (*ds.Inspector, int) {
+	in, err := ds.Inspect(c.dir)
+	if err == nil {
+		return in, exitOK
+	}
+	switch {
+	case errors.Is(err, ds.ErrInUse):
+		c.errorf("%s is in use by another process (lock held): stop it or use the admin endpoint\n  (%v)", c.dir, err)
+		return nil, exitUsage
+	case isCorruption(err):
+		c.errorf("%s cannot be opened, its files are damaged: %v", c.dir, err)
+		return nil, exitFailed
+	case errors.Is(err, os.ErrNotExist):
+		c.errorf("%s is not a Strata data directory: %v", c.dir, err)
+		return nil, exitUsage
+	default:
+		c.errorf("cannot open %s: %v", c.dir, err)
+		return nil, exitUsage
+	}
+}
+
+func isCorruption(err error) bool {
+	return errors.Is(err, ds.ErrCorruption) || pebble.IsCorruptionError(err)
+}
+
+// done reports errors that came with a partial result (shards that did not load, records
+// that did not decode) and returns the exit status.
+func (c *command) done(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	c.errorf("%v", err)
+	return exitFailed
+}
+
+func (c *command) printJSON(v any) {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		c.errorf("%v", err)
+	}
+}
+
+func (c *command) table() *tabwriter.Writer {
+	return tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
+}
+
+func storageMode(m ds.Manifest) string {
+	if m.PebblePerShard {
+		return "pebble per shard"
+	}
+	return "shared pebble"
+}
+
+// open opens the subcommand's source, -dir or -url. On failure it prints why and returns
+// the exit status.
+func (c *command) openSource() (source, int) {
+	if c.url != "" {
+		s, err := newURLSource(c.url)
+		if err != nil {
+			c.errorf("-url %v", err)
+			return nil, exitUsage
+		}
+		return s, exitOK
+	}
+	in, code := c.open()
+	if in == nil {
+		return nil, code
+	}
+	return dirSource{in}, exitOK
+}
+
+// failed reports an error that came without data and returns the exit status; ok false means
+// there is data to print (err is then reported by done).
+func (c *command) failed(err error) (code int, ok bool) {
+	var ue usageError
+	var re remoteError
+	switch {
+	case errors.As(err, &ue):
+		c.errorf("%v", err)
+		return exitUsage, false
+	case errors.As(err, &re):
+		c.errorf("%v", err)
+		return exitFailed, false
+	}
+	return exitOK, true
+}
+
+func (c *command) info(args []string) int {
+	c.flags()
+	if !c.parse(args) {
+		return exitUsage
+	}
+	src, code := c.openSource()
+	if src == nil {
+		return code
+	}
+	defer src.close()
+	out, err := src.info()
+	if code, ok := c.failed(err); !ok {
+		return code
+	}
+	if c.json {
+		c.printJSON(out)
+		return c.done(err)
+	}
+	tw := c.table()
+	if c.url != "" {
+		fmt.Fprintf(tw, "url\t%s\n", c.url)
+	} else {
+		fmt.Fprintf(tw, "directory\t%s\n", c.dir)
+	}
+	fmt.Fprintf(tw, "format version\t%d\n", out.Format)
+	fmt.Fprintf(tw, "shards\t%d\n", out.NShards)
+	fmt.Fprintf(tw, "storage\t%s\n", out.Storage)
+	fmt.Fprintf(tw, "created\t%s\n", out.Created)
+	fmt.Fprintf(tw, "disk bytes\t%d\n", out.DiskBytes)
+	fmt.Fprintf(tw, "generations\t%d\n", out.Generations)
+	fmt.Fprintf(tw, "streams\t%d\n", out.Streams)
+	tw.Flush()
+	return c.done(err)
+}
+
+func (c *command) generations(args []string) int {
+	c.flags()
+	if !c.parse(args) {
+		return exitUsage
+	}
+	src, code := c.openSource()
+	if src == nil {
+		return code
+	}
+	defer src.close()
+	rows, err := src.generations()
+	if code, ok := c.failed(err); !ok {
+		return code
+	}
+	if c.json {
+		c.printJSON(rows)
+		return c.done(err)
+	}
+	tw := c.table()
+	fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS")
+	for _, r := range rows {
+		until := r.Until
+		if until == "" {
+			until = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams)
+	}
+	tw.Flush()
+	return c.done(err)
+}
+
+func (c *command) streams(args []string) int {
+	fs := c.flags()
+	filter := fs.String("filter", "#", "MQTT topic filter the patterns must be able to match")
+	if !c.parse(args) {
+		return exitUsage
+	}
+	src, code := c.openSource()
+	if src == nil {
+		return code
+	}
+	defer src.close()
+	rows, err := src.streams(*filter)
+	if code, ok := c.failed(err); !ok {
+		return code
+	}
+	if rows == nil {
+		rows = []ds.StreamView{}
+	}
+	if c.json {
+		c.printJSON(rows)
+		return c.done(err)
+	}
+	tw := c.table()
+	fmt.Fprintln(tw, "SHARD\tGEN\tKEY\tLAYOUT\tPATTERN")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\n", r.Shard, r.Generation, r.Key, r.Layout, escape([]byte(r.Pattern)))
+	}
+	tw.Flush()
+	return c.done(err)
+}
+
+func (c *command) trie(args []string) int {
+	fs := c.flags()
+	sh := fs.Int("shard", -1, "shard (required)")
+	gen := fs.Int64("gen", -1, "generation (required)")
+	if !c.parse(args) {
+		return exitUsage
+	}
+	if *sh < 0 || *sh > int(^uint16(0)) || *gen < 0 || *gen > int64(^uint32(0)) {
+		c.errorf("-shard and -gen are required (see the generations command)")
+		return exitUsage
+	}
+	src, code := c.openSource()
+	if src == nil {
+		return code
+	}
+	defer src.close()
+	v, err := src.trie(*sh, *gen)
+	if code, ok := c.failed(err); !ok {
+		return code
+	}
+	if err != nil {
+		return c.done(err)
+	}
+	if c.json {
+		c.printJSON(v)
+		return exitOK
+	}
+	fmt.Fprint(c.stdout, v.Trie)
+	return exitOK
+}
+
+func (c *command) messages(args []string) int {
+	fs := c.flags()
+	filter := fs.String("filter", "#", "MQTT topic filter")
+	sinceFlag := fs.String("since", "", "first timestamp, RFC 3339 (default: the beginning)")
+	limit := fs.Int("limit", 100, "at most this many messages; 0: no limit")
+	if !c.parse(args) {
+		return exitUsage
+	}
+	var since time.Time
+	if *sinceFlag != "" {
+		t, err := time.Parse(time.RFC3339Nano, *sinceFlag)
+		if err != nil {
+			c.errorf("-since: %v", err)
+			return exitUsage
+		}
+		since = t
+	}
+	if *limit < 0 {
+		c.errorf("-limit %d is negative", *limit)
+		return exitUsage
+	}
+	src, code := c.openSource()
+	if src == nil {
+		return code
+	}
+	defer src.close()
+	rows, err := src.messages(*filter, since, *limit)
+	if code, ok := c.failed(err); !ok {
+		return code
+	}
+	if rows == nil {
+		rows = []ds.MessageView{}
+	}
+	if c.json {
+		c.printJSON(rows)
+		return c.done(err)
+	}
+	tw := c.table()
+	fmt.Fprintln(tw, "SHARD\tTIMESTAMP\tCLIENT\tQOS\tTOPIC\tPAYLOAD")
+	for _, r := range rows {
+		qos := fmt.Sprint(r.QoS)
+		if r.Retain {
+			qos += "r"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Shard, r.Timestamp, r.ClientID, qos, r.Topic, r.Payload)
+	}
+	tw.Flush()
+	return c.done(err)
+}
+
+// payloadText shows a payload safely (ds.PayloadPreview).
+func payloadText(p []byte) string { return ds.PayloadPreview(p) }
+
+// escape returns b with printable UTF-8 as is and every other byte as \xNN, a backslash
+// doubled (ds.EscapeBytes).
+func escape(b []byte) string { return ds.EscapeBytes(b) }
+
+func (c *command) check(args []string) int {
+	fs := c.flags()
+	maxProblems := fs.Int("max-problems", 100, "report at most this many problems")
+	if !c.parse(args) {
+		return exitUsage
+	}
+	in, code := c.open()
+	if in == nil {
+		return code
+	}
+	defer in.Close()
+	r := in.Check(*maxProblems)
+	problems := []string{}
+	for _, p := range r.Problems {
+		problems = append(problems, clean(p.String()))
+	}
+	out := struct {
+		OK          bool     `json:"ok"`
+		Keys        uint64   `json:"keys"`
+		Messages    uint64   `json:"messages"`
+		IndexKeys   uint64   `json:"index_keys"`
+		TrieRecords uint64   `json:"trie_records"`
+		Problems    []string `json:"problems"`
+	}{r.OK(), r.Keys, r.Messages, r.IndexKeys, r.TrieRecords, problems}
+	if c.json {
+		c.printJSON(out)
+	} else {
+		tw := c.table()
+		fmt.Fprintf(tw, "keys\t%d\n", out.Keys)
+		fmt.Fprintf(tw, "messages\t%d\n", out.Messages)
+		fmt.Fprintf(tw, "index keys\t%d\n", out.IndexKeys)
+		fmt.Fprintf(tw, "trie records\t%d\n", out.TrieRecords)
+		tw.Flush()
+		if out.OK {
+			fmt.Fprintln(c.stdout, "OK")
+		} else {
+			fmt.Fprintf(c.stdout, "CORRUPT: %d problem(s)\n", len(problems))
+		}
+	}
+	if !out.OK {
+		for _, p := range problems {
+			fmt.Fprintf(c.stderr, "ds-info check: %s\n", p)
+		}
+		return exitFailed
+	}
+	return exitOK
+}

@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
+	"github.com/strata-mq/strata/stream"
+)
+
+// The JSON shapes of the HTTP API (see the package doc).
+type (
+	storeMessage struct {
+		ClientID   string `json:"client_id"`
+		Topic      string `json:"topic"`
+		PayloadB64 string `json:"payload_b64"`
+	}
+	refJSON struct {
+		Shard ds.ShardID `json:"shard"`
+		TS    uint64     `json:"ts"`
+	}
+	storeResponse struct {
+		Refs []refJSON `json:"refs"`
+	}
+	readMessage struct {
+		Shard      ds.ShardID `json:"shard"`
+		TS         uint64     `json:"ts"`
+		ClientID   string     `json:"client_id"`
+		Topic      string     `json:"topic"`
+		PayloadB64 string     `json:"payload_b64"`
+	}
+	groupJSON struct {
+		Group      uint64     `json:"group"`
+		Shard      ds.ShardID `json:"shard"`
+		Meta       bool       `json:"meta"`
+		Leader     uint64     `json:"leader"`
+		Term       uint64     `json:"term"`
+		Replica    uint64     `json:"replica"`
+		LeaderHere bool       `json:"leader_here"`
+	}
+	digestJSON struct {
+		Shard   ds.ShardID `json:"shard"`
+		Applied uint64     `json:"applied"`
+		Sum     string     `json:"sum,omitempty"`
+		Keys    int        `json:"keys"`
+		Error   string     `json:"error,omitempty"`
+	}
+	statusResponse struct {
+		SiteID      string       `json:"site_id"`
+		RaftAddress string       `json:"raft_address"`
+		Groups      []groupJSON  `json:"groups"`
+		Shards      []digestJSON `json:"shards"`
+	}
+	addSiteRequest struct {
+		ID          string `json:"id"`
+		RaftAddress string `json:"raft_address"`
+	}
+	errorResponse struct {
+		Error     string    `json:"error"`
+		Retryable bool      `json:"retryable"`
+		Refs      []refJSON `json:"refs,omitempty"`
+	}
+)
+
+// maxBody bounds a request body.
+const maxBody = 64 << 20
+
+type api struct {
+	site         *raftgroup.Site
+	db           *ds.DB
+	log          *slog.Logger
+	storeTimeout time.Duration
+}
+
+func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration) http.Handler {
+	a := &api{site: site, db: db, log: log, storeTimeout: storeTimeout}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /store", a.store)
+	mux.HandleFunc("GET /read", a.read)
+	mux.HandleFunc("GET /status", a.status)
+	mux.HandleFunc("POST /sites", a.addSite)
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// badRequest is an error of the caller's making (status 400).
+type badRequest struct{ error }
+
+func (e badRequest) Unwrap() error { return e.error }
+
+// writeError answers with err's status: 503 for what may succeed later, 400 for a bad request,
+// 500 for the rest.
+func writeError(w http.ResponseWriter, err error, refs []refJSON) {
+	status, retryable := classify(err)
+	writeJSON(w, status, errorResponse{Error: err.Error(), Retryable: retryable, Refs: refs})
+}
+
+func classify(err error) (status int, retryable bool) {
+	var bad badRequest
+	switch {
+	case ds.IsRetryable(err):
+		return http.StatusServiceUnavailable, true
+	case errors.Is(err, ds.ErrClosed), errors.Is(err, context.Canceled):
+		// Shutting down, or the caller went away: another node, or this one later, may do.
+		return http.StatusServiceUnavailable, true
+	case errors.As(err, &bad), errors.Is(err, ds.ErrInvalidTopic), errors.Is(err, ds.ErrInvalidFilter),
+		errors.Is(err, ds.ErrInvalidMessage), errors.Is(err, ds.ErrMessageTooLarge):
+		return http.StatusBadRequest, false
+	}
+	return http.StatusInternalServerError, false
+}
+
+func (a *api) store(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeError(w, badRequest{fmt.Errorf("read body: %w", err)}, nil)
+		return
+	}
+	var in []storeMessage
+	if b := bytes.TrimSpace(body); len(b) > 0 && b[0] == '[' {
+		err = json.Unmarshal(b, &in)
+	} else {
+		in = make([]storeMessage, 1)
+		err = json.Unmarshal(b, &in[0])
+	}
+	if err != nil {
+		writeError(w, badRequest{fmt.Errorf("decode body: %w", err)}, nil)
+		return
+	}
+	if len(in) == 0 {
+		writeJSON(w, http.StatusOK, storeResponse{Refs: []refJSON{}})
+		return
+	}
+	msgs := make([]ds.Message, len(in))
+	for i, m := range in {
+		p, err := base64.StdEncoding.DecodeString(m.PayloadB64)
+		if err != nil {
+			writeError(w, badRequest{fmt.Errorf("message %d: payload_b64: %w", i, err)}, nil)
+			return
+		}
+		msgs[i] = ds.Message{ClientID: m.ClientID, Topic: m.Topic, Payload: p}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), a.storeTimeout)
+	defer cancel()
+	refs, err := a.db.Store(ctx, msgs...)
+	out := make([]refJSON, len(refs))
+	for i, ref := range refs {
+		out[i] = refJSON{Shard: ref.Shard, TS: ref.Timestamp}
+	}
+	if err != nil {
+		a.log.Debug("store failed", "messages", len(msgs), "err", err)
+		if len(msgs) == 1 {
+			out = nil
+		}
+		writeError(w, err, out)
+		return
+	}
+	writeJSON(w, http.StatusOK, storeResponse{Refs: out})
+}
+
+// errNoReplica: this site runs no replica of a shard, so a local read would silently miss it.
+var errNoReplica = errors.New("no local replica")
+
+func (a *api) read(w http.ResponseWriter, r *http.Request) {
+	filter := r.URL.Query().Get("filter")
+	if filter == "" {
+		filter = "#"
+	}
+	// Streams of a shard without a local replica are silently empty; refuse rather than answer
+	// with a partial result.
+	for _, g := range a.site.Groups() {
+		if !g.Meta && g.Replica == 0 {
+			writeError(w, fmt.Errorf("%w: %w of shard %d on this site (yet)", ds.ErrUnavailable, errNoReplica, g.Shard), nil)
+			return
+		}
+	}
+	msgs, err := readAll(r.Context(), a.db, filter)
+	if err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	out := make([]readMessage, len(msgs))
+	for i, m := range msgs {
+		out[i] = readMessage{Shard: ds.ShardID(m.Shard), TS: m.Timestamp, ClientID: m.ClientID, Topic: m.Topic,
+			PayloadB64: base64.StdEncoding.EncodeToString(m.Payload)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// readAll reads every message matching filter: every stream to its end, shard by shard, each
+// shard's messages merged into timestamp order (a shard's streams, one per learned topic
+// pattern, interleave in time).
+func readAll(ctx context.Context, db *ds.DB, filter string) ([]ds.Message, error) {
+	streams, err := db.Streams(filter, time.Time{})
+	if err != nil {
+		return nil, err
+	}
+	perShard := make([][]ds.Message, db.NShards())
+	for _, s := range streams {
+		it, err := db.Iterator(s, filter, time.Time{})
+		if err != nil {
+			return nil, err
+		}
+		for {
+			msgs, next, err := db.Next(ctx, it, 1000)
+			if errors.Is(err, ds.ErrGenerationNotFound) {
+				break // dropped by retention while we read
+			}
+			if err != nil && !errors.Is(err, ds.ErrEndOfStream) {
+				return nil, fmt.Errorf("shard %d: %w", s.Shard, err)
+			}
+			perShard[s.Shard] = append(perShard[s.Shard], msgs...)
+			if len(msgs) == 0 || err != nil {
+				break
+			}
+			it = next
+		}
+	}
+	var out []ds.Message
+	for _, msgs := range perShard {
+		slices.SortStableFunc(msgs, func(a, b ds.Message) int {
+			switch {
+			case a.Timestamp < b.Timestamp:
+				return -1
+			case a.Timestamp > b.Timestamp:
+				return 1
+			}
+			return 0
+		})
+		out = append(out, msgs...)
+	}
+	return out, nil
+}
+
+func (a *api) status(w http.ResponseWriter, r *http.Request) {
+	st := statusResponse{SiteID: a.site.ID().String(), RaftAddress: a.site.RaftAddress()}
+	for _, g := range a.site.Groups() {
+		st.Groups = append(st.Groups, groupJSON{
+			Group: g.Group, Shard: g.Shard, Meta: g.Meta, Leader: g.Leader, Term: g.Term, Replica: g.Replica,
+			LeaderHere: g.Replica != 0 && g.Leader == g.Replica,
+		})
+	}
+	for i := range a.db.NShards() {
+		d := digestJSON{Shard: stream.ShardID(i)}
+		dg, err := a.site.Digest(stream.ShardID(i))
+		if err != nil {
+			d.Error = err.Error()
+		} else {
+			d.Applied, d.Sum, d.Keys = dg.Applied, hex.EncodeToString(dg.Sum[:]), dg.Keys
+		}
+		st.Shards = append(st.Shards, d)
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *api) addSite(w http.ResponseWriter, r *http.Request) {
+	var req addSiteRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, badRequest{fmt.Errorf("decode body: %w", err)}, nil)
+		return
+	}
+	id, err := raftgroup.ParseSiteID(req.ID)
+	if err != nil {
+		writeError(w, badRequest{err}, nil)
+		return
+	}
+	if req.RaftAddress == "" {
+		writeError(w, badRequest{errors.New("raft_address is empty")}, nil)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := a.site.AddSite(ctx, id, req.RaftAddress); err != nil {
+		writeError(w, err, nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+}

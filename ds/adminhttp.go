@@ -1,0 +1,304 @@
+package ds
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/strata-mq/strata/shard"
+)
+
+// AdminHandler returns an HTTP handler with the operator's view of a running DB, for a broker
+// to mount, e.g. mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db))).
+// Every route is GET and read-only:
+//
+//	/metrics                          Prometheus text exposition format (below)
+//	/v1/info                          InfoView
+//	/v1/generations                   []GenerationView
+//	/v1/streams?filter=F              []StreamView (filter default #)
+//	/v1/trie?shard=N&gen=G            TrieView
+//	/v1/messages?filter=F&since=T&limit=N
+//	                                  []MessageView (since RFC 3339; limit default 100, 0: none)
+//
+// The JSON is what `ds-info <cmd> -json` prints for a data directory, and `ds-info -url`
+// reads it. Errors are JSON {"error": "..."}: 400 for a bad filter or parameter, 404 for an
+// unknown shard or generation, 503 when the DB is closed or unavailable (ErrClosed,
+// ErrUnavailable), 500 otherwise.
+//
+// # Metrics
+//
+// Per shard, with the label shard="N":
+//
+//	strata_messages_stored_total      counter   messages stored since the DB was opened
+//	strata_bytes_stored_total         counter   message bytes stored since the DB was opened
+//	strata_commits_total              counter   group commits since the DB was opened
+//	strata_queue_depth                gauge     Store calls waiting for the shard's writer
+//	strata_generations                gauge     generations held
+//	strata_streams                    gauge     streams of the current generation
+//	strata_commit_latency_seconds     histogram commit latency (buckets: shard.LatencyBuckets)
+//
+// For the whole DB, without labels:
+//
+//	strata_disk_bytes                 gauge     size of the storage's files
+//	strata_bytes_written_total        counter   bytes the storage wrote since it was opened
+//
+// These names and labels are stable.
+func AdminHandler(db *DB, opts ...AdminOption) http.Handler {
+	a := &admin{db: db}
+	for _, o := range opts {
+		o(a)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", a.metrics)
+	mux.HandleFunc("GET /v1/info", a.info)
+	mux.HandleFunc("GET /v1/generations", a.generations)
+	mux.HandleFunc("GET /v1/streams", a.streams)
+	mux.HandleFunc("GET /v1/trie", a.trie)
+	mux.HandleFunc("GET /v1/messages", a.messages)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/metrics", "/v1/info", "/v1/generations", "/v1/streams", "/v1/trie", "/v1/messages":
+			w.Header().Set("Allow", "GET, HEAD")
+			writeAdminError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: only GET", r.Method, r.URL.Path))
+			return
+		}
+		writeAdminError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// AdminOption configures AdminHandler.
+type AdminOption func(*admin)
+
+// AdminDataDir tells the handler the DB's directory (the one given to Open), so that /v1/info
+// reports its manifest (the creation time). Without it, info reports what the DB knows.
+func AdminDataDir(dir string) AdminOption {
+	return func(a *admin) { a.dir = dir }
+}
+
+type admin struct {
+	db  *DB
+	dir string
+}
+
+// badRequest marks an error in the request's parameters.
+type badRequest struct{ err error }
+
+func (e badRequest) Error() string { return e.err.Error() }
+func (e badRequest) Unwrap() error { return e.err }
+
+func badParam(format string, args ...any) error {
+	return badRequest{fmt.Errorf(format, args...)}
+}
+
+// adminStatus is the HTTP status of an error.
+func adminStatus(err error) int {
+	var br badRequest
+	switch {
+	case errors.As(err, &br), errors.Is(err, ErrInvalidFilter), errors.Is(err, ErrInvalidTopic):
+		return http.StatusBadRequest
+	case errors.Is(err, ErrShardNotFound), errors.Is(err, ErrGenerationNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, ErrClosed), errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// AdminError is the body of an error response of AdminHandler.
+type AdminError struct {
+	Error string `json:"error"`
+}
+
+func writeAdminError(w http.ResponseWriter, status int, err error) {
+	writeAdminJSON(w, status, AdminError{Error: err.Error()})
+}
+
+func writeAdminJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(AdminError{Error: err.Error()})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// reply writes v, or the error with its status.
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		writeAdminError(w, adminStatus(err), err)
+		return
+	}
+	writeAdminJSON(w, http.StatusOK, v)
+}
+
+// manifest returns the DB's manifest: the directory's when known, else what the DB knows.
+func (a *admin) manifest() (Manifest, error) {
+	if a.dir != "" {
+		return ReadManifest(a.dir)
+	}
+	m := Manifest{Format: formatVersion, NShards: a.db.NShards()}
+	if e, ok := a.db.backend.(*embedded); ok {
+		m.PebblePerShard = e.opts.Expert.PebblePerShard
+	}
+	return m, nil
+}
+
+func (a *admin) info(w http.ResponseWriter, r *http.Request) {
+	m, err := a.manifest()
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	met, err := a.db.Metrics()
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	v, err := InfoOf(a.db, m, met.DiskBytes)
+	if _, ok := a.db.backend.(*embedded); !ok && a.dir == "" {
+		v.Storage = "backend"
+	}
+	reply(w, v, err)
+}
+
+func (a *admin) generations(w http.ResponseWriter, r *http.Request) {
+	v, err := GenerationsOf(a.db)
+	reply(w, v, err)
+}
+
+func filterParam(r *http.Request) string {
+	if f, ok := r.URL.Query()["filter"]; ok && len(f) > 0 {
+		return f[0]
+	}
+	return "#"
+}
+
+func (a *admin) streams(w http.ResponseWriter, r *http.Request) {
+	v, err := StreamsOf(a.db, filterParam(r))
+	reply(w, v, err)
+}
+
+func (a *admin) trie(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sh, err := strconv.ParseUint(q.Get("shard"), 10, 16)
+	if err != nil {
+		reply(w, nil, badParam("shard=%q: want a shard number (see /v1/generations)", q.Get("shard")))
+		return
+	}
+	gen, err := strconv.ParseUint(q.Get("gen"), 10, 32)
+	if err != nil {
+		reply(w, nil, badParam("gen=%q: want a generation number (see /v1/generations)", q.Get("gen")))
+		return
+	}
+	v, err := TrieOf(a.db, ShardID(sh), GenerationID(gen))
+	reply(w, v, err)
+}
+
+func (a *admin) messages(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	var since time.Time
+	if s := q.Get("since"); s != "" {
+		t, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			reply(w, nil, badParam("since=%q: want RFC 3339: %v", s, err))
+			return
+		}
+		since = t
+	}
+	limit := 100
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			reply(w, nil, badParam("limit=%q: want a number >= 0 (0: no limit)", s))
+			return
+		}
+		limit = n
+	}
+	v, err := MessagesOf(a.db, filterParam(r), since, limit)
+	reply(w, v, err)
+}
+
+// metrics writes db.Metrics in the Prometheus text exposition format (version 0.0.4).
+func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
+	m, err := a.db.Metrics()
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write([]byte(PrometheusText(m)))
+}
+
+// PrometheusText renders m in the Prometheus text exposition format, with the metric names
+// AdminHandler documents.
+func PrometheusText(m Metrics) string {
+	var b strings.Builder
+	head := func(name, typ, help string) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, promEscapeHelp(help), name, typ)
+	}
+	perShard := func(name, typ, help string, value func(ShardMetrics) string) {
+		head(name, typ, help)
+		for _, s := range m.Shards {
+			fmt.Fprintf(&b, "%s{shard=\"%s\"} %s\n", name, promEscapeLabel(strconv.Itoa(int(s.Shard))), value(s))
+		}
+	}
+	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	perShard("strata_messages_stored_total", "counter", "Messages stored since the DB was opened.",
+		func(s ShardMetrics) string { return u(s.Messages) })
+	perShard("strata_bytes_stored_total", "counter", "Message bytes stored since the DB was opened.",
+		func(s ShardMetrics) string { return u(s.Bytes) })
+	perShard("strata_commits_total", "counter", "Group commits since the DB was opened.",
+		func(s ShardMetrics) string { return u(s.Batches) })
+	perShard("strata_queue_depth", "gauge", "Store calls waiting for the shard's writer.",
+		func(s ShardMetrics) string { return strconv.FormatInt(s.QueueDepth, 10) })
+	perShard("strata_generations", "gauge", "Generations the shard holds.",
+		func(s ShardMetrics) string { return strconv.Itoa(s.Generations) })
+	perShard("strata_streams", "gauge", "Streams of the shard's current generation.",
+		func(s ShardMetrics) string { return strconv.Itoa(s.Streams) })
+
+	const lat = "strata_commit_latency_seconds"
+	head(lat, "histogram", "Commit latency, from the start of a group commit to durability.")
+	for _, s := range m.Shards {
+		label := promEscapeLabel(strconv.Itoa(int(s.Shard)))
+		var cum uint64
+		for i, bound := range shard.LatencyBuckets {
+			if i < len(s.CommitLatency) {
+				cum += s.CommitLatency[i]
+			}
+			fmt.Fprintf(&b, "%s_bucket{shard=\"%s\",le=\"%s\"} %d\n", lat, label, promFloat(bound.Seconds()), cum)
+		}
+		for i := len(shard.LatencyBuckets); i < len(s.CommitLatency); i++ {
+			cum += s.CommitLatency[i]
+		}
+		fmt.Fprintf(&b, "%s_bucket{shard=\"%s\",le=\"+Inf\"} %d\n", lat, label, cum)
+		fmt.Fprintf(&b, "%s_sum{shard=\"%s\"} %s\n", lat, label, promFloat(s.CommitTotal.Seconds()))
+		fmt.Fprintf(&b, "%s_count{shard=\"%s\"} %d\n", lat, label, cum)
+	}
+
+	head("strata_disk_bytes", "gauge", "Size of the storage's files.")
+	fmt.Fprintf(&b, "strata_disk_bytes %d\n", m.DiskBytes)
+	head("strata_bytes_written_total", "counter", "Bytes the storage wrote since it was opened (WAL, flushes, compactions).")
+	fmt.Fprintf(&b, "strata_bytes_written_total %d\n", m.BytesWritten)
+	return b.String()
+}
+
+func promFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// promEscapeLabel escapes a label value: backslash, double quote and newline.
+func promEscapeLabel(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
+
+// promEscapeHelp escapes a HELP text: backslash and newline.
+func promEscapeHelp(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
+}

@@ -1,0 +1,45 @@
+package ds_test
+
+import (
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestNoDragonboatDependency: package ds must build without dragonboat. Package raftgroup
+// brings it in and implements ds.Backend; a broker that runs the embedded DB must not link a
+// Raft library it never uses, and an import of raftgroup from ds would be a cycle anyway.
+func TestNoDragonboatDependency(t *testing.T) {
+	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := exec.LookPath(goBin); err != nil {
+		if goBin, err = exec.LookPath("go"); err != nil {
+			t.Skipf("no go command in %s/bin nor on PATH, cannot list the dependencies of ds", runtime.GOROOT())
+		}
+	}
+	const pkg = "github.com/strata-mq/strata/ds"
+	out, err := exec.CommandContext(t.Context(), goBin, "list", "-deps", pkg).Output()
+	if err != nil {
+		stderr := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = string(ee.Stderr)
+		}
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, stderr)
+	}
+	deps := strings.Fields(string(out))
+	// A list without ds's own shard package would mean go list answered something else, and
+	// the check below would pass for nothing.
+	found := false
+	for _, d := range deps {
+		if d == "github.com/strata-mq/strata/shard" {
+			found = true
+		}
+		if strings.Contains(d, "dragonboat") {
+			t.Errorf("package ds depends on %s", d)
+		}
+	}
+	if !found {
+		t.Fatalf("go list -deps %s does not list package shard:\n%s", pkg, out)
+	}
+}

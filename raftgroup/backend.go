@@ -1,0 +1,123 @@
+package raftgroup
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+)
+
+// DB returns the site's DB: the ds API over the replicated shards. Every call returns the same
+// DB; closing it closes the site.
+func (s *Site) DB() (*ds.DB, error) {
+	s.dbOnce.Do(func() {
+		shards := make([]ds.ShardBackend, len(s.proposers))
+		for i, p := range s.proposers {
+			shards[i] = &siteShard{site: s, p: p}
+		}
+		s.db, s.dbErr = ds.OpenBackend(&siteBackend{site: s, shards: shards}, &ds.Options{
+			NShards: s.schema.NShards, MaxMessageBytes: s.cfg.DB.MaxMessageBytes, Logger: s.cfg.DB.Logger,
+		})
+	})
+	return s.db, s.dbErr
+}
+
+// dbState is embedded in Site.
+type dbState struct {
+	dbOnce sync.Once
+	db     *ds.DB
+	dbErr  error
+}
+
+type siteBackend struct {
+	site   *Site
+	shards []ds.ShardBackend
+}
+
+func (b *siteBackend) Shards() []ds.ShardBackend { return b.shards }
+func (b *siteBackend) Watch(f func())            { b.site.onChange.Store(&f) }
+func (b *siteBackend) Close() error              { return b.site.shutdown() }
+
+// siteShard is one shard of the site's DB: writes go through the site's proposer, reads to the
+// local replica.
+type siteShard struct {
+	site *Site
+	p    *proposer
+}
+
+type waiter struct{ r *request }
+
+func (w waiter) Wait() error { return w.r.wait() }
+
+func (s *siteShard) ID() stream.ShardID { return s.p.id }
+
+func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (ds.Waiter, error) {
+	r := &request{msgs: msgs, bytes: bytes}
+	if err := s.p.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return waiter{r}, nil
+}
+
+func (s *siteShard) admin(ctx context.Context, cmd *shard.Command) error {
+	r := &request{cmd: cmd}
+	if err := s.p.submit(ctx, r); err != nil {
+		return err
+	}
+	return r.wait()
+}
+
+func (s *siteShard) AddGeneration(ctx context.Context) error {
+	return s.admin(ctx, &shard.Command{AddGeneration: true})
+}
+
+func (s *siteShard) DropGeneration(ctx context.Context, gen stream.GenerationID) error {
+	return s.admin(ctx, &shard.Command{Drop: []stream.GenerationID{gen}})
+}
+
+// replica runs f on the local replica, or fails with ErrUnavailable where this site runs none
+// (yet).
+func (s *siteShard) replica(f func(*shard.Replica) error) error {
+	sm := s.site.shardSM(s.p.id)
+	if sm == nil {
+		return fmt.Errorf("%w: no replica of shard %d on site %s", shard.ErrUnavailable, s.p.id, s.site.cfg.RaftAddress)
+	}
+	return sm.withReplica(func(st *replicaStore) error { return f(st.r) })
+}
+
+func (s *siteShard) Streams(filter []string, since uint64) []stream.Stream {
+	var out []stream.Stream
+	s.replica(func(r *shard.Replica) error { out = r.Streams(filter, since); return nil })
+	return out
+}
+
+func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
+	next := it.Next
+	err := s.replica(func(r *shard.Replica) error {
+		var err error
+		out, next, err = r.Read(it, filter, max, out)
+		return err
+	})
+	return out, next, err
+}
+
+func (s *siteShard) Generations() []generation.Info {
+	var out []generation.Info
+	s.replica(func(r *shard.Replica) error { out = r.Generations(); return nil })
+	return out
+}
+
+func (s *siteShard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
+	var l layout.Generation
+	var ok bool
+	s.replica(func(r *shard.Replica) error { l, ok = r.Layout(gen); return nil })
+	return l, ok
+}
+
+func (s *siteShard) ShardMetrics() *shard.Metrics { return &s.p.metrics }

@@ -1,0 +1,77 @@
+package raftgroup
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+)
+
+// TestClusterDuplicateProposal: the same proposal (same proposer and sequence) committed
+// twice through Raft — as when a proposer retries after a timeout while the first attempt was
+// in fact committed — is stored once; the duplicate reports the original's timestamp; replicas
+// stay identical. A proposal from another proposer with the same sequence is stored.
+func TestClusterDuplicateProposal(t *testing.T) {
+	c := newTestCluster(t, 3, 1, nil)
+	s := c.sites[1]
+	cmd := &shard.Command{Time: 1, Messages: []*message.Message{{ClientID: "dup", Topic: "d/1", Payload: []byte("once")}}}
+	var pid shard.ProposerID
+	copy(pid[:], "test-proposer-01")
+	propose := func(p shard.ProposerID, seq uint64) (uint64, uint64) {
+		t.Helper()
+		b := newProposal(p, seq, 0, cmd.AppendBinary(nil)).appendBinary(nil)
+		for attempt := 0; ; attempt++ {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			res, err := s.nh.SyncPropose(ctx, s.nh.GetNoOPSession(shardGroup(0)), b)
+			cancel()
+			if retryable(err) && attempt < 100 {
+				time.Sleep(20 * time.Millisecond) // no leader elected yet
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.Value, firstTS(t, res.Value, res.Data)
+		}
+	}
+	v1, ts1 := propose(pid, 7)
+	v2, ts2 := propose(pid, 7) // the retry, committed as a second entry
+	if v1 != resultStored || v2 != resultDuplicate || ts1 != ts2 || ts1 == 0 {
+		t.Fatalf("first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
+	}
+	var other shard.ProposerID
+	copy(other[:], "test-proposer-02")
+	if v, _ := propose(other, 7); v != resultStored {
+		t.Fatalf("another proposer's sequence 7: result %d", v)
+	}
+	eventually(t, 10*time.Second, "every site reads the message twice (once per proposer)", func() error {
+		for i := range c.sites {
+			got, err := readAll(c.db(i))
+			if err != nil {
+				return err
+			}
+			if len(got) != 2 {
+				return fmt.Errorf("site %d reads %q", i, got)
+			}
+		}
+		return nil
+	})
+	c.waitConverged(1, 10*time.Second)
+	d, _ := c.sites[0].Digest(stream.ShardID(0))
+	if d.Applied == 0 || d.Keys == 0 {
+		t.Fatalf("digest %+v", d)
+	}
+}
+
+func firstTS(t testing.TB, value uint64, data []byte) uint64 {
+	t.Helper()
+	ts, _, err := decodeResult(value, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}

@@ -1,0 +1,91 @@
+// Package raftgroup replicates Strata's shards with multi-Raft (dragonboat v4), so that a
+// cluster of sites loses no acknowledged message when a site dies, and offers the replicated
+// store through the same *ds.DB API as the embedded one (Site.DB).
+//
+// # Model
+//
+// A site is one process with one dragonboat NodeHost, identified by 8 random bytes written in
+// its directory on first start (SITE). Every site runs a replica of the meta group and of every
+// shard group: ReplicationFactor of them vote, the others are non-voting. So every site reads
+// every shard locally, and a Store on any site is proposed through its local replica (which
+// forwards it to the leader).
+//
+//	site ── NodeHost ─┬─ meta group (group 1): schema, sites, replicas, replica-ID counter
+//	                  ├─ shard 0 (group 1000): shardSM ── shard.Replica ── own Pebble
+//	                  ├─ shard 1 (group 1001): …
+//	                  └─ proposers (one per shard): group commit → Raft entries
+//
+// # The meta group
+//
+// An in-memory state machine (snapshots are its JSON). Admin operations are its commands:
+// bootstrap (applied once; the initial sites and the schema), register (an initial site's ID),
+// add-site, leave, set-rf, and member (a membership change was made). After each, a
+// deterministic planner updates the replica records: one replica per active site and group,
+// min(ReplicationFactor, active sites) voters per group chosen on the sites with the fewest
+// voters, removal of replicas on leaving sites, demotion by remove-and-re-add with a new ID.
+// Replica IDs come from a counter and are never reused; initial sites have IDs 1..N (their
+// slot), and a joining site's meta replica ID derives from its site ID (top bit set), so a
+// joiner knows it before it can read the meta group.
+//
+// Every site's reconcile loop starts the replicas the meta group allocates to it (from its own
+// state when it has one, with the initial membership at bootstrap, else as a joiner that waits
+// for the leader's snapshot) and stops and deletes the ones removed. The site that leads the
+// meta group carries out membership changes, one per group per round: a new replica is added
+// as non-voting and promoted afterwards if it should vote; a voter is removed only while
+// enough other voters remain; a demoted voter keeps running until the group removed it (its
+// non-voting replacement starts then); a leaving site's meta replica goes last, once the
+// site reported its shard replicas stopped (it learns of their removal through it). A change
+// whose answer was lost is recognised from the group's membership and recorded.
+//
+// # The shard state machine
+//
+// shardSM (dragonboat's IOnDiskStateMachine) drives a shard.Replica in its own Pebble:
+//
+//	<dir>/replicas/shard-0003-r7/CURRENT     names the live Pebble directory
+//	                            db-000002/   the live Pebble
+//	                            snap-…/      a checkpoint being streamed to another replica
+//	                            db-000003/   a snapshot being received (until CURRENT names it)
+//
+// Update applies a run of entries as one Pebble batch together with the applied index and the
+// de-duplication records (shard.Replica.ApplyEntries), without fsync, and makes them readable
+// at once (a committed entry is on a quorum's logs). Pebble's WAL stays on: the Raft log is
+// the durable record, so its fsync is not needed per batch, but with the WAL Sync (called by
+// dragonboat before it compacts the log) is one fsync instead of a memtable flush, and a
+// killed process recovers its applied state from the page cache instead of replaying the
+// log. Turning the WAL off measured no faster here (the Raft log's fsyncs dominate).
+//
+// Snapshots (to a new or lagging replica): a Pebble checkpoint, streamed file by file through
+// zstd (format in snapshot.go). The receiver writes it beside the live store, opens it, then
+// switches CURRENT atomically and swaps the handle; readers hold a read lock, so they finish
+// on the old store before it is closed. Leftovers of an interrupted transfer are removed when
+// the replica opens.
+//
+// # Proposals
+//
+// Each site has a proposer per shard: it takes a pipeline slot (MaxInFlight per shard and
+// site), then everything queued meanwhile (up to MaxBatchMessages/MaxBatchBytes) becomes one
+// command, s2-compressed when that pays, in an entry that carries (proposer, sequence, floor)
+// — the proposer is the site ID plus a random incarnation, so a restarted site never reuses a
+// (proposer, sequence). A proposal is retried with backoff on a busy queue, no leader, a
+// dropped or timed-out attempt, until the callers' ctxs end or ProposalTimeout passes; the
+// replicas apply a sequence once (see shard.Replica), so a retried proposal is stored once,
+// and the duplicate's result carries the original's timestamps.
+//
+// Generation rotation and retention are entries too, proposed by the site that leads the
+// shard; a rotation carries the generation it seals (IfCurrent), so two sites that both
+// decided to rotate add one generation.
+//
+// # Errors
+//
+// A Store that cannot commit in time (no leader, quorum lost, this site cut off) fails with
+// ds.ErrUnavailable (ds.IsRetryable): nothing was stored, unless the error also wraps
+// ds.ErrOutcomeUnknown (an attempt timed out after a leader had it). Admin operations wrap ErrSiteExists,
+// ErrSiteNotFound, ErrTooFewSites, ErrNotBootstrapped or ErrInvalidConfig.
+//
+// # Limits
+//
+//   - Every site holds every shard (voting or not); there is no placement of a shard on a
+//     subset of sites, and so no forwarding of reads or writes between sites.
+//   - A site's RaftAddress cannot change (dragonboat addresses replicas by it).
+//   - StorageQuota and a custom FS are not supported in replicated mode.
+package raftgroup

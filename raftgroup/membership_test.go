@@ -1,0 +1,218 @@
+package raftgroup
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/stream"
+)
+
+// join adds a new site (index len(c.sites)) through member: PrepareSite gives its ID, AddSite
+// records it, and Open returns once it has caught up with the meta group.
+func (c *testCluster) join(member int) int {
+	c.t.Helper()
+	i := len(c.sites)
+	c.addrs = append(c.addrs, freeAddr(c.t))
+	c.sites = append(c.sites, nil)
+	cfg := c.config(i, nil, true, 0)
+	id, err := PrepareSite(cfg)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.sites[member].AddSite(ctx, id, c.addrs[i]); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.openSite(i, nil, true, 0); err != nil {
+		c.t.Fatal(err)
+	}
+	return i
+}
+
+// waitPlanDone waits until the meta group's allocation has no transition left.
+func (c *testCluster) waitPlanDone(via int, timeout time.Duration) *MetaState {
+	c.t.Helper()
+	var st *MetaState
+	eventually(c.t, timeout, "replica transitions done", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var err error
+		st, err = c.sites[via].Meta(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range st.Replicas {
+			if t := r.Transition(); t != "" {
+				return fmt.Errorf("group %d replica %d on slot %d: %s", r.Group, r.ReplicaID, r.Slot, t)
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+// TestClusterJoinAndLeave: a fourth site joins a cluster whose logs were compacted, so it
+// receives every shard by snapshot (its replicas run on a recovered Pebble), reads everything
+// locally and takes writes; then one of the initial sites leaves: the joiner's non-voting
+// replicas are promoted first, the leaver's replicas removed and its data deleted; the
+// cluster goes on with the remaining three and all replicas are identical.
+func TestClusterJoinAndLeave(t *testing.T) {
+	const nShards = 3
+	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) {
+		cfg.SnapshotEntries, cfg.CompactionOverhead = 30, 5
+	})
+	var mu sync.Mutex
+	live := []*ds.DB{c.db(0), c.db(1), c.db(2)}
+	dbs := func() []*ds.DB { mu.Lock(); defer mu.Unlock(); return live }
+	w := startWriter(t, dbs, 6)
+	w.waitAcked(t, 400, "writes before the join") // > SnapshotEntries+CompactionOverhead entries per shard
+
+	j := c.join(0)
+	st := c.waitPlanDone(0, 30*time.Second)
+	jslot, _ := c.sites[j].mySlot(st)
+	for _, g := range st.groups() {
+		found := false
+		for _, r := range st.GroupReplicas(g) {
+			if r.Slot == jslot {
+				found = true
+				if r.Voter || r.Member != memberNonVoting {
+					t.Errorf("group %d: the joiner's replica %+v, want a non-voting member (RF 3 is met)", g, r)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("group %d has no replica on the joiner", g)
+		}
+	}
+	// Every shard reached the joiner by snapshot: its replica runs on a recovered store.
+	eventually(t, 30*time.Second, "joiner's replicas recovered from snapshots", func() error {
+		for sh := range nShards {
+			sm := c.sites[j].shardSM(stream.ShardID(sh))
+			if sm == nil {
+				return fmt.Errorf("shard %d not running", sh)
+			}
+			cur, err := os.ReadFile(filepath.Join(sm.dir, "CURRENT"))
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(string(cur)) == "db-000001" {
+				return fmt.Errorf("shard %d: still on its initial store (no snapshot received)", sh)
+			}
+		}
+		return nil
+	})
+	mu.Lock()
+	live = append(live, c.db(j))
+	mu.Unlock()
+	w.waitAcked(t, 200, "writes with the joiner")
+
+	// Site 0 leaves.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.sites[1].RemoveSite(ctx, c.sites[0].ID()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	live = []*ds.DB{c.db(1), c.db(2), c.db(j)}
+	mu.Unlock()
+	st = c.waitPlanDone(1, 60*time.Second)
+	leaver, _ := st.SiteByID(c.sites[0].ID())
+	if leaver.State != SiteLeft {
+		t.Fatalf("leaver is %s", leaver.State)
+	}
+	for _, g := range st.groups() {
+		voters := 0
+		for _, r := range st.GroupReplicas(g) {
+			if r.Slot == leaver.Slot {
+				t.Errorf("group %d still has replica %+v on the leaver", g, r)
+			}
+			if r.Member == memberVoter {
+				voters++
+			}
+		}
+		if voters != 3 {
+			t.Errorf("group %d has %d voters, want 3", g, voters)
+		}
+	}
+	// The leaver stops its shard replicas and deletes their data.
+	eventually(t, 20*time.Second, "leaver's replicas stopped", func() error {
+		for sh := range nShards {
+			if c.sites[0].shardSM(stream.ShardID(sh)) != nil {
+				return fmt.Errorf("shard %d still runs on the leaver", sh)
+			}
+		}
+		return nil
+	})
+	w.waitAcked(t, 200, "writes after the leave")
+	acked := w.finish()
+	c.close(0)
+	t.Logf("%d acknowledged, %d failed attempts", len(acked), w.failed.Load())
+	c.requireAllRead(acked, 30*time.Second)
+	c.waitConverged(nShards, 30*time.Second)
+}
+
+// TestClusterReplicationFactor: lowering the replication factor to 1 makes two voters per shard
+// leave their group and rejoin as a non-voting replica (Raft cannot demote) with a new replica
+// ID; raising it again promotes one; replica IDs are never reused; writes go on throughout
+// and all replicas stay identical.
+func TestClusterReplicationFactor(t *testing.T) {
+	const nShards = 2
+	c := newTestCluster(t, 3, nShards, nil)
+	w := startWriter(t, func() []*ds.DB { return []*ds.DB{c.db(0), c.db(1), c.db(2)} }, 4)
+	w.waitAcked(t, 100, "writes before")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	voters := func(st *MetaState, g uint64) (n int) {
+		for _, r := range st.GroupReplicas(g) {
+			if r.Member == memberVoter {
+				n++
+			}
+		}
+		return n
+	}
+	// RF 1: two voters per shard leave at once in the plan; each keeps running until the group
+	// removed it, so the group never loses its quorum on the way.
+	if err := c.sites[2].SetReplicationFactor(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	st := c.waitPlanDone(0, 30*time.Second)
+	for _, g := range st.groups() {
+		want := 1
+		if g == metaGroup {
+			want = 3 // the meta group never demotes
+		}
+		if n := voters(st, g); n != want {
+			t.Errorf("RF 1: group %d has %d voters, want %d", g, n, want)
+		}
+		if n := len(st.GroupReplicas(g)); n != 3 {
+			t.Errorf("RF 1: group %d has %d replicas, want one per site", g, n)
+		}
+	}
+	w.waitAcked(t, 100, "writes at RF 1")
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.sites[1].SetReplicationFactor(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	st = c.waitPlanDone(0, 30*time.Second)
+	for _, g := range st.groups() {
+		if n := voters(st, g); n != 3 {
+			t.Errorf("RF 3: group %d has %d voters, want 3", g, n)
+		}
+	}
+	if st.NextReplicaID <= 4 {
+		t.Errorf("next replica ID %d: the demoted voters' new non-voting replicas should have new IDs", st.NextReplicaID)
+	}
+	w.waitAcked(t, 100, "writes at RF 3 again")
+	acked := w.finish()
+	c.requireAllRead(acked, 30*time.Second)
+	c.waitConverged(nShards, 30*time.Second)
+}
