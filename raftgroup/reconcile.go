@@ -226,8 +226,11 @@ func (s *Site) drainGivenUp(st *MetaState, slot int) bool {
 	return time.Since(since) > max(5*time.Second, 20*s.cfg.ReconcileInterval)
 }
 
-// memberHere reports whether this site runs a replica of group that is a member of it: a
-// membership change is requested through the local replica, which must know the leader.
+// memberHere reports whether this site runs a replica of group that is a member of it and
+// stays one: a membership change is requested, and its outcome checked, through the local
+// replica. A replica that is itself being removed cannot serve: the leader stops talking to it
+// once the removal applies, so it may never learn that the removal committed, and both the
+// request's answer and its membership view would stay stale for ever.
 func (s *Site) memberHere(st *MetaState, slot int, group uint64) bool {
 	s.mu.Lock()
 	rid, ok := s.mu.running[group]
@@ -237,16 +240,16 @@ func (s *Site) memberHere(st *MetaState, slot int, group uint64) bool {
 	}
 	for _, r := range st.GroupReplicas(group) {
 		if r.ReplicaID == rid && r.Slot == slot {
-			return r.Member != memberNone
+			return r.Member != memberNone && !r.Remove
 		}
 	}
 	return false
 }
 
 // handOver transfers the meta group's leadership to an active site that holds a member
-// replica of every group in stuck (or of as many as possible), because this site cannot make
-// their membership changes: it left them (leaving, or a demoted voter waiting for its
-// replacement to be added).
+// replica (one not being removed) of every group in stuck, or of as many as possible, because
+// this site cannot make their membership changes: it left them or is leaving them (a leaving
+// site, a demoted voter, a replica being removed).
 func (s *Site) handOver(st *MetaState, stuck []uint64) {
 	best, bestN := uint64(0), -1
 	for _, site := range st.Sites {
@@ -265,7 +268,7 @@ func (s *Site) handOver(st *MetaState, stuck []uint64) {
 		n := 0
 		for _, g := range stuck {
 			for _, r := range st.GroupReplicas(g) {
-				if r.Slot == site.Slot && r.Member != memberNone {
+				if r.Slot == site.Slot && r.Member != memberNone && !r.Remove {
 					n++
 				}
 			}
