@@ -33,6 +33,10 @@ type SiteView struct {
 	// Reachable: a TCP connection to its Raft address was accepted within 500ms just now
 	// (a liveness hint from this site's side of the network, not a Raft health check).
 	Reachable bool `json:"reachable"`
+	// Health is HealthUp, HealthDown, HealthLost or HealthLeft; DownSince is when this site
+	// started failing to reach it (Raft transport or probe), counted since this site started.
+	Health    string     `json:"health"`
+	DownSince *time.Time `json:"down_since,omitempty"`
 }
 
 // GroupView is one Raft group: its leader as this site knows it, and this site's replica.
@@ -45,6 +49,13 @@ type GroupView struct {
 	Term       uint64         `json:"term"`
 	Replica    uint64         `json:"replica"` // this site's replica, 0 if none runs here
 	Applied    uint64         `json:"applied"` // this site's replica's applied index (shards)
+	// LastIndex is the last entry in this site's replica's Raft log (persisted; the newest
+	// may not be committed yet). ApplyLag counts the entries after Applied in that log that
+	// its store has still to apply (Raft's own entries, such as a new leader's empty entry,
+	// never reach the store and are not counted). A replica cut off from the leader receives
+	// no new entries: compare Applied across sites for its replication lag.
+	LastIndex uint64 `json:"last_index"`
+	ApplyLag  uint64 `json:"apply_lag"`
 }
 
 // ReplicaView is one replica record with the transition still to be made to it.
@@ -69,6 +80,10 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 		if si.State == SiteLeft {
 			continue
 		}
+		if si.ID == s.file.ID {
+			v.Sites[i].Reachable = true
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -80,6 +95,9 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 		}()
 	}
 	wg.Wait()
+	for i := range v.Sites {
+		v.Sites[i].Health, v.Sites[i].DownSince = s.health.health(v.Sites[i].SiteInfo, v.Sites[i].Reachable, s.cfg.LostAfter)
+	}
 	for _, r := range st.Replicas {
 		v.Replicas = append(v.Replicas, ReplicaView{ReplicaInfo: r, Transition: r.Transition()})
 	}
@@ -90,10 +108,10 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 				gv.LeaderSlot = r.Slot
 			}
 		}
+		gv.LastIndex, _ = s.lastIndex(g.Group)
 		if !g.Meta {
-			if sm := s.shardSM(g.Shard); sm != nil {
-				sm.withReplica(func(rs *replicaStore) error { gv.Applied = rs.r.AppliedIndex(); return nil })
-			}
+			gv.Applied, _ = s.appliedIndex(g.Shard)
+			gv.ApplyLag, _ = s.applyLag(g.Group, gv.Applied)
 		}
 		v.Groups = append(v.Groups, gv)
 	}
@@ -103,13 +121,24 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 // AdminHandler returns the operator's view of this site, for the broker to mount: everything
 // ds.AdminHandler serves for the site's DB, plus
 //
-//	GET /v1/cluster   ClusterView as JSON: sites, every group's leader and term, this site's
-//	                  replicas and applied indexes, replica transitions in progress
+//	GET /v1/cluster   ClusterView as JSON: sites with their health, every group's leader and
+//	                  term, this site's replicas with applied and last log indexes, replica
+//	                  transitions in progress
 //	GET /metrics      ds's metrics, then per shard (label shard="N"):
 //	                    strata_raft_leader       1 if this site's replica leads, else 0
 //	                    strata_raft_term         the group's term as this site knows it
 //	                    strata_raft_applied_index  this site's replica's applied index
-//	                  and strata_raft_meta_leader (1 if this site leads the meta group)
+//	                    strata_raft_last_index     the last entry in this site's replica's log
+//	                    strata_raft_apply_lag      entries in that log the store has not
+//	                                               applied yet
+//	                  strata_raft_meta_leader (1 if this site leads the meta group), and per
+//	                  other site (labels slot, address):
+//	                    strata_raft_peer_connected            the transport's last connection
+//	                                                          attempt succeeded (1) or not (0)
+//	                    strata_raft_peer_unreachable_seconds  how long it has been unreachable
+//
+// Replication lag across sites is a query over all sites' metrics, e.g. in PromQL
+// max by (shard) (strata_raft_last_index) - on (shard) group_right strata_raft_applied_index.
 func (s *Site) AdminHandler() (http.Handler, error) {
 	db, err := s.DB()
 	if err != nil {
@@ -135,6 +164,7 @@ func (s *Site) AdminHandler() (http.Handler, error) {
 		var b strings.Builder
 		b.WriteString(ds.PrometheusText(m))
 		s.raftMetrics(&b)
+		s.peerMetrics(&b)
 		w.Write([]byte(b.String()))
 	})
 	mux.Handle("/", inner)
@@ -161,13 +191,17 @@ func (s *Site) raftMetrics(b *strings.Builder) {
 		return g.Term, true
 	})
 	metric("strata_raft_applied_index", "The last Raft log index this site's replica applied.", func(g GroupStatus) (uint64, bool) {
-		sm := s.shardSM(g.Shard)
-		if sm == nil {
+		return s.appliedIndex(g.Shard)
+	})
+	metric("strata_raft_last_index", "The last entry in this site's replica's Raft log.", func(g GroupStatus) (uint64, bool) {
+		return s.lastIndex(g.Group)
+	})
+	metric("strata_raft_apply_lag", "Entries in this site's replica's Raft log its store has not applied yet.", func(g GroupStatus) (uint64, bool) {
+		a, ok := s.appliedIndex(g.Shard)
+		if !ok {
 			return 0, false
 		}
-		var v uint64
-		err := sm.withReplica(func(rs *replicaStore) error { v = rs.r.AppliedIndex(); return nil })
-		return v, err == nil
+		return s.applyLag(g.Group, a)
 	})
 	fmt.Fprintf(b, "# HELP strata_raft_meta_leader 1 if this site leads the meta group.\n# TYPE strata_raft_meta_leader gauge\n")
 	for _, g := range groups {
@@ -175,6 +209,83 @@ func (s *Site) raftMetrics(b *strings.Builder) {
 			fmt.Fprintf(b, "strata_raft_meta_leader %d\n", boolGauge(g.Leader != 0 && g.Leader == g.Replica))
 		}
 	}
+}
+
+// peerMetrics writes, for every other site in the local meta copy, whether dragonboat's
+// transport last connected to it and for how long this site has failed to reach it.
+func (s *Site) peerMetrics(b *strings.Builder) {
+	st, err := s.localMeta()
+	if err != nil {
+		return
+	}
+	var peers []SiteInfo
+	for _, si := range st.Sites {
+		if si.State != SiteLeft && si.ID != s.file.ID {
+			peers = append(peers, si)
+		}
+	}
+	fmt.Fprintf(b, "# HELP strata_raft_peer_connected 1 if the Raft transport's last connection to the site succeeded, 0 if it failed.\n# TYPE strata_raft_peer_connected gauge\n")
+	for _, si := range peers {
+		if c, ok := s.health.transportConnected(si.Addr); ok {
+			fmt.Fprintf(b, "strata_raft_peer_connected{slot=\"%d\",address=%q} %d\n", si.Slot, si.Addr, boolGauge(c))
+		}
+	}
+	fmt.Fprintf(b, "# HELP strata_raft_peer_unreachable_seconds How long this site has failed to reach the site (0 when it reaches it).\n# TYPE strata_raft_peer_unreachable_seconds gauge\n")
+	for _, si := range peers {
+		secs := s.health.unreachableFor(si.Addr).Seconds()
+		fmt.Fprintf(b, "strata_raft_peer_unreachable_seconds{slot=\"%d\",address=%q} %g\n", si.Slot, si.Addr, secs)
+	}
+}
+
+// appliedIndex returns the applied index of this site's replica of shard, if one runs.
+func (s *Site) appliedIndex(shard stream.ShardID) (uint64, bool) {
+	sm := s.shardSM(shard)
+	if sm == nil {
+		return 0, false
+	}
+	var v uint64
+	err := sm.withReplica(func(rs *replicaStore) error { v = rs.r.AppliedIndex(); return nil })
+	return v, err == nil
+}
+
+// lastIndex returns the index of the last entry in this site's replica's Raft log of group.
+// (The log reader's NodeState would give the commit index, but dragonboat sets it only when
+// the replica starts.)
+func (s *Site) lastIndex(group uint64) (uint64, bool) {
+	lr, err := s.nh.GetLogReader(group)
+	if err != nil {
+		return 0, false
+	}
+	_, last := lr.GetRange()
+	return last, true
+}
+
+// applyLag counts the entries after applied in this site's replica's Raft log of group that
+// its state machine has still to apply. Raft's own entries (an elected leader's empty entry,
+// membership changes) never reach the state machine and are not counted: last index −
+// applied would stay above 0 on an idle shard. Beyond 4 MiB of waiting entries the rest are
+// counted without being read.
+func (s *Site) applyLag(group, applied uint64) (uint64, bool) {
+	lr, err := s.nh.GetLogReader(group)
+	if err != nil {
+		return 0, false
+	}
+	first, last := lr.GetRange()
+	lo := max(applied+1, first)
+	if last < lo {
+		return 0, true
+	}
+	ents, err := lr.Entries(lo, last+1, 4<<20)
+	if err != nil {
+		return last - applied, true // compacted meanwhile: the upper bound
+	}
+	n := last + 1 - lo - uint64(len(ents)) // not read
+	for i := range ents {
+		if ents[i].IsUpdateEntry() {
+			n++
+		}
+	}
+	return n, true
 }
 
 func boolGauge(b bool) uint64 {

@@ -7,16 +7,23 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
-// TestSiteAdminHandler: every site's /v1/cluster names the same leaders; after the site leading
-// most shards is closed, the others' views name new leaders on live sites; /metrics carries
-// the Raft gauges, one leader per shard across the sites.
+// TestSiteAdminHandler: every site's /v1/cluster names the same leaders and shows every site
+// up and every group's last log and applied index; /metrics carries the Raft gauges, one leader
+// per shard across the sites. After the site leading most shards is closed, another site's view
+// names new leaders on live sites and the closed site down (its transport reports the failed
+// connection too), and lost once it has been unreachable for LostAfter.
 func TestSiteAdminHandler(t *testing.T) {
 	const nShards = 2
 	c := newTestCluster(t, 3, nShards, nil)
+	var clockOffset atomic.Int64 // moves the sites' health clocks forward
+	for _, s := range c.sites {
+		s.health.setClock(func() time.Time { return time.Now().Add(time.Duration(clockOffset.Load())) })
+	}
 	storeN(t, c.db(0), "a", 20)
 	servers := make([]*httptest.Server, 3)
 	for i, s := range c.sites {
@@ -63,8 +70,13 @@ func TestSiteAdminHandler(t *testing.T) {
 	})
 	v := view(1)
 	for _, si := range v.Sites {
-		if !si.Reachable {
-			t.Errorf("site %d not reachable while up", si.Slot)
+		if !si.Reachable || si.Health != HealthUp || si.DownSince != nil {
+			t.Errorf("site %d while up: reachable %v, health %q, down since %v", si.Slot, si.Reachable, si.Health, si.DownSince)
+		}
+	}
+	for _, g := range v.Groups {
+		if g.LastIndex == 0 || !g.Meta && (g.Applied == 0 || g.Applied > g.LastIndex) {
+			t.Errorf("group %d: last index %d, applied %d", g.Group, g.LastIndex, g.Applied)
 		}
 	}
 	if !v.MetaFresh || len(v.Sites) != 3 || len(v.Replicas) != 3*(nShards+1) {
@@ -84,8 +96,13 @@ func TestSiteAdminHandler(t *testing.T) {
 				leadersPerShard[line]++
 			}
 		}
-		if !strings.Contains(string(body), "strata_messages_stored_total{") || !strings.Contains(string(body), "strata_raft_applied_index{") {
-			t.Fatalf("site %d metrics lack ds or Raft series:\n%s", i, body)
+		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{"} {
+			if !strings.Contains(string(body), series) {
+				t.Fatalf("site %d metrics lack %s:\n%s", i, series, body)
+			}
+		}
+		if n := strings.Count(string(body), "strata_raft_peer_unreachable_seconds{"); n != 2 {
+			t.Errorf("site %d: %d peer series, want 2:\n%s", i, n, body)
 		}
 	}
 	if len(leadersPerShard) != nShards {
@@ -97,11 +114,17 @@ func TestSiteAdminHandler(t *testing.T) {
 	servers[victim].Close()
 	c.close(victim)
 	other := (victim + 1) % 3
+	victimAddr := ""
 	eventually(t, 15*time.Second, "the view names new leaders", func() error {
 		v := view(other)
 		for _, si := range v.Sites {
-			if si.Slot == victimSlot && si.Reachable {
-				return fmt.Errorf("the closed site still shows reachable")
+			if si.Slot == victimSlot {
+				if si.Reachable || si.Health != HealthDown || si.DownSince == nil {
+					return fmt.Errorf("the closed site shows reachable %v, health %q", si.Reachable, si.Health)
+				}
+				victimAddr = si.Addr
+			} else if si.Health != HealthUp {
+				return fmt.Errorf("live site %d shows %q", si.Slot, si.Health)
 			}
 		}
 		for g, slot := range leaders(v) {
@@ -109,6 +132,48 @@ func TestSiteAdminHandler(t *testing.T) {
 				return fmt.Errorf("group %d: leader on slot %d (closed: %d)", g, slot, victimSlot)
 			}
 		}
+		// Idle shards: nothing waits to be applied, although the new leaders' empty entries
+		// (which never reach the store) put the last log index above the applied one.
+		behind := 0
+		for _, g := range v.Groups {
+			if g.Meta {
+				continue
+			}
+			if g.ApplyLag != 0 {
+				return fmt.Errorf("group %d: apply lag %d", g.Group, g.ApplyLag)
+			}
+			if g.LastIndex > g.Applied {
+				behind++
+			}
+		}
+		if behind == 0 {
+			return fmt.Errorf("no shard's last log index above its applied index: %+v", v.Groups)
+		}
 		return nil
 	})
+	// The transport noticed too: its Raft connection to the closed site fails.
+	connected := fmt.Sprintf("strata_raft_peer_connected{slot=\"%d\",address=%q} 0", victimSlot, victimAddr)
+	eventually(t, 15*time.Second, "transport reports the closed site", func() error {
+		resp, err := http.Get(servers[other].URL + "/metrics")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), connected) {
+			return fmt.Errorf("no %s in\n%s", connected, body)
+		}
+		return nil
+	})
+	// Unreachable for LostAfter: lost, an operator's matter.
+	clockOffset.Store(int64(c.sites[other].cfg.LostAfter))
+	for _, si := range view(other).Sites {
+		want := HealthUp
+		if si.Slot == victimSlot {
+			want = HealthLost
+		}
+		if si.Health != want {
+			t.Errorf("after LostAfter: site %d is %q, want %q", si.Slot, si.Health, want)
+		}
+	}
 }

@@ -100,6 +100,9 @@ type Config struct {
 	// ReconcileInterval is how often a site compares the meta group's allocation with the
 	// replicas it runs. Default 100ms.
 	ReconcileInterval time.Duration
+	// LostAfter is how long another site must have been unreachable from this one before the
+	// admin view calls it lost rather than down (see HealthLost). Default 5 minutes.
+	LostAfter time.Duration
 
 	// transport replaces dragonboat's TCP transport (tests inject faults with it).
 	transport config.TransportFactory
@@ -154,6 +157,9 @@ func (c *Config) ensureDefaults() {
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 100 * time.Millisecond
 	}
+	if c.LostAfter == 0 {
+		c.LostAfter = 5 * time.Minute
+	}
 }
 
 // ErrInvalidConfig is wrapped by every configuration error.
@@ -200,6 +206,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxInFlight < 1 || c.MaxInFlight > 1024 {
 		bad("MaxInFlight %d not in [1, 1024]", c.MaxInFlight)
+	}
+	if c.ProposalTimeout < 0 || c.ReconcileInterval < 0 || c.LostAfter < 0 {
+		bad("negative duration (ProposalTimeout %v, ReconcileInterval %v, LostAfter %v)", c.ProposalTimeout, c.ReconcileInterval, c.LostAfter)
 	}
 	if c.TLS != nil && (c.TLS.CAFile == "" || c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
 		bad("TLS needs CAFile, CertFile and KeyFile")

@@ -46,6 +46,7 @@ type Site struct {
 		// whose shard replicas are all removed (see drainGivenUp).
 		drainSince map[int]time.Time
 	}
+	health    *peerHealth // reachability of the other sites (admin view)
 	onChange  atomic.Pointer[func()]
 	proposers []*proposer
 	stop      chan struct{}
@@ -69,7 +70,7 @@ func Open(ctx context.Context, cfg Config) (*Site, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Site{cfg: cfg, file: file, stop: make(chan struct{})}
+	s := &Site{cfg: cfg, file: file, stop: make(chan struct{}), health: newPeerHealth(time.Now)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.sms, s.mu.running, s.mu.seen = map[uint64]*shardSM{}, map[uint64]uint64{}, map[uint64]uint64{}
 	rand.Read(s.incarnation[:])
@@ -91,6 +92,8 @@ func (s *Site) startNodeHost() error {
 		NodeHostDir:    filepath.Join(c.Dir, "nodehost"),
 		RTTMillisecond: uint64(max(c.RTT.Milliseconds(), 1)),
 		RaftAddress:    c.RaftAddress,
+		// The admin view follows the transport's connection events (health.go).
+		SystemEventListener: systemEvents{s.health},
 	}
 	if c.TLS != nil {
 		nhc.MutualTLS, nhc.CAFile, nhc.CertFile, nhc.KeyFile = true, c.TLS.CAFile, c.TLS.CertFile, c.TLS.KeyFile

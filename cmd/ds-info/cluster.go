@@ -2,12 +2,14 @@ package main
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/strata-mq/strata/raftgroup"
 )
 
 // cluster prints a replicated site's view of its cluster (raftgroup.Site.AdminHandler's
-// /v1/cluster): the sites, every Raft group's leader, this site's replicas, and the replica
+// /v1/cluster): the sites with their health (up, down, lost, left), every Raft group's
+// leader, this site's replicas with their last log and applied indexes, and the replica
 // transitions in progress.
 func (c *command) cluster(args []string) int {
 	c.flags()
@@ -37,18 +39,18 @@ func (c *command) cluster(args []string) int {
 	}
 	fmt.Fprintf(c.stdout, "site %s (raft %s); meta %s\n\n", v.Site, v.RaftAddress, meta)
 	tw := c.table()
-	fmt.Fprintln(tw, "SLOT\tSITE\tADDRESS\tSTATE\tREACHABLE")
+	fmt.Fprintln(tw, "SLOT\tSITE\tADDRESS\tSTATE\tHEALTH\tUNREACHABLE SINCE")
 	for _, s := range v.Sites {
-		reach := "no"
-		if s.Reachable {
-			reach = "yes"
+		since := "-"
+		if s.DownSince != nil {
+			since = s.DownSince.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.Slot, s.ID, s.Addr, s.State, reach)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", s.Slot, s.ID, s.Addr, s.State, s.Health, since)
 	}
 	tw.Flush()
 	fmt.Fprintln(c.stdout)
 	tw = c.table()
-	fmt.Fprintln(tw, "GROUP\tSHARD\tLEADER\tLEADER SLOT\tTERM\tREPLICA HERE\tAPPLIED HERE")
+	fmt.Fprintln(tw, "GROUP\tSHARD\tLEADER\tLEADER SLOT\tTERM\tREPLICA HERE\tLAST INDEX\tAPPLIED\tAPPLY LAG")
 	for _, g := range v.Groups {
 		name, shard, leader, slot := "shard", fmt.Sprint(g.Shard), "none", "-"
 		if g.Meta {
@@ -60,11 +62,15 @@ func (c *command) cluster(args []string) int {
 		if g.LeaderSlot != 0 {
 			slot = fmt.Sprint(g.LeaderSlot)
 		}
-		applied := "-"
+		last, applied, lag := "-", "-", "-"
+		if g.Replica != 0 && g.LastIndex != 0 {
+			last = fmt.Sprint(g.LastIndex)
+		}
 		if !g.Meta && g.Replica != 0 {
 			applied = fmt.Sprint(g.Applied)
+			lag = fmt.Sprint(g.ApplyLag)
 		}
-		fmt.Fprintf(tw, "%s %d\t%s\t%s\t%s\t%d\t%d\t%s\n", name, g.Group, shard, leader, slot, g.Term, g.Replica, applied)
+		fmt.Fprintf(tw, "%s %d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", name, g.Group, shard, leader, slot, g.Term, g.Replica, last, applied, lag)
 	}
 	tw.Flush()
 	fmt.Fprintln(c.stdout)

@@ -90,7 +90,7 @@ func TestClusterCommand(t *testing.T) {
 		if before = shard0Leader(v); before == 0 {
 			return fmt.Errorf("no leader yet:\n%s", text)
 		}
-		if !strings.Contains(text, "SLOT") || !strings.Contains(text, "LEADER SLOT") || !strings.Contains(text, "active") {
+		if !strings.Contains(text, "SLOT") || !strings.Contains(text, "LEADER SLOT") || !strings.Contains(text, "APPLY LAG") || !strings.Contains(text, "active") {
 			return fmt.Errorf("table lacks its sections:\n%s", text)
 		}
 		return nil
@@ -112,8 +112,11 @@ func TestClusterCommand(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, "ds-info shows a new leader of shard 0", func() error {
 		v, text := cluster(other)
 		for _, si := range v.Sites {
-			if si.Slot == before && si.Reachable {
+			if si.Slot == before && (si.Reachable || si.Health != raftgroup.HealthDown) {
 				return fmt.Errorf("the closed site (slot %d) still shows reachable:\n%s", before, text)
+			}
+			if si.Slot == before && !strings.Contains(text, si.Addr+"  active  down  ") {
+				return fmt.Errorf("the table does not show slot %d down:\n%s", before, text)
 			}
 		}
 		if after := shard0Leader(v); after == 0 || after == before {
