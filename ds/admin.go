@@ -27,7 +27,11 @@ func (db *DB) Generations() ([]GenerationInfo, error) {
 	defer exit()
 	var out []GenerationInfo
 	for _, s := range db.shards {
-		for _, g := range s.Generations() {
+		gens, err := s.Generations()
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range gens {
 			out = append(out, GenerationInfo{Shard: s.ID(), Info: g})
 		}
 	}

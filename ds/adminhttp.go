@@ -39,6 +39,8 @@ import (
 //	strata_queue_depth                gauge     Store calls waiting for the shard's writer
 //	strata_generations                gauge     generations held
 //	strata_streams                    gauge     streams of the current generation
+//	strata_shard_available            gauge     1, or 0 where a replicated site holds no
+//	                                            open replica of the shard right now
 //	strata_commit_latency_seconds     histogram commit latency (buckets: shard.LatencyBuckets)
 //
 // For the whole DB, without labels:
@@ -264,6 +266,8 @@ func PrometheusText(m Metrics) string {
 		func(s ShardMetrics) string { return strconv.Itoa(s.Generations) })
 	perShard("strata_streams", "gauge", "Streams of the shard's current generation.",
 		func(s ShardMetrics) string { return strconv.Itoa(s.Streams) })
+	perShard("strata_shard_available", "gauge", "1 if the shard can be read here (a replicated site holds an open replica), else 0.",
+		func(s ShardMetrics) string { return strconv.Itoa(boolInt(!s.Unavailable)) })
 
 	const lat = "strata_commit_latency_seconds"
 	head(lat, "histogram", "Commit latency, from the start of a group commit to durability.")
@@ -301,4 +305,11 @@ func promEscapeLabel(s string) string {
 // promEscapeHelp escapes a HELP text: backslash and newline.
 func promEscapeHelp(s string) string {
 	return strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(s)
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -119,6 +119,7 @@ func TestAdminMetrics(t *testing.T) {
 		"strata_queue_depth":            "gauge",
 		"strata_generations":            "gauge",
 		"strata_streams":                "gauge",
+		"strata_shard_available":        "gauge",
 		"strata_commit_latency_seconds": "histogram",
 		"strata_disk_bytes":             "gauge",
 		"strata_bytes_written_total":    "counter",
@@ -159,6 +160,7 @@ func TestAdminMetrics(t *testing.T) {
 		require.Equal(t, float64(sm.QueueDepth), one("strata_queue_depth", l))
 		require.Equal(t, float64(sm.Generations), one("strata_generations", l))
 		require.Equal(t, float64(sm.Streams), one("strata_streams", l))
+		require.Equal(t, 1.0, one("strata_shard_available", l))
 		stored += one("strata_messages_stored_total", l)
 
 		buckets := get("strata_commit_latency_seconds_bucket", l)

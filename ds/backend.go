@@ -50,17 +50,18 @@ type ShardBackend interface {
 	Submit(ctx context.Context, msgs []*message.Message, bytes int) (Waiter, error)
 	// Streams returns the streams of every generation that is current or ends after since
 	// whose pattern can match the filter levels (topic.Split of a valid filter), in read order:
-	// by generation, then key.
-	Streams(filter []string, since uint64) []stream.Stream
+	// by generation, then key. ErrUnavailable where a replicated site holds no open replica
+	// of the shard at the moment: never an empty answer that a reader could take for "no
+	// streams".
+	Streams(filter []string, since uint64) ([]stream.Stream, error)
 	// Read appends to out up to max durable messages of it's stream that match the filter
 	// levels, from timestamp it.Next on, with their Shard set, and returns the next timestamp
 	// to read from. No messages and a nil error: none yet. ErrEndOfStream: the generation is
 	// sealed and was read to its end. ErrGenerationNotFound: it does not exist or was dropped.
 	Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error)
-	// Generations returns the shard's generations by ID; the last is the current one. Empty
-	// only where a replicated site holds no open replica of the shard at the moment. The
-	// caller may keep the slice.
-	Generations() []generation.Info
+	// Generations returns the shard's generations by ID; the last is the current one. The
+	// caller may keep the slice. ErrUnavailable as for Streams.
+	Generations() ([]generation.Info, error)
 	// Layout returns the learned layout of a generation, for inspection (Metrics, DumpLayout).
 	Layout(gen stream.GenerationID) (layout.Generation, bool)
 	// AddGeneration seals the current generation, opens a new one and returns once that is

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/generation"
 	"github.com/strata-mq/strata/internal/fsutil"
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/pebbleopts"
@@ -217,6 +218,14 @@ func (s embeddedShard) Submit(ctx context.Context, msgs []*message.Message, byte
 	}
 	return w, nil
 }
+
+// Streams is the shard's Streams; an embedded shard is always available.
+func (s embeddedShard) Streams(filter []string, since uint64) ([]stream.Stream, error) {
+	return s.Shard.Streams(filter, since), nil
+}
+
+// Generations is the shard's Generations; an embedded shard is always available.
+func (s embeddedShard) Generations() ([]generation.Info, error) { return s.Shard.Generations(), nil }
 
 // ShardMetrics returns the shard's counters.
 func (s embeddedShard) ShardMetrics() *shard.Metrics { return &s.Metrics }

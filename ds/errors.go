@@ -51,8 +51,9 @@ var (
 	ErrFailed = shard.ErrFailed
 	// ErrUnavailable (replicated mode): the shard's Raft group could not commit in time — no
 	// leader, quorum lost, or this site is cut off from the majority — or this site has no
-	// open replica of it yet. Retry later. The messages of the failed Store were not stored,
-	// unless the error also wraps ErrOutcomeUnknown.
+	// open replica of it yet (Streams, Read, Generations then fail with it rather than
+	// answer empty). Retry later. The messages of the failed Store were not stored, unless the
+	// error also wraps ErrOutcomeUnknown.
 	ErrUnavailable = shard.ErrUnavailable
 	// ErrOutcomeUnknown (replicated mode), beside ErrUnavailable or ErrClosed: a proposal may
 	// have been committed although Store could not learn it (an attempt timed out after a

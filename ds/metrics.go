@@ -2,6 +2,7 @@ package ds
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,9 @@ type ShardMetrics struct {
 	QueueDepth  int64  // Store calls waiting for the writer
 	Generations int
 	Streams     int // in the current generation
+	// Unavailable: a replicated site holds no open replica of the shard right now, so
+	// Generations and Streams are 0 (see ErrUnavailable).
+	Unavailable bool
 	// CommitLatency[i] counts commits that took at most shard.LatencyBuckets[i]; the last
 	// element counts the slower ones.
 	CommitLatency []uint64
@@ -80,10 +84,11 @@ func (db *DB) Metrics() (Metrics, error) {
 		for i := range c.CommitLatency {
 			sm.CommitLatency[i] = c.CommitLatency[i].Load()
 		}
-		gens := s.Generations()
-		sm.Generations = len(gens)
 		// A replicated site may hold no open replica of a shard for a moment (starting,
-		// receiving a snapshot, left the cluster): then it reports no generations.
+		// receiving a snapshot, left the cluster): then it reports the shard unavailable.
+		gens, err := s.Generations()
+		sm.Generations = len(gens)
+		sm.Unavailable = err != nil
 		if len(gens) > 0 {
 			if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
 				sm.Streams = l.StreamCount()
@@ -115,8 +120,12 @@ func (m Metrics) String() string {
 		if commits > 0 {
 			avg = s.CommitTotal / time.Duration(commits)
 		}
-		fmt.Fprintf(&b, "%-6s %12d %14d %10d %9.1f %6d %8d %12s\n",
-			name, s.Messages, s.Bytes, s.Batches, perBatch, s.QueueDepth, s.Generations, avg.Round(time.Microsecond))
+		gens := strconv.Itoa(s.Generations)
+		if s.Unavailable {
+			gens = "n/a" // no open replica on this site
+		}
+		fmt.Fprintf(&b, "%-6s %12d %14d %10d %9.1f %6d %8s %12s\n",
+			name, s.Messages, s.Bytes, s.Batches, perBatch, s.QueueDepth, gens, avg.Round(time.Microsecond))
 	}
 	for _, s := range m.Shards {
 		row(fmt.Sprint(s.Shard), s)

@@ -23,7 +23,11 @@ func (db *DB) Streams(filter string, since time.Time) ([]Stream, error) {
 	levels := topic.Split(filter)
 	var out []Stream
 	for _, s := range db.shards {
-		out = append(out, s.Streams(levels, Micros(since))...)
+		streams, err := s.Streams(levels, Micros(since))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, streams...)
 	}
 	return out, nil
 }

@@ -68,6 +68,33 @@ func TestSiteAdminHandler(t *testing.T) {
 		}
 		return nil
 	})
+	// The ds views read each site's own replicas, and the replicas are identical: every site
+	// lists the same streams and messages.
+	c.waitConverged(nShards, 20*time.Second)
+	get := func(i int, path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(servers[i].URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	for _, path := range []string{"/v1/streams", "/v1/messages?filter=%23&limit=100"} {
+		code, want := get(0, path)
+		if code != http.StatusOK || !strings.Contains(want, "t/") {
+			t.Fatalf("site 0 %s: %d %s", path, code, want)
+		}
+		for i := 1; i < 3; i++ {
+			if code, got := get(i, path); code != http.StatusOK || got != want {
+				t.Errorf("site %d %s: %d\n%s\nsite 0:\n%s", i, path, code, got, want)
+			}
+		}
+	}
+	if _, body := get(2, "/v1/messages?filter=%23&limit=100"); strings.Count(body, `"topic"`) != 20 {
+		t.Errorf("messages view lists %d messages, want 20:\n%s", strings.Count(body, `"topic"`), body)
+	}
 	v := view(1)
 	for _, si := range v.Sites {
 		if !si.Reachable || si.Health != HealthUp || si.DownSince != nil {

@@ -91,10 +91,10 @@ func (s *siteShard) replica(f func(*shard.Replica) error) error {
 	return sm.withReplica(func(st *replicaStore) error { return f(st.r) })
 }
 
-func (s *siteShard) Streams(filter []string, since uint64) []stream.Stream {
+func (s *siteShard) Streams(filter []string, since uint64) ([]stream.Stream, error) {
 	var out []stream.Stream
-	s.replica(func(r *shard.Replica) error { out = r.Streams(filter, since); return nil })
-	return out
+	err := s.replica(func(r *shard.Replica) error { out = r.Streams(filter, since); return nil })
+	return out, err
 }
 
 func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
@@ -107,10 +107,10 @@ func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []mes
 	return out, next, err
 }
 
-func (s *siteShard) Generations() []generation.Info {
+func (s *siteShard) Generations() ([]generation.Info, error) {
 	var out []generation.Info
-	s.replica(func(r *shard.Replica) error { out = r.Generations(); return nil })
-	return out
+	err := s.replica(func(r *shard.Replica) error { out = r.Generations(); return nil })
+	return out, err
 }
 
 func (s *siteShard) Layout(gen stream.GenerationID) (layout.Generation, bool) {

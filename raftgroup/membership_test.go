@@ -2,7 +2,11 @@ package raftgroup
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,6 +155,28 @@ func TestClusterJoinAndLeave(t *testing.T) {
 		}
 		return nil
 	})
+	// The leaver's admin views have no replica to read: 503 (ErrUnavailable), a JSON error,
+	// never an empty list that looks like "no data"; its metrics say so per shard.
+	h, err := c.sites[0].AdminHandler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/generations", "/v1/messages?filter=%23"} {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		var e ds.AdminError
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != http.StatusServiceUnavailable || err != nil || !strings.Contains(e.Error, "no replica of shard") {
+			t.Errorf("leaver's %s: %d %s", path, rec.Code, rec.Body)
+		}
+	}
+	if _, err := c.db(0).Streams("#", time.Time{}); !errors.Is(err, ds.ErrUnavailable) || !ds.IsRetryable(err) {
+		t.Errorf("leaver's Streams: %v, want retryable ErrUnavailable", err)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), `strata_shard_available{shard="0"} 0`) {
+		t.Errorf("leaver's metrics do not show shard 0 unavailable:\n%s", rec.Body)
+	}
 	w.waitAcked(t, 200, "writes after the leave")
 	acked := w.finish()
 	c.close(0)
