@@ -39,6 +39,8 @@ import (
 //	strata_queue_depth                gauge     Store calls waiting for the shard's writer
 //	strata_generations                gauge     generations held
 //	strata_streams                    gauge     streams of the current generation
+//	strata_messages_held              gauge     messages in its generations (not expired)
+//	strata_shard_disk_bytes           gauge     estimate of its generations' bytes on disk
 //	strata_shard_available            gauge     1, or 0 where a replicated site holds no
 //	                                            open replica of the shard right now
 //	strata_commit_latency_seconds     histogram commit latency (buckets: shard.LatencyBuckets)
@@ -266,6 +268,10 @@ func PrometheusText(m Metrics) string {
 		func(s ShardMetrics) string { return strconv.Itoa(s.Generations) })
 	perShard("strata_streams", "gauge", "Streams of the shard's current generation.",
 		func(s ShardMetrics) string { return strconv.Itoa(s.Streams) })
+	perShard("strata_messages_held", "gauge", "Messages in the shard's generations (stored, not yet expired or dropped).",
+		func(s ShardMetrics) string { return u(s.Held) })
+	perShard("strata_shard_disk_bytes", "gauge", "Pebble's estimate of the bytes the shard's generations take on disk.",
+		func(s ShardMetrics) string { return u(s.DiskBytes) })
 	perShard("strata_shard_available", "gauge", "1 if the shard can be read here (a replicated site holds an open replica), else 0.",
 		func(s ShardMetrics) string { return strconv.Itoa(boolInt(!s.Unavailable)) })
 

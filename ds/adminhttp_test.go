@@ -120,6 +120,8 @@ func TestAdminMetrics(t *testing.T) {
 		"strata_generations":            "gauge",
 		"strata_streams":                "gauge",
 		"strata_shard_available":        "gauge",
+		"strata_messages_held":          "gauge",
+		"strata_shard_disk_bytes":       "gauge",
 		"strata_commit_latency_seconds": "histogram",
 		"strata_disk_bytes":             "gauge",
 		"strata_bytes_written_total":    "counter",
@@ -161,6 +163,8 @@ func TestAdminMetrics(t *testing.T) {
 		require.Equal(t, float64(sm.Generations), one("strata_generations", l))
 		require.Equal(t, float64(sm.Streams), one("strata_streams", l))
 		require.Equal(t, 1.0, one("strata_shard_available", l))
+		require.Equal(t, float64(sm.Held), one("strata_messages_held", l))
+		require.Equal(t, float64(sm.DiskBytes), one("strata_shard_disk_bytes", l))
 		stored += one("strata_messages_stored_total", l)
 
 		buckets := get("strata_commit_latency_seconds_bucket", l)

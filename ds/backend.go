@@ -62,6 +62,9 @@ type ShardBackend interface {
 	// Generations returns the shard's generations by ID; the last is the current one. The
 	// caller may keep the slice. ErrUnavailable as for Streams.
 	Generations() ([]generation.Info, error)
+	// GenerationUsage returns what a generation holds (ErrGenerationNotFound for an unknown
+	// or dropped one; ErrUnavailable as for Streams).
+	GenerationUsage(gen stream.GenerationID) (shard.GenerationUsage, error)
 	// Layout returns the learned layout of a generation, for inspection (Metrics, DumpLayout).
 	Layout(gen stream.GenerationID) (layout.Generation, bool)
 	// AddGeneration seals the current generation, opens a new one and returns once that is

@@ -218,8 +218,31 @@ func TestDropGeneration(t *testing.T) {
 		gen2 = append(gen2, stored(m, db.store(m)[0]))
 	}
 
+	// Every generation counts its messages, per shard.
+	perShard := func(msgs []ds.Message) map[ds.ShardID]uint64 {
+		n := map[ds.ShardID]uint64{}
+		for _, m := range msgs {
+			n[ds.ShardID(m.Shard)]++
+		}
+		return n
+	}
+	requireCounts := func(db *testDB, gen ds.GenerationID, want map[ds.ShardID]uint64) {
+		t.Helper()
+		for sh := range ds.ShardID(4) {
+			u, err := db.GenerationUsage(sh, gen)
+			require.NoError(t, err)
+			require.Equal(t, want[sh], u.Messages, "shard %d generation %d", sh, gen)
+		}
+	}
+	requireCounts(db, 1, perShard(gen1))
+	requireCounts(db, 2, perShard(gen2))
+	_, err := db.GenerationUsage(0, 3)
+	require.ErrorIs(t, err, ds.ErrGenerationNotFound)
+	_, err = db.GenerationUsage(4, 1)
+	require.ErrorIs(t, err, ds.ErrShardNotFound)
+
 	// Errors first: they change nothing.
-	err := db.DropGeneration(t.Context(), 0, 2)
+	err = db.DropGeneration(t.Context(), 0, 2)
 	require.ErrorIs(t, err, ds.ErrCurrentGeneration)
 	require.ErrorIs(t, db.DropGeneration(t.Context(), 0, 3), ds.ErrGenerationNotFound)
 	require.ErrorIs(t, db.DropGeneration(t.Context(), 0, 0), ds.ErrGenerationNotFound)
@@ -255,6 +278,9 @@ func TestDropGeneration(t *testing.T) {
 		require.ElementsMatch(t, gen2, normalizedAll(db.readAll()))
 		_, err := db.DumpLayout(0, 1)
 		require.ErrorIs(t, err, ds.ErrGenerationNotFound)
+		_, err = db.GenerationUsage(0, 1)
+		require.ErrorIs(t, err, ds.ErrGenerationNotFound)
+		requireCounts(db, 2, perShard(gen2))
 	}
 	check(db)
 	db = db.reopen(nil)

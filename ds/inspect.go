@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -18,11 +19,12 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
 
 // This file is the read-only inspection of an embedded data directory, for operators' tools
-// (cmd/ds-info). Open cannot serve them: it starts every shard's writer, whose maintenance
+// (cmd/ds-info); inspect_replica.go extends it to the replica stores of a replicated site. Open cannot serve them: it starts every shard's writer, whose maintenance
 // rotates and drops generations by the clock, and it creates what is missing. An Inspector
 // opens Pebble read-only over a filesystem that refuses every write, loads each shard's
 // generation table and learned layouts with the library's own decoders, and starts nothing.
@@ -57,32 +59,53 @@ func ReadManifest(dir string) (Manifest, error) {
 	return Manifest{Format: m.Format, NShards: m.NShards, PebblePerShard: m.PebblePerShard, Created: m.Created}, nil
 }
 
-// Inspector is a read-only view of an embedded data directory (the kind Open creates). It
-// never writes to the directory: Pebble is opened read-only (the WAL is replayed in memory)
-// over a filesystem that refuses writes. It takes Pebble's directory lock, so it cannot be
-// opened while a DB holds the directory (ErrInUse), and a DB cannot be opened while it is.
+// Inspector is a read-only view of a store's data: an embedded data directory (the kind Open
+// creates; see Inspect), or the per-shard replica stores of a replicated site (see
+// InspectReplicas). It never writes to them: Pebble is opened read-only (the WAL is replayed
+// in memory) over a filesystem that refuses writes. It takes each Pebble's directory lock, so
+// it cannot be opened while a DB (or a site) holds one (ErrInUse), and a DB cannot be opened
+// while it is.
 //
 // A shard whose generation table or learned layout does not decode is still listed: its
 // error is returned by the calls that need its state and reported by Check. An Inspector is
 // not safe for concurrent use.
 type Inspector struct {
-	dir      string
-	manifest Manifest
-	pebbles  []*pebble.DB
-	paths    []string
-	shards   []*inspectShard
+	manifest   Manifest
+	replicated bool // the stores are shard replicas (InspectReplicas)
+	pebbles    []*pebble.DB
+	paths      []string
+	shards     []*inspectShard
 }
 
 type inspectShard struct {
 	id      ShardID
-	db      *pebble.DB
-	path    string // of its Pebble instance
+	db      *pebble.DB // nil when no store holds the shard (err says so)
+	path    string     // of its Pebble instance
 	prefix  []byte
 	found   bool // a generation table exists
 	table   generation.Table
 	lastTS  uint64
 	layouts map[GenerationID]layout.Generation
 	err     error // the shard's state does not load
+
+	// Replicated stores only (see inspect_replica.go).
+	replica     bool
+	applied     uint64 // the last Raft log index applied
+	appliedRead bool   // applied was read (or found absent: 0) without error
+	appliedErr  error  // why it was not
+}
+
+// inspectPlan is what an Inspector opens: Pebble directories, and for each shard the one that
+// holds it and its key prefix there.
+type inspectPlan struct {
+	paths  []string
+	shards []inspectShardPlan // by shard ID
+}
+
+type inspectShardPlan struct {
+	store  int    // index into paths; -1 when no store holds the shard
+	prefix []byte // nil when the store holds this shard only
+	err    error  // why no store holds the shard (store -1)
 }
 
 // Inspect opens the embedded data directory dir read-only.
@@ -96,29 +119,39 @@ func Inspect(dir string) (*Inspector, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &Inspector{dir: dir, manifest: m}
-	if err := in.open(); err != nil {
+	var plan inspectPlan
+	for i := 0; i < m.NShards; i++ {
+		if m.PebblePerShard {
+			plan.paths = append(plan.paths, filepath.Join(dir, fmt.Sprintf("shard-%04d", i)))
+			plan.shards = append(plan.shards, inspectShardPlan{store: i})
+		} else {
+			plan.shards = append(plan.shards, inspectShardPlan{store: 0, prefix: layout.ShardPrefix(ShardID(i))})
+		}
+	}
+	if !m.PebblePerShard {
+		plan.paths = []string{filepath.Join(dir, "pebble")}
+	}
+	return openInspector(m, false, plan)
+}
+
+// openInspector opens the Pebble instances of plan read-only and loads every shard's state.
+func openInspector(m Manifest, replicated bool, plan inspectPlan) (*Inspector, error) {
+	in := &Inspector{manifest: m, replicated: replicated}
+	if err := in.open(plan); err != nil {
 		in.Close()
 		return nil, err
 	}
 	return in, nil
 }
 
-func (in *Inspector) open() error {
+func (in *Inspector) open(plan inspectPlan) error {
 	o := DefaultOptions()
 	o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	o.Expert.FS = readOnlyFS{vfs.Default}
-	n := 1
-	if in.manifest.PebblePerShard {
-		n = in.manifest.NShards
-	}
+	n := max(len(plan.paths), 1)
 	cache := pebble.NewCache(16 << 20)
 	defer cache.Unref()
-	for i := 0; i < n; i++ {
-		path := o.Expert.FS.PathJoin(in.dir, "pebble")
-		if in.manifest.PebblePerShard {
-			path = o.Expert.FS.PathJoin(in.dir, fmt.Sprintf("shard-%04d", i))
-		}
+	for _, path := range plan.paths {
 		po := pebbleOptions(o, n, cache)
 		po.ReadOnly = true
 		// Pebble's default reaction to a damaged block is Logger.Fatalf (a panic with
@@ -139,14 +172,14 @@ func (in *Inspector) open() error {
 		in.pebbles = append(in.pebbles, p)
 		in.paths = append(in.paths, path)
 	}
-	for i := 0; i < in.manifest.NShards; i++ {
-		s := &inspectShard{id: ShardID(i), layouts: map[GenerationID]layout.Generation{}}
-		if in.manifest.PebblePerShard {
-			s.db, s.path = in.pebbles[i], in.paths[i]
+	for i, sp := range plan.shards {
+		s := &inspectShard{id: ShardID(i), layouts: map[GenerationID]layout.Generation{}, replica: in.replicated}
+		if sp.store < 0 {
+			s.err = sp.err
 		} else {
-			s.db, s.path, s.prefix = in.pebbles[0], in.paths[0], layout.ShardPrefix(s.id)
+			s.db, s.path, s.prefix = in.pebbles[sp.store], in.paths[sp.store], sp.prefix
+			s.err = s.load()
 		}
-		s.err = s.load()
 		in.shards = append(in.shards, s)
 	}
 	return nil
@@ -165,6 +198,10 @@ func recoverRead(what string, err *error) {
 // load reads the shard's generation table, last timestamp and layouts.
 func (s *inspectShard) load() (err error) {
 	defer recoverRead(fmt.Sprintf("shard %d", s.id), &err)
+	if s.replica {
+		// Not the shard's state: its messages stay readable without it.
+		s.appliedErr = s.loadApplied()
+	}
 	key := append(slices.Clone(s.prefix), inspectMetaTable...)
 	v, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
@@ -222,7 +259,8 @@ func (in *Inspector) Close() error {
 	return errors.Join(errs...)
 }
 
-// Manifest returns the directory's manifest.
+// Manifest returns the directory's manifest (for replica stores, the one InspectReplicas
+// synthesized).
 func (in *Inspector) Manifest() Manifest { return in.manifest }
 
 // NShards returns the number of shards.
@@ -290,6 +328,40 @@ func (in *Inspector) layout(sh ShardID, gen GenerationID) (layout.Generation, er
 		return nil, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, sh, gen)
 	}
 	return l, nil
+}
+
+// GenerationUsage returns what one shard-generation holds, as DB.GenerationUsage: its
+// message count as stored with it, and Pebble's estimate of its bytes on disk.
+func (in *Inspector) GenerationUsage(sh ShardID, gen GenerationID) (u GenerationUsage, err error) {
+	if _, err := in.layout(sh, gen); err != nil {
+		return u, err
+	}
+	s := in.shards[sh]
+	defer recoverRead(fmt.Sprintf("shard %d generation %d", sh, gen), &err)
+	key := binary.BigEndian.AppendUint32(append(append([]byte(nil), s.prefix...), shard.CountKeyPrefix()...), uint32(gen))
+	v, closer, err := s.db.Get(key)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return u, fmt.Errorf("shard %d generation %d: message count: %w", sh, gen, err)
+	default:
+		ok := len(v) == 8
+		if ok {
+			u.Messages = binary.BigEndian.Uint64(v)
+		}
+		closer.Close()
+		if !ok {
+			return u, fmt.Errorf("%w: shard %d generation %d: message count of %d bytes (%s)", ErrCorruption, sh, gen, len(v), s.path)
+		}
+	}
+	for _, sp := range layout.GenerationSpans(s.prefix, gen) {
+		n, err := s.db.EstimateDiskUsage(sp[0], sp[1])
+		if err != nil {
+			return u, err
+		}
+		u.DiskBytes += n
+	}
+	return u, nil
 }
 
 // DumpLayout renders the learned topic structure of one shard-generation, as DB.DumpLayout.
@@ -405,9 +477,9 @@ func compareU64(a, b uint64) int {
 // CheckProblem is one finding of Check.
 type CheckProblem struct {
 	Shard int    // -1 when the problem belongs to no shard (a Pebble instance, a stray key)
-	Path  string // the Pebble instance's directory
+	Path  string // the Pebble instance's directory ("" for a shard that no store holds)
 	Key   []byte // the key concerned, or nil
-	Err   error  // wraps ErrCorruption for bytes that do not decode
+	Err   error  // wraps ErrCorruption for damage: bytes that do not decode, a checksum that fails
 }
 
 func (p CheckProblem) String() string {
@@ -415,7 +487,9 @@ func (p CheckProblem) String() string {
 	if p.Shard >= 0 {
 		fmt.Fprintf(&b, "shard %d: ", p.Shard)
 	}
-	fmt.Fprintf(&b, "%s: ", p.Path)
+	if p.Path != "" {
+		fmt.Fprintf(&b, "%s: ", p.Path)
+	}
 	if p.Key != nil {
 		fmt.Fprintf(&b, "key %x: ", p.Key)
 	}
@@ -429,7 +503,10 @@ type CheckReport struct {
 	Messages    uint64 // data keys whose key and message record decoded
 	IndexKeys   uint64 // LTS level index keys
 	TrieRecords uint64 // LTS trie records (decoded when the shard loaded)
-	Problems    []CheckProblem
+	// ReplicaRecords counts the applied-index and de-duplication records of replicated
+	// stores (InspectReplicas); always 0 for an embedded directory.
+	ReplicaRecords uint64
+	Problems       []CheckProblem
 }
 
 // OK reports whether Check found nothing wrong.
@@ -441,14 +518,20 @@ func (r *CheckReport) OK() bool { return len(r.Problems) == 0 }
 // layouts (at load), each data key and its message record, each index key's shape, and
 // checks that keys are strictly increasing, belong to a known shard and generation, carry a
 // timestamp within their generation, and that every stream has one index key per varying
-// level of each of its messages. maxProblems bounds the problems kept (<= 0: 100); the
-// count of keys goes on.
+// level of each of its messages. In replicated stores it also decodes the applied index and
+// every de-duplication record, and checks them against each other and the shard (see
+// checkReplicaMeta); in an embedded directory those keys are problems. A shard that no store
+// holds (InspectReplicas) is a problem. maxProblems bounds the problems kept (<= 0: 100);
+// the count of keys goes on.
 func (in *Inspector) Check(maxProblems int) *CheckReport {
 	if maxProblems <= 0 {
 		maxProblems = 100
 	}
 	r := &CheckReport{}
 	add := func(p CheckProblem) {
+		if pebble.IsCorruptionError(p.Err) && !errors.Is(p.Err, ErrCorruption) {
+			p.Err = pebbleCorruption{p.Err}
+		}
 		if len(r.Problems) < maxProblems {
 			r.Problems = append(r.Problems, p)
 		}
@@ -462,7 +545,9 @@ func (in *Inspector) Check(maxProblems int) *CheckReport {
 		if s.err != nil {
 			add(CheckProblem{Shard: -1, Path: s.path, Err: s.err}) // the error names the shard
 		}
-		in.checkShard(s, r, add)
+		if s.db != nil {
+			in.checkShard(s, r, add)
+		}
 	}
 	if !in.manifest.PebblePerShard {
 		// Keys outside every shard's span.
@@ -478,6 +563,15 @@ func (in *Inspector) Check(maxProblems int) *CheckReport {
 	}
 	return r
 }
+
+// pebbleCorruption marks a corruption that Pebble found (a checksum mismatch, a block that
+// does not decode) as ErrCorruption too, so that every damage Check reports is
+// errors.Is(p.Err, ErrCorruption); its message stays Pebble's, which names the file.
+type pebbleCorruption struct{ err error }
+
+func (e pebbleCorruption) Error() string        { return e.err.Error() }
+func (e pebbleCorruption) Unwrap() error        { return e.err }
+func (e pebbleCorruption) Is(target error) bool { return target == ErrCorruption }
 
 func checkLevels(p *pebble.DB) (err error) {
 	defer recoverRead("level check", &err)
@@ -540,6 +634,9 @@ type genStream struct {
 func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckProblem)) {
 	lo, hi := layout.ShardSpan(s.prefix)
 	counts := map[genStream]*streamCount{}
+	// Messages found per generation, and the counts stored with the generations.
+	found, stored := map[GenerationID]uint64{}, map[GenerationID]uint64{}
+	countKey := shard.CountKeyPrefix()
 	corrupt := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrCorruption, fmt.Sprintf(format, args...))
 	}
@@ -556,11 +653,21 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 				if !s.found && s.err == nil {
 					return corrupt("generation table not loaded")
 				}
-			case bytes.Equal(rest, inspectMetaLast), len(rest) == 2 && rest[1] == 'a':
+			case bytes.Equal(rest, inspectMetaLast):
 				if len(v) != 8 {
 					return corrupt("meta value of %d bytes, want 8", len(v))
 				}
-			case len(rest) > 2 && rest[1] == 'p': // replicated shards' de-duplication records
+			case isReplicaMetaKey(rest):
+				return s.checkReplicaMeta(rest, v, r)
+			case bytes.HasPrefix(rest, countKey):
+				if len(rest) != len(countKey)+4 || len(v) != 8 {
+					return corrupt("message count key of %d bytes, value of %d", len(rest), len(v))
+				}
+				gen := GenerationID(binary.BigEndian.Uint32(rest[len(countKey):]))
+				if _, ok := s.table.Get(gen); s.found && !ok {
+					return corrupt("message count of generation %d, which the table does not hold", gen)
+				}
+				stored[gen] = binary.BigEndian.Uint64(v)
 			default:
 				return corrupt("unknown meta key")
 			}
@@ -617,6 +724,7 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 				return fmt.Errorf("%w: message record: %w", ErrCorruption, err)
 			}
 			r.Messages++
+			found[gen]++
 			return nil
 		}
 		if len(body) < 8+2+8 {
@@ -678,11 +786,21 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 		}
 		c.wantIndex += uint64(nVarying)
 		r.Messages++
+		found[gen]++
 		return nil
 	}
 	in.walk(s.db, lo, hi, r, visit, func(k []byte, err error) {
 		add(CheckProblem{Shard: int(s.id), Path: s.path, Key: k, Err: err})
 	})
+	if s.found && s.err == nil {
+		for _, g := range s.table.Gens {
+			if found[g.ID] != stored[g.ID] {
+				add(CheckProblem{Shard: int(s.id), Path: s.path, Err: fmt.Errorf(
+					"%w: generation %d holds %d messages, its stored count says %d",
+					ErrCorruption, g.ID, found[g.ID], stored[g.ID])})
+			}
+		}
+	}
 	keys := make([]genStream, 0, len(counts))
 	for k := range counts {
 		keys = append(keys, k)

@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/shard"
 )
 
 // This file holds the JSON views shared by the operator tools: `ds-info <cmd> -json` over a
@@ -22,6 +23,7 @@ import (
 type InspectSource interface {
 	Generations() ([]GenerationInfo, error)
 	StreamCount(sh ShardID, gen GenerationID) (int, error)
+	GenerationUsage(sh ShardID, gen GenerationID) (GenerationUsage, error)
 	Streams(filter string, since time.Time) ([]Stream, error)
 	DumpLayout(sh ShardID, gen GenerationID) (string, error)
 	Messages(filter string, since time.Time, limit int) ([]Message, error)
@@ -54,6 +56,10 @@ type GenerationView struct {
 	State       string       `json:"state"` // "current" or "sealed"
 	Layout      string       `json:"layout"`
 	Streams     int          `json:"streams"`
+	Messages    uint64       `json:"messages"`
+	// DiskBytes is Pebble's estimate of the generation's bytes in sstables and blob files;
+	// data still in memtables counts 0 until it is flushed.
+	DiskBytes uint64 `json:"disk_bytes"`
 }
 
 // StreamView is one learned stream (ds-info streams, GET /v1/streams).
@@ -122,8 +128,12 @@ func GenerationsOf(src InspectSource) ([]GenerationView, error) {
 		if serr != nil {
 			err = errors.Join(err, serr)
 		}
+		u, uerr := src.GenerationUsage(g.Shard, g.ID)
+		if uerr != nil {
+			err = errors.Join(err, uerr)
+		}
 		r := GenerationView{Shard: g.Shard, Generation: g.ID, Since: generation.FormatTS(g.Since), SinceMicros: g.Since,
-			State: "sealed", Layout: g.Layout.String(), Streams: n}
+			State: "sealed", Layout: g.Layout.String(), Streams: n, Messages: u.Messages, DiskBytes: u.DiskBytes}
 		if g.Current() {
 			r.State = "current"
 		} else {
@@ -218,6 +228,26 @@ func (db *DB) StreamCount(sh ShardID, gen GenerationID) (int, error) {
 		return 0, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, sh, gen)
 	}
 	return l.StreamCount(), nil
+}
+
+// GenerationUsage is what a generation holds: its messages and an estimate of its bytes on
+// disk.
+type GenerationUsage = shard.GenerationUsage
+
+// GenerationUsage returns what one shard-generation holds: the messages stored in it
+// (counted as they are stored, kept with the generation) and Pebble's estimate of its bytes
+// on disk (messages still in memtables count 0 until they are flushed). ErrShardNotFound,
+// ErrGenerationNotFound for unknown ones.
+func (db *DB) GenerationUsage(sh ShardID, gen GenerationID) (GenerationUsage, error) {
+	exit, err := db.enter()
+	if err != nil {
+		return GenerationUsage{}, err
+	}
+	defer exit()
+	if int(sh) >= len(db.shards) {
+		return GenerationUsage{}, fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
+	}
+	return db.shards[sh].GenerationUsage(gen)
 }
 
 // Messages returns up to limit durable messages that match filter with a timestamp at or after

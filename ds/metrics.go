@@ -33,6 +33,10 @@ type ShardMetrics struct {
 	QueueDepth  int64  // Store calls waiting for the writer
 	Generations int
 	Streams     int // in the current generation
+	// Held and DiskBytes: messages in the shard's generations (not yet expired or dropped),
+	// and Pebble's estimate of their bytes on disk (see GenerationUsage).
+	Held      uint64
+	DiskBytes uint64
 	// Unavailable: a replicated site holds no open replica of the shard right now, so
 	// Generations and Streams are 0 (see ErrUnavailable).
 	Unavailable bool
@@ -53,6 +57,8 @@ func (m Metrics) Totals() ShardMetrics {
 		t.Batches += s.Batches
 		t.QueueDepth += s.QueueDepth
 		t.Generations += s.Generations
+		t.Held += s.Held
+		t.DiskBytes += s.DiskBytes
 		t.Streams += s.Streams
 		t.CommitTotal += s.CommitTotal
 		for i, c := range s.CommitLatency {
@@ -89,6 +95,12 @@ func (db *DB) Metrics() (Metrics, error) {
 		gens, err := s.Generations()
 		sm.Generations = len(gens)
 		sm.Unavailable = err != nil
+		for _, g := range gens {
+			if u, err := s.GenerationUsage(g.ID); err == nil {
+				sm.Held += u.Messages
+				sm.DiskBytes += u.DiskBytes
+			}
+		}
 		if len(gens) > 0 {
 			if l, ok := s.Layout(gens[len(gens)-1].ID); ok {
 				sm.Streams = l.StreamCount()
@@ -106,8 +118,8 @@ func (db *DB) Metrics() (Metrics, error) {
 // String renders the metrics as an aligned table, one line per shard and a total.
 func (m Metrics) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-6s %12s %14s %10s %9s %6s %8s %12s\n",
-		"shard", "messages", "bytes", "batches", "msgs/batch", "queue", "gens", "avg commit")
+	fmt.Fprintf(&b, "%-6s %12s %14s %10s %9s %6s %8s %12s %12s %14s\n",
+		"shard", "messages", "bytes", "batches", "msgs/batch", "queue", "gens", "avg commit", "held", "disk bytes")
 	row := func(name string, s ShardMetrics) {
 		perBatch, avg := 0.0, time.Duration(0)
 		if s.Batches > 0 {
@@ -124,8 +136,8 @@ func (m Metrics) String() string {
 		if s.Unavailable {
 			gens = "n/a" // no open replica on this site
 		}
-		fmt.Fprintf(&b, "%-6s %12d %14d %10d %9.1f %6d %8s %12s\n",
-			name, s.Messages, s.Bytes, s.Batches, perBatch, s.QueueDepth, gens, avg.Round(time.Microsecond))
+		fmt.Fprintf(&b, "%-6s %12d %14d %10d %9.1f %6d %8s %12s %12d %14d\n",
+			name, s.Messages, s.Bytes, s.Batches, perBatch, s.QueueDepth, gens, avg.Round(time.Microsecond), s.Held, s.DiskBytes)
 	}
 	for _, s := range m.Shards {
 		row(fmt.Sprint(s.Shard), s)

@@ -114,6 +114,7 @@ func TestMetrics(t *testing.T) {
 	for i, s := range m.Shards {
 		require.Equal(t, ds.ShardID(i), s.Shard)
 		require.Equal(t, perShard[s.Shard], s.Messages, "shard %d messages", i)
+		require.Equal(t, perShard[s.Shard], s.Held, "shard %d messages held", i)
 		require.Equal(t, bytesPerShard[s.Shard], s.Bytes, "shard %d bytes", i)
 		require.Equal(t, 1, s.Generations)
 		if s.Messages > 0 {

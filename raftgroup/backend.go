@@ -113,6 +113,16 @@ func (s *siteShard) Generations() ([]generation.Info, error) {
 	return out, err
 }
 
+func (s *siteShard) GenerationUsage(gen stream.GenerationID) (shard.GenerationUsage, error) {
+	var u shard.GenerationUsage
+	err := s.replica(func(r *shard.Replica) error {
+		var err error
+		u, err = r.GenerationUsage(gen)
+		return err
+	})
+	return u, err
+}
+
 func (s *siteShard) Layout(gen stream.GenerationID) (layout.Generation, bool) {
 	var l layout.Generation
 	var ok bool

@@ -65,13 +65,8 @@ const siteFileName = "SITE"
 
 // loadOrCreateSite reads dir/SITE, or creates it (with a new random ID) for a new site.
 func loadOrCreateSite(cfg *Config) (siteFile, bool, error) {
-	path := filepath.Join(cfg.Dir, siteFileName)
-	b, err := os.ReadFile(path)
+	f, err := readSiteFile(cfg.Dir)
 	if err == nil {
-		var f siteFile
-		if err := json.Unmarshal(b, &f); err != nil {
-			return f, false, fmt.Errorf("strata: %s: %w", path, err)
-		}
 		if f.DeploymentID != cfg.DeploymentID {
 			return f, false, fmt.Errorf("%w: %s belongs to deployment %d, configured %d", ErrInvalidConfig, cfg.Dir, f.DeploymentID, cfg.DeploymentID)
 		}
@@ -86,7 +81,7 @@ func loadOrCreateSite(cfg *Config) (siteFile, bool, error) {
 	if !cfg.Join && len(cfg.InitialSites) == 0 {
 		return siteFile{}, false, fmt.Errorf("%w: %s holds no site: set InitialSites to bootstrap or Join to join", ErrInvalidConfig, cfg.Dir)
 	}
-	f := siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress}
+	f = siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress}
 	if _, err := rand.Read(f.ID[:]); err != nil {
 		return f, false, err
 	}

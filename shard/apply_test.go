@@ -119,11 +119,13 @@ func (tc *testCore) contents(t testing.TB) (dump []string, digest [32]byte) {
 	return dump, digest
 }
 
-// stateOf renders the in-memory state of a core: table, last timestamp, every trie.
+// stateOf renders the in-memory state of a core: table, last timestamp, every generation's
+// message count and trie.
 func stateOf(c *core) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "last=%d table=%x\n", c.lastTS, c.st.table.AppendBinary(nil))
 	for _, g := range c.st.table.Gens {
+		fmt.Fprintf(&b, "gen %d: %d messages\n", g.ID, c.st.counts[g.ID].Load())
 		b.WriteString(c.st.gens[g.ID].Dump())
 	}
 	return b.String()

@@ -17,6 +17,33 @@ func (c *core) Generations() []generation.Info {
 	return append([]generation.Info(nil), v.table.Gens...)
 }
 
+// GenerationUsage is what a generation holds.
+type GenerationUsage struct {
+	// Messages stored in it (counted as they are applied; exact once they are durable).
+	Messages uint64
+	// DiskBytes is Pebble's estimate of the bytes its sstables and blob files take on disk
+	// (messages and learned trie). Data still in memtables counts 0 until it is flushed.
+	DiskBytes uint64
+}
+
+// GenerationUsage returns what generation gen holds.
+func (c *core) GenerationUsage(gen stream.GenerationID) (GenerationUsage, error) {
+	v := c.view.Load()
+	n, ok := v.counts[gen]
+	if !ok || c.isDropped(gen) {
+		return GenerationUsage{}, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, c.id, gen)
+	}
+	u := GenerationUsage{Messages: n.Load()}
+	for _, sp := range layout.GenerationSpans(c.prefix, gen) {
+		b, err := c.db.EstimateDiskUsage(sp[0], sp[1])
+		if err != nil {
+			return u, err
+		}
+		u.DiskBytes += b
+	}
+	return u, nil
+}
+
 // Layout returns the layout of a generation, for inspection (ds-info, tests).
 func (c *core) Layout(gen stream.GenerationID) (layout.Generation, bool) {
 	l, ok := c.view.Load().gens[gen]

@@ -280,7 +280,7 @@ func (r *Replica) startAt(b *pebble.Batch, t uint64) error {
 	if r.lastTS != 0 || len(tab.Gens) != 1 || tab.Gens[0].Since != 1 || t <= 1 {
 		return nil
 	}
-	st := &state{table: tab.Clone(), gens: r.st.gens}
+	st := &state{table: tab.Clone(), gens: r.st.gens, counts: r.st.counts}
 	st.table.Gens[0].Since = t
 	r.st, r.lastTS = st, t-1
 	return b.Set(r.keyTable, st.table.AppendBinary(nil), nil)

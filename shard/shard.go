@@ -17,6 +17,8 @@
 //     the last timestamp commit together or not at all.
 //  3. A failed batch is aborted: the in-memory state returns to what the disk holds.
 //  4. view.readLimit only grows, and every message with ts < readLimit is durable.
+//  5. A generation's message count (metaCount) is written in the batch that adds its messages,
+//     so it always equals the number of messages the generation holds on disk.
 package shard
 
 import (
@@ -38,6 +40,7 @@ import (
 var (
 	metaTable = []byte{layout.KeyspaceMeta, 'g'} // generation table
 	metaLast  = []byte{layout.KeyspaceMeta, 'l'} // last assigned timestamp, u64 big-endian
+	metaCount = []byte{layout.KeyspaceMeta, 'c'} // + generation u32: its messages, u64 big-endian
 	// Replicated shards only (see Replica):
 	metaApplied  = []byte{layout.KeyspaceMeta, 'a'} // last applied Raft log index, u64 big-endian
 	metaProposer = []byte{layout.KeyspaceMeta, 'p'} // + ProposerID: de-duplication record
@@ -47,7 +50,20 @@ var (
 type state struct {
 	table generation.Table
 	gens  map[stream.GenerationID]layout.Generation
+	// counts are the generations' message counts. The map is immutable like the rest of the
+	// state; the applier adds to the counters (readers may see a count that includes messages
+	// not yet durable: it is a statistic, not a read limit).
+	counts map[stream.GenerationID]*atomic.Uint64
 }
+
+// countKey returns the key of a generation's message count.
+func (c *core) countKey(gen stream.GenerationID) []byte {
+	return binary.BigEndian.AppendUint32(append(append([]byte(nil), c.prefix...), metaCount...), uint32(gen))
+}
+
+// CountKeyPrefix is the prefix, inside a shard's prefix, of the generations' message counts;
+// the generation ID (u32 big-endian) follows, the value is a u64 big-endian (for ds-info).
+func CountKeyPrefix() []byte { return append([]byte(nil), metaCount...) }
 
 // view is what readers see: an immutable state and the exclusive upper bound of durable
 // timestamps.
@@ -99,13 +115,18 @@ func (c *core) load() (found bool, err error) {
 	if err != nil {
 		return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
 	}
-	st := &state{table: table, gens: map[stream.GenerationID]layout.Generation{}}
+	st := &state{table: table, gens: map[stream.GenerationID]layout.Generation{}, counts: map[stream.GenerationID]*atomic.Uint64{}}
 	for _, g := range table.Gens {
 		l, err := layout.Load(c.db, g.Layout, c.prefix, g.ID)
 		if err != nil {
 			return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
 		}
 		st.gens[g.ID] = l
+		n, err := c.loadCount(g.ID)
+		if err != nil {
+			return true, err
+		}
+		st.counts[g.ID] = n
 	}
 	v, closer, err = c.db.Get(c.keyLast)
 	switch {
@@ -123,6 +144,25 @@ func (c *core) load() (found bool, err error) {
 	c.st = st
 	c.publish(c.st, c.lastTS+1)
 	return true, nil
+}
+
+// loadCount reads a generation's message count; a generation without one (none of its
+// messages stored yet) holds 0.
+func (c *core) loadCount(gen stream.GenerationID) (*atomic.Uint64, error) {
+	n := new(atomic.Uint64)
+	v, closer, err := c.db.Get(c.countKey(gen))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return n, nil
+	case err != nil:
+		return nil, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return nil, fmt.Errorf("%w: shard %d: generation %d: message count of %d bytes", ErrCorruption, c.id, gen, len(v))
+	}
+	n.Store(binary.BigEndian.Uint64(v))
+	return n, nil
 }
 
 // create initialises a new shard with its first generation starting at since.
@@ -145,7 +185,8 @@ func (c *core) create(since uint64, sync bool) error {
 		return err
 	}
 	g.Commit()
-	c.st = &state{table: table, gens: map[stream.GenerationID]layout.Generation{1: g}}
+	c.st = &state{table: table, gens: map[stream.GenerationID]layout.Generation{1: g},
+		counts: map[stream.GenerationID]*atomic.Uint64{1: new(atomic.Uint64)}}
 	c.lastTS = since - 1
 	c.publish(c.st, c.lastTS+1)
 	return nil
@@ -163,6 +204,8 @@ type Applied struct {
 	c          *core
 	prevState  *state
 	prevLast   uint64
+	count      *atomic.Uint64 // the generation the command added messages to
+	prevCount  uint64
 	touched    []layout.Generation
 	Timestamps []uint64 // per message of the command
 	Added      *generation.Info
@@ -182,7 +225,7 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 	st := c.st
 	c.sorted.reset()
 	if cmd.AddGeneration || len(cmd.Drop) > 0 {
-		st = &state{table: c.st.table.Clone(), gens: maps.Clone(c.st.gens)}
+		st = &state{table: c.st.table.Clone(), gens: maps.Clone(c.st.gens), counts: maps.Clone(c.st.counts)}
 	}
 	fail := func(err error) (*Applied, error) {
 		a.Abort()
@@ -197,6 +240,7 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		}
 		info := st.table.Add(since, c.params)
 		st.gens[info.ID] = g
+		st.counts[info.ID] = new(atomic.Uint64)
 		a.touched = append(a.touched, g)
 		a.Added = &info
 		c.lastTS = since - 1
@@ -212,6 +256,10 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			return fail(err)
 		}
 		delete(st.gens, id)
+		delete(st.counts, id)
+		if err := b.Delete(c.countKey(id), nil); err != nil {
+			return fail(err)
+		}
 		a.Dropped = append(a.Dropped, id)
 		c.dropped.Store(id, struct{}{})
 		for _, sp := range layout.GenerationSpans(c.prefix, id) {
@@ -235,6 +283,11 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			}
 			c.lastTS = ts
 			a.Timestamps[i] = ts
+		}
+		a.count = st.counts[cur.ID]
+		a.prevCount = a.count.Add(uint64(len(cmd.Messages))) - uint64(len(cmd.Messages))
+		if err := b.Set(c.countKey(cur.ID), binary.BigEndian.AppendUint64(nil, a.count.Load()), nil); err != nil {
+			return fail(err)
 		}
 	}
 	if err := c.sorted.flush(b); err != nil {
@@ -290,6 +343,9 @@ func (c *core) publishDurable(p *publication) {
 
 // Abort returns the in-memory state to what it was before Apply.
 func (a *Applied) Abort() {
+	if a.count != nil {
+		a.count.Store(a.prevCount)
+	}
 	for _, g := range a.touched {
 		g.Abort()
 	}

@@ -95,6 +95,29 @@ func TestClusterCommand(t *testing.T) {
 		}
 		return nil
 	})
+	// shards -url on a replicated site adds each shard's Raft group: leader, indexes, replicas.
+	testutil.Eventually(t, 20*time.Second, "shards shows the Raft groups", func() error {
+		var rows []shardRow
+		code, out, errs := runCmd(t, "shards", "-url", urls[0], "-json")
+		if code != exitOK || errs != "" {
+			return fmt.Errorf("shards -json: exit %d: %s", code, errs)
+		}
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			return err
+		}
+		if len(rows) != 2 {
+			return fmt.Errorf("shards: %d rows, want 2:\n%s", len(rows), out)
+		}
+		for _, r := range rows {
+			if r.Raft == nil || r.Raft.Group != 1000+uint64(r.Shard) || len(r.Raft.Replicas) != 3 || r.Generations == 0 || r.Raft.LeaderSlot == 0 {
+				return fmt.Errorf("shard %d: %+v", r.Shard, r.Raft)
+			}
+		}
+		if _, text, _ := runCmd(t, "shards", "-url", urls[0]); !strings.Contains(text, "LEADER SLOT") || !strings.Contains(text, ":voter") {
+			return fmt.Errorf("shards table:\n%s", text)
+		}
+		return nil
+	})
 	victim := -1
 	for i, s := range sites {
 		v, _ := cluster(i)

@@ -1,6 +1,7 @@
 // Command ds-info is the operator's view of an embedded Strata data directory (the kind
-// ds.Open creates): its manifest, generations, learned streams and topic tries, messages, and
-// a full integrity check.
+// ds.Open creates) or of a stopped replicated site's directory (the kind raftgroup.Open
+// creates): its manifest, generations, learned streams and topic tries, messages, and a full
+// integrity check.
 //
 //	ds-info info        -dir DIR                      manifest, disk bytes, generation and stream counts
 //	ds-info generations -dir DIR                      per shard and generation: span, state, layout, streams
@@ -14,6 +15,12 @@
 //
 // Every subcommand prints an aligned table, or JSON with -json; the JSON is the same, row for
 // row, with -dir and with -url (the types of package ds: InfoView, GenerationView, ...).
+//
+// A directory with a SITE file is a replicated site's: -dir reads, through raftgroup.Inspect,
+// the Pebble store of one replica directory per shard (the one that applied the most of the
+// shard's Raft log; see raftgroup.Inspect), and everything else works alike. info then names
+// the site and, per shard, the replica directory read (JSON: "site"); check also decodes the
+// replicas' applied indexes and de-duplication records.
 //
 // The directory is never modified: ds-info opens Pebble read-only (the WAL is replayed in
 // memory) through ds.Inspect, whose filesystem refuses every write, and starts no shard
@@ -39,6 +46,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
 )
 
 func main() {
@@ -55,11 +63,14 @@ const (
 const usage = `usage: ds-info <command> -dir DIR [flags]
        ds-info [-url URL] <command> [-url URL] [flags]
 
--dir reads a data directory that no process holds; -url reads a running node's admin
-handler (ds.AdminHandler), e.g. -url http://host:port/strata. check needs -dir.
+-dir reads a data directory that no process holds, embedded or a replicated site's (it
+has a SITE file); -url reads a running node's admin handler (ds.AdminHandler), e.g.
+-url http://host:port/strata. check needs -dir.
 
 commands:
   info          manifest, disk bytes, generation and stream counts
+  shards        per shard: generations, streams; with -url on a replicated site also its
+                leader, term, log and applied indexes, apply lag, replicas and transitions
   generations   per shard and generation: span, state, layout, stream count
   streams       learned stream patterns per shard and generation [-filter F]
   trie          learned topic structure of one shard-generation -shard N -gen G
@@ -116,6 +127,8 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		return c.check(args)
 	case "cluster":
 		return c.cluster(args)
+	case "shards":
+		return c.shards(args)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
@@ -181,25 +194,45 @@ func clean(msg string) string {
 	return strings.ReplaceAll(msg, "\n<corruption detail carrier>", "")
 }
 
-// open opens the directory read-only. On failure it prints why and returns the exit status.
-func (c *command) open() (*ds.Inspector, int) {
-	in, err := ds.Inspect(c.dir)
-	if err == nil {
-		return in, exitOK
+// open opens the directory read-only: a replicated site's directory (it has a SITE file)
+// through raftgroup.Inspect, else an embedded one through ds.Inspect. site is set for the
+// former. On failure it prints why and returns the exit status.
+func (c *command) open() (in dirInspector, site *raftgroup.SiteInspector, code int) {
+	var err error
+	if raftgroup.IsSiteDir(c.dir) {
+		site, err = raftgroup.Inspect(c.dir)
+		if err == nil {
+			return site, site, exitOK
+		}
+	} else {
+		var emb *ds.Inspector
+		emb, err = ds.Inspect(c.dir)
+		if err == nil {
+			return emb, nil, exitOK
+		}
 	}
+	return nil, nil, c.openFailed(err)
+}
+
+// openFailed prints why the directory did not open and returns the exit status.
+func (c *command) openFailed(err error) int {
+	site := raftgroup.IsSiteDir(c.dir)
 	switch {
 	case errors.Is(err, ds.ErrInUse):
 		c.errorf("%s is in use by another process (lock held): stop it or use the admin endpoint\n  (%v)", c.dir, err)
-		return nil, exitUsage
+		return exitUsage
 	case isCorruption(err):
 		c.errorf("%s cannot be opened, its files are damaged: %v", c.dir, err)
-		return nil, exitFailed
+		return exitFailed
+	case site && errors.Is(err, os.ErrNotExist):
+		c.errorf("%s is a replicated site's directory, but holds nothing to inspect: %v", c.dir, err)
+		return exitUsage
 	case errors.Is(err, os.ErrNotExist):
 		c.errorf("%s is not a Strata data directory: %v", c.dir, err)
-		return nil, exitUsage
+		return exitUsage
 	default:
 		c.errorf("cannot open %s: %v", c.dir, err)
-		return nil, exitUsage
+		return exitUsage
 	}
 }
 
@@ -247,11 +280,11 @@ func (c *command) openSource() (source, int) {
 		}
 		return s, exitOK
 	}
-	in, code := c.open()
+	in, site, code := c.open()
 	if in == nil {
 		return nil, code
 	}
-	return dirSource{in}, exitOK
+	return dirSource{in, site}, exitOK
 }
 
 // failed reports an error that came without data and returns the exit status; ok false means
@@ -294,15 +327,48 @@ func (c *command) info(args []string) int {
 	} else {
 		fmt.Fprintf(tw, "directory\t%s\n", c.dir)
 	}
+	created := out.Created
+	if out.Site != nil {
+		fmt.Fprintf(tw, "site\t%s (raft address %s)\n", out.Site.ID, out.Site.RaftAddress)
+		if created == "" {
+			created = "unknown"
+		}
+	}
 	fmt.Fprintf(tw, "format version\t%d\n", out.Format)
 	fmt.Fprintf(tw, "shards\t%d\n", out.NShards)
 	fmt.Fprintf(tw, "storage\t%s\n", out.Storage)
-	fmt.Fprintf(tw, "created\t%s\n", out.Created)
+	fmt.Fprintf(tw, "created\t%s\n", created)
 	fmt.Fprintf(tw, "disk bytes\t%d\n", out.DiskBytes)
 	fmt.Fprintf(tw, "generations\t%d\n", out.Generations)
 	fmt.Fprintf(tw, "streams\t%d\n", out.Streams)
 	tw.Flush()
+	if out.Site != nil {
+		c.printReplicas(out.Site)
+	}
 	return c.done(err)
+}
+
+// printReplicas prints, for a replicated site's directory, the replica each shard was read
+// from and the replica directories left aside.
+func (c *command) printReplicas(v *siteView) {
+	fmt.Fprintln(c.stdout)
+	tw := c.table()
+	fmt.Fprintln(tw, "SHARD\tREPLICA\tAPPLIED\tREAD FROM")
+	var ignored []string
+	for _, r := range v.Replicas {
+		if r.ReplicaID == 0 {
+			fmt.Fprintf(tw, "%d\t-\t-\t(no replica on this site)\n", r.Shard)
+		} else {
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\n", r.Shard, r.ReplicaID, r.AppliedIndex, r.Store)
+		}
+		for _, ig := range r.Ignored {
+			ignored = append(ignored, fmt.Sprintf("shard %d: not read: %s: %s", r.Shard, ig.Dir, ig.Reason))
+		}
+	}
+	tw.Flush()
+	for _, s := range ignored {
+		fmt.Fprintln(c.stdout, s)
+	}
 }
 
 func (c *command) generations(args []string) int {
@@ -324,13 +390,13 @@ func (c *command) generations(args []string) int {
 		return c.done(err)
 	}
 	tw := c.table()
-	fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS")
+	fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS\tMESSAGES\tDISK BYTES")
 	for _, r := range rows {
 		until := r.Until
 		if until == "" {
 			until = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams)
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams, r.Messages, r.DiskBytes)
 	}
 	tw.Flush()
 	return c.done(err)
@@ -461,7 +527,7 @@ func (c *command) check(args []string) int {
 	if !c.parse(args) {
 		return exitUsage
 	}
-	in, code := c.open()
+	in, site, code := c.open()
 	if in == nil {
 		return code
 	}
@@ -472,13 +538,15 @@ func (c *command) check(args []string) int {
 		problems = append(problems, clean(p.String()))
 	}
 	out := struct {
-		OK          bool     `json:"ok"`
-		Keys        uint64   `json:"keys"`
-		Messages    uint64   `json:"messages"`
-		IndexKeys   uint64   `json:"index_keys"`
-		TrieRecords uint64   `json:"trie_records"`
-		Problems    []string `json:"problems"`
-	}{r.OK(), r.Keys, r.Messages, r.IndexKeys, r.TrieRecords, problems}
+		OK          bool   `json:"ok"`
+		Keys        uint64 `json:"keys"`
+		Messages    uint64 `json:"messages"`
+		IndexKeys   uint64 `json:"index_keys"`
+		TrieRecords uint64 `json:"trie_records"`
+		// Replicated sites only: applied indexes and de-duplication records.
+		ReplicaRecords uint64   `json:"replica_records,omitempty"`
+		Problems       []string `json:"problems"`
+	}{r.OK(), r.Keys, r.Messages, r.IndexKeys, r.TrieRecords, r.ReplicaRecords, problems}
 	if c.json {
 		c.printJSON(out)
 	} else {
@@ -487,6 +555,9 @@ func (c *command) check(args []string) int {
 		fmt.Fprintf(tw, "messages\t%d\n", out.Messages)
 		fmt.Fprintf(tw, "index keys\t%d\n", out.IndexKeys)
 		fmt.Fprintf(tw, "trie records\t%d\n", out.TrieRecords)
+		if site != nil {
+			fmt.Fprintf(tw, "replica records\t%d\n", out.ReplicaRecords)
+		}
 		tw.Flush()
 		if out.OK {
 			fmt.Fprintln(c.stdout, "OK")

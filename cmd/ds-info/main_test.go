@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -124,8 +125,25 @@ var diskBytes = regexp.MustCompile(`(disk bytes\s+|"disk_bytes": )\d+`)
 // files.
 func normalize(s, dir string) string {
 	s = strings.ReplaceAll(s, dir, "DIR")
-	return diskBytes.ReplaceAllString(s, "${1}N")
+	s = diskBytes.ReplaceAllString(s, "${1}N")
+	// Tables whose last column is DISK BYTES (generations, shards): Pebble's estimate depends
+	// on what was flushed, and a DB opened over the directory (-url) flushes its WAL.
+	lines := strings.Split(s, "\n")
+	inTable := false
+	for i, l := range lines {
+		switch {
+		case strings.HasSuffix(l, "DISK BYTES"):
+			inTable = true
+		case l == "":
+			inTable = false
+		case inTable:
+			lines[i] = trailingNumber.ReplaceAllString(l, "${1}N")
+		}
+	}
+	return strings.Join(lines, "\n")
 }
+
+var trailingNumber = regexp.MustCompile(`(\s)\d+$`)
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
@@ -230,6 +248,22 @@ func TestFlushedCheck(t *testing.T) {
 	code, out, errs := runCmd(t, "messages", "-dir", dir, "-limit", "0")
 	if code != 0 || strings.Count(out, "\n") != 1+14 {
 		t.Fatalf("messages: exit %d, %d lines\n%s\n%s", code, strings.Count(out, "\n"), out, errs)
+	}
+	// Flushed, the generations that hold messages take bytes on disk.
+	code, out, errs = runCmd(t, "generations", "-dir", dir, "-json")
+	var gens []ds.GenerationView
+	if err := json.Unmarshal([]byte(out), &gens); code != 0 || err != nil {
+		t.Fatalf("generations: exit %d, %v\n%s", code, err, errs)
+	}
+	var msgs uint64
+	for _, g := range gens {
+		msgs += g.Messages
+		if g.Messages > 0 && g.DiskBytes == 0 {
+			t.Errorf("shard %d generation %d: %d messages, 0 bytes on disk", g.Shard, g.Generation, g.Messages)
+		}
+	}
+	if msgs != 15 { // the 14 above and one on a $SYS topic, which # does not match
+		t.Errorf("generations count %d messages, want 15", msgs)
 	}
 }
 
@@ -425,5 +459,44 @@ func TestEscape(t *testing.T) {
 	long := bytes.Repeat([]byte("a"), 100)
 	if got := payloadText(long); got != strings.Repeat("a", 64)+"... (100 bytes)" {
 		t.Errorf("payloadText: %q", got)
+	}
+}
+
+// TestCheckLostMessage: a message key deleted behind Strata's back (a bad restore, a bug in a
+// range deletion) decodes fine everywhere else; check finds it missing against the message
+// count stored with its generation.
+func TestCheckLostMessage(t *testing.T) {
+	dir := buildDB(t, false)
+	path := filepath.Join(dir, "pebble")
+	p, err := pebble.Open(path, pebbleopts.New(quietPebble))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := p.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim []byte
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		// Shard 2's first reference or LTS data key of generation 1: s|0x0002|'d'|0x00000001|...
+		if len(k) > 3+1+4 && k[0] == 's' && k[2] == 2 && k[3] == 'd' && k[7] == 1 {
+			victim = append([]byte(nil), k...)
+			break
+		}
+	}
+	it.Close()
+	if victim == nil {
+		t.Fatal("no data key of shard 2")
+	}
+	if err := p.Delete(victim, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "check", "-dir", dir)
+	if code != 1 || !strings.Contains(errs, "shard 2") || !strings.Contains(errs, "generation 1 holds 1 messages, its stored count says 2") {
+		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
 	}
 }

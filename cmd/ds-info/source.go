@@ -7,19 +7,22 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
 )
 
-// source is where a subcommand reads: a data directory (-dir, through ds.Inspect) or a
-// running node's admin handler (-url, ds.AdminHandler). Both give the same rows. An error may
-// come with a partial result (shards that did not load); a usageError means the request was
-// wrong (bad filter, unknown shard or generation) and comes with nothing.
+// source is where a subcommand reads: a data directory (-dir, through ds.Inspect, or
+// raftgroup.Inspect for a replicated site's directory) or a running node's admin handler
+// (-url, ds.AdminHandler). All give the same rows. An error may come with a partial result
+// (shards that did not load); a usageError means the request was wrong (bad filter, unknown
+// shard or generation) and comes with nothing.
 type source interface {
-	info() (ds.InfoView, error)
+	info() (infoView, error)
 	generations() ([]ds.GenerationView, error)
 	streams(filter string) ([]ds.StreamView, error)
 	trie(sh int, gen int64) (ds.TrieView, error)
@@ -41,8 +44,80 @@ type remoteError struct {
 
 func (e remoteError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.status) }
 
-// dirSource reads a data directory.
-type dirSource struct{ in *ds.Inspector }
+// infoView is ds.InfoView, and for a replicated site's directory what the site is and where
+// each shard was read from. The embedded struct's fields come first and unchanged in JSON.
+type infoView struct {
+	ds.InfoView
+	Site *siteView `json:"site,omitempty"`
+}
+
+// siteView describes a replicated site's directory (ds-info info -dir SITE_DIR).
+type siteView struct {
+	ID          string        `json:"id"`
+	RaftAddress string        `json:"raft_address"`
+	Replicas    []replicaView `json:"replicas"` // by shard
+}
+
+// replicaView is the replica directory one shard was read from (raftgroup.InspectedReplica).
+type replicaView struct {
+	Shard        int           `json:"shard"`
+	ReplicaID    uint64        `json:"replica_id"` // 0: the site holds no replica of the shard
+	Store        string        `json:"store"`      // the Pebble directory read, relative to the site's directory
+	AppliedIndex uint64        `json:"applied_index"`
+	Ignored      []ignoredView `json:"ignored,omitempty"`
+}
+
+// ignoredView is another replica directory of the shard, not read.
+type ignoredView struct {
+	ReplicaID uint64 `json:"replica_id"`
+	Dir       string `json:"dir"` // relative to the site's directory
+	Reason    string `json:"reason"`
+}
+
+// storageSite is InfoView.Storage for a replicated site's directory.
+const storageSite = "replicated site"
+
+func newSiteView(si *raftgroup.SiteInspector) *siteView {
+	rel := func(p string) string {
+		if r, err := filepath.Rel(si.Dir, p); err == nil {
+			return r
+		}
+		return p
+	}
+	v := &siteView{ID: si.Site.String(), RaftAddress: si.RaftAddress, Replicas: []replicaView{}}
+	for _, r := range si.Replicas {
+		rv := replicaView{Shard: int(r.Shard), ReplicaID: r.ReplicaID, AppliedIndex: r.Applied}
+		if r.ReplicaID != 0 {
+			rv.Store = rel(filepath.Join(r.Dir, r.Store))
+		}
+		for _, ig := range r.Ignored {
+			reason := ig.Reason
+			if ig.Err != nil {
+				reason += ": " + clean(ig.Err.Error())
+			}
+			rv.Ignored = append(rv.Ignored, ignoredView{ReplicaID: ig.ReplicaID, Dir: rel(ig.Dir), Reason: reason})
+		}
+		v.Replicas = append(v.Replicas, rv)
+	}
+	return v
+}
+
+// dirInspector is what -dir opens: a *ds.Inspector, or a *raftgroup.SiteInspector (which
+// embeds one and adds its own Check).
+type dirInspector interface {
+	ds.InspectSource
+	Manifest() ds.Manifest
+	NShards() int
+	DiskBytes() uint64
+	Check(maxProblems int) *ds.CheckReport
+	Close() error
+}
+
+// dirSource reads a data directory; site is set for a replicated site's directory.
+type dirSource struct {
+	in   dirInspector
+	site *raftgroup.SiteInspector
+}
 
 func asUsage(err error) error {
 	if errors.Is(err, ds.ErrInvalidFilter) || errors.Is(err, ds.ErrGenerationNotFound) || errors.Is(err, ds.ErrShardNotFound) {
@@ -53,8 +128,14 @@ func asUsage(err error) error {
 
 func (d dirSource) close() { d.in.Close() }
 
-func (d dirSource) info() (ds.InfoView, error) {
-	return ds.InfoOf(d.in, d.in.Manifest(), d.in.DiskBytes())
+func (d dirSource) info() (infoView, error) {
+	v, err := ds.InfoOf(d.in, d.in.Manifest(), d.in.DiskBytes())
+	out := infoView{InfoView: v}
+	if d.site != nil {
+		out.Storage = storageSite
+		out.Site = newSiteView(d.site)
+	}
+	return out, err
 }
 
 func (d dirSource) generations() ([]ds.GenerationView, error) { return ds.GenerationsOf(d.in) }
@@ -135,8 +216,10 @@ func (s *urlSource) get(path string, query url.Values, v any) error {
 	return nil
 }
 
-func (s *urlSource) info() (v ds.InfoView, err error) {
-	return v, s.get("/v1/info", nil, &v)
+func (s *urlSource) info() (infoView, error) {
+	var v ds.InfoView
+	err := s.get("/v1/info", nil, &v)
+	return infoView{InfoView: v}, err
 }
 
 func (s *urlSource) generations() (v []ds.GenerationView, err error) {
