@@ -169,6 +169,9 @@ func (a *admin) info(w http.ResponseWriter, r *http.Request) {
 	v, err := InfoOf(a.db, m, met.DiskBytes)
 	if _, ok := a.db.backend.(*embedded); !ok && a.dir == "" {
 		v.Storage = "backend"
+		if k, ok := a.db.backend.(StorageKinder); ok {
+			v.Storage = k.StorageKind()
+		}
 	}
 	reply(w, v, err)
 }

@@ -85,6 +85,12 @@ type Waiter interface {
 	Wait() error
 }
 
+// StorageKinder is implemented by a Backend that names its storage for the operator (the
+// "storage" of ds-info info and GET /v1/info; "backend" without it).
+type StorageKinder interface {
+	StorageKind() string
+}
+
 // StorageStatser is implemented by a Backend that can report its storage's size and activity:
 // Metrics then fills DiskBytes, BytesWritten and Pebble from StorageStats. With a Backend that
 // does not implement it, those fields stay zero. The embedded storage of Open implements it.

@@ -168,13 +168,10 @@ func (e *embedded) Close() error {
 func (e *embedded) StorageStats() StorageStats {
 	var st StorageStats
 	for _, p := range e.pebbles {
-		pm := p.Metrics()
-		st.DiskBytes += pm.DiskSpaceUsage()
-		st.BytesWritten += pm.WAL.BytesWritten
-		for _, l := range pm.Levels {
-			st.BytesWritten += l.TableBytesFlushed + l.TableBytesCompacted + l.BlobBytesFlushed + l.BlobBytesCompacted
-		}
-		st.Pebble = append(st.Pebble, pm.String())
+		disk, written, report := pebbleopts.Usage(p)
+		st.DiskBytes += disk
+		st.BytesWritten += written
+		st.Pebble = append(st.Pebble, report)
 	}
 	return st
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/generation"
 	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
@@ -43,6 +44,34 @@ type siteBackend struct {
 func (b *siteBackend) Shards() []ds.ShardBackend { return b.shards }
 func (b *siteBackend) Watch(f func())            { b.site.onChange.Store(&f) }
 func (b *siteBackend) Close() error              { return b.site.shutdown() }
+
+var (
+	_ ds.StorageStatser = (*siteBackend)(nil)
+	_ ds.StorageKinder  = (*siteBackend)(nil)
+)
+
+// StorageKind names the storage in ds-info info.
+func (b *siteBackend) StorageKind() string { return "replicated site" }
+
+// StorageStats sums the Pebble stores of the shard replicas this site runs (not the Raft
+// log, which dragonboat keeps in its own store under the site's directory).
+func (b *siteBackend) StorageStats() ds.StorageStats {
+	var st ds.StorageStats
+	for _, sh := range b.shards {
+		sm := b.site.shardSM(sh.ID())
+		if sm == nil {
+			continue
+		}
+		sm.withReplica(func(rs *replicaStore) error {
+			disk, written, report := pebbleopts.Usage(rs.db)
+			st.DiskBytes += disk
+			st.BytesWritten += written
+			st.Pebble = append(st.Pebble, report)
+			return nil
+		})
+	}
+	return st
+}
 
 // siteShard is one shard of the site's DB: writes go through the site's proposer, reads to the
 // local replica.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -147,4 +148,11 @@ func TestClusterCommand(t *testing.T) {
 		}
 		return nil
 	})
+	// info sums it up: one site down, no shard without a leader.
+	code, text, stderr := runCmd(t, "info", "-url", urls[other])
+	if code != exitOK || !strings.Contains(text, "3: 2 up, 1 down, 0 lost, 0 left (not up: slots ["+fmt.Sprint(before)+"])") ||
+		!regexp.MustCompile(`leaderless shards +none`).MatchString(text) ||
+		!regexp.MustCompile(`storage +replicated site`).MatchString(text) || regexp.MustCompile(`disk bytes +0\n`).MatchString(text) {
+		t.Errorf("info: exit %d, %s\n%s", code, stderr, text)
+	}
 }

@@ -341,6 +341,29 @@ func (c *command) info(args []string) int {
 	fmt.Fprintf(tw, "disk bytes\t%d\n", out.DiskBytes)
 	fmt.Fprintf(tw, "generations\t%d\n", out.Generations)
 	fmt.Fprintf(tw, "streams\t%d\n", out.Streams)
+	if cs := out.Cluster; cs != nil {
+		meta := "fresh"
+		if !cs.MetaFresh {
+			meta = "STALE (no meta quorum reachable: this site's local copy)"
+		}
+		fmt.Fprintf(tw, "site\t%s (raft address %s), meta %s\n", cs.Site, cs.RaftAddress, meta)
+		total := 0
+		for _, n := range cs.Sites {
+			total += n
+		}
+		fmt.Fprintf(tw, "sites\t%d: %d up, %d down, %d lost, %d left", total, cs.Sites[raftgroup.HealthUp],
+			cs.Sites[raftgroup.HealthDown], cs.Sites[raftgroup.HealthLost], cs.Sites[raftgroup.HealthLeft])
+		if len(cs.NotUp) > 0 {
+			fmt.Fprintf(tw, " (not up: slots %v)", cs.NotUp)
+		}
+		fmt.Fprintln(tw)
+		if len(cs.Leaderless) == 0 {
+			fmt.Fprintf(tw, "leaderless shards\tnone\n")
+		} else {
+			fmt.Fprintf(tw, "leaderless shards\t%d %v\n", len(cs.Leaderless), cs.Leaderless)
+		}
+		fmt.Fprintf(tw, "replica transitions\t%d in progress\n", cs.Transitions)
+	}
 	tw.Flush()
 	if out.Site != nil {
 		c.printReplicas(out.Site)

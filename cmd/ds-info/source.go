@@ -48,7 +48,44 @@ func (e remoteError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, 
 // each shard was read from. The embedded struct's fields come first and unchanged in JSON.
 type infoView struct {
 	ds.InfoView
-	Site *siteView `json:"site,omitempty"`
+	Site    *siteView       `json:"site,omitempty"`
+	Cluster *clusterSummary `json:"cluster,omitempty"` // -url on a replicated site
+}
+
+// clusterSummary is info's digest of a replicated site's /v1/cluster (ds-info cluster and
+// shards show the details).
+type clusterSummary struct {
+	Site        raftgroup.SiteID `json:"site"`
+	RaftAddress string           `json:"raft_address"`
+	MetaFresh   bool             `json:"meta_fresh"`
+	// Sites counts the sites by health (up, down, lost, left); NotUp lists the slots of
+	// those down or lost.
+	Sites      map[string]int `json:"sites"`
+	NotUp      []int          `json:"not_up,omitempty"`
+	Leaderless []int          `json:"leaderless_shards,omitempty"` // shards with no known leader
+	// Transitions counts replica transitions in progress (join, leave, RF change).
+	Transitions int `json:"transitions"`
+}
+
+func summarizeCluster(v raftgroup.ClusterView) *clusterSummary {
+	s := &clusterSummary{Site: v.Site, RaftAddress: v.RaftAddress, MetaFresh: v.MetaFresh, Sites: map[string]int{}}
+	for _, si := range v.Sites {
+		s.Sites[si.Health]++
+		if si.Health == raftgroup.HealthDown || si.Health == raftgroup.HealthLost {
+			s.NotUp = append(s.NotUp, si.Slot)
+		}
+	}
+	for _, g := range v.Groups {
+		if !g.Meta && g.Leader == 0 {
+			s.Leaderless = append(s.Leaderless, int(g.Shard))
+		}
+	}
+	for _, r := range v.Replicas {
+		if r.Transition != "" {
+			s.Transitions++
+		}
+	}
+	return s
 }
 
 // siteView describes a replicated site's directory (ds-info info -dir SITE_DIR).
@@ -218,8 +255,19 @@ func (s *urlSource) get(path string, query url.Values, v any) error {
 
 func (s *urlSource) info() (infoView, error) {
 	var v ds.InfoView
-	err := s.get("/v1/info", nil, &v)
-	return infoView{InfoView: v}, err
+	if err := s.get("/v1/info", nil, &v); err != nil {
+		return infoView{}, err
+	}
+	out := infoView{InfoView: v}
+	var cv raftgroup.ClusterView
+	switch err := s.get("/v1/cluster", nil, &cv); {
+	case err == nil:
+		out.Cluster = summarizeCluster(cv)
+	case isNotFound(err): // an embedded node
+	default:
+		return out, err
+	}
+	return out, nil
 }
 
 func (s *urlSource) generations() (v []ds.GenerationView, err error) {
