@@ -4,14 +4,24 @@
 // integrity check.
 //
 //	ds-info info        -dir DIR                      manifest, disk bytes, generation and stream counts
-//	ds-info generations -dir DIR                      per shard and generation: span, state, layout, streams
+//	ds-info shards      -dir DIR                      per shard: generations, streams, messages, disk bytes
+//	ds-info generations -dir DIR                      per shard and generation: span, state, layout,
+//	                                                  streams, messages, disk bytes
 //	ds-info streams     -dir DIR [-filter F]          learned patterns per shard and generation (filter default #)
 //	ds-info trie        -dir DIR -shard N -gen G      the learned topic structure of one shard-generation
 //	ds-info messages    -dir DIR [-filter F] [-since RFC3339] [-limit N]
 //	ds-info check       -dir DIR                      decode every key and value, verify order and checksums
 //
-//	ds-info -url URL <command> [flags]                 info, generations, streams, trie, messages of a
-//	                                                  running node, through its admin handler (ds.AdminHandler)
+//	ds-info -url URL <command> [flags]                 info, shards, generations, streams, trie, messages
+//	                                                  of a running node, through its admin handler
+//	                                                  (ds.AdminHandler, raftgroup.Site.AdminHandler)
+//	ds-info cluster     -url URL                      a replicated site's view: sites and their health,
+//	                                                  every group's leader, Raft indexes, transitions
+//
+// On a replicated site (-url), info adds the sites by health (up, down, lost, left), the
+// shards without a known leader and the replica transitions in progress; shards adds each
+// shard's leader, term, this site's last log index, applied index and apply lag, and its
+// replicas with their roles.
 //
 // Every subcommand prints an aligned table, or JSON with -json; the JSON is the same, row for
 // row, with -dir and with -url (the types of package ds: InfoView, GenerationView, ...).
