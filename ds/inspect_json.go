@@ -57,6 +57,8 @@ type GenerationView struct {
 	Layout      string       `json:"layout"`
 	Streams     int          `json:"streams"`
 	Messages    uint64       `json:"messages"`
+	// Uncounted: the generation was created before message counts existed; Messages is 0.
+	Uncounted bool `json:"uncounted,omitempty"`
 	// DiskBytes is Pebble's estimate of the generation's bytes in sstables and blob files;
 	// data still in memtables counts 0 until it is flushed.
 	DiskBytes uint64 `json:"disk_bytes"`
@@ -133,7 +135,7 @@ func GenerationsOf(src InspectSource) ([]GenerationView, error) {
 			err = errors.Join(err, uerr)
 		}
 		r := GenerationView{Shard: g.Shard, Generation: g.ID, Since: generation.FormatTS(g.Since), SinceMicros: g.Since,
-			State: "sealed", Layout: g.Layout.String(), Streams: n, Messages: u.Messages, DiskBytes: u.DiskBytes}
+			State: "sealed", Layout: g.Layout.String(), Streams: n, Messages: u.Messages, Uncounted: !u.Counted && uerr == nil, DiskBytes: u.DiskBytes}
 		if g.Current() {
 			r.State = "current"
 		} else {

@@ -115,7 +115,10 @@ func (in *Inspector) AppliedIndex(sh ShardID) (uint64, error) {
 }
 
 // loadApplied reads a replica's applied index.
-func (s *inspectShard) loadApplied() error {
+func (s *inspectShard) loadApplied() (err error) {
+	// Its own recovery: a panic here must become appliedErr, not load's error with the
+	// applied index left at 0 and no error.
+	defer recoverRead(fmt.Sprintf("shard %d applied index", s.id), &err)
 	key := append(slices.Clone(s.prefix), inspectMetaApplied...)
 	v, closer, err := s.db.Get(key)
 	switch {

@@ -33,8 +33,9 @@ type ShardMetrics struct {
 	QueueDepth  int64  // Store calls waiting for the writer
 	Generations int
 	Streams     int // in the current generation
-	// Held and DiskBytes: messages in the shard's generations (not yet expired or dropped),
-	// and Pebble's estimate of their bytes on disk (see GenerationUsage).
+	// Held and DiskBytes: messages in the shard's generations (not yet expired or dropped;
+	// generations created before counts existed are not included), and Pebble's estimate of
+	// their bytes on disk (see GenerationUsage).
 	Held      uint64
 	DiskBytes uint64
 	// Unavailable: a replicated site holds no open replica of the shard right now, so

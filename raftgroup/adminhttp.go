@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -50,10 +49,12 @@ type GroupView struct {
 	Replica    uint64         `json:"replica"` // this site's replica, 0 if none runs here
 	Applied    uint64         `json:"applied"` // this site's replica's applied index (shards)
 	// LastIndex is the last entry in this site's replica's Raft log (persisted; the newest
-	// may not be committed yet). ApplyLag counts the entries after Applied in that log that
-	// its store has still to apply (Raft's own entries, such as a new leader's empty entry,
-	// never reach the store and are not counted). A replica cut off from the leader receives
-	// no new entries: compare Applied across sites for its replication lag.
+	// may not be committed yet). ApplyLag counts the store entries after Applied in that log:
+	// persisted, not applied yet, possibly not committed (a leader without quorum holds
+	// proposals that may be truncated later). Raft's own entries, such as a new leader's empty
+	// entry, never reach the store and are not counted. dragonboat v4 exposes no live commit
+	// index. A replica cut off from the leader receives no new entries: compare Applied across
+	// sites for its replication lag.
 	LastIndex uint64 `json:"last_index"`
 	ApplyLag  uint64 `json:"apply_lag"`
 }
@@ -87,11 +88,7 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			d := net.Dialer{Timeout: 500 * time.Millisecond}
-			if c, err := d.DialContext(ctx, "tcp", si.Addr); err == nil {
-				c.Close()
-				v.Sites[i].Reachable = true
-			}
+			v.Sites[i].Reachable = probe(ctx, si.Addr, 500*time.Millisecond)
 		}()
 	}
 	wg.Wait()
@@ -129,16 +126,16 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 //	                    strata_raft_term         the group's term as this site knows it
 //	                    strata_raft_applied_index  this site's replica's applied index
 //	                    strata_raft_last_index     the last entry in this site's replica's log
-//	                    strata_raft_apply_lag      entries in that log the store has not
-//	                                               applied yet
+//	                    strata_raft_apply_lag      store entries in that log not applied yet
+//	                                               (persisted, possibly uncommitted)
 //	                  strata_raft_meta_leader (1 if this site leads the meta group), and per
 //	                  other site (labels slot, address):
-//	                    strata_raft_peer_connected            the transport's last connection
-//	                                                          attempt succeeded (1) or not (0)
+//	                    strata_raft_peer_reachable            reached at the last probe (every
+//	                                                          second) or Raft connection (1/0)
 //	                    strata_raft_peer_unreachable_seconds  how long it has been unreachable
 //
 // Replication lag across sites is a query over all sites' metrics, e.g. in PromQL
-// max by (shard) (strata_raft_last_index) - on (shard) group_right strata_raft_applied_index.
+// max by (shard) (strata_raft_applied_index) - on (shard) group_right strata_raft_applied_index.
 func (s *Site) AdminHandler() (http.Handler, error) {
 	db, err := s.DB()
 	if err != nil {
@@ -211,8 +208,8 @@ func (s *Site) raftMetrics(b *strings.Builder) {
 	}
 }
 
-// peerMetrics writes, for every other site in the local meta copy, whether dragonboat's
-// transport last connected to it and for how long this site has failed to reach it.
+// peerMetrics writes, for every other site in the local meta copy, whether this site reached
+// it at the last observation and for how long it has failed to.
 func (s *Site) peerMetrics(b *strings.Builder) {
 	st, err := s.localMeta()
 	if err != nil {
@@ -224,10 +221,10 @@ func (s *Site) peerMetrics(b *strings.Builder) {
 			peers = append(peers, si)
 		}
 	}
-	fmt.Fprintf(b, "# HELP strata_raft_peer_connected 1 if the Raft transport's last connection to the site succeeded, 0 if it failed.\n# TYPE strata_raft_peer_connected gauge\n")
+	fmt.Fprintf(b, "# HELP strata_raft_peer_reachable 1 if this site reached the site at the last probe or Raft connection, else 0.\n# TYPE strata_raft_peer_reachable gauge\n")
 	for _, si := range peers {
-		if c, ok := s.health.transportConnected(si.Addr); ok {
-			fmt.Fprintf(b, "strata_raft_peer_connected{slot=\"%d\",address=%q} %d\n", si.Slot, si.Addr, boolGauge(c))
+		if r, ok := s.health.lastReached(si.Addr); ok {
+			fmt.Fprintf(b, "strata_raft_peer_reachable{slot=\"%d\",address=%q} %d\n", si.Slot, si.Addr, boolGauge(r))
 		}
 	}
 	fmt.Fprintf(b, "# HELP strata_raft_peer_unreachable_seconds How long this site has failed to reach the site (0 when it reaches it).\n# TYPE strata_raft_peer_unreachable_seconds gauge\n")
@@ -263,8 +260,10 @@ func (s *Site) lastIndex(group uint64) (uint64, bool) {
 // applyLag counts the entries after applied in this site's replica's Raft log of group that
 // its state machine has still to apply. Raft's own entries (an elected leader's empty entry,
 // membership changes) never reach the state machine and are not counted: last index −
-// applied would stay above 0 on an idle shard. Beyond 4 MiB of waiting entries the rest are
-// counted without being read.
+// applied would stay above 0 on an idle shard. Entries persisted but not committed yet count
+// (dragonboat v4 has no live commit index to tell them apart). Beyond 256 KiB of waiting
+// entries the rest are counted without being read: the read holds the log reader's lock,
+// which the replica's appends take too.
 func (s *Site) applyLag(group, applied uint64) (uint64, bool) {
 	lr, err := s.nh.GetLogReader(group)
 	if err != nil {
@@ -275,7 +274,7 @@ func (s *Site) applyLag(group, applied uint64) (uint64, bool) {
 	if last < lo {
 		return 0, true
 	}
-	ents, err := lr.Entries(lo, last+1, 4<<20)
+	ents, err := lr.Entries(lo, last+1, 256<<10)
 	if err != nil {
 		return last - applied, true // compacted meanwhile: the upper bound
 	}

@@ -1,6 +1,8 @@
 package raftgroup
 
 import (
+	"context"
+	"net"
 	"sync"
 	"time"
 
@@ -23,24 +25,31 @@ const (
 	HealthLeft = "left"
 )
 
-// peerHealth remembers, per Raft address, since when this site has failed to reach it.
-// dragonboat's transport reports every failed connection or send and every connection made
-// after a failure (ConnectionFailed / ConnectionEstablished), the admin view's TCP probe
-// reports too; the first failure after a success starts the count, a success clears it.
+// probeInterval is how often a site probes the others' Raft addresses. A probe is one TCP
+// connection, closed at once (dragonboat's listener drops it silently, with or without TLS).
+const probeInterval = time.Second
+
+// peerHealth remembers, per Raft address, whether this site reached it at the last
+// observation and since when it has failed to. Observations come from the site's prober
+// (every probeInterval, so the view never goes stale), from the admin view's own probe, and
+// from dragonboat's transport (ConnectionFailed / ConnectionEstablished, only when this site
+// has messages for the peer). The first failure after a success starts the count; a success
+// clears it.
 type peerHealth struct {
 	mu        sync.Mutex
 	now       func() time.Time
 	down      map[string]time.Time // address → first failure since its last success
-	connected map[string]bool      // the transport's last word on the address
+	reachable map[string]bool      // address → the last observation
 }
 
 func newPeerHealth(now func() time.Time) *peerHealth {
-	return &peerHealth{now: now, down: map[string]time.Time{}, connected: map[string]bool{}}
+	return &peerHealth{now: now, down: map[string]time.Time{}, reachable: map[string]bool{}}
 }
 
 func (h *peerHealth) reached(addr string) {
 	h.mu.Lock()
 	delete(h.down, addr)
+	h.reachable[addr] = true
 	h.mu.Unlock()
 }
 
@@ -49,18 +58,8 @@ func (h *peerHealth) failed(addr string) {
 	if _, ok := h.down[addr]; !ok {
 		h.down[addr] = h.now()
 	}
+	h.reachable[addr] = false
 	h.mu.Unlock()
-}
-
-func (h *peerHealth) transport(addr string, ok bool) {
-	h.mu.Lock()
-	h.connected[addr] = ok
-	h.mu.Unlock()
-	if ok {
-		h.reached(addr)
-	} else {
-		h.failed(addr)
-	}
 }
 
 // unreachableFor returns how long this site has failed to reach addr (0 if it reaches it).
@@ -73,13 +72,57 @@ func (h *peerHealth) unreachableFor(addr string) time.Duration {
 	return 0
 }
 
-// transportConnected reports the transport's last event for addr: connected, or failed;
-// ok is false when there was none (no message was sent to it yet).
-func (h *peerHealth) transportConnected(addr string) (connected, ok bool) {
+// lastReached reports the last observation of addr; ok is false before the first.
+func (h *peerHealth) lastReached(addr string) (reached, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	connected, ok = h.connected[addr]
-	return connected, ok
+	reached, ok = h.reachable[addr]
+	return reached, ok
+}
+
+// probe tries a TCP connection to addr within timeout.
+func probe(ctx context.Context, addr string, timeout time.Duration) bool {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// runProber probes the other sites of the local meta copy every probeInterval.
+func (s *Site) runProber() {
+	defer s.wg.Done()
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		st, err := s.localMeta()
+		if err != nil {
+			continue
+		}
+		var wg sync.WaitGroup
+		for _, si := range st.Sites {
+			if si.State == SiteLeft || si.ID == s.file.ID || si.Addr == s.cfg.RaftAddress {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if probe(s.ctx, si.Addr, probeInterval/2) {
+					s.health.reached(si.Addr)
+				} else if s.ctx.Err() == nil {
+					s.health.failed(si.Addr)
+				}
+			}()
+		}
+		wg.Wait()
+	}
 }
 
 // health classifies a site from a probe's result and the failure history.
@@ -114,13 +157,13 @@ type systemEvents struct{ h *peerHealth }
 
 func (e systemEvents) ConnectionEstablished(i raftio.ConnectionInfo) {
 	if !i.SnapshotConnection {
-		e.h.transport(i.Address, true)
+		e.h.reached(i.Address)
 	}
 }
 
 func (e systemEvents) ConnectionFailed(i raftio.ConnectionInfo) {
 	if !i.SnapshotConnection {
-		e.h.transport(i.Address, false)
+		e.h.failed(i.Address)
 	}
 }
 

@@ -60,8 +60,8 @@ type IgnoredReplica struct {
 	ReplicaID uint64
 	Dir       string
 	Reason    string
-	// Err is set when the directory is damaged (a CURRENT that does not name a store); it
-	// wraps ds.ErrCorruption and SiteInspector.Check reports it.
+	// Err is set when the directory is damaged (a CURRENT that does not name a store, which
+	// wraps ds.ErrCorruption, or a store that does not open); SiteInspector.Check reports it.
 	Err error
 }
 
@@ -268,13 +268,27 @@ func chooseReplica(sh ds.ShardID, cands []replicaCandidate) (InspectedReplica, e
 		return InspectedReplica{}, lastErr
 	}
 	if len(ok) > 1 {
-		for i := range ok {
-			a, err := appliedIndexOf(sh, filepath.Join(ok[i].dir, ok[i].store))
-			if err != nil {
+		// A store that does not open is left aside like a damaged CURRENT (a leftover must
+		// not block the inspection of the others), unless the site is running.
+		var opened []usable
+		var openErr error
+		for _, o := range ok {
+			a, err := appliedIndexOf(sh, filepath.Join(o.dir, o.store))
+			switch {
+			case errors.Is(err, ds.ErrInUse):
 				return InspectedReplica{}, err
+			case err != nil:
+				ignored = append(ignored, IgnoredReplica{ReplicaID: o.replica, Dir: o.dir, Reason: "its store does not open", Err: err})
+				openErr = err
+				continue
 			}
-			ok[i].applied = a
+			o.applied = a
+			opened = append(opened, o)
 		}
+		if len(opened) == 0 {
+			return InspectedReplica{}, openErr
+		}
+		ok = opened
 	}
 	// Highest applied index, then highest replica ID.
 	slices.SortFunc(ok, func(a, b usable) int {

@@ -235,7 +235,8 @@ func (s *fakeSite) replica(sh stream.ShardID, id uint64, applied int, current st
 
 // TestInspectSiteChoosesReplica: with several replica directories of a shard, the store that
 // applied the most is read, the highest replica ID on a tie; directories without a usable
-// CURRENT are ignored and listed, a damaged one reported by Check; a shard below the highest
+// CURRENT or a store that opens are ignored and listed, damaged ones reported by Check; a shard
+// below the highest
 // without any directory is listed as not loaded.
 func TestInspectSiteChoosesReplica(t *testing.T) {
 	s := newFakeSite(t)
@@ -247,6 +248,11 @@ func TestInspectSiteChoosesReplica(t *testing.T) {
 	s.replica(2, 7, 1, "")
 	damaged := s.replica(2, 8, 4, "db-000009\n")
 	s.replica(4, 9, 1, "")
+	// A leftover whose CURRENT names a directory that holds no store: it does not open.
+	broken := s.replica(4, 10, 0, "db-000002\n")
+	if err := os.Mkdir(filepath.Join(broken, "db-000002"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	before := testutil.FileHashes(t, s.dir)
 
 	si, err := Inspect(s.dir)
@@ -261,7 +267,7 @@ func TestInspectSiteChoosesReplica(t *testing.T) {
 		replica, applied uint64
 		ignored          string
 	}
-	want := []pick{{1, 5, "2 3"}, {6, 2, "4"}, {7, 1, "8"}, {0, 0, ""}, {9, 1, ""}}
+	want := []pick{{1, 5, "2 3"}, {6, 2, "4"}, {7, 1, "8"}, {0, 0, ""}, {9, 1, "10"}}
 	for sh, w := range want {
 		r := si.Replicas[sh]
 		var ig []string
@@ -290,8 +296,8 @@ func TestInspectSiteChoosesReplica(t *testing.T) {
 	for _, p := range r.Problems {
 		problems = append(problems, p.String())
 	}
-	if len(r.Problems) != 2 || !strings.Contains(problems[0], "shard 3") ||
-		r.Problems[1].Path != damaged || !errors.Is(r.Problems[1].Err, ds.ErrCorruption) {
+	if len(r.Problems) != 3 || !strings.Contains(problems[0], "shard 3") ||
+		r.Problems[1].Path != damaged || !errors.Is(r.Problems[1].Err, ds.ErrCorruption) || r.Problems[2].Path != broken {
 		t.Errorf("Check problems:\n%s", strings.Join(problems, "\n"))
 	}
 	si.Close()

@@ -251,14 +251,27 @@ func (s *Site) memberHere(st *MetaState, slot int, group uint64) bool {
 // this site cannot make their membership changes: it left them or is leaving them (a leaving
 // site, a demoted voter, a replica being removed).
 func (s *Site) handOver(st *MetaState, stuck []uint64) {
+	if best := handOverTarget(st, s.file.ID, stuck); best != 0 {
+		s.cfg.DB.Logger.Info("handing meta leadership over", "to", best, "groups", stuck)
+		if err := s.nh.RequestLeaderTransfer(metaGroup, best); err != nil {
+			s.cfg.DB.Logger.Debug("meta leadership transfer", "err", err)
+		}
+	}
+}
+
+// handOverTarget returns the meta replica ID of the active site, other than self, whose meta
+// replica votes and stays, with member replicas (not being removed) of the most groups in
+// stuck; 0 if there is none.
+func handOverTarget(st *MetaState, self SiteID, stuck []uint64) uint64 {
+	staying := func(r ReplicaInfo, slot int) bool { return r.Slot == slot && r.Member != memberNone && !r.Remove }
 	best, bestN := uint64(0), -1
 	for _, site := range st.Sites {
-		if site.State != SiteActive || site.ID == s.file.ID {
+		if site.State != SiteActive || site.ID == self {
 			continue
 		}
 		voter := false
 		for _, r := range st.GroupReplicas(metaGroup) {
-			if r.Slot == site.Slot && r.Member == memberVoter {
+			if staying(r, site.Slot) && r.Member == memberVoter {
 				voter = true
 			}
 		}
@@ -268,7 +281,7 @@ func (s *Site) handOver(st *MetaState, stuck []uint64) {
 		n := 0
 		for _, g := range stuck {
 			for _, r := range st.GroupReplicas(g) {
-				if r.Slot == site.Slot && r.Member != memberNone && !r.Remove {
+				if staying(r, site.Slot) {
 					n++
 				}
 			}
@@ -277,12 +290,7 @@ func (s *Site) handOver(st *MetaState, stuck []uint64) {
 			best, bestN = site.MetaReplica, n
 		}
 	}
-	if best != 0 {
-		s.cfg.DB.Logger.Info("handing meta leadership over", "to", best, "groups", stuck)
-		if err := s.nh.RequestLeaderTransfer(metaGroup, best); err != nil {
-			s.cfg.DB.Logger.Debug("meta leadership transfer", "err", err)
-		}
-	}
+	return best
 }
 
 // membershipIs reports whether group r.Group's membership already shows transition t of r done.

@@ -186,9 +186,10 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 	// Start the replicas the meta group allocates here now, so that the DB reads from them
 	// as soon as Open returns.
 	s.reconcileOnce()
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.runReconcile()
 	go s.runMaintenance()
+	go s.runProber()
 	return nil
 }
 

@@ -125,7 +125,9 @@ func stateOf(c *core) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "last=%d table=%x\n", c.lastTS, c.st.table.AppendBinary(nil))
 	for _, g := range c.st.table.Gens {
-		fmt.Fprintf(&b, "gen %d: %d messages\n", g.ID, c.st.counts[g.ID].Load())
+		if n := c.st.counts[g.ID]; n != nil {
+			fmt.Fprintf(&b, "gen %d: %d messages\n", g.ID, n.Load())
+		}
 		b.WriteString(c.st.gens[g.ID].Dump())
 	}
 	return b.String()

@@ -19,8 +19,10 @@ func (c *core) Generations() []generation.Info {
 
 // GenerationUsage is what a generation holds.
 type GenerationUsage struct {
-	// Messages stored in it (counted as they are applied; exact once they are durable).
+	// Messages stored in it (counted as they are applied; exact once they are durable), if
+	// Counted: a generation created before counts existed has none.
 	Messages uint64
+	Counted  bool
 	// DiskBytes is Pebble's estimate of the bytes its sstables and blob files take on disk
 	// (messages and learned trie). Data still in memtables counts 0 until it is flushed.
 	DiskBytes uint64
@@ -33,7 +35,10 @@ func (c *core) GenerationUsage(gen stream.GenerationID) (GenerationUsage, error)
 	if !ok || c.isDropped(gen) {
 		return GenerationUsage{}, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, c.id, gen)
 	}
-	u := GenerationUsage{Messages: n.Load()}
+	var u GenerationUsage
+	if n != nil {
+		u.Messages, u.Counted = n.Load(), true
+	}
 	for _, sp := range layout.GenerationSpans(c.prefix, gen) {
 		b, err := c.db.EstimateDiskUsage(sp[0], sp[1])
 		if err != nil {

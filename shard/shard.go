@@ -17,8 +17,10 @@
 //     the last timestamp commit together or not at all.
 //  3. A failed batch is aborted: the in-memory state returns to what the disk holds.
 //  4. view.readLimit only grows, and every message with ts < readLimit is durable.
-//  5. A generation's message count (metaCount) is written in the batch that adds its messages,
-//     so it always equals the number of messages the generation holds on disk.
+//  5. A generation's message count (metaCount) is written, 0, in the batch that creates the
+//     generation and again in every batch that adds messages to it, so it always equals the
+//     number of messages the generation holds on disk. A generation without the key was
+//     created before counts existed: its count is unknown (nil in state.counts) for good.
 package shard
 
 import (
@@ -50,9 +52,9 @@ var (
 type state struct {
 	table generation.Table
 	gens  map[stream.GenerationID]layout.Generation
-	// counts are the generations' message counts. The map is immutable like the rest of the
-	// state; the applier adds to the counters (readers may see a count that includes messages
-	// not yet durable: it is a statistic, not a read limit).
+	// counts are the generations' message counts, nil where unknown (invariant 5). The map is
+	// immutable like the rest of the state; the applier adds to the counters (readers may see
+	// a count that includes messages not yet durable: it is a statistic, not a read limit).
 	counts map[stream.GenerationID]*atomic.Uint64
 }
 
@@ -146,14 +148,14 @@ func (c *core) load() (found bool, err error) {
 	return true, nil
 }
 
-// loadCount reads a generation's message count; a generation without one (none of its
-// messages stored yet) holds 0.
+// loadCount reads a generation's message count; nil for a generation created before counts
+// existed (no key).
 func (c *core) loadCount(gen stream.GenerationID) (*atomic.Uint64, error) {
 	n := new(atomic.Uint64)
 	v, closer, err := c.db.Get(c.countKey(gen))
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
-		return n, nil
+		return nil, nil
 	case err != nil:
 		return nil, err
 	}
@@ -175,6 +177,9 @@ func (c *core) create(since uint64, sync bool) error {
 		return err
 	}
 	if err := b.Set(c.keyTable, table.AppendBinary(nil), nil); err != nil {
+		return err
+	}
+	if err := b.Set(c.countKey(1), binary.BigEndian.AppendUint64(nil, 0), nil); err != nil {
 		return err
 	}
 	opts := pebble.NoSync
@@ -241,6 +246,9 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		info := st.table.Add(since, c.params)
 		st.gens[info.ID] = g
 		st.counts[info.ID] = new(atomic.Uint64)
+		if err := b.Set(c.countKey(info.ID), binary.BigEndian.AppendUint64(nil, 0), nil); err != nil {
+			return fail(err)
+		}
 		a.touched = append(a.touched, g)
 		a.Added = &info
 		c.lastTS = since - 1
@@ -284,10 +292,12 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			c.lastTS = ts
 			a.Timestamps[i] = ts
 		}
-		a.count = st.counts[cur.ID]
-		a.prevCount = a.count.Add(uint64(len(cmd.Messages))) - uint64(len(cmd.Messages))
-		if err := b.Set(c.countKey(cur.ID), binary.BigEndian.AppendUint64(nil, a.count.Load()), nil); err != nil {
-			return fail(err)
+		if n := st.counts[cur.ID]; n != nil {
+			a.count = n
+			a.prevCount = n.Add(uint64(len(cmd.Messages))) - uint64(len(cmd.Messages))
+			if err := b.Set(c.countKey(cur.ID), binary.BigEndian.AppendUint64(nil, n.Load()), nil); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	if err := c.sorted.flush(b); err != nil {

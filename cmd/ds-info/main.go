@@ -429,7 +429,11 @@ func (c *command) generations(args []string) int {
 		if until == "" {
 			until = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams, r.Messages, r.DiskBytes)
+		msgs := fmt.Sprint(r.Messages)
+		if r.Uncounted {
+			msgs = "?"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams, msgs, r.DiskBytes)
 	}
 	tw.Flush()
 	return c.done(err)

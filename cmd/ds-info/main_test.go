@@ -20,6 +20,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/pebbleopts"
+	"github.com/strata-mq/strata/shard"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -438,6 +439,9 @@ func TestCheckDecodeCorruption(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "shard 1:") || !strings.Contains(errs, fmt.Sprintf("%x", victim)) {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
 	}
+	if strings.Contains(errs, "stored count") { // the key is there: the count holds
+		t.Errorf("an undecodable record reported as a missing message too:\n%s", errs)
+	}
 	if code, _, errs := runCmd(t, "messages", "-dir", dir); code != 1 || !strings.Contains(errs, "corruption") {
 		t.Errorf("messages: exit %d, %s", code, errs)
 	}
@@ -498,5 +502,56 @@ func TestCheckLostMessage(t *testing.T) {
 	code, out, errs := runCmd(t, "check", "-dir", dir)
 	if code != 1 || !strings.Contains(errs, "shard 2") || !strings.Contains(errs, "generation 1 holds 1 messages, its stored count says 2") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
+	}
+}
+
+// TestUncountedGeneration: a generation written before message counts existed has no count
+// key. It is no corruption: check passes, generations shows its messages as unknown, and a DB
+// opened over it keeps working (and counts the generations it creates).
+func TestUncountedGeneration(t *testing.T) {
+	dir := buildDB(t, false)
+	p, err := pebble.Open(filepath.Join(dir, "pebble"), pebbleopts.New(quietPebble))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Shard 1, generation 1: s|0x0001|'m' 'c'|0x00000001.
+	key := append([]byte{'s', 0, 1}, append(shard.CountKeyPrefix(), 0, 0, 0, 1)...)
+	if _, closer, err := p.Get(key); err != nil {
+		t.Fatalf("no count key %x: %v", key, err)
+	} else {
+		closer.Close()
+	}
+	if err := p.Delete(key, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errs := runCmd(t, "check", "-dir", dir); code != 0 {
+		t.Fatalf("check: exit %d\n%s\n%s", code, out, errs)
+	}
+	code, out, errs := runCmd(t, "generations", "-dir", dir, "-json")
+	var gens []ds.GenerationView
+	if err := json.Unmarshal([]byte(out), &gens); code != 0 || err != nil {
+		t.Fatalf("generations: exit %d, %v\n%s", code, err, errs)
+	}
+	for _, g := range gens {
+		if uncounted := g.Shard == 1 && g.Generation == 1; g.Uncounted != uncounted {
+			t.Errorf("shard %d generation %d: uncounted %v", g.Shard, g.Generation, g.Uncounted)
+		}
+	}
+	if _, out, _ := runCmd(t, "shards", "-dir", dir); !strings.Contains(out, "6+?") {
+		t.Errorf("shards does not mark shard 1's count partial:\n%s", out)
+	}
+	db, err := ds.Open(dir, &ds.Options{Durability: ds.NoSync, Expert: ds.ExpertOptions{Now: func() time.Time { return t0.Add(2 * time.Minute) }}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if u, err := db.GenerationUsage(1, 1); err != nil || u.Counted {
+		t.Errorf("shard 1 generation 1 reopened: %+v, %v", u, err)
+	}
+	if u, err := db.GenerationUsage(1, 2); err != nil || !u.Counted || u.Messages != 6 {
+		t.Errorf("shard 1 generation 2 reopened: %+v, %v", u, err)
 	}
 }

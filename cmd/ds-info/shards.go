@@ -19,7 +19,8 @@ type shardRow struct {
 	CurrentGeneration ds.GenerationID `json:"current_generation"`
 	OldestSince       string          `json:"oldest_since,omitempty"` // start of the oldest generation held
 	Streams           int             `json:"streams"`                // of the current generation
-	Messages          uint64          `json:"messages"`               // in all its generations
+	Messages          uint64          `json:"messages"`               // in all its counted generations
+	Uncounted         int             `json:"uncounted,omitempty"`    // generations created before counts existed
 	DiskBytes         uint64          `json:"disk_bytes"`             // estimate, as for generations
 
 	Raft *shardRaft `json:"raft,omitempty"`
@@ -95,7 +96,11 @@ func (c *command) shards(args []string) int {
 		if oldest == "" {
 			oldest = "-"
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%d\t%d", r.Shard, r.Generations, r.CurrentGeneration, oldest, r.Streams, r.Messages, r.DiskBytes)
+		msgs := fmt.Sprint(r.Messages)
+		if r.Uncounted > 0 {
+			msgs += "+?" // and those of generations created before counts existed
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%s\t%d", r.Shard, r.Generations, r.CurrentGeneration, oldest, r.Streams, msgs, r.DiskBytes)
 		if g := r.Raft; g != nil {
 			slot := "-"
 			if g.LeaderSlot != 0 {
@@ -130,6 +135,9 @@ func shardRows(gens []ds.GenerationView) []shardRow {
 		r := &rows[len(rows)-1]
 		r.Generations++
 		r.Messages += g.Messages
+		if g.Uncounted {
+			r.Uncounted++
+		}
 		r.DiskBytes += g.DiskBytes
 		if g.State == "current" {
 			r.CurrentGeneration, r.Streams = g.Generation, g.Streams

@@ -1,0 +1,51 @@
+package raftgroup
+
+import (
+	"testing"
+	"time"
+)
+
+// TestPeerHealth: down counts from the first failure after a success; a success in between
+// (the prober reaches the site every second) starts a later outage afresh, so a short outage
+// long after an earlier one is down, not lost; LostAfter unreachable is lost; left is left.
+func TestPeerHealth(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	h := newPeerHealth(func() time.Time { return now })
+	site := SiteInfo{Slot: 2, Addr: "10.0.0.2:7000", State: SiteActive}
+	const lostAfter = 5 * time.Minute
+	check := func(reachable bool, want string, wantSince time.Time) {
+		t.Helper()
+		got, since := h.health(site, reachable, lostAfter)
+		switch {
+		case got != want:
+			t.Fatalf("at %v: health %q, want %q", now.Sub(t0), got, want)
+		case wantSince.IsZero() && since != nil:
+			t.Fatalf("at %v: down since %v, want none", now.Sub(t0), since)
+		case !wantSince.IsZero() && (since == nil || !since.Equal(wantSince)):
+			t.Fatalf("at %v: down since %v, want %v", now.Sub(t0), since, wantSince)
+		}
+	}
+	if _, ok := h.lastReached(site.Addr); ok {
+		t.Fatal("an observation before any")
+	}
+	h.failed(site.Addr) // the transport's failed send
+	now = now.Add(time.Minute)
+	check(false, HealthDown, t0)
+	h.reached(site.Addr) // the prober reaches it: back
+	check(true, HealthUp, time.Time{})
+	if r, ok := h.lastReached(site.Addr); !ok || !r {
+		t.Fatal("last observation not a success")
+	}
+	now = t0.Add(time.Hour) // a new, short outage an hour later
+	h.failed(site.Addr)
+	now = now.Add(10 * time.Second)
+	check(false, HealthDown, t0.Add(time.Hour))
+	if d := h.unreachableFor(site.Addr); d != 10*time.Second {
+		t.Fatalf("unreachable for %v, want 10s", d)
+	}
+	now = now.Add(lostAfter) // still unreachable LostAfter later
+	check(false, HealthLost, t0.Add(time.Hour))
+	site.State = SiteLeft
+	check(false, HealthLeft, time.Time{})
+}
