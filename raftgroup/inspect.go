@@ -100,11 +100,11 @@ func IsSiteDir(dir string) bool {
 // call: with ds.ErrCorruption when a CURRENT is damaged, else with os.ErrNotExist. A site
 // directory without any replica directory fails too (os.ErrNotExist).
 //
-// The number of shards is fixed in the cluster's schema, which lives in the meta group's Raft
-// log, not read here: it is taken as one more than the highest shard that has a replica
-// directory. Every site holds every shard, so that is the cluster's NShards, except on a site
-// still receiving its replicas or one that left; a lower shard without a directory is listed
-// as not loaded (its error wraps ds.ErrShardNotFound).
+// The number of shards is the cluster's, which a site records in its SITE file once it knows
+// the schema. For a directory written before that was recorded it is one more than the
+// highest shard that has a replica directory. A shard without a usable directory (a site still
+// receiving its replicas, or one that left) is listed as not loaded (its error wraps
+// ds.ErrShardNotFound). A replica directory of a shard beyond NShards is an error.
 //
 // The guarantees are ds.InspectReplicas': nothing in dir is written, and a store whose Pebble
 // lock is held — the site is running — fails the call with ds.ErrInUse.
@@ -116,6 +116,12 @@ func Inspect(dir string) (*SiteInspector, error) {
 	cands, nShards, err := findReplicaDirs(dir)
 	if err != nil {
 		return nil, err
+	}
+	if f.NShards > 0 {
+		if nShards > f.NShards {
+			return nil, fmt.Errorf("%w: site %s: a replica directory of shard %d, but the cluster has %d shards", ds.ErrCorruption, dir, nShards-1, f.NShards)
+		}
+		nShards = f.NShards
 	}
 	si := &SiteInspector{Dir: dir, Site: f.ID, RaftAddress: f.RaftAddress, Replicas: make([]InspectedReplica, nShards)}
 	var stores []ds.ReplicaStore

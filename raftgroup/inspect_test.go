@@ -367,3 +367,38 @@ func TestInspectSiteErrors(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+// TestInspectSiteRecordedShards: a site records the cluster's NShards in its SITE file once it
+// knows the schema; Inspect then lists every shard, also those without a replica directory
+// (not loaded), and refuses a replica directory beyond them.
+func TestInspectSiteRecordedShards(t *testing.T) {
+	s := newFakeSite(t)
+	f, err := readSiteFile(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.NShards = 4
+	if err := writeSiteFile(s.dir, f); err != nil {
+		t.Fatal(err)
+	}
+	s.replica(0, 1, 2, "")
+	s.replica(1, 2, 1, "")
+	si, err := Inspect(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.NShards() != 4 || len(si.Replicas) != 4 || si.Replicas[3].ReplicaID != 0 {
+		t.Errorf("%d shards, replicas %+v", si.NShards(), si.Replicas)
+	}
+	if _, err := si.StreamCount(3, 1); !errors.Is(err, ds.ErrShardNotFound) {
+		t.Errorf("shard 3 without a replica: %v", err)
+	}
+	si.Close()
+	s.replica(4, 3, 1, "")
+	if si, err := Inspect(s.dir); !errors.Is(err, ds.ErrCorruption) {
+		if err == nil {
+			si.Close()
+		}
+		t.Errorf("a replica of shard 4 in a 4-shard cluster: %v", err)
+	}
+}

@@ -180,6 +180,14 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 		case <-time.After(s.cfg.ReconcileInterval):
 		}
 	}
+	if s.file.NShards != s.schema.NShards {
+		f := s.file
+		f.NShards = s.schema.NShards
+		if err := writeSiteFile(s.cfg.Dir, f); err != nil {
+			return err
+		}
+		s.file.NShards = f.NShards
+	}
 	for i := range s.schema.NShards {
 		s.proposers = append(s.proposers, newProposer(s, stream.ShardID(i)))
 	}

@@ -59,6 +59,10 @@ type siteFile struct {
 	// MetaVoter: the site's meta replica was seen promoted to a voter (a joiner's starts
 	// non-voting); it must restart as what the membership says.
 	MetaVoter bool `json:"meta_voter,omitempty"`
+	// NShards is the cluster's number of shards, recorded once the site knows the schema, so
+	// that an inspection of the stopped site's directory (Inspect) knows it without reading
+	// the meta group's Raft log. 0 in directories written before it was recorded.
+	NShards int `json:"nshards,omitempty"`
 }
 
 const siteFileName = "SITE"
