@@ -183,23 +183,12 @@ func (e *embedded) quotaExceeded() bool {
 	if time.Since(e.quota.checked) >= 100*time.Millisecond {
 		var used uint64
 		for _, p := range e.pebbles {
-			used += quotaUsage(p.Metrics())
+			used += pebbleopts.QuotaUsage(p.Metrics())
 		}
 		e.quota.exceeded = used > uint64(e.opts.StorageQuota)
 		e.quota.checked = time.Now()
 	}
 	return e.quota.exceeded
-}
-
-// quotaUsage is the disk usage that counts against StorageQuota: sstables and blob files (live,
-// obsolete and zombie), compactions in progress, and the live data in the WAL. Not the WAL files'
-// physical size: Pebble recycles WAL files, so a WAL holding a few bytes can occupy a whole old
-// file, and a quota near the memtable size would then stay exceeded forever, whatever is
-// dropped.
-func quotaUsage(m *pebble.Metrics) uint64 {
-	t, b := m.Table.Local, m.BlobFiles.Local
-	return t.LiveSize + t.ObsoleteSize + t.ZombieSize + b.LiveSize + b.ObsoleteSize + b.ZombieSize +
-		uint64(max(m.Compact.InProgressBytes, 0)) + m.WAL.Size
 }
 
 // embeddedShard adapts *shard.Shard to ShardBackend: its Submit returns the concrete

@@ -67,7 +67,7 @@ func TestStorageQuota(t *testing.T) {
 	require.ErrorIs(t, err, ds.ErrQuotaExceeded)
 
 	// Rotate and drop everything old: the writes come back once the space is reclaimed.
-	// The quota counts live data, not the WAL files Pebble keeps to recycle (see quotaUsage).
+	// The quota counts live data, not the WAL files Pebble keeps to recycle (see pebbleopts.QuotaUsage).
 	require.NoError(t, db.AddGeneration(t.Context()))
 	for sh := range ds.ShardID(db.NShards()) {
 		require.NoError(t, db.DropGeneration(t.Context(), sh, 1))

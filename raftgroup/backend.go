@@ -87,6 +87,9 @@ func (w waiter) Wait() error { return w.r.wait() }
 func (s *siteShard) ID() stream.ShardID { return s.p.id }
 
 func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (ds.Waiter, error) {
+	if s.site.quotaExceeded() {
+		return nil, s.site.quotaError(int(s.p.id))
+	}
 	r := &request{msgs: msgs, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
 		return nil, err

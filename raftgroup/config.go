@@ -87,7 +87,9 @@ type Config struct {
 	// later starts use the stored schema. MaxMessageBytes, MaxBatchMessages, MaxBatchBytes,
 	// QueueLength, Logger and Expert.Now/MaintenanceInterval/MemTableBytes (per replica)
 	// apply per site. Durability is Raft's (a message is acknowledged once a quorum holds it
-	// in its log), StorageQuota and Expert.FS are not supported in replicated mode.
+	// in its log). StorageQuota applies per site to its replica stores (not the Raft log):
+	// while they are over it, Stores through the site fail with ErrQuotaExceeded and nothing
+	// is proposed (see siteQuota). Expert.FS is not supported in replicated mode.
 	DB *ds.Options
 
 	// MaxInFlight is how many proposals of one shard a site keeps in flight. Default 2: more

@@ -87,5 +87,7 @@
 //   - Every site holds every shard (voting or not); there is no placement of a shard on a
 //     subset of sites, and so no forwarding of reads or writes between sites.
 //   - A site's RaftAddress cannot change (dragonboat addresses replicas by it).
-//   - StorageQuota and a custom FS are not supported in replicated mode.
+//   - StorageQuota is admission control per site: while the site's replica stores are over
+//     it, Stores through that site fail with ErrQuotaExceeded and nothing is proposed (a
+//     replica cannot refuse a committed entry). A custom FS is not supported.
 package raftgroup

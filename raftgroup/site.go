@@ -47,6 +47,7 @@ type Site struct {
 		drainSince map[int]time.Time
 	}
 	health    *peerHealth // reachability of the other sites (admin view)
+	quota     siteQuota
 	onChange  atomic.Pointer[func()]
 	proposers []*proposer
 	stop      chan struct{}
