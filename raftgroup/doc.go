@@ -90,4 +90,9 @@
 //   - StorageQuota is admission control per site: while the site's replica stores are over
 //     it, Stores through that site fail with ErrQuotaExceeded and nothing is proposed (a
 //     replica cannot refuse a committed entry). A custom FS is not supported.
+//   - A full disk stops the site's process: dragonboat treats a failed Raft log write as fatal
+//     (its Pebble logger panics), also while Open starts a site on a disk too small for the
+//     log's preallocated files (seen with a 40 MiB filesystem). Nothing acknowledged is lost
+//     (a quorum holds it); free space and restart. Keep StorageQuota well below the free
+//     space so that the quota, not the disk, is what stops writes.
 package raftgroup
