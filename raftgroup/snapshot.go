@@ -27,6 +27,11 @@ import (
 
 var snapshotMagic = []byte("STRATA-SNAP\x01")
 
+// snapshotMaxWindow bounds the zstd window a received stream may declare: the decoder allocates
+// the window (up to 512 MiB by default) on the strength of the frame header alone. writeSnapshot
+// (SpeedFastest) uses 4 MiB; twice that leaves room for other encoder settings.
+const snapshotMaxWindow = 8 << 20
+
 // errBadSnapshot is wrapped by every error about a snapshot stream that does not decode.
 var errBadSnapshot = errors.New("strata: bad snapshot stream")
 
@@ -88,7 +93,7 @@ func writeSnapshot(dir string, w io.Writer, stopc <-chan struct{}) error {
 // readSnapshot writes the files of a snapshot stream under dir (which must not exist) and
 // fsyncs them and every directory.
 func readSnapshot(r io.Reader, dir string, stopc <-chan struct{}) error {
-	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(snapshotMaxWindow))
 	if err != nil {
 		return err
 	}
@@ -101,7 +106,7 @@ func readSnapshot(r io.Reader, dir string, stopc <-chan struct{}) error {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return err
 	}
-	dirs := map[string]bool{dir: true}
+	dirs := map[string]bool{filepath.Clean(dir): true} // keys are clean, as filepath.Dir returns
 	for {
 		select {
 		case <-stopc:
@@ -123,7 +128,7 @@ func readSnapshot(r io.Reader, dir string, stopc <-chan struct{}) error {
 			return fmt.Errorf("%w: name: %v", errBadSnapshot, err)
 		}
 		clean := filepath.Clean(filepath.FromSlash(string(name)))
-		if !filepath.IsLocal(clean) || strings.ContainsRune(string(name), 0) {
+		if !filepath.IsLocal(clean) || clean == "." || strings.ContainsRune(string(name), 0) {
 			return fmt.Errorf("%w: file name %q", errBadSnapshot, name)
 		}
 		size, err := binary.ReadUvarint(br)
@@ -136,7 +141,11 @@ func readSnapshot(r io.Reader, dir string, stopc <-chan struct{}) error {
 			if err := os.MkdirAll(parent, 0o755); err != nil {
 				return err
 			}
-			dirs[parent] = true
+			// MkdirAll may have made parent's ancestors too: each is synced. (clean is local
+			// and not ".", so this stops at dir at the latest.)
+			for d := parent; !dirs[d]; d = filepath.Dir(d) {
+				dirs[d] = true
+			}
 		}
 		if err := receiveFile(path, io.LimitReader(br, int64(size)), int64(size)); err != nil {
 			return err
