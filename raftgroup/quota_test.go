@@ -23,7 +23,7 @@ func TestClusterStorageQuota(t *testing.T) {
 	pad := make([]byte, 32<<10)
 	_, _ = rand.NewChaCha8([32]byte{7}).Read(pad)
 	msg := func(i int) ds.Message {
-		return ds.Message{ClientID: fmt.Sprintf("q%d", i%5), Topic: "quota/t", Payload: append([]byte(fmt.Sprintf("%06d|", i)), pad...)}
+		return ds.Message{ClientID: fmt.Sprintf("q%d", i%5), Topic: "quota/t", Payload: append([]byte(fmt.Sprintf("%07d|", i)), pad...)}
 	}
 	var acked []string
 	var quotaErr error
@@ -42,15 +42,19 @@ func TestClusterStorageQuota(t *testing.T) {
 		t.Fatalf("after %d messages: %v, want a retryable ErrQuotaExceeded", len(acked), quotaErr)
 	}
 	t.Logf("refused after %d messages: %v", len(acked), quotaErr)
-	// The other sites hold the same data: they refuse too, once they applied it.
+	// The other sites hold the same data: they refuse too, once they applied it. (A Store
+	// that lands meanwhile is acknowledged like any other: each attempt is a new message.)
+	next := 1 << 20
 	for i := 1; i < 3; i++ {
 		eventually(t, 20*time.Second, fmt.Sprintf("site %d refuses", i), func() error {
-			_, err := c.db(i).Store(context.Background(), msg(-1))
+			m := msg(next)
+			next++
+			_, err := c.db(i).Store(context.Background(), m)
 			if errors.Is(err, ds.ErrQuotaExceeded) {
 				return nil
 			}
 			if err == nil {
-				acked = append(acked, fmt.Sprintf("%s %s %s", msg(-1).ClientID, msg(-1).Topic, msg(-1).Payload))
+				acked = append(acked, fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload))
 			}
 			return fmt.Errorf("store: %v", err)
 		})
