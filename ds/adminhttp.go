@@ -44,6 +44,7 @@ import (
 //	strata_shard_available            gauge     1, or 0 where a replicated site holds no
 //	                                            open replica of the shard right now
 //	strata_commit_latency_seconds     histogram commit latency (buckets: shard.LatencyBuckets)
+//	strata_batch_messages             histogram messages per group commit (shard.BatchBuckets)
 //
 // For the whole DB, without labels:
 //
@@ -295,6 +296,25 @@ func PrometheusText(m Metrics) string {
 		fmt.Fprintf(&b, "%s_bucket{shard=\"%s\",le=\"+Inf\"} %d\n", lat, label, cum)
 		fmt.Fprintf(&b, "%s_sum{shard=\"%s\"} %s\n", lat, label, promFloat(s.CommitTotal.Seconds()))
 		fmt.Fprintf(&b, "%s_count{shard=\"%s\"} %d\n", lat, label, cum)
+	}
+
+	const batch = "strata_batch_messages"
+	head(batch, "histogram", "Messages per group commit.")
+	for _, s := range m.Shards {
+		label := promEscapeLabel(strconv.Itoa(int(s.Shard)))
+		var cum uint64
+		for i, bound := range shard.BatchBuckets {
+			if i < len(s.BatchSize) {
+				cum += s.BatchSize[i]
+			}
+			fmt.Fprintf(&b, "%s_bucket{shard=\"%s\",le=\"%d\"} %d\n", batch, label, bound, cum)
+		}
+		for i := len(shard.BatchBuckets); i < len(s.BatchSize); i++ {
+			cum += s.BatchSize[i]
+		}
+		fmt.Fprintf(&b, "%s_bucket{shard=\"%s\",le=\"+Inf\"} %d\n", batch, label, cum)
+		fmt.Fprintf(&b, "%s_sum{shard=\"%s\"} %d\n", batch, label, s.Messages)
+		fmt.Fprintf(&b, "%s_count{shard=\"%s\"} %d\n", batch, label, cum)
 	}
 
 	head("strata_disk_bytes", "gauge", "Size of the storage's files.")

@@ -123,6 +123,7 @@ func TestAdminMetrics(t *testing.T) {
 		"strata_messages_held":          "gauge",
 		"strata_shard_disk_bytes":       "gauge",
 		"strata_commit_latency_seconds": "histogram",
+		"strata_batch_messages":         "histogram",
 		"strata_disk_bytes":             "gauge",
 		"strata_bytes_written_total":    "counter",
 	}, types)
@@ -189,6 +190,22 @@ func TestAdminMetrics(t *testing.T) {
 		require.Equal(t, last.value, count, "+Inf bucket == _count")
 		require.Equal(t, float64(sm.Batches), count)
 		require.InDelta(t, sm.CommitTotal.Seconds(), one("strata_commit_latency_seconds_sum", l), 1e-9)
+
+		// Batch sizes: cumulative over shard.BatchBuckets, count = commits, sum = messages.
+		bb := get("strata_batch_messages_bucket", l)
+		require.Len(t, bb, len(shard.BatchBuckets)+1)
+		cum = 0
+		for i, b := range bb {
+			if i < len(shard.BatchBuckets) {
+				require.Equal(t, strconv.Itoa(shard.BatchBuckets[i]), b.labels["le"])
+			} else {
+				require.Equal(t, "+Inf", b.labels["le"])
+			}
+			cum += sm.BatchSize[i]
+			require.Equal(t, float64(cum), b.value, "batch bucket %d of shard %d", i, sm.Shard)
+		}
+		require.Equal(t, float64(sm.Batches), one("strata_batch_messages_count", l))
+		require.Equal(t, float64(sm.Messages), one("strata_batch_messages_sum", l))
 	}
 	require.Equal(t, float64(21), stored)
 	if before.DiskBytes == after.DiskBytes && before.BytesWritten == after.BytesWritten {

@@ -45,6 +45,9 @@ type ShardMetrics struct {
 	// element counts the slower ones.
 	CommitLatency []uint64
 	CommitTotal   time.Duration
+	// BatchSize[i] counts group commits of at most shard.BatchBuckets[i] messages; the last
+	// element counts the larger ones. Its sum is Batches, and Messages the messages in them.
+	BatchSize []uint64
 }
 
 // Totals sums the shards' counters.
@@ -52,6 +55,7 @@ func (m Metrics) Totals() ShardMetrics {
 	var t ShardMetrics
 	t.Shard = ShardID(len(m.Shards))
 	t.CommitLatency = make([]uint64, len(shard.LatencyBuckets)+1)
+	t.BatchSize = make([]uint64, len(shard.BatchBuckets)+1)
 	for _, s := range m.Shards {
 		t.Messages += s.Messages
 		t.Bytes += s.Bytes
@@ -64,6 +68,9 @@ func (m Metrics) Totals() ShardMetrics {
 		t.CommitTotal += s.CommitTotal
 		for i, c := range s.CommitLatency {
 			t.CommitLatency[i] += c
+		}
+		for i, c := range s.BatchSize {
+			t.BatchSize[i] += c
 		}
 	}
 	return t
@@ -90,6 +97,10 @@ func (db *DB) Metrics() (Metrics, error) {
 		}
 		for i := range c.CommitLatency {
 			sm.CommitLatency[i] = c.CommitLatency[i].Load()
+		}
+		sm.BatchSize = make([]uint64, len(c.BatchSize))
+		for i := range c.BatchSize {
+			sm.BatchSize[i] = c.BatchSize[i].Load()
 		}
 		// A replicated site may hold no open replica of a shard for a moment (starting,
 		// receiving a snapshot, left the cluster): then it reports the shard unavailable.

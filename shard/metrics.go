@@ -12,6 +12,9 @@ var LatencyBuckets = []time.Duration{
 	100 * time.Millisecond, 250 * time.Millisecond, time.Second,
 }
 
+// BatchBuckets are the upper bounds of the batch size histogram (messages per group commit).
+var BatchBuckets = []int{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+
 // Metrics are a shard's counters. All fields are safe for concurrent use.
 type Metrics struct {
 	Messages   atomic.Uint64 // messages stored
@@ -22,6 +25,9 @@ type Metrics struct {
 	// bucket i counts durations <= LatencyBuckets[i], the last one everything slower.
 	CommitLatency [12]atomic.Uint64
 	CommitNanos   atomic.Uint64 // sum of commit durations
+	// BatchSize counts group commits of messages by their number of messages; bucket i
+	// counts sizes <= BatchBuckets[i], the last one the larger ones.
+	BatchSize [12]atomic.Uint64
 }
 
 // ObserveCommit records one commit of msgs messages (bytes in total) that took d.
@@ -30,6 +36,11 @@ func (m *Metrics) ObserveCommit(d time.Duration, msgs, bytes int) {
 		m.Messages.Add(uint64(msgs))
 		m.Bytes.Add(uint64(bytes))
 		m.Batches.Add(1)
+		b := 0
+		for b < len(BatchBuckets) && msgs > BatchBuckets[b] {
+			b++
+		}
+		m.BatchSize[b].Add(1)
 	}
 	i := 0
 	for i < len(LatencyBuckets) && d > LatencyBuckets[i] {
