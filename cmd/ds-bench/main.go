@@ -14,6 +14,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -41,6 +42,7 @@ func main() {
 	flag.IntVar(&c.MemTableBytes, "memtable", 0, "Options.Expert.MemTableBytes (0: the default)")
 	flag.DurationVar(&c.Flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	traceFile := flag.String("trace", "", "write a Go execution trace of the whole run to this file (go tool trace; -pprof=sync|syscall|sched)")
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
@@ -67,6 +69,16 @@ func main() {
 			fail("%v", err)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *traceFile != "" {
+		f, err := os.Create(*traceFile)
+		if err != nil {
+			fail("%v", err)
+		}
+		if err := trace.Start(f); err != nil {
+			fail("%v", err)
+		}
+		defer trace.Stop()
 	}
 
 	if c.Quick {
