@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -293,7 +294,7 @@ func (db *DB) Messages(filter string, since time.Time, limit int) ([]Message, er
 				it = next
 			}
 		}
-		slices.SortStableFunc(genMsgs, func(a, b Message) int { return compareU64(a.Timestamp, b.Timestamp) })
+		slices.SortStableFunc(genMsgs, func(a, b Message) int { return cmp.Compare(a.Timestamp, b.Timestamp) })
 		out = append(out, genMsgs[:min(len(genMsgs), limit-len(out))]...)
 		i = j
 	}

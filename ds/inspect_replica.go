@@ -2,6 +2,7 @@ package ds
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -67,7 +68,7 @@ func InspectReplicas(nShards int, stores []ReplicaStore) (*Inspector, error) {
 			err: fmt.Errorf("%w: shard %d: no replica store of it was given (or found)", ErrShardNotFound, i)}
 	}
 	sorted := slices.Clone(stores)
-	slices.SortStableFunc(sorted, func(a, b ReplicaStore) int { return compareU64(uint64(a.Shard), uint64(b.Shard)) })
+	slices.SortStableFunc(sorted, func(a, b ReplicaStore) int { return cmp.Compare(uint64(a.Shard), uint64(b.Shard)) })
 	for _, st := range sorted {
 		switch {
 		case int(st.Shard) >= nShards:

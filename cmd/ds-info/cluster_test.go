@@ -2,19 +2,15 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
-	"github.com/strata-mq/strata/internal/loopback"
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
 )
@@ -23,32 +19,8 @@ import (
 // group's leader; after the site leading shard 0 is closed, asking a surviving site shows the
 // new leader, on a live site.
 func TestClusterCommand(t *testing.T) {
-	root := t.TempDir()
-	addrs, err := loopback.FreeAddrs(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sites := make([]*raftgroup.Site, 3)
-	errs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range sites {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			sites[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
-				Dir: filepath.Join(root, fmt.Sprint(i)), RaftAddress: addrs[i], InitialSites: addrs,
-				LogDBMemory: raftgroup.LogDBTiny, ReconcileInterval: 20 * time.Millisecond,
-				DB: &ds.Options{NShards: 2, Expert: ds.ExpertOptions{MemTableBytes: 4 << 20}},
-			})
-		}()
-	}
-	wg.Wait()
-	for i, s := range sites {
-		if errs[i] != nil {
-			t.Fatal(errs[i])
-		}
+	sites := openSites(t, t.TempDir(), 3, &ds.Options{NShards: 2, Expert: ds.ExpertOptions{MemTableBytes: 4 << 20}})
+	for _, s := range sites {
 		t.Cleanup(func() { s.Close() })
 	}
 	urls := make([]string, 3)

@@ -313,24 +313,45 @@ func (c *command) failed(err error) (code int, ok bool) {
 	return exitOK, true
 }
 
-func (c *command) info(args []string) int {
-	c.flags()
-	if !c.parse(args) {
-		return exitUsage
-	}
+// noData reports whether err came without data: a usage error or an error response.
+func noData(err error) bool {
+	var ue usageError
+	var re remoteError
+	return errors.As(err, &ue) || errors.As(err, &re)
+}
+
+// show runs what the read-only subcommands share once their flags are parsed: it opens the
+// source, fetches with get, and prints the result as JSON (-json) or with table. An error
+// that came without data ends it (usage: 2, remote: 1); one that came with data (shards that
+// did not load) is reported after the data, with exit status 1.
+func show[T any](c *command, get func(source) (T, error), table func(T)) int {
 	src, code := c.openSource()
 	if src == nil {
 		return code
 	}
 	defer src.close()
-	out, err := src.info()
+	v, err := get(src)
 	if code, ok := c.failed(err); !ok {
 		return code
 	}
 	if c.json {
-		c.printJSON(out)
-		return c.done(err)
+		c.printJSON(v)
+	} else {
+		table(v)
 	}
+	return c.done(err)
+}
+
+func (c *command) info(args []string) int {
+	c.flags()
+	if !c.parse(args) {
+		return exitUsage
+	}
+	return show(c, source.info, c.printInfo)
+}
+
+// printInfo prints info's table.
+func (c *command) printInfo(out infoView) {
 	tw := c.table()
 	if c.url != "" {
 		fmt.Fprintf(tw, "url\t%s\n", c.url)
@@ -378,7 +399,6 @@ func (c *command) info(args []string) int {
 	if out.Site != nil {
 		c.printReplicas(out.Site)
 	}
-	return c.done(err)
 }
 
 // printReplicas prints, for a replicated site's directory, the replica each shard was read
@@ -409,34 +429,22 @@ func (c *command) generations(args []string) int {
 	if !c.parse(args) {
 		return exitUsage
 	}
-	src, code := c.openSource()
-	if src == nil {
-		return code
-	}
-	defer src.close()
-	rows, err := src.generations()
-	if code, ok := c.failed(err); !ok {
-		return code
-	}
-	if c.json {
-		c.printJSON(rows)
-		return c.done(err)
-	}
-	tw := c.table()
-	fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS\tMESSAGES\tDISK BYTES")
-	for _, r := range rows {
-		until := r.Until
-		if until == "" {
-			until = "-"
+	return show(c, source.generations, func(rows []ds.GenerationView) {
+		tw := c.table()
+		fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS\tMESSAGES\tDISK BYTES")
+		for _, r := range rows {
+			until := r.Until
+			if until == "" {
+				until = "-"
+			}
+			msgs := fmt.Sprint(r.Messages)
+			if r.Uncounted {
+				msgs = "?"
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams, msgs, r.DiskBytes)
 		}
-		msgs := fmt.Sprint(r.Messages)
-		if r.Uncounted {
-			msgs = "?"
-		}
-		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t%d\t%s\t%d\n", r.Shard, r.Generation, r.Since, until, r.State, r.Layout, r.Streams, msgs, r.DiskBytes)
-	}
-	tw.Flush()
-	return c.done(err)
+		tw.Flush()
+	})
 }
 
 func (c *command) streams(args []string) int {
@@ -445,29 +453,21 @@ func (c *command) streams(args []string) int {
 	if !c.parse(args) {
 		return exitUsage
 	}
-	src, code := c.openSource()
-	if src == nil {
-		return code
+	get := func(src source) ([]ds.StreamView, error) {
+		rows, err := src.streams(*filter)
+		if rows == nil {
+			rows = []ds.StreamView{}
+		}
+		return rows, err
 	}
-	defer src.close()
-	rows, err := src.streams(*filter)
-	if code, ok := c.failed(err); !ok {
-		return code
-	}
-	if rows == nil {
-		rows = []ds.StreamView{}
-	}
-	if c.json {
-		c.printJSON(rows)
-		return c.done(err)
-	}
-	tw := c.table()
-	fmt.Fprintln(tw, "SHARD\tGEN\tKEY\tLAYOUT\tPATTERN")
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\n", r.Shard, r.Generation, r.Key, r.Layout, escape([]byte(r.Pattern)))
-	}
-	tw.Flush()
-	return c.done(err)
+	return show(c, get, func(rows []ds.StreamView) {
+		tw := c.table()
+		fmt.Fprintln(tw, "SHARD\tGEN\tKEY\tLAYOUT\tPATTERN")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%s\n", r.Shard, r.Generation, r.Key, r.Layout, escape([]byte(r.Pattern)))
+		}
+		tw.Flush()
+	})
 }
 
 func (c *command) trie(args []string) int {
@@ -522,33 +522,25 @@ func (c *command) messages(args []string) int {
 		c.errorf("-limit %d is negative", *limit)
 		return exitUsage
 	}
-	src, code := c.openSource()
-	if src == nil {
-		return code
-	}
-	defer src.close()
-	rows, err := src.messages(*filter, since, *limit)
-	if code, ok := c.failed(err); !ok {
-		return code
-	}
-	if rows == nil {
-		rows = []ds.MessageView{}
-	}
-	if c.json {
-		c.printJSON(rows)
-		return c.done(err)
-	}
-	tw := c.table()
-	fmt.Fprintln(tw, "SHARD\tTIMESTAMP\tCLIENT\tQOS\tTOPIC\tPAYLOAD")
-	for _, r := range rows {
-		qos := fmt.Sprint(r.QoS)
-		if r.Retain {
-			qos += "r"
+	get := func(src source) ([]ds.MessageView, error) {
+		rows, err := src.messages(*filter, since, *limit)
+		if rows == nil {
+			rows = []ds.MessageView{}
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Shard, r.Timestamp, r.ClientID, qos, r.Topic, r.Payload)
+		return rows, err
 	}
-	tw.Flush()
-	return c.done(err)
+	return show(c, get, func(rows []ds.MessageView) {
+		tw := c.table()
+		fmt.Fprintln(tw, "SHARD\tTIMESTAMP\tCLIENT\tQOS\tTOPIC\tPAYLOAD")
+		for _, r := range rows {
+			qos := fmt.Sprint(r.QoS)
+			if r.Retain {
+				qos += "r"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", r.Shard, r.Timestamp, r.ClientID, qos, r.Topic, r.Payload)
+		}
+		tw.Flush()
+	})
 }
 
 // payloadText shows a payload safely (ds.PayloadPreview).

@@ -406,35 +406,10 @@ func TestCheckCorruption(t *testing.T) {
 // check must find it with the library's decoders.
 func TestCheckDecodeCorruption(t *testing.T) {
 	dir := buildDB(t, false)
-	// Rewrite one message record through Pebble itself, as a bug or a bad restore would.
-	path := filepath.Join(dir, "pebble")
-	p, err := pebble.Open(path, pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := p.NewIter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim []byte
-	for ok := it.First(); ok; ok = it.Next() {
-		k := it.Key()
-		// Shard 1's first LTS data key: s|0x0001|'d'|gen|static|0x0000|...
-		if len(k) > 3+1+4+8+2+8 && k[0] == 's' && k[2] == 1 && k[3] == 'd' && k[16] == 0 && k[17] == 0 {
-			victim = append([]byte(nil), k...)
-			break
-		}
-	}
-	it.Close()
-	if victim == nil {
-		t.Fatal("no data key of shard 1")
-	}
-	if err := p.Set(victim, []byte{9, 9, 9}, pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// Rewrite one message record: shard 1's first LTS data key, s|0x0001|'d'|gen|static|0x0000|...
+	victim := changeFirstKey(t, dir, func(k []byte) bool {
+		return len(k) > 3+1+4+8+2+8 && k[0] == 's' && k[2] == 1 && k[3] == 'd' && k[16] == 0 && k[17] == 0
+	}, func(p *pebble.DB, k []byte) error { return p.Set(k, []byte{9, 9, 9}, pebble.Sync) })
 	code, out, errs := runCmd(t, "check", "-dir", dir)
 	if code != 1 || !strings.Contains(errs, "shard 1:") || !strings.Contains(errs, fmt.Sprintf("%x", victim)) {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
@@ -471,34 +446,10 @@ func TestEscape(t *testing.T) {
 // count stored with its generation.
 func TestCheckLostMessage(t *testing.T) {
 	dir := buildDB(t, false)
-	path := filepath.Join(dir, "pebble")
-	p, err := pebble.Open(path, pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := p.NewIter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim []byte
-	for ok := it.First(); ok; ok = it.Next() {
-		k := it.Key()
-		// Shard 2's first reference or LTS data key of generation 1: s|0x0002|'d'|0x00000001|...
-		if len(k) > 3+1+4 && k[0] == 's' && k[2] == 2 && k[3] == 'd' && k[7] == 1 {
-			victim = append([]byte(nil), k...)
-			break
-		}
-	}
-	it.Close()
-	if victim == nil {
-		t.Fatal("no data key of shard 2")
-	}
-	if err := p.Delete(victim, pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// Delete shard 2's first key of generation 1's data: s|0x0002|'d'|0x00000001|...
+	changeFirstKey(t, dir, func(k []byte) bool {
+		return len(k) > 3+1+4 && k[0] == 's' && k[2] == 2 && k[3] == 'd' && k[7] == 1
+	}, func(p *pebble.DB, k []byte) error { return p.Delete(k, pebble.Sync) })
 	code, out, errs := runCmd(t, "check", "-dir", dir)
 	if code != 1 || !strings.Contains(errs, "shard 2") || !strings.Contains(errs, "generation 1 holds 1 messages, its stored count says 2") {
 		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
@@ -510,23 +461,10 @@ func TestCheckLostMessage(t *testing.T) {
 // opened over it keeps working (and counts the generations it creates).
 func TestUncountedGeneration(t *testing.T) {
 	dir := buildDB(t, false)
-	p, err := pebble.Open(filepath.Join(dir, "pebble"), pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Shard 1, generation 1: s|0x0001|'m' 'c'|0x00000001.
 	key := append([]byte{'s', 0, 1}, append(shard.CountKeyPrefix(), 0, 0, 0, 1)...)
-	if _, closer, err := p.Get(key); err != nil {
-		t.Fatalf("no count key %x: %v", key, err)
-	} else {
-		closer.Close()
-	}
-	if err := p.Delete(key, pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	changeFirstKey(t, dir, func(k []byte) bool { return bytes.Equal(k, key) },
+		func(p *pebble.DB, k []byte) error { return p.Delete(k, pebble.Sync) })
 	if code, out, errs := runCmd(t, "check", "-dir", dir); code != 0 {
 		t.Fatalf("check: exit %d\n%s\n%s", code, out, errs)
 	}
@@ -554,4 +492,38 @@ func TestUncountedGeneration(t *testing.T) {
 	if u, err := db.GenerationUsage(1, 2); err != nil || !u.Counted || u.Messages != 6 {
 		t.Errorf("shard 1 generation 2 reopened: %+v, %v", u, err)
 	}
+}
+
+// changeFirstKey opens the test DB's Pebble directly, as a bug or a bad restore would, applies
+// change to the first key that match accepts, and returns that key.
+func changeFirstKey(t *testing.T, dir string, match func(k []byte) bool, change func(p *pebble.DB, k []byte) error) []byte {
+	t.Helper()
+	p, err := pebble.Open(filepath.Join(dir, "pebble"), pebbleopts.New(quietPebble))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := p.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim []byte
+	for ok := it.First(); ok; ok = it.Next() {
+		if match(it.Key()) {
+			victim = append([]byte(nil), it.Key()...)
+			break
+		}
+	}
+	if err := it.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if victim == nil {
+		t.Fatal("no key matches")
+	}
+	if err := change(p, victim); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return victim
 }

@@ -47,29 +47,25 @@ type shardReplica struct {
 }
 
 // shards prints one line per shard: generation count and span, streams, messages, disk bytes,
-// and for a replicated
-// site's admin handler its leader, term, this site's log and applied indexes and the replicas.
+// and for a replicated site's admin handler its leader, term, this site's log and applied
+// indexes and the replicas.
 func (c *command) shards(args []string) int {
 	c.flags()
 	if !c.parse(args) {
 		return exitUsage
 	}
-	src, code := c.openSource()
-	if src == nil {
-		return code
-	}
-	defer src.close()
+	return show(c, c.shardRows, c.printShards)
+}
+
+// shardRows reads the generations of src into rows, and on a replicated site's admin
+// handler adds each shard's Raft group.
+func (c *command) shardRows(src source) ([]shardRow, error) {
 	gens, err := src.generations()
-	if code, ok := c.failed(err); !ok {
-		return code
+	if noData(err) {
+		return nil, err
 	}
 	rows := shardRows(gens)
-	if c.url != "" {
-		us, uerr := newURLSource(c.url)
-		if uerr != nil {
-			c.errorf("-url %v", uerr)
-			return exitUsage
-		}
+	if us, ok := src.(*urlSource); ok {
 		var v raftgroup.ClusterView
 		switch cerr := us.get("/v1/cluster", nil, &v); {
 		case cerr == nil:
@@ -77,13 +73,18 @@ func (c *command) shards(args []string) int {
 		case isNotFound(cerr):
 			// An embedded node: no Raft groups to show.
 		default:
-			err = errors.Join(err, cerr)
+			// The rows are printed, then this error: not one that comes without data.
+			err = errors.Join(err, withData{cerr})
 		}
 	}
-	if c.json {
-		c.printJSON(rows)
-		return c.done(err)
-	}
+	return rows, err
+}
+
+// withData hides what an error is from noData: it came with data to print.
+type withData struct{ error }
+
+// printShards prints shards' table.
+func (c *command) printShards(rows []shardRow) {
 	tw := c.table()
 	replicated := len(rows) > 0 && rows[0].Raft != nil
 	head := "SHARD\tGENS\tCURRENT\tOLDEST SINCE\tSTREAMS\tMESSAGES\tDISK BYTES"
@@ -122,7 +123,6 @@ func (c *command) shards(args []string) int {
 		fmt.Fprintln(tw)
 	}
 	tw.Flush()
-	return c.done(err)
 }
 
 // shardRows folds the generation list (by shard, then ID) into one row per shard.

@@ -7,16 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
-	"github.com/strata-mq/strata/internal/loopback"
 	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/internal/testutil"
-	"github.com/strata-mq/strata/raftgroup"
 )
 
 // TestSiteDir: ds-info -dir on a stopped replicated site's directory. A three-site cluster
@@ -28,28 +25,8 @@ import (
 func TestSiteDir(t *testing.T) {
 	const nShards = 2
 	root := t.TempDir()
-	addrs, err := loopback.FreeAddrs(3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sites := make([]*raftgroup.Site, 3)
-	openErrs := make([]error, 3)
-	var wg sync.WaitGroup
-	for i := range sites {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			sites[i], openErrs[i] = raftgroup.Open(ctx, raftgroup.Config{
-				Dir: filepath.Join(root, fmt.Sprint(i)), RaftAddress: addrs[i], InitialSites: addrs,
-				LogDBMemory: raftgroup.LogDBTiny, ReconcileInterval: 20 * time.Millisecond,
-				DB: &ds.Options{NShards: nShards, Retention: ds.RetainForever, GenerationSpan: time.Hour,
-					Expert: ds.ExpertOptions{MemTableBytes: 4 << 20}},
-			})
-		}()
-	}
-	wg.Wait()
+	sites := openSites(t, root, 3, &ds.Options{NShards: nShards, Retention: ds.RetainForever, GenerationSpan: time.Hour,
+		Expert: ds.ExpertOptions{MemTableBytes: 4 << 20}})
 	closeAll := func() {
 		for i, s := range sites {
 			if s != nil {
@@ -59,11 +36,6 @@ func TestSiteDir(t *testing.T) {
 		}
 	}
 	t.Cleanup(closeAll)
-	for i := range sites {
-		if openErrs[i] != nil {
-			t.Fatal(openErrs[i])
-		}
-	}
 	db := func(i int) *ds.DB {
 		t.Helper()
 		d, err := sites[i].DB()
