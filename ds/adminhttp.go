@@ -50,6 +50,16 @@ import (
 //
 //	strata_disk_bytes                 gauge     size of the storage's files
 //	strata_bytes_written_total        counter   bytes the storage wrote since it was opened
+//	strata_subscriptions              gauge     open subscriptions
+//	strata_subscriptions_tail         gauge     of them fed from commits on every shard
+//	strata_subscriptions_parked       gauge     Next calls waiting for an Ack
+//	strata_subscription_lag_seconds   gauge     largest distance of a subscription behind a
+//	                                            shard's read limit
+//	strata_subscription_delivered_total counter messages returned by Subscription.Next
+//	strata_subscription_reads_total   counter   storage reads by subscriptions behind the tail
+//	strata_subscription_fed_total     counter   messages the feeds handed to tail groups
+//	strata_subscription_demoted_total counter   tail subscriptions sent back to reading
+//	strata_subscription_losses_total  counter   losses by retention reported
 //
 // These names and labels are stable.
 func AdminHandler(db *DB, opts ...AdminOption) http.Handler {
@@ -321,6 +331,24 @@ func PrometheusText(m Metrics) string {
 	fmt.Fprintf(&b, "strata_disk_bytes %d\n", m.DiskBytes)
 	head("strata_bytes_written_total", "counter", "Bytes the storage wrote since it was opened (WAL, flushes, compactions).")
 	fmt.Fprintf(&b, "strata_bytes_written_total %d\n", m.BytesWritten)
+	sm := m.Subscriptions
+	for _, g := range []struct {
+		name, kind, help string
+		v                string
+	}{
+		{"strata_subscriptions", "gauge", "Open subscriptions.", strconv.FormatInt(sm.Subscriptions, 10)},
+		{"strata_subscriptions_tail", "gauge", "Subscriptions fed from commits on every shard.", strconv.FormatInt(sm.Tail, 10)},
+		{"strata_subscriptions_parked", "gauge", "Subscription Next calls waiting for an Ack.", strconv.FormatInt(sm.Parked, 10)},
+		{"strata_subscription_lag_seconds", "gauge", "Largest distance of a subscription behind a shard's read limit.", promFloat(float64(sm.MaxLag) / 1e6)},
+		{"strata_subscription_delivered_total", "counter", "Messages returned by Subscription.Next.", strconv.FormatUint(sm.Delivered, 10)},
+		{"strata_subscription_reads_total", "counter", "Storage reads by subscriptions behind the tail.", strconv.FormatUint(sm.Reads, 10)},
+		{"strata_subscription_fed_total", "counter", "Messages the shards' feeds handed to groups of tail subscriptions.", strconv.FormatUint(sm.Fed, 10)},
+		{"strata_subscription_demoted_total", "counter", "Tail subscriptions sent back to reading the storage.", strconv.FormatUint(sm.Demoted, 10)},
+		{"strata_subscription_losses_total", "counter", "Losses by retention reported to subscriptions.", strconv.FormatUint(sm.Losses, 10)},
+	} {
+		head(g.name, g.kind, g.help)
+		fmt.Fprintf(&b, "%s %s\n", g.name, g.v)
+	}
 	return b.String()
 }
 

@@ -26,6 +26,11 @@ type Backend interface {
 	Shards() []ShardBackend
 	// Watch registers f to be called after new streams or generations became visible (StreamsChanged). Called once by OpenBackend before any other use.
 	Watch(f func())
+	// WatchDurable registers f to be called, per shard in order, each time the shard made
+	// stored messages readable (shard.Durable; on a replicated site: as its replica applies
+	// them). It feeds subscriptions at the tail. Called once by OpenBackend before any other
+	// use; f returns quickly and copies what it keeps unless the Durable says Owned.
+	WatchDurable(f func(shard.Durable))
 	// Close stops the shards and releases the storage. The DB calls it once, after every call in progress has ended.
 	Close() error
 }
@@ -56,9 +61,18 @@ type ShardBackend interface {
 	Streams(filter []string, since uint64) ([]stream.Stream, error)
 	// Read appends to out up to max durable messages of it's stream that match the filter
 	// levels, from timestamp it.Next on, with their Shard set, and returns the next timestamp
-	// to read from. No messages and a nil error: none yet. ErrEndOfStream: the generation is
+	// to read from: every matching message below it was returned (when the read reached the
+	// read limit, it is the read limit). No messages and a nil error: none yet. ErrEndOfStream: the generation is
 	// sealed and was read to its end. ErrGenerationNotFound: it does not exist or was dropped.
 	Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error)
+	// ReadLimit returns the exclusive upper bound of the timestamps that reads see: every
+	// message below it is durable and readable, every later one gets a larger timestamp, and
+	// Streams called after ReadLimit lists every stream holding a message below it.
+	// ErrUnavailable as for Streams.
+	ReadLimit() (uint64, error)
+	// DroppedMessages returns how many messages a dropped generation held, if this process
+	// saw the drop and the count was known.
+	DroppedMessages(gen stream.GenerationID) (uint64, bool)
 	// Generations returns the shard's generations by ID; the last is the current one. The
 	// caller may keep the slice. ErrUnavailable as for Streams.
 	Generations() ([]generation.Info, error)

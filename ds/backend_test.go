@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/shard"
 	"github.com/stretchr/testify/require"
 )
 
@@ -33,6 +34,8 @@ func (r *recordingBackend) Watch(f func()) {
 		f()
 	})
 }
+
+func (r *recordingBackend) WatchDurable(f func(shard.Durable)) { r.b.WatchDurable(f) }
 
 func (r *recordingBackend) Close() error {
 	r.closes.Add(1)

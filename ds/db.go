@@ -9,6 +9,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
+	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
 
@@ -29,6 +30,12 @@ type DB struct {
 		sync.Mutex
 		ch     chan struct{}
 		closed bool // ch stays closed: the DB is closed
+	}
+	feeds    []*feed // per shard: the subscriptions at its tail
+	subStats subStats
+	subs     struct {
+		sync.Mutex
+		all map[*Subscription]struct{}
 	}
 }
 
@@ -105,6 +112,12 @@ func newDB(b Backend, opts *Options) (*DB, error) {
 	opts.NShards = len(shards)
 	db.shards = shards
 	db.stats, _ = b.(StorageStatser)
+	db.subs.all = map[*Subscription]struct{}{}
+	for i, s := range shards {
+		pos, _ := s.ReadLimit() // 0 where unavailable: the first commit is then a gap, harmlessly
+		db.feeds = append(db.feeds, newFeed(ShardID(i), pos, &db.subStats))
+	}
+	b.WatchDurable(db.onDurable)
 	return db, nil
 }
 
@@ -118,6 +131,19 @@ func (db *DB) Close() error {
 	}
 	db.mu.closed = true
 	err := db.backend.Close()
+	// No commit comes any more: stop the feeds, then end the subscriptions.
+	for _, f := range db.feeds {
+		f.close()
+	}
+	db.subs.Lock()
+	subs := make([]*Subscription, 0, len(db.subs.all))
+	for s := range db.subs.all {
+		subs = append(subs, s)
+	}
+	db.subs.Unlock()
+	for _, s := range subs {
+		s.Close()
+	}
 	// Wake whoever waits for new streams: there will be none.
 	db.changed.Lock()
 	close(db.changed.ch)
@@ -279,4 +305,11 @@ func (db *DB) notifyChanged() {
 	}
 	close(db.changed.ch)
 	db.changed.ch = make(chan struct{})
+}
+
+// onDurable passes a shard's durable commit to its feed.
+func (db *DB) onDurable(d shard.Durable) {
+	if int(d.Shard) < len(db.feeds) {
+		db.feeds[d.Shard].onDurable(d)
+	}
 }

@@ -27,8 +27,9 @@ type embedded struct {
 	shards  []*shard.Shard
 	// watch is the DB's notification, set by Watch after the shards are open (they need their
 	// OnChange before the DB exists); a change before that has nobody to tell.
-	watch atomic.Pointer[func()]
-	quota struct {
+	watch   atomic.Pointer[func()]
+	durable atomic.Pointer[func(shard.Durable)]
+	quota   struct {
 		sync.Mutex
 		checked  time.Time
 		exceeded bool
@@ -114,6 +115,7 @@ func (e *embedded) open(dir string) error {
 			MaintenanceInterval: o.Expert.MaintenanceInterval,
 			Now:                 o.Expert.Now,
 			OnChange:            e.notifyChanged,
+			OnDurable:           e.notifyDurable,
 			Logger:              o.Logger,
 		}
 		if o.StorageQuota > 0 {
@@ -144,6 +146,15 @@ func (e *embedded) Shards() []ShardBackend {
 
 // Watch registers the DB's notification of new streams and generations.
 func (e *embedded) Watch(f func()) { e.watch.Store(&f) }
+
+// WatchDurable registers the DB's feed of durable commits.
+func (e *embedded) WatchDurable(f func(shard.Durable)) { e.durable.Store(&f) }
+
+func (e *embedded) notifyDurable(d shard.Durable) {
+	if f := e.durable.Load(); f != nil {
+		(*f)(d)
+	}
+}
 
 func (e *embedded) notifyChanged() {
 	if f := e.watch.Load(); f != nil {
@@ -209,6 +220,9 @@ func (s embeddedShard) Submit(ctx context.Context, msgs []*message.Message, byte
 func (s embeddedShard) Streams(filter []string, since uint64) ([]stream.Stream, error) {
 	return s.Shard.Streams(filter, since), nil
 }
+
+// ReadLimit is the shard's read limit; an embedded shard is always available.
+func (s embeddedShard) ReadLimit() (uint64, error) { return s.Shard.ReadLimit(), nil }
 
 // Generations is the shard's Generations; an embedded shard is always available.
 func (s embeddedShard) Generations() ([]generation.Info, error) { return s.Shard.Generations(), nil }

@@ -22,6 +22,8 @@ type Metrics struct {
 	// DiskBytes, BytesWritten and Pebble come from the Backend's StorageStats; they stay zero
 	// with a Backend that does not implement StorageStatser.
 	Pebble []string
+	// Subscriptions are the figures of the DB's subscriptions.
+	Subscriptions SubscriptionMetrics
 }
 
 // ShardMetrics are one shard's counters.
@@ -120,6 +122,7 @@ func (db *DB) Metrics() (Metrics, error) {
 		}
 		m.Shards = append(m.Shards, sm)
 	}
+	m.Subscriptions = db.subscriptionMetrics()
 	if db.stats != nil {
 		st := db.stats.StorageStats()
 		m.DiskBytes, m.BytesWritten, m.Pebble = st.DiskBytes, st.BytesWritten, st.Pebble
@@ -156,6 +159,9 @@ func (m Metrics) String() string {
 	}
 	row("total", m.Totals())
 	fmt.Fprintf(&b, "disk bytes: %d, bytes written: %d\n", m.DiskBytes, m.BytesWritten)
+	sm := m.Subscriptions
+	fmt.Fprintf(&b, "subscriptions: %d (%d at the tail, %d parked), delivered %d, storage reads %d, fed %d, demoted %d, losses %d, max lag %s\n",
+		sm.Subscriptions, sm.Tail, sm.Parked, sm.Delivered, sm.Reads, sm.Fed, sm.Demoted, sm.Losses, time.Duration(sm.MaxLag)*time.Microsecond)
 	return b.String()
 }
 

@@ -45,6 +45,8 @@ func (b *siteBackend) Shards() []ds.ShardBackend { return b.shards }
 func (b *siteBackend) Watch(f func())            { b.site.onChange.Store(&f) }
 func (b *siteBackend) Close() error              { return b.site.shutdown() }
 
+func (b *siteBackend) WatchDurable(f func(shard.Durable)) { b.site.onDurable.Store(&f) }
+
 var (
 	_ ds.StorageStatser = (*siteBackend)(nil)
 	_ ds.StorageKinder  = (*siteBackend)(nil)
@@ -137,6 +139,19 @@ func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []mes
 		return err
 	})
 	return out, next, err
+}
+
+func (s *siteShard) ReadLimit() (uint64, error) {
+	var limit uint64
+	err := s.replica(func(r *shard.Replica) error { limit = r.ReadLimit(); return nil })
+	return limit, err
+}
+
+func (s *siteShard) DroppedMessages(gen stream.GenerationID) (uint64, bool) {
+	var n uint64
+	var ok bool
+	s.replica(func(r *shard.Replica) error { n, ok = r.DroppedMessages(gen); return nil })
+	return n, ok
 }
 
 func (s *siteShard) Generations() ([]generation.Info, error) {

@@ -105,7 +105,7 @@ func (s *shardSM) openStore(name string) (*replicaStore, uint64, error) {
 		return nil, 0, fmt.Errorf("shard %d replica %d: %w", s.shard, s.replicaID, err)
 	}
 	r, applied, err := shard.OpenReplica(shard.ReplicaConfig{
-		ID: s.shard, DB: db, Logger: o.Logger, OnChange: s.site.notifyChanged,
+		ID: s.shard, DB: db, Logger: o.Logger, OnChange: s.site.notifyChanged, OnDurable: s.site.notifyDurable,
 		Layout: layout.Params{Kind: s.site.schema.Layout, Thresholds: s.site.schema.WildcardThresholds},
 	})
 	if err != nil {

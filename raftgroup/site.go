@@ -49,6 +49,7 @@ type Site struct {
 	health    *peerHealth // reachability of the other sites (admin view)
 	quota     siteQuota
 	onChange  atomic.Pointer[func()]
+	onDurable atomic.Pointer[func(shard.Durable)]
 	proposers []*proposer
 	stop      chan struct{}
 	ctx       context.Context // cancelled when the site closes: bounds the loops' calls
@@ -321,6 +322,12 @@ func (s *Site) shardSM(id stream.ShardID) *shardSM {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mu.sms[shardGroup(id)]
+}
+
+func (s *Site) notifyDurable(d shard.Durable) {
+	if f := s.onDurable.Load(); f != nil {
+		(*f)(d)
+	}
 }
 
 func (s *Site) notifyChanged() {

@@ -117,6 +117,11 @@ func (c *core) Read(it stream.Iterator, filter []string, max int, out []message.
 		out[i].Shard = uint16(c.id)
 	}
 	next := max64(res.Next, it.Next)
+	if res.Exhausted {
+		// Everything below until was read: a merge of several streams may take the stream
+		// as complete up to there, not just up to its last message.
+		next = max64(next, until)
+	}
 	if len(out) == n && res.Exhausted && !g.Current() {
 		return out, next, ErrEndOfStream
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/stream"
@@ -50,7 +51,10 @@ type ReplicaConfig struct {
 	DB       *pebble.DB // owned by the caller; one per replica, so that a snapshot is a checkpoint
 	Layout   layout.Params
 	OnChange func() // after new streams or generations became visible; may be nil
-	Logger   *slog.Logger
+	// OnDurable is called after each ApplyEntries made entries readable, in the applying
+	// goroutine; it must return quickly. May be nil.
+	OnDurable func(Durable)
+	Logger    *slog.Logger
 }
 
 // Entry is one committed log entry for ApplyEntries. Its outcome is written into Result.
@@ -172,6 +176,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 	b := r.db.NewBatch()
 	defer b.Close()
 	var pubs []*publication
+	var stored []*message.Message // applied messages, for OnDurable
 	var news bool
 	var spans [][2][]byte
 	touched := map[ProposerID]*proposerState{}
@@ -229,6 +234,9 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 				e.Result.FirstTS = a.Timestamps[0]
 			}
 			msgs += len(e.Cmd.Messages)
+			if r.cfg.OnDurable != nil {
+				stored = append(stored, e.Cmd.Messages...)
+			}
 			for _, m := range e.Cmd.Messages {
 				bytes += len(m.Payload)
 			}
@@ -255,8 +263,12 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("shard %d: commit: %w", r.id, err)
 	}
+	from := r.ReadLimit()
 	for _, p := range pubs {
 		r.publishDurable(p)
+	}
+	if r.cfg.OnDurable != nil && len(pubs) > 0 {
+		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true})
 	}
 	if msgs > 0 {
 		r.Metrics.Messages.Add(uint64(msgs))

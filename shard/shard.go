@@ -90,7 +90,9 @@ type core struct {
 	// the view without the generation is published only once the batch is durable; readers
 	// check dropped too, so that a generation emptied under them is reported as dropped, not as
 	// read to its end. IDs are never reused, so entries never need to be removed.
-	dropped sync.Map // stream.GenerationID → struct{}
+	// The value is the generation's message count at the drop (a *atomic.Uint64, nil if
+	// unknown), for subscriptions that learn of the loss later (DroppedMessages).
+	dropped sync.Map // stream.GenerationID → *atomic.Uint64
 
 	keyTable, keyLast []byte
 	sorted            sortedWriter // scratch of apply
@@ -263,13 +265,13 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			}
 			return fail(err)
 		}
+		c.dropped.Store(id, st.counts[id])
 		delete(st.gens, id)
 		delete(st.counts, id)
 		if err := b.Delete(c.countKey(id), nil); err != nil {
 			return fail(err)
 		}
 		a.Dropped = append(a.Dropped, id)
-		c.dropped.Store(id, struct{}{})
 		for _, sp := range layout.GenerationSpans(c.prefix, id) {
 			if err := b.DeleteRange(sp[0], sp[1], nil); err != nil {
 				return fail(err)
@@ -343,13 +345,19 @@ type layoutMark struct {
 	mark uint64
 }
 
-// publish makes p visible. Publications must be published in commit order.
+// publishDurable makes p visible. Publications must be published in commit order.
 func (c *core) publishDurable(p *publication) {
 	for _, lm := range p.layouts {
 		lm.g.Publish(lm.mark)
 	}
 	c.publish(p.view.state, p.view.readLimit)
 }
+
+// ReadLimit returns the exclusive upper bound of the timestamps readers see: every message
+// with a smaller timestamp is durable and readable, and every message stored later gets a
+// larger one. Load it before Streams, and the streams listed include every stream holding a
+// message below it (a batch's streams are published before its read limit).
+func (c *core) ReadLimit() uint64 { return c.view.Load().readLimit }
 
 // Abort returns the in-memory state to what it was before Apply.
 func (a *Applied) Abort() {
@@ -371,4 +379,18 @@ func (a *Applied) Abort() {
 func (c *core) isDropped(gen stream.GenerationID) bool {
 	_, ok := c.dropped.Load(gen)
 	return ok
+}
+
+// DroppedMessages returns how many messages a dropped generation held when it was dropped.
+// ok is false for a generation this process did not see dropped, or whose count was unknown.
+func (c *core) DroppedMessages(gen stream.GenerationID) (n uint64, ok bool) {
+	v, found := c.dropped.Load(gen)
+	if !found {
+		return 0, false
+	}
+	cnt := v.(*atomic.Uint64)
+	if cnt == nil {
+		return 0, false
+	}
+	return cnt.Load(), true
 }

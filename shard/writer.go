@@ -34,7 +34,10 @@ type Config struct {
 	Now           func() time.Time
 	QuotaExceeded func() bool // may be nil
 	OnChange      func()      // called after new streams or generations became visible; may be nil
-	Logger        *slog.Logger
+	// OnDurable is called by the syncer after each commit became readable, before its Store
+	// calls are woken; it must return quickly (it delays them). May be nil.
+	OnDurable func(Durable)
+	Logger    *slog.Logger
 }
 
 type requestKind uint8
@@ -403,8 +406,16 @@ func (s *Shard) runSyncer() {
 		if failed := s.failure(); failed != nil {
 			err = failed
 		} else {
+			from := s.core.ReadLimit()
 			s.core.publishDurable(f.pub)
 			s.Metrics.ObserveCommit(time.Since(f.start), f.msgs, f.bytes)
+			if s.cfg.OnDurable != nil {
+				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit()}
+				for _, r := range f.reqs {
+					d.Messages = append(d.Messages, r.msgs...)
+				}
+				s.cfg.OnDurable(d)
+			}
 		}
 		for _, r := range f.reqs {
 			r.err = err

@@ -539,3 +539,26 @@ func view(b []byte) string {
 	}
 	return unsafe.String(&b[0], len(b))
 }
+
+// Clone returns a copy of m that shares no memory with it: payload, correlation data and user
+// properties are copied (strings are immutable and shared). The payload and correlation data
+// share one allocation.
+func Clone(m *Message) *Message {
+	c := *m
+	if n := len(m.Payload) + len(m.Properties.CorrelationData); n > 0 {
+		buf := make([]byte, 0, n)
+		buf = append(buf, m.Payload...)
+		c.Payload = buf[:len(m.Payload):len(m.Payload)]
+		if len(m.Properties.CorrelationData) > 0 {
+			buf = append(buf, m.Properties.CorrelationData...)
+			c.Properties.CorrelationData = buf[len(m.Payload):]
+		}
+		if len(m.Payload) == 0 {
+			c.Payload = nil
+		}
+	}
+	if m.Properties.User != nil {
+		c.Properties.User = append([]UserProperty(nil), m.Properties.User...)
+	}
+	return &c
+}

@@ -1,0 +1,462 @@
+package ds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/internal/topic"
+)
+
+// SubscribeOptions configure a subscription. Zero fields mean their defaults.
+type SubscribeOptions struct {
+	// MaxUnacked is how many delivered messages may wait for Ack before Next parks the
+	// subscription (flow control). Default 1000.
+	MaxUnacked int
+	// Buffer is how many messages the tail may hand a subscription that does not take them
+	// (a parked or slow one) before it stops feeding it; the subscription then reads them
+	// from the storage when it takes messages again, so a slow subscription costs memory up
+	// to Buffer and never delays others. Default 2×MaxUnacked.
+	Buffer int
+	// ReadBatch is how many messages a subscription behind the tail reads from one stream
+	// at a time. Default 256.
+	ReadBatch int
+}
+
+func (o *SubscribeOptions) withDefaults() (SubscribeOptions, error) {
+	var c SubscribeOptions
+	if o != nil {
+		c = *o
+	}
+	if c.MaxUnacked < 0 || c.Buffer < 0 || c.ReadBatch < 0 {
+		return c, fmt.Errorf("%w: negative SubscribeOptions field: %+v", ErrInvalidOptions, c)
+	}
+	if c.MaxUnacked == 0 {
+		c.MaxUnacked = 1000
+	}
+	if c.Buffer == 0 {
+		c.Buffer = 2 * c.MaxUnacked
+	}
+	if c.ReadBatch == 0 {
+		c.ReadBatch = 256
+	}
+	return c, nil
+}
+
+// ErrSubscriptionClosed: the subscription was closed (by Close, or because the DB closed).
+var ErrSubscriptionClosed = errors.New("strata: subscription closed")
+
+// ErrNotDelivered: Ack of a message that this subscription has not delivered or that was
+// acknowledged already. Nothing changed.
+var ErrNotDelivered = errors.New("strata: message not delivered or already acknowledged")
+
+// ErrMessagesLost: a subscription fell behind retention, and messages it had not read were
+// dropped with their generation. The error is a *LossError that says where; the subscription
+// goes on after the gap.
+var ErrMessagesLost = errors.New("strata: messages dropped by retention before they were read")
+
+// LossError reports messages a subscription can no longer deliver: its shard's generations
+// covering [From, Until) were dropped by retention before it read them.
+type LossError struct {
+	Shard ShardID
+	// Generation is the newest dropped generation in the range (0 if not known).
+	Generation GenerationID
+	From, Until uint64 // µs timestamps
+	// Messages is how many messages the dropped generation held, of every topic — an upper
+	// bound of those the subscription lost — when the process saw the drop; 0 if unknown.
+	Messages uint64
+}
+
+func (e *LossError) Error() string {
+	return fmt.Sprintf("%v: shard %d, generation %d, timestamps [%d, %d), %d messages in the generation",
+		ErrMessagesLost, e.Shard, e.Generation, e.From, e.Until, e.Messages)
+}
+
+func (e *LossError) Unwrap() error { return ErrMessagesLost }
+
+// Subscription delivers the messages matching one topic filter, from a Position on, in
+// timestamp order per shard — so each publisher's messages in the order it stored them —
+// merged across the shard's streams and generations, which it discovers by itself. Shards
+// are independent: their messages interleave in no particular order.
+//
+// Next waits for messages (no polling: a Store wakes the subscriptions it concerns once the
+// messages are durable — on a replicated site, once its replica applied them); Ack
+// acknowledges them; at most MaxUnacked delivered messages wait for Ack, beyond that Next
+// parks until an Ack. Position says where to resume after a restart without missing a
+// message that was not acknowledged.
+//
+// A subscription at the tail is fed from each commit in memory, together with every other
+// tail subscription of the shard; one behind the tail reads the storage on its own until it
+// catches up. The methods are safe for concurrent use; concurrent Next calls take turns.
+type Subscription struct {
+	db     *DB
+	filter string
+	levels []string
+	opts   SubscribeOptions
+	shards []*subShard
+	done   chan struct{} // closed by Close
+	wake   chan struct{} // capacity 1: something for a waiting Next (messages, an Ack)
+
+	readMu sync.Mutex // held by Next: one reader at a time, owner of the catchUp states
+
+	mu struct {
+		sync.Mutex
+		outstanding int // delivered, not acknowledged
+		rr          int // shard to take from first, for fairness
+		closed      bool
+		losses      []*LossError // to report
+	}
+}
+
+// subShard is a subscription's state in one shard.
+type subShard struct {
+	sub *Subscription
+	id  ShardID
+	cu  catchUp // REQUIRES: sub.readMu
+
+	// Guarded by sub.mu:
+	next    uint64             // every matching message below next was delivered or is in pending
+	pending []*message.Message // ready to deliver, in timestamp order, all below next
+	tail    bool               // fed by the shard's feed
+	unacked []unackedMsg       // delivered, in timestamp order; acked ones are pruned from the front
+	nAcked  int                // acked entries in unacked
+}
+
+type unackedMsg struct {
+	ts    uint64
+	acked bool
+}
+
+// Subscribe starts a subscription to filter from position from (StartPosition,
+// TailPosition, or an earlier Subscription.Position). opts may be nil for the defaults.
+func (db *DB) Subscribe(filter string, from Position, opts *SubscribeOptions) (*Subscription, error) {
+	exit, err := db.enter()
+	if err != nil {
+		return nil, err
+	}
+	defer exit()
+	if err := topic.ValidateFilter(filter); err != nil {
+		return nil, err
+	}
+	if from.NShards() != len(db.shards) {
+		return nil, fmt.Errorf("%w: it covers %d shards, the DB has %d", ErrInvalidPosition, from.NShards(), len(db.shards))
+	}
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Subscription{
+		db: db, filter: filter, levels: topic.Split(filter), opts: o,
+		done: make(chan struct{}), wake: make(chan struct{}, 1),
+	}
+	for i := range db.shards {
+		s.shards = append(s.shards, &subShard{sub: s, id: ShardID(i), next: from.next[i]})
+	}
+	db.subs.Lock()
+	db.subs.all[s] = struct{}{}
+	db.subs.Unlock()
+	db.subStats.subscriptions.Add(1)
+	return s, nil
+}
+
+// Filter returns the subscription's topic filter.
+func (s *Subscription) Filter() string { return s.filter }
+
+// Next returns up to max messages, waiting until there is at least one, ctx ends (its error),
+// or the subscription or DB closes (ErrSubscriptionClosed). Each message has Shard and
+// Timestamp set: acknowledge it with Ack(RefOf(msg)) once the session is done with it.
+//
+// The messages of one shard come in timestamp order, each once (across Next calls; after a
+// restart from Position, those not acknowledged come again). Next parks while MaxUnacked
+// messages wait for Ack. A *LossError (ErrMessagesLost) reports messages dropped by
+// retention before they were read; the next call goes on after them. ErrUnavailable (a
+// replicated site without an open replica of a shard, for a while) is retryable: call again.
+//
+// Delivered messages share their payload with other subscriptions: do not modify them.
+func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("%w: Next with max %d", ErrInvalidOptions, max)
+	}
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		if s.mu.closed {
+			s.mu.Unlock()
+			return nil, ErrSubscriptionClosed
+		}
+		if len(s.mu.losses) > 0 {
+			l := s.mu.losses[0]
+			s.mu.losses = s.mu.losses[1:]
+			s.mu.Unlock()
+			return nil, l
+		}
+		room := s.opts.MaxUnacked - s.mu.outstanding
+		if room > 0 {
+			if out := s.takeLocked(min(max, room)); len(out) > 0 {
+				s.mu.Unlock()
+				s.db.subStats.delivered.Add(uint64(len(out)))
+				return out, nil
+			}
+		}
+		var behind []*subShard
+		if room > 0 {
+			for _, sh := range s.shards {
+				if !sh.tail && len(sh.pending) == 0 {
+					behind = append(behind, sh)
+				}
+			}
+		}
+		s.mu.Unlock()
+		if room <= 0 {
+			s.db.subStats.parked.Add(1)
+			err := s.wait(ctx)
+			s.db.subStats.parked.Add(-1)
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		read := false
+		var errs []error
+		for _, sh := range behind {
+			n, err := sh.catchUp(min(max, room))
+			if err != nil {
+				errs = append(errs, err)
+			}
+			read = read || n > 0
+		}
+		if read {
+			continue
+		}
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		s.mu.Lock()
+		lost := len(s.mu.losses) > 0
+		s.mu.Unlock()
+		if lost {
+			continue
+		}
+		if len(behind) > 0 {
+			// A shard behind the tail that read nothing has joined it, or its feed moved on
+			// while it tried (then it reads again).
+			again := false
+			s.mu.Lock()
+			for _, sh := range behind {
+				again = again || !sh.tail
+			}
+			s.mu.Unlock()
+			if again {
+				continue
+			}
+		}
+		if err := s.wait(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// wait waits for a wake-up, ctx, or Close.
+func (s *Subscription) wait(ctx context.Context) error {
+	select {
+	case <-s.wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.done:
+		return ErrSubscriptionClosed
+	}
+}
+
+func (s *Subscription) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// takeLocked moves up to n pending messages into the delivered set and returns copies,
+// visiting the shards round-robin across calls.
+//
+// REQUIRES: s.mu held.
+func (s *Subscription) takeLocked(n int) []Message {
+	var out []Message
+	for k := 0; k < len(s.shards) && len(out) < n; k++ {
+		sh := s.shards[(s.mu.rr+k)%len(s.shards)]
+		take := min(n-len(out), len(sh.pending))
+		for _, m := range sh.pending[:take] {
+			out = append(out, *m)
+			sh.unacked = append(sh.unacked, unackedMsg{ts: m.Timestamp})
+		}
+		clear(sh.pending[:take])
+		sh.pending = sh.pending[take:]
+		if len(sh.pending) == 0 {
+			sh.pending = nil
+		}
+	}
+	s.mu.rr = (s.mu.rr + 1) % len(s.shards)
+	s.mu.outstanding += len(out)
+	return out
+}
+
+// Ack acknowledges delivered messages (by Message.Ref). Each must have been delivered by this
+// subscription and not acknowledged yet (ErrNotDelivered; the others are still
+// acknowledged). Acknowledged messages leave the MaxUnacked window, and Position moves past
+// them once every earlier message of their shard is acknowledged too.
+func (s *Subscription) Ack(refs ...Ref) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, r := range refs {
+		if int(r.Shard) >= len(s.shards) {
+			errs = append(errs, fmt.Errorf("%w: shard %d", ErrNotDelivered, r.Shard))
+			continue
+		}
+		if err := s.shards[r.Shard].ackLocked(r.Timestamp); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.mu.outstanding--
+	}
+	if len(errs) < len(refs) {
+		s.signal()
+	}
+	return errors.Join(errs...)
+}
+
+// ackLocked marks the delivery of ts acknowledged. REQUIRES: sub.mu held.
+func (sh *subShard) ackLocked(ts uint64) error {
+	i, found := slices.BinarySearchFunc(sh.unacked, ts, func(u unackedMsg, ts uint64) int {
+		switch {
+		case u.ts < ts:
+			return -1
+		case u.ts > ts:
+			return 1
+		}
+		return 0
+	})
+	if !found || sh.unacked[i].acked {
+		return fmt.Errorf("%w: shard %d timestamp %d", ErrNotDelivered, sh.id, ts)
+	}
+	sh.unacked[i].acked = true
+	sh.nAcked++
+	k := 0
+	for k < len(sh.unacked) && sh.unacked[k].acked {
+		k++
+	}
+	if k > 0 {
+		sh.unacked = sh.unacked[k:]
+		sh.nAcked -= k
+		if len(sh.unacked) == 0 {
+			sh.unacked = nil
+		}
+	}
+	return nil
+}
+
+// RefOf returns where a delivered message is stored, for Ack.
+func RefOf(m Message) Ref { return Ref{Shard: ShardID(m.Shard), Timestamp: m.Timestamp} }
+
+// Position returns where to resume the subscription so that no message that was not
+// acknowledged is missed: per shard, the oldest unacknowledged delivery, else the oldest
+// message waiting to be delivered, else how far the shard was read. Messages acknowledged
+// after an unacknowledged one of the same shard come again after a resume.
+func (s *Subscription) Position() Position {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := Position{next: make([]uint64, len(s.shards))}
+	for i, sh := range s.shards {
+		p.next[i] = sh.positionLocked()
+	}
+	return p
+}
+
+func (sh *subShard) positionLocked() uint64 {
+	switch {
+	case len(sh.unacked) > 0:
+		return sh.unacked[0].ts
+	case len(sh.pending) > 0:
+		return sh.pending[0].Timestamp
+	}
+	return sh.next
+}
+
+// Close ends the subscription: a waiting Next returns ErrSubscriptionClosed. Its Position
+// stays readable.
+func (s *Subscription) Close() error {
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.closed = true
+	close(s.done)
+	var tails []*subShard
+	for _, sh := range s.shards {
+		if sh.tail {
+			sh.tail = false
+			tails = append(tails, sh)
+		}
+		sh.pending = nil
+	}
+	s.mu.Unlock()
+	for _, sh := range tails {
+		s.db.feeds[sh.id].leave(sh)
+	}
+	s.db.subs.Lock()
+	delete(s.db.subs.all, s)
+	s.db.subs.Unlock()
+	s.db.subStats.subscriptions.Add(-1)
+	return nil
+}
+
+// offer hands sh messages of a commit that ends at until, from the feed. It reports whether sh
+// left the tail, in which case the feed must remove it (buffer full).
+func (sh *subShard) offer(msgs []*message.Message, until uint64) (left bool) {
+	s := sh.sub
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !sh.tail {
+		return false
+	}
+	i := 0
+	for i < len(msgs) && msgs[i].Timestamp < sh.next {
+		i++ // delivered before it joined (feed invariant 2)
+	}
+	msgs = msgs[i:]
+	if len(msgs) == 0 {
+		return false
+	}
+	if len(sh.pending)+len(msgs) > s.opts.Buffer {
+		// Stop feeding it; it reads these from the storage, from next, when it takes messages
+		// again.
+		sh.tail = false
+		s.db.subStats.demoted.Add(1)
+		return true
+	}
+	sh.pending = append(sh.pending, msgs...)
+	sh.next = max(sh.next, msgs[len(msgs)-1].Timestamp+1)
+	s.signal()
+	return false
+}
+
+// demote stops feeding sh (a gap in the shard's commits); it reads the storage from next. It
+// reports whether sh was at the tail.
+func (sh *subShard) demote() bool {
+	sh.sub.mu.Lock()
+	defer sh.sub.mu.Unlock()
+	was := sh.tail
+	sh.tail = false
+	if was {
+		sh.sub.db.subStats.demoted.Add(1)
+		sh.sub.signal()
+	}
+	return was
+}

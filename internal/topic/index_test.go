@@ -1,0 +1,83 @@
+package topic
+
+import (
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestIndexMatchesLikeMatch checks Index against Match over random filters and names from a
+// small alphabet (so that they collide), with filters added and deleted along the way.
+func TestIndexMatchesLikeMatch(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	words := []string{"a", "b", "$s", ""}
+	randLevels := func(wild bool) []string {
+		n := 1 + rng.IntN(4)
+		var ls []string
+		for i := 0; i < n; i++ {
+			switch r := rng.IntN(10); {
+			case wild && r == 0 && i == n-1:
+				ls = append(ls, "#")
+			case wild && r < 3:
+				ls = append(ls, "+")
+			default:
+				w := words[rng.IntN(len(words))]
+				if w == "$s" && i > 0 {
+					w = "s"
+				}
+				ls = append(ls, w)
+			}
+		}
+		return ls
+	}
+	for round := 0; round < 200; round++ {
+		var x Index[string]
+		set := map[string]bool{}
+		for i := 0; i < 30; i++ {
+			f := strings.Join(randLevels(true), "/")
+			if ValidateFilter(f) != nil {
+				continue
+			}
+			if rng.IntN(4) == 0 && len(set) > 0 {
+				for g := range set {
+					x.Delete(g)
+					delete(set, g)
+					break
+				}
+			}
+			x.Set(f, f)
+			set[f] = true
+		}
+		if x.Len() != len(set) {
+			t.Fatalf("Len %d, want %d", x.Len(), len(set))
+		}
+		for i := 0; i < 50; i++ {
+			name := strings.Join(randLevels(false), "/")
+			if ValidateName(name) != nil {
+				continue
+			}
+			var want []string
+			for f := range set {
+				if Match(f, name) {
+					want = append(want, f)
+				}
+			}
+			got := x.Match(name, nil)
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("Match(%q) = %q, want %q (filters %v)", name, got, want, set)
+			}
+		}
+		for f := range set {
+			if v, ok := x.Get(f); !ok || v != f {
+				t.Fatalf("Get(%q) = %q, %v", f, v, ok)
+			}
+			x.Delete(f)
+		}
+		if x.Len() != 0 || len(x.root.children) != 0 {
+			t.Fatalf("after deleting every filter: Len %d, %d root children", x.Len(), len(x.root.children))
+		}
+	}
+}
