@@ -66,7 +66,7 @@ type feedEvent struct {
 type groupDelivery struct {
 	group *tailGroup
 	subs  []*subShard // group.subs when the commit was matched
-	msgs []*message.Message
+	msgs  []*message.Message
 }
 
 func newFeed(id ShardID, pos uint64, stats *subStats) *feed {

@@ -63,7 +63,7 @@ var ErrMessagesLost = errors.New("strata: messages dropped by retention before t
 type LossError struct {
 	Shard ShardID
 	// Generation is the newest dropped generation in the range (0 if not known).
-	Generation GenerationID
+	Generation  GenerationID
 	From, Until uint64 // µs timestamps
 	// Messages is how many messages the dropped generation held, of every topic — an upper
 	// bound of those the subscription lost — when the process saw the drop; 0 if unknown.
