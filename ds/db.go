@@ -37,6 +37,10 @@ type DB struct {
 		sync.Mutex
 		all map[*Subscription]struct{}
 	}
+	watchers struct {
+		sync.Mutex
+		all []*Watcher // copied on write: onDurable iterates a snapshot
+	}
 }
 
 // Open opens the DB in dir, creating it if it does not exist. opts may be nil for the defaults.
@@ -143,6 +147,12 @@ func (db *DB) Close() error {
 	db.subs.Unlock()
 	for _, s := range subs {
 		s.Close()
+	}
+	db.watchers.Lock()
+	watchers := db.watchers.all
+	db.watchers.Unlock()
+	for _, w := range watchers {
+		w.Close()
 	}
 	// Wake whoever waits for new streams: there will be none.
 	db.changed.Lock()
@@ -311,5 +321,11 @@ func (db *DB) notifyChanged() {
 func (db *DB) onDurable(d shard.Durable) {
 	if int(d.Shard) < len(db.feeds) {
 		db.feeds[d.Shard].onDurable(d)
+	}
+	db.watchers.Lock()
+	watchers := db.watchers.all
+	db.watchers.Unlock()
+	for _, w := range watchers {
+		w.add(d)
 	}
 }

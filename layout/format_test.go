@@ -172,7 +172,7 @@ func (e *formatEnv) run(t *testing.T, c *ddCase) string {
 			for _, lv := range levels {
 				e.levels[xxhash.Sum64String(lv)] = lv
 			}
-			if err := g.Add(r, m, levels); err != nil {
+			if _, err := g.Add(r, m, levels); err != nil {
 				return "error: " + err.Error()
 			}
 		}

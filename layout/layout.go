@@ -136,9 +136,10 @@ type Writer interface {
 // may be called concurrently with them and with each other.
 type Generation interface {
 	Params() Params
-	// Add writes m, whose Timestamp is set, into b; levels is topic.Split(m.Topic). It may learn
-	// new streams and write their records into b too.
-	Add(b Writer, m *message.Message, levels []string) error
+	// Add writes m, whose Timestamp is set, into b; levels is topic.Split(m.Topic), and returns
+	// the key of the stream m went to. It may learn new streams and write their records into b
+	// too.
+	Add(b Writer, m *message.Message, levels []string) (key uint64, err error)
 	// Commit makes what Add learned since the last Commit or Abort permanent and visible to
 	// readers, and reports whether new streams appeared. Call it once the batch is durable.
 	Commit() (newStreams bool)

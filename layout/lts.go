@@ -71,7 +71,7 @@ func (l *lts) load(r pebble.Reader) error {
 	return it.Error()
 }
 
-func (l *lts) Add(b Writer, m *message.Message, levels []string) error {
+func (l *lts) Add(b Writer, m *message.Message, levels []string) (uint64, error) {
 	if l.emit == nil {
 		// One closure for the generation's life: Add runs per message and must not allocate
 		// one per call.
@@ -83,7 +83,7 @@ func (l *lts) Add(b Writer, m *message.Message, levels []string) error {
 	n, varying := l.trie.learn(levels, l.varying[:0], l.emit)
 	l.varying, l.emitTo = varying, nil
 	if l.emitErr != nil {
-		return l.emitErr
+		return 0, l.emitErr
 	}
 	keys := newStreamKeysInto(l.key[:0], l.prefix, l.gen, uint64(n.id))
 	l.key = keys.base
@@ -93,16 +93,17 @@ func (l *lts) Add(b Writer, m *message.Message, levels []string) error {
 	}
 	l.value = message.AppendRecord(l.value[:0], m)
 	l.dk = keys.appendDataKey(l.dk[:0], m.Timestamp, l.vals)
+	key := uint64(n.id)
 	if err := b.Set(l.dk, l.value, nil); err != nil {
-		return err
+		return key, err
 	}
 	for _, pos := range varying {
 		l.dk = keys.appendIndexKey(l.dk[:0], uint16(pos+1), xxhash.Sum64String(levels[pos]), m.Timestamp)
 		if err := b.Set(l.dk, nil, nil); err != nil {
-			return err
+			return key, err
 		}
 	}
-	return nil
+	return key, nil
 }
 
 // writerFunc adapts a function to Writer.

@@ -31,7 +31,8 @@ func (f *readFixture) addAll(t testing.TB, msgs []message.Message, batchSize int
 		n := min(batchSize, len(msgs))
 		b := f.db.NewBatch()
 		for i := range msgs[:n] {
-			must(t, f.gen.Add(b, &msgs[i], topic.Split(msgs[i].Topic)))
+			_, err := f.gen.Add(b, &msgs[i], topic.Split(msgs[i].Topic))
+			must(t, err)
 		}
 		must(t, b.Commit(pebble.NoSync))
 		f.gen.Commit()

@@ -35,12 +35,12 @@ func (l *reference) Publish(uint64)                {}
 func (l *reference) Abort()                        {}
 func (l *reference) Dump() string                  { return fmt.Sprintf("generation %d reference\n", l.gen) }
 
-func (l *reference) Add(b Writer, m *message.Message, _ []string) error {
+func (l *reference) Add(b Writer, m *message.Message, _ []string) (uint64, error) {
 	l.key = binary.BigEndian.AppendUint64(append(l.key[:0], l.base...), m.Timestamp)
 	l.value = binary.AppendUvarint(l.value[:0], uint64(len(m.Topic)))
 	l.value = append(l.value, m.Topic...)
 	l.value = message.AppendRecord(l.value, m)
-	return b.Set(l.key, l.value, nil)
+	return referenceKey, b.Set(l.key, l.value, nil)
 }
 
 // Streams returns the generation's one stream for every filter: the reference layout cannot

@@ -581,7 +581,8 @@ func TestLoadCorrupt(t *testing.T) {
 			must(t, err)
 			b := db.NewBatch()
 			for _, name := range []string{"a/b", "c/d", "a/e"} {
-				must(t, g.Add(b, &message.Message{Topic: name, Timestamp: 1}, topic.Split(name)))
+				_, err := g.Add(b, &message.Message{Topic: name, Timestamp: 1}, topic.Split(name))
+				must(t, err)
 			}
 			must(t, b.Commit(pebble.NoSync))
 			g.Commit()

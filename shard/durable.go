@@ -23,4 +23,14 @@ type Durable struct {
 	// Owned: the messages were decoded for this step only (a replica's log entries), so the
 	// receiver may keep them as they are.
 	Owned bool
+	// Streams are the streams that received the messages, each with the timestamp of its last
+	// one (a stream may appear more than once in a replica's step of several entries).
+	Streams []StreamTouch
+}
+
+// StreamTouch is a stream that received messages, and the timestamp of the last one.
+type StreamTouch struct {
+	Generation stream.GenerationID
+	Key        uint64
+	Last       uint64
 }

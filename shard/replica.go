@@ -177,6 +177,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 	defer b.Close()
 	var pubs []*publication
 	var stored []*message.Message // applied messages, for OnDurable
+	var streams []StreamTouch
 	var news bool
 	var spans [][2][]byte
 	touched := map[ProposerID]*proposerState{}
@@ -236,6 +237,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 			msgs += len(e.Cmd.Messages)
 			if r.cfg.OnDurable != nil {
 				stored = append(stored, e.Cmd.Messages...)
+				streams = append(streams, a.Touched...)
 			}
 			for _, m := range e.Cmd.Messages {
 				bytes += len(m.Payload)
@@ -268,7 +270,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 		r.publishDurable(p)
 	}
 	if r.cfg.OnDurable != nil && len(pubs) > 0 {
-		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true})
+		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true, Streams: streams})
 	}
 	if msgs > 0 {
 		r.Metrics.Messages.Add(uint64(msgs))

@@ -95,7 +95,8 @@ type core struct {
 	dropped sync.Map // stream.GenerationID → *atomic.Uint64
 
 	keyTable, keyLast []byte
-	sorted            sortedWriter // scratch of apply
+	sorted            sortedWriter   // scratch of apply
+	touchedAt         map[uint64]int // scratch of apply: stream key → index in Applied.Touched
 }
 
 func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Params) *core {
@@ -221,6 +222,8 @@ type Applied struct {
 	Spans [][2][]byte
 	// NewStreams is set by Commit when the command created streams or generations.
 	NewStreams bool
+	// Touched are the streams the command's messages went to.
+	Touched []StreamTouch
 }
 
 // apply writes cmd into b and changes the in-memory state accordingly. On error nothing of the
@@ -285,11 +288,22 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		g := st.gens[cur.ID]
 		a.touched = append(a.touched, g)
 		a.Timestamps = make([]uint64, len(cmd.Messages))
+		if c.touchedAt == nil {
+			c.touchedAt = map[uint64]int{}
+		}
+		clear(c.touchedAt)
 		for i, m := range cmd.Messages {
 			ts := max(c.lastTS+1, cmd.Time)
 			m.Timestamp, m.Shard = ts, uint16(c.id)
-			if err := g.Add(&c.sorted, m, topic.Split(m.Topic)); err != nil {
+			key, err := g.Add(&c.sorted, m, topic.Split(m.Topic))
+			if err != nil {
 				return fail(err)
+			}
+			if j, ok := c.touchedAt[key]; ok {
+				a.Touched[j].Last = ts
+			} else {
+				c.touchedAt[key] = len(a.Touched)
+				a.Touched = append(a.Touched, StreamTouch{Generation: cur.ID, Key: key, Last: ts})
 			}
 			c.lastTS = ts
 			a.Timestamps[i] = ts

@@ -69,6 +69,7 @@ type inflight struct {
 	msgs  int
 	bytes int
 	spans [][2][]byte
+	touch []StreamTouch
 }
 
 // Shard is one shard: a core plus its writer and syncer goroutines.
@@ -374,7 +375,7 @@ func (s *Shard) handle(reqs []*request) {
 		return
 	}
 	pub := a.Commit()
-	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans}
+	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans, touch: a.Touched}
 	for _, r := range reqs {
 		f.bytes += r.bytes
 	}
@@ -410,7 +411,7 @@ func (s *Shard) runSyncer() {
 			s.core.publishDurable(f.pub)
 			s.Metrics.ObserveCommit(time.Since(f.start), f.msgs, f.bytes)
 			if s.cfg.OnDurable != nil {
-				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit()}
+				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit(), Streams: f.touch}
 				for _, r := range f.reqs {
 					d.Messages = append(d.Messages, r.msgs...)
 				}

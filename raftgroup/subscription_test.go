@@ -1,0 +1,139 @@
+package raftgroup
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+)
+
+// TestClusterSubscriptionWokenByOtherSite: a subscription on one site, parked at the tail, is
+// woken by Stores made through another site, as its replica applies them — no polling — and
+// gets them in publisher order; a second subscription on a third site, from the start, reads
+// the history behind the tail and then joins it.
+func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
+	const nShards = 2
+	c := newTestCluster(t, 3, nShards, nil)
+	early := storeN(t, c.db(0), "early", 20)
+
+	tailDB := c.db(1)
+	pos, err := tailDB.TailPosition()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, err := tailDB.Subscribe("t/+/x", pos, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tail.Close()
+	history, err := c.db(2).Subscribe("t/#", c.db(2).StartPosition(time.Time{}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer history.Close()
+
+	// Park a Next at the tail before the Stores.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type result struct {
+		msgs []ds.Message
+		err  error
+	}
+	parked := make(chan result, 1)
+	go func() {
+		msgs, err := tail.Next(ctx, 1000)
+		parked <- result{msgs, err}
+	}()
+	// The replica on site 1 may not have applied all of "early" when TailPosition was
+	// taken, so the subscription may also see some of them: only the new messages are
+	// checked below, by payload.
+	late := storeN(t, c.db(0), "late", 40)
+	r := <-parked
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if len(r.msgs) == 0 {
+		t.Fatal("woken without messages")
+	}
+
+	got := map[string]bool{}
+	lastByClient := map[string]string{}
+	check := func(msgs []ds.Message, sub *ds.Subscription) {
+		for _, m := range msgs {
+			key := fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload)
+			if got[key] {
+				t.Fatalf("%s delivered twice", key)
+			}
+			got[key] = true
+			lastByClient[m.ClientID] = key
+		}
+		refs := make([]ds.Ref, len(msgs))
+		for i, m := range msgs {
+			refs[i] = ds.RefOf(m)
+		}
+		if err := sub.Ack(refs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(r.msgs, tail)
+	want := func(keys []string) int {
+		n := 0
+		for _, k := range keys {
+			if !got[k] {
+				n++
+			}
+		}
+		return n
+	}
+	for want(late) > 0 {
+		msgs, err := tail.Next(ctx, 1000)
+		if err != nil {
+			t.Fatalf("%d of %d late messages: %v", len(late)-want(late), len(late), err)
+		}
+		check(msgs, tail)
+	}
+
+	// The history subscription: every message, early and late, once, in publisher order.
+	got = map[string]bool{}
+	var order []string
+	for len(order) < len(early)+len(late) {
+		msgs, err := history.Next(ctx, 7)
+		if err != nil {
+			t.Fatalf("history: %d of %d: %v", len(order), len(early)+len(late), err)
+		}
+		for _, m := range msgs {
+			order = append(order, fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload))
+		}
+		check(msgs, history)
+	}
+	if missing, dups := diff(append(append([]string(nil), early...), late...), order); len(missing) > 0 || len(dups) > 0 {
+		t.Fatalf("history: missing %v, dups %v", missing, dups)
+	}
+	// Publisher order: storeN numbers each client's messages in increasing order.
+	pub := map[string][]string{}
+	for _, k := range append(append([]string(nil), early...), late...) {
+		var client string
+		fmt.Sscan(k, &client)
+		pub[client] = append(pub[client], k)
+	}
+	seen := map[string][]string{}
+	for _, k := range order {
+		var client string
+		fmt.Sscan(k, &client)
+		seen[client] = append(seen[client], k)
+	}
+	for client, keys := range pub {
+		if fmt.Sprint(keys) != fmt.Sprint(seen[client]) {
+			t.Fatalf("client %s: delivered %v, stored %v", client, seen[client], keys)
+		}
+	}
+	m, err := c.db(2).Metrics()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Subscriptions.Delivered != uint64(len(order)) {
+		t.Fatalf("site 2 metrics: %+v, delivered %d", m.Subscriptions, len(order))
+	}
+}
