@@ -217,6 +217,11 @@ func (c *catchUp) merge(bound uint64, n int, pos uint64) ([]*message.Message, ui
 func (sh *subShard) catchUp(n int) (int, error) {
 	s := sh.sub
 	db := s.db
+	exit, err := db.enter() // the storage stays open while we read it
+	if err != nil {
+		return 0, ErrSubscriptionClosed
+	}
+	defer exit()
 	s.mu.Lock()
 	from := sh.next
 	s.mu.Unlock()

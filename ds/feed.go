@@ -86,7 +86,9 @@ func (f *feed) onDurable(d shard.Durable) {
 		return
 	}
 	gap := d.From != f.mu.pos
-	f.mu.pos = max(f.mu.pos, d.Until)
+	// Not max: after a gap (a replica's state replaced) the shard's read limit is d.Until,
+	// and a subscription must be able to join at it.
+	f.mu.pos = d.Until
 	if len(f.mu.groups) == 0 {
 		return
 	}

@@ -83,6 +83,11 @@ func (w *Watcher) Next(ctx context.Context) ([]Change, error) {
 		}
 		w.mu.Unlock()
 		if pending != nil {
+			exit, err := w.db.enter()
+			if err != nil {
+				return nil, ErrWatcherClosed
+			}
+			defer exit()
 			return w.resolve(pending), nil
 		}
 		select {
