@@ -3,6 +3,7 @@ package ds
 import (
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
@@ -28,7 +29,10 @@ import (
 //  3. The feed never waits for a subscription: one whose buffer is full is demoted to read
 //     the storage from where its buffer ends (offer), and so is every tail subscription when
 //     a commit does not follow the previous one (a replica recovered from a snapshot).
-//  4. Commits are matched in the committing goroutine (the shard's syncer or a replica's
+//  4. delivered <= pos, and every message below delivered was handed to the subscriptions
+//     that were at the tail when its commit arrived (or matched none). A tail subscription
+//     with nothing pending or unacknowledged thus stands at delivered (Position).
+//  5. Commits are matched in the committing goroutine (the shard's syncer or a replica's
 //     apply), which only looks up the filter index and copies matched messages, and
 //     delivered to subscriptions by the feed's own goroutine, in commit order.
 type feed struct {
@@ -38,15 +42,17 @@ type feed struct {
 	mu struct {
 		sync.Mutex
 		pos     uint64
+		busy    bool // run is handing out a queue it took
 		index   topic.Index[*tailGroup]
 		groups  map[string]*tailGroup
 		queue   []feedEvent
 		closed  bool
 		matched []*tailGroup // scratch of onDurable
 	}
-	wake chan struct{} // capacity 1: the queue is not empty
-	done chan struct{} // closed by close
-	wg   sync.WaitGroup
+	delivered atomic.Uint64 // invariant 4
+	wake      chan struct{} // capacity 1: the queue is not empty
+	done      chan struct{} // closed by close
+	wg        sync.WaitGroup
 }
 
 // tailGroup is the tail subscriptions of one filter. subs is copied on write, so an event can
@@ -72,6 +78,7 @@ type groupDelivery struct {
 func newFeed(id ShardID, pos uint64, stats *subStats) *feed {
 	f := &feed{shard: id, stats: stats, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	f.mu.pos = pos
+	f.delivered.Store(pos)
 	f.mu.groups = map[string]*tailGroup{}
 	f.wg.Add(1)
 	go f.run()
@@ -89,6 +96,13 @@ func (f *feed) onDurable(d shard.Durable) {
 	// Not max: after a gap (a replica's state replaced) the shard's read limit is d.Until,
 	// and a subscription must be able to join at it.
 	f.mu.pos = d.Until
+	defer func() {
+		// Nothing of this commit is queued for the tail: unless run still hands out earlier
+		// commits (it moves delivered when it is done), everything below pos is delivered.
+		if len(f.mu.queue) == 0 && !f.mu.busy {
+			f.delivered.Store(f.mu.pos)
+		}
+	}()
 	if len(f.mu.groups) == 0 {
 		return
 	}
@@ -160,21 +174,32 @@ func (f *feed) run() {
 		}
 		f.mu.Lock()
 		queue := f.mu.queue
-		f.mu.queue = nil
+		f.mu.queue, f.mu.busy = nil, true
 		f.mu.Unlock()
-		for _, ev := range queue {
-			for _, d := range ev.deliveries {
-				for _, s := range d.subs {
-					if s.offer(d.msgs, ev.until) {
-						f.leave(s)
-					}
-				}
-				f.stats.fed.Add(uint64(len(d.msgs)))
-			}
-			for _, s := range ev.demote {
-				if s.demote() {
+		f.deliver(queue)
+		f.mu.Lock()
+		f.mu.busy = false
+		if len(f.mu.queue) == 0 {
+			f.delivered.Store(f.mu.pos)
+		}
+		f.mu.Unlock()
+	}
+}
+
+// deliver hands queued commits to their subscriptions, in order.
+func (f *feed) deliver(queue []feedEvent) {
+	for _, ev := range queue {
+		for _, d := range ev.deliveries {
+			for _, s := range d.subs {
+				if s.offer(d.msgs) {
 					f.leave(s)
 				}
+			}
+			f.stats.fed.Add(uint64(len(d.msgs)))
+		}
+		for _, s := range ev.demote {
+			if s.demote() {
+				f.leave(s)
 			}
 		}
 	}

@@ -384,12 +384,16 @@ func (sh *subShard) positionLocked() uint64 {
 		return sh.unacked[0].ts
 	case len(sh.pending) > 0:
 		return sh.pending[0].Timestamp
+	case sh.tail:
+		// Its next moves only when a commit matches; the feed knows how far every commit was
+		// handed out (feed invariant 4).
+		return max(sh.next, sh.sub.db.feeds[sh.id].delivered.Load())
 	}
 	return sh.next
 }
 
 // Close ends the subscription: a waiting Next returns ErrSubscriptionClosed. Its Position
-// stays readable.
+// stays readable and still covers every message not acknowledged, delivered or not.
 func (s *Subscription) Close() error {
 	s.mu.Lock()
 	if s.mu.closed {
@@ -401,10 +405,12 @@ func (s *Subscription) Close() error {
 	var tails []*subShard
 	for _, sh := range s.shards {
 		if sh.tail {
+			// Every matching message below delivered is in pending or below next (feed
+			// invariant 4): keep how far the tail got for Position.
+			sh.next = max(sh.next, s.db.feeds[sh.id].delivered.Load())
 			sh.tail = false
 			tails = append(tails, sh)
 		}
-		sh.pending = nil
 	}
 	s.mu.Unlock()
 	for _, sh := range tails {
@@ -417,9 +423,9 @@ func (s *Subscription) Close() error {
 	return nil
 }
 
-// offer hands sh messages of a commit that ends at until, from the feed. It reports whether sh
-// left the tail, in which case the feed must remove it (buffer full).
-func (sh *subShard) offer(msgs []*message.Message, until uint64) (left bool) {
+// offer hands sh messages of a commit, from the feed. It reports whether sh left the tail, in
+// which case the feed must remove it (buffer full).
+func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 	s := sh.sub
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -53,9 +53,6 @@ func (db *DB) subscriptionMetrics() SubscriptionMetrics {
 		s.mu.Lock()
 		for i, sh := range s.shards {
 			tail = tail && sh.tail
-			if sh.tail && len(sh.pending) == 0 && len(sh.unacked) == 0 {
-				continue // fed as commits come: its position only moves when one matches
-			}
 			if p := sh.positionLocked(); p < limits[i] {
 				m.MaxLag = max(m.MaxLag, limits[i]-p)
 			}

@@ -344,3 +344,33 @@ func FuzzUnmarshalPosition(f *testing.F) {
 		require.Equal(t, b, again, "canonical")
 	})
 }
+
+// TestSubscriptionPositionAfterClose: messages the tail handed to a subscription that were
+// never taken by Next are not skipped by the Position read after Close, and a tail
+// subscription whose filter matched nothing for a while still moves its Position.
+func TestSubscriptionPositionAfterClose(t *testing.T) {
+	d := openTestDB(t, fastOptions(func(o *ds.Options) { o.NShards = 1 }))
+	pos, err := d.TailPosition()
+	require.NoError(t, err)
+	s, err := d.Subscribe("x/#", pos, nil)
+	require.NoError(t, err)
+	requireNothing(t, s) // at the tail
+	var other []ds.Ref
+	for i := 0; i < 5; i++ {
+		other = append(other, d.store(msg("c", "y/z", i))[0])
+	}
+	eventually(t, func() bool { return s.Position().Shard(0) > other[4].Timestamp },
+		"the position moves past messages that do not match")
+	want := d.store(msg("c", "x/1", 0), msg("c", "x/2", 1))
+	eventually(t, func() bool {
+		m, err := d.Metrics()
+		return err == nil && m.Subscriptions.Fed >= 2
+	}, "the tail hands the subscription its messages")
+	require.NoError(t, s.Close())
+	p := s.Position()
+	require.Equal(t, want[0].Timestamp, p.Shard(0), "the undelivered messages are not skipped")
+	s, err = d.Subscribe("x/#", p, nil)
+	require.NoError(t, err)
+	defer s.Close()
+	require.Equal(t, want, refsOf(collect(t, s, 2, true)))
+}
