@@ -13,6 +13,26 @@
 //	it, _ := db.Iterator(streams[0], "sensor/+/temp", since)
 //	msgs, it, err := db.Next(ctx, it, 100)
 //
+// # Subscriptions
+//
+// A broker rarely wants the iterators themselves: Subscribe gives it "every message matching
+// this filter, from this position, in order, as it arrives".
+//
+//	from, _ := db.TailPosition()                   // or StartPosition(t), or a saved Position
+//	sub, _ := db.Subscribe("sensor/+/temp", from, nil)
+//	msgs, err := sub.Next(ctx, 100)                // waits; per shard in timestamp order
+//	sub.Ack(ds.RefOf(msgs[0]))                     // at most MaxUnacked unacknowledged
+//	saved, _ := sub.Position().MarshalBinary()     // resume point: one timestamp per shard
+//
+// Per shard, a subscription merges the filter's streams of every generation by timestamp and
+// finds new streams and generations itself (catchup.go draws the merge bound that makes this
+// exact). Behind the tail it reads the storage on its own; at the tail it is fed, with every
+// other tail subscription of the shard, from each durable commit in memory (feed.go): one
+// pass per commit, no storage read. A subscription that does not keep up is sent back to
+// reading, so it never holds others back. Retention that drops unread messages is reported
+// (a *LossError), never skipped silently. Watch is the same push signal for readers of
+// iterators: it names the streams that changed and up to which timestamp.
+//
 // # Guarantees
 //
 //   - Store returns once the messages are durable (Options.Durability), and then they are
@@ -31,6 +51,6 @@
 // This package does not depend on raftgroup; a broker picks one or the other when it opens the
 // DB and uses the same API afterwards.
 //
-// See DESIGN.md in the project's shared notes for the model, and package layout for the
-// on-disk format.
+// See docs/design-changes.md for where the code departs from the first design map, and
+// package layout for the on-disk format.
 package ds
