@@ -29,9 +29,17 @@ import (
 // Buffers persist between calls, so a stream read ahead of the others is not read twice.
 type catchUp struct {
 	cursors  []*cursor
-	listedAt uint64 // 0: not listed yet
-	reads    int    // storage reads (for the metrics)
+	listedAt uint64    // 0: not listed yet
+	reads    int       // storage reads (for the metrics)
+	heap     []*cursor // scratch of merge
+	gone     map[GenerationID]bool
 }
+
+// minRead is the fewest messages read from one stream at a time. A filter over many streams
+// reads each with ReadBatch/streams (at least minRead), so the messages buffered per shard stay
+// near ReadBatch however many streams it spans; only the stream that limits the merge bound is
+// read again.
+const minRead = 16
 
 type cursor struct {
 	it   Iterator
@@ -82,25 +90,29 @@ func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []stri
 				return res, err
 			}
 		}
+		per := max(min(minRead, batch), batch/max(1, len(c.cursors)))
+	read:
 		for _, cu := range c.cursors {
 			if cu.done || len(cu.buf) > 0 || cu.upto >= c.listedAt {
 				continue
 			}
-			msgs, it, err := c.read(sb, cu.it, levels, batch)
+			msgs, it, err := c.read(sb, cu.it, levels, per)
 			switch {
 			case errors.Is(err, ErrEndOfStream):
 				cu.done = true
 			case errors.Is(err, ErrGenerationNotFound):
-				loss, err := c.dropped(sb, id, cu.it.Stream.Generation, res.next)
-				if err != nil {
-					return res, err
-				}
-				res.next, res.loss = loss.Until, loss
-				return res, nil
+				// Dropped under us. List again: the listing stops at the hole, and reports the
+				// loss once the position reaches it (list).
+				c.forget(cu.it.Stream.Generation)
+				c.listedAt = 0
+				break read // c.cursors changed under the loop
 			case err != nil:
 				return res, fmt.Errorf("shard %d: %w", id, err)
 			}
 			cu.buf, cu.it, cu.upto = msgs, it, it.Next
+		}
+		if c.listedAt == 0 {
+			continue
 		}
 		bound := c.bound()
 		res.msgs, res.next = c.merge(bound, n, res.next)
@@ -113,27 +125,47 @@ func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []stri
 // read is one storage read of one stream.
 func (c *catchUp) read(sb ShardBackend, it Iterator, levels []string, n int) ([]message.Message, Iterator, error) {
 	c.reads++
-	msgs, next, err := sb.Read(it, levels, n, nil)
+	// A fresh array each time: the messages delivered point into it.
+	msgs, next, err := sb.Read(it, levels, n, make([]message.Message, 0, n))
 	it.Next = max(it.Next, next)
 	return msgs, it, err
 }
 
 // list loads the streams of every generation from `from` on under read limit `limit`, adding
-// cursors for the new ones. It reports a loss if generations between from and the oldest
-// one left were dropped.
+// cursors for the new ones.
+//
+// Generation IDs are consecutive, so a hole in the table is a dropped generation. If from lies
+// in a hole, the messages from there to the next generation are lost: list reports it. A
+// hole further on caps the listing at its start, so that the generations before it are read
+// to their end before the loss is reported.
 func (c *catchUp) list(sb ShardBackend, id ShardID, filter string, levels []string, from, limit uint64) (*LossError, error) {
 	gens, err := sb.Generations()
 	if err != nil {
 		return nil, fmt.Errorf("shard %d: %w", id, err)
 	}
-	if len(gens) > 0 && from < gens[0].Since && gens[0].ID > 1 {
-		// Generations before the oldest were dropped, and from lies in them (a position that
-		// waited longer than the retention).
-		prev := gens[0].ID - 1
-		n, _ := sb.DroppedMessages(prev)
-		c.reset()
-		return &LossError{Shard: id, Generation: prev, From: from, Until: gens[0].Since, Messages: n}, nil
+	listUntil, below := limit, GenerationID(math.MaxUint32) // cursors only for generations < below
+	present := make(map[GenerationID]bool, len(gens))
+	var prevID GenerationID
+	var prevUntil uint64
+	for _, g := range gens {
+		if c.gone[g.ID] {
+			continue // its drop is applied, not yet in the table readers see
+		}
+		if g.ID != prevID+1 && from < g.Since {
+			if from >= prevUntil {
+				n, _ := sb.DroppedMessages(g.ID - 1)
+				c.forgetBelow(g.ID)
+				c.listedAt = 0
+				return &LossError{Shard: id, Generation: g.ID - 1, From: from, Until: g.Since, Messages: n}, nil
+			}
+			listUntil, below = min(limit, prevUntil), g.ID
+			break
+		}
+		present[g.ID] = true
+		prevID, prevUntil = g.ID, g.Until
 	}
+	// Cursors of generations gone from the table go; those beyond a hole wait behind the cap.
+	c.filter(func(cu *cursor) bool { g := cu.it.Stream.Generation; return present[g] || g >= below })
 	streams, err := sb.Streams(levels, from)
 	if err != nil {
 		return nil, fmt.Errorf("shard %d: %w", id, err)
@@ -143,72 +175,96 @@ func (c *catchUp) list(sb ShardBackend, id ShardID, filter string, levels []stri
 		have[[2]uint64{uint64(cu.it.Stream.Generation), cu.it.Stream.Key}] = true
 	}
 	for _, st := range streams {
-		if have[[2]uint64{uint64(st.Generation), st.Key}] {
+		if st.Generation >= below || !present[st.Generation] || have[[2]uint64{uint64(st.Generation), st.Key}] {
 			continue
 		}
 		// A stream not listed before holds no message below the previous listedAt (hence
 		// none below from): reading it from from misses nothing.
 		c.cursors = append(c.cursors, &cursor{it: Iterator{Stream: st, Filter: filter, Next: from}, upto: from})
 	}
-	c.listedAt = limit
+	c.listedAt = listUntil
 	return nil, nil
 }
 
-// dropped handles a generation that was dropped under a cursor: the cursors of it and of
-// older generations go, and the loss runs from the position to the next generation's start.
-func (c *catchUp) dropped(sb ShardBackend, id ShardID, gen GenerationID, from uint64) (*LossError, error) {
-	gens, err := sb.Generations()
-	if err != nil {
-		return nil, fmt.Errorf("shard %d: %w", id, err)
+// forget drops the cursors of a generation that was dropped, and remembers it as gone.
+func (c *catchUp) forget(gen GenerationID) {
+	if c.gone == nil {
+		c.gone = map[GenerationID]bool{}
 	}
-	until, err := sb.ReadLimit()
-	if err != nil {
-		return nil, fmt.Errorf("shard %d: %w", id, err)
-	}
-	for _, g := range gens {
-		if g.ID > gen {
-			until = g.Since
-			break
+	c.gone[gen] = true
+	c.filter(func(cu *cursor) bool { return cu.it.Stream.Generation != gen })
+}
+
+// forgetBelow drops the cursors of generations before gen (a reported loss).
+func (c *catchUp) forgetBelow(gen GenerationID) {
+	c.filter(func(cu *cursor) bool { return cu.it.Stream.Generation >= gen })
+}
+
+func (c *catchUp) filter(keep func(*cursor) bool) {
+	live := c.cursors[:0]
+	for _, cu := range c.cursors {
+		if keep(cu) {
+			live = append(live, cu)
 		}
 	}
-	n, _ := sb.DroppedMessages(gen)
-	c.reset()
-	return &LossError{Shard: id, Generation: gen, From: from, Until: max(until, from), Messages: n}, nil
+	clear(c.cursors[len(live):])
+	c.cursors = live
 }
 
 // merge takes from the buffers, in timestamp order, up to n messages below bound, and returns
-// them with the new position: bound, or past the last message taken if n stopped it.
+// them with the new position: bound, or past the last message taken if n stopped it. The
+// cursors with buffered messages form a min-heap on their first timestamp, so a message costs
+// O(log cursors) however many streams the filter spans.
 func (c *catchUp) merge(bound uint64, n int, pos uint64) ([]*message.Message, uint64) {
-	var out []*message.Message
-	for len(out) < n {
-		var best *cursor
-		bestTS := uint64(math.MaxUint64)
-		for _, cu := range c.cursors {
-			if len(cu.buf) > 0 && cu.buf[0].Timestamp < bestTS {
-				best, bestTS = cu, cu.buf[0].Timestamp
-			}
+	h := c.heap[:0]
+	for _, cu := range c.cursors {
+		if len(cu.buf) > 0 {
+			h = append(h, cu)
 		}
-		if best == nil || bestTS >= bound {
-			break
-		}
-		out = append(out, &best.buf[0])
-		best.buf = best.buf[1:]
 	}
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		siftDown(h, i)
+	}
+	var out []*message.Message
+	for len(out) < n && len(h) > 0 && h[0].buf[0].Timestamp < bound {
+		top := h[0]
+		out = append(out, &top.buf[0])
+		top.buf = top.buf[1:]
+		if len(top.buf) == 0 {
+			top.buf = nil
+			h[0] = h[len(h)-1]
+			h = h[:len(h)-1]
+		}
+		siftDown(h, 0)
+	}
+	clear(h)
+	c.heap = h[:0]
 	if len(out) == n && n > 0 {
 		pos = max(pos, out[len(out)-1].Timestamp+1)
 	} else {
 		pos = max(pos, bound)
 	}
 	// Cursors at their end with nothing buffered are finished.
-	live := c.cursors[:0]
-	for _, cu := range c.cursors {
-		if !cu.done || len(cu.buf) > 0 {
-			live = append(live, cu)
-		}
-	}
-	clear(c.cursors[len(live):])
-	c.cursors = live
+	c.filter(func(cu *cursor) bool { return !cu.done || len(cu.buf) > 0 })
 	return out, pos
+}
+
+// siftDown restores the heap order of h (by first buffered timestamp) below i.
+func siftDown(h []*cursor, i int) {
+	for {
+		l, small := 2*i+1, i
+		if l < len(h) && h[l].buf[0].Timestamp < h[small].buf[0].Timestamp {
+			small = l
+		}
+		if r := l + 1; r < len(h) && h[r].buf[0].Timestamp < h[small].buf[0].Timestamp {
+			small = r
+		}
+		if small == i {
+			return
+		}
+		h[i], h[small] = h[small], h[i]
+		i = small
+	}
 }
 
 // catchUp reads the shard behind the tail into pending, or joins the tail once there is

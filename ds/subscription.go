@@ -445,6 +445,7 @@ func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 		// again.
 		sh.tail = false
 		s.db.subStats.demoted.Add(1)
+		s.signal() // a waiting Next reads them from the storage
 		return true
 	}
 	sh.pending = append(sh.pending, msgs...)
