@@ -101,6 +101,7 @@ type Subscription struct {
 	wake   chan struct{} // capacity 1: something for a waiting Next (messages, an Ack)
 
 	readMu sync.Mutex // held by Next: one reader at a time, owner of the catchUp states
+	readRR int        // REQUIRES: readMu; which shard behind the tail to read first
 
 	mu struct {
 		sync.Mutex
@@ -223,14 +224,22 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			}
 			continue
 		}
+		// Read the shards behind the tail, starting where the last call left off, until one
+		// yields messages: a batch is returned as soon as there is one, and memory stays at
+		// one read's worth.
 		read := false
 		var errs []error
-		for _, sh := range behind {
+		for k := range behind {
+			sh := behind[(s.readRR+k)%len(behind)]
 			n, err := sh.catchUp(min(max, room))
 			if err != nil {
 				errs = append(errs, err)
 			}
-			read = read || n > 0
+			if n > 0 {
+				s.readRR = (s.readRR + k + 1) % len(s.shards)
+				read = true
+				break
+			}
 		}
 		if read {
 			continue
