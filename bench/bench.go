@@ -1,7 +1,8 @@
 // Package bench holds Strata's benchmark scenarios, used by cmd/ds-bench and by go test -bench:
 // ingest from many concurrent publishers, replays (everything, a wildcard, one publisher),
 // fan-out (many readers of one stream), retention under load (rotation and drops while
-// ingesting), and raw Pebble writing the same bytes as the floor under Strata.
+// ingesting), subscriptions (fan-out at the tail, Store → delivery latency, catch-up), and raw
+// Pebble writing the same bytes as the floor under Strata.
 package bench
 
 import (
@@ -27,6 +28,7 @@ type Config struct {
 	Progress      bool
 	Flush         time.Duration
 	Replay        bool
+	SubCatchUp    bool // after the replays, read everything through one subscription (ds.Subscribe)
 	Metrics       bool
 	Quick         bool
 	RaftInFlight  int // replicated: raftgroup.Config.MaxInFlight (0: its default)

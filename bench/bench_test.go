@@ -14,7 +14,7 @@ import (
 func TestScenariosRun(t *testing.T) {
 	for _, perShard := range []bool{false, true} {
 		c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync,
-			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true}
+			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true, SubCatchUp: true}
 		rs, err := RunStrata(c)
 		if err != nil {
 			t.Fatal(err)
@@ -24,6 +24,8 @@ func TestScenariosRun(t *testing.T) {
 			"replay all":           c.N,
 			"replay wildcard":      c.N / 8,            // one region of 8
 			"replay one publisher": c.N / c.Publishers, // one publisher's share
+			"replay # (1 reader)":  c.N,
+			"subscribe catch-up #": c.N,
 		}
 		if len(rs) != len(want) {
 			t.Fatalf("got %d results, want %d", len(rs), len(want))
@@ -66,6 +68,60 @@ func TestFanOutAndRetentionRun(t *testing.T) {
 	}
 	if r.Msgs != c.N || r.Note == "" {
 		t.Errorf("retention: %+v", r)
+	}
+}
+
+// TestSubscribeScenariosRun runs the subscription scenarios on tiny sizes and checks what
+// each one delivered (the scenarios themselves fail on a lost, duplicated or foreign message).
+func TestSubscribeScenariosRun(t *testing.T) {
+	c := Config{Publishers: 20, Payload: 100, Shards: 4, Durability: ds.NoSync, Layout: ds.LayoutLTS, Dir: t.TempDir()}
+	sc := SubConfig{FanOutSubs: 50, FanOutN: 200, DisjointSubs: 20, DisjointN: 410, Publishers: 10,
+		LatencySubs: 3, LatencyN: 1000, CatchUpN: 3000, Timeout: time.Minute}
+	rs, err := RunSubscribe(c, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		prefix string
+		msgs   int
+	}{
+		{"subscribe fan-out: 50 subscriptions on fan/#", 50 * 200},
+		{"subscribe fan-out: 20 subscriptions on fan/<i>/#", 410},
+		{"subscribe latency (embedded)", 3 * 1000},
+		{"replay t/# (parallel readers)", 3000},
+		{"replay t/# (1 reader)", 3000},
+		{"subscribe catch-up t/#", 3000},
+	}
+	if len(rs) != len(want) {
+		t.Fatalf("got %d results, want %d: %+v", len(rs), len(want), rs)
+	}
+	for i, w := range want {
+		r := rs[i]
+		if !strings.HasPrefix(r.Name, w.prefix) || r.Msgs != w.msgs || r.Elapsed <= 0 || r.Note == "" {
+			t.Errorf("result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
+		}
+	}
+	if r := rs[2]; r.P50 < 0 || r.P99 < r.P50 || r.P999 < r.P99 {
+		t.Errorf("latency percentiles: %+v", r)
+	}
+}
+
+// TestSubscribeReplicatedRuns: the replicated latency scenario stores through site 0 and
+// reports one result per site of subscriptions.
+func TestSubscribeReplicatedRuns(t *testing.T) {
+	c := Config{Publishers: 20, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
+	sc := SubConfig{LatencySubs: 3, LatencyN: 600, LatencyRate: 2000, Timeout: time.Minute}
+	rs, err := RunSubscribeReplicated(c, sc, 3, raftgroup.LogDBPebble)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 3 {
+		t.Fatalf("got %d results, want 3", len(rs))
+	}
+	for _, r := range rs {
+		if r.Msgs != 600 || r.P99 < r.P50 {
+			t.Errorf("%+v", r)
+		}
 	}
 }
 

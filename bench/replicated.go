@@ -21,72 +21,11 @@ import (
 // shard's voters holds the message in its Raft log (fsynced) and the local proposer learned
 // the outcome.
 func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
-	root := c.Dir
-	if root == "" {
-		tmp, err := os.MkdirTemp("", "ds-bench-raft-")
-		if err != nil {
-			return Result{}, err
-		}
-		defer os.RemoveAll(tmp)
-		root = tmp
-	} else {
-		root = filepath.Join(root, "replicated-"+string(logdb))
-	}
-	addrs, err := loopback.FreeAddrs(sites)
+	dbs, stop, err := startSites(c, sites, logdb, "replicated-"+string(logdb))
 	if err != nil {
 		return Result{}, err
 	}
-	ss := make([]*raftgroup.Site, sites)
-	errs := make([]error, sites)
-	var wg sync.WaitGroup
-	for i := range ss {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			ss[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
-				Dir: filepath.Join(root, fmt.Sprintf("site-%d", i)), RaftAddress: addrs[i], InitialSites: addrs,
-				LogDB: logdb, LogDBMemory: raftgroup.LogDBSmall, MaxInFlight: c.RaftInFlight,
-				DB: &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
-					Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}},
-			})
-		}()
-	}
-	wg.Wait()
-	defer func() {
-		for _, s := range ss {
-			if s != nil {
-				s.Close()
-			}
-		}
-	}()
-	if err := errors.Join(errs...); err != nil {
-		return Result{}, err
-	}
-	dbs := make([]*ds.DB, sites)
-	for i, s := range ss {
-		db, err := s.DB()
-		if err != nil {
-			return Result{}, err
-		}
-		dbs[i] = db
-	}
-	// Wait for every shard to have a leader: a first Store per shard.
-	for sh := range c.Shards {
-		for p := 0; ; p++ {
-			if int(ds.ShardOf(clientID(p), c.Shards)) != sh {
-				continue
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := dbs[0].Store(ctx, ds.Message{ClientID: clientID(p), Topic: "warmup", Payload: []byte("x")})
-			cancel()
-			if err != nil {
-				return Result{}, fmt.Errorf("warm-up of shard %d: %w", sh, err)
-			}
-			break
-		}
-	}
+	defer stop()
 	ctx := context.Background()
 	pl := payloads(64, c.Payload)
 	name := fmt.Sprintf("replicated ingest (%d sites, RF 3, %d shards, %s log)", sites, c.Shards, logdb)
@@ -114,4 +53,80 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	r.setRun(lats, series)
 	r.Note = fmt.Sprintf("%.0f msgs/proposal, heap %d MiB, RSS %d MiB (all %d sites in one process)", r.MsgsPerCommit, heap>>20, rss>>20, sites)
 	return r, nil
+}
+
+// startSites starts sites sites in this process on 127.0.0.1 (each its own NodeHost, Raft log
+// and replicas, under c.Dir/name or a temporary directory), bootstrapped with replication factor
+// 3 and c.Shards shards, and waits until every shard has a leader (a first Store per shard, on
+// topic "warmup", through site 0). stop closes the sites and removes the temporary directory.
+func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (dbs []*ds.DB, stop func(), err error) {
+	root, removeRoot := c.Dir, func() {}
+	if root == "" {
+		tmp, err := os.MkdirTemp("", "ds-bench-raft-")
+		if err != nil {
+			return nil, nil, err
+		}
+		root, removeRoot = tmp, func() { os.RemoveAll(tmp) }
+	} else {
+		root = filepath.Join(root, name)
+	}
+	addrs, err := loopback.FreeAddrs(sites)
+	if err != nil {
+		removeRoot()
+		return nil, nil, err
+	}
+	ss := make([]*raftgroup.Site, sites)
+	errs := make([]error, sites)
+	var wg sync.WaitGroup
+	for i := range ss {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			ss[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
+				Dir: filepath.Join(root, fmt.Sprintf("site-%d", i)), RaftAddress: addrs[i], InitialSites: addrs,
+				LogDB: logdb, LogDBMemory: raftgroup.LogDBSmall, MaxInFlight: c.RaftInFlight,
+				DB: &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
+					Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}},
+			})
+		})
+	}
+	wg.Wait()
+	stop = func() {
+		for _, s := range ss {
+			if s != nil {
+				s.Close()
+			}
+		}
+		removeRoot()
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	dbs = make([]*ds.DB, sites)
+	for i, s := range ss {
+		if dbs[i], err = s.DB(); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Wait for every shard to have a leader: a first Store per shard.
+	for sh := range c.Shards {
+		for p := 0; ; p++ {
+			if int(ds.ShardOf(clientID(p), c.Shards)) != sh {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := dbs[0].Store(ctx, ds.Message{ClientID: clientID(p), Topic: "warmup", Payload: []byte("x")})
+			cancel()
+			if err != nil {
+				return nil, nil, fmt.Errorf("warm-up of shard %d: %w", sh, err)
+			}
+			break
+		}
+	}
+	return dbs, stop, nil
 }

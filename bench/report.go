@@ -31,9 +31,6 @@ func WriteHTML(w io.Writer, title string, rs []Result) error {
 var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
 	"rate": func(r Result) string { return Human(r.MsgsPerSec()) },
 	"dur": func(d time.Duration) string {
-		if d == 0 {
-			return "-"
-		}
 		return d.Round(10 * time.Microsecond).String()
 	},
 	"ms": func(d time.Duration) string { return d.Round(time.Millisecond).String() },
@@ -48,7 +45,7 @@ svg text{font-size:11px;fill:#555}
 </style></head><body>
 <h1>{{.Title}}</h1>
 <table><tr><th>scenario</th><th>messages</th><th>time</th><th>msgs/s</th><th>p50</th><th>p99</th><th>p99.9</th><th>note</th></tr>
-{{range .Results}}<tr><td>{{.Name}}</td><td>{{.Msgs}}</td><td>{{ms .Elapsed}}</td><td>{{rate .}}</td><td>{{dur .P50}}</td><td>{{dur .P99}}</td><td>{{dur .P999}}</td><td>{{.Note}}</td></tr>
+{{range .Results}}<tr><td>{{.Name}}</td><td>{{.Msgs}}</td><td>{{ms .Elapsed}}</td><td>{{rate .}}</td>{{if or .P50 .P99 .P999}}<td>{{dur .P50}}</td><td>{{dur .P99}}</td><td>{{dur .P999}}</td>{{else}}<td>-</td><td>-</td><td>-</td>{{end}}<td>{{.Note}}</td></tr>
 {{end}}</table>
 {{range .Charts}}<h3>{{.Name}}</h3>
 <div class="chart"><h4>throughput over time (msgs/s, every 250 ms)</h4>{{.Throughput}}</div>

@@ -90,6 +90,13 @@ func RunStrata(c Config) ([]Result, error) {
 		r.Note = q.filter
 		results = append(results, r)
 	}
+	if c.SubCatchUp {
+		rs, err := catchUpVsReplay(ctx, db, c.N, "#", " ("+storage+")", &results[1])
+		if err != nil {
+			return nil, err
+		}
+		results = append(results, rs...)
+	}
 	return results, db.Close()
 }
 

@@ -1,10 +1,14 @@
 // Command ds-bench measures Strata on this machine: it opens an embedded DB in a temporary
 // directory, ingests messages from many concurrent publishers over a topic tree, replays them
 // (everything, a wildcard filter, one publisher's topic) and writes the same bytes to raw Pebble
-// for comparison, so the engine's overhead shows as a ratio.
+// for comparison, so the engine's overhead shows as a ratio. The subscription scenarios
+// measure ds.Subscribe: fan-out at the tail (one filter, disjoint filters), Store → delivery
+// latency at half the maximum ingest (embedded, and on a 3-site cluster), and catch-up from the
+// oldest message next to the raw replay.
 //
 //	go run ./cmd/ds-bench                 # 1M × 1 KiB messages from 1,000 publishers, Sync
 //	go run ./cmd/ds-bench -n 200000 -durability nosync -storage per-shard
+//	go run ./cmd/ds-bench -scenarios subscribe -sub-fanout-subs 10000 -sub-fanout-n 2000
 package main
 
 import (
@@ -46,7 +50,8 @@ func main() {
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
-	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated", "comma-separated: ingest (with the replays), fanout, retention, raw, replicated")
+	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated,subscribe,subscribe-replicated",
+		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites)")
 	logdbs := flag.String("raft-logdb", "pebble,tan", "replicated: Raft LogDB(s) to measure, comma-separated: pebble, tan")
 	raftN := flag.Int("raft-n", 200_000, "replicated: messages (the cluster ingests ~20k msgs/s here; capped by -n)")
 	raftShards := flag.Int("raft-shards", 4, "replicated: shards (fewer shards, larger Raft entries)")
@@ -55,6 +60,20 @@ func main() {
 	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
 	fanN := flag.Int("fanout-n", 20_000, "fan-out: messages in the stream")
 	span := flag.Duration("retention-span", 100*time.Millisecond, "retention: GenerationSpan (Retention is twice it)")
+	var sc bench.SubConfig
+	flag.IntVar(&sc.FanOutSubs, "sub-fanout-subs", 10_000, "subscribe: subscriptions on one filter, fed at the tail")
+	flag.IntVar(&sc.FanOutN, "sub-fanout-n", 1000, "subscribe: messages each of the -sub-fanout-subs subscriptions takes")
+	flag.IntVar(&sc.DisjointSubs, "sub-disjoint-subs", 1000, "subscribe: subscriptions on disjoint filters fan/<i>/#")
+	flag.IntVar(&sc.DisjointN, "sub-disjoint-n", 50_000, "subscribe: messages spread over the -sub-disjoint-subs filters")
+	flag.IntVar(&sc.Publishers, "sub-publishers", 100, "subscribe: publishers of the fan-out runs")
+	flag.IntVar(&sc.LatencySubs, "sub-latency-subs", 10, "subscribe: subscriptions on t/# during the latency run")
+	flag.IntVar(&sc.LatencyN, "sub-latency-n", 100_000, "subscribe: messages of the latency run (first as fast as possible, to measure the maximum, then paced)")
+	flag.Float64Var(&sc.LatencyRate, "sub-rate", 0, "subscribe: msgs/s of the latency run (0: half the maximum ingest, measured first)")
+	flag.IntVar(&sc.CatchUpN, "sub-catchup-n", 1_000_000, "subscribe: messages stored and read back through one subscription (0: none); when the ingest scenario runs, its DB and messages instead")
+	flag.IntVar(&sc.MaxUnacked, "sub-max-unacked", 0, "subscribe: SubscribeOptions.MaxUnacked (0: the default, 1000)")
+	subRaftN := flag.Int("sub-raft-n", 30_000, "subscribe-replicated: messages of the latency run")
+	subRaftRate := flag.Float64("sub-raft-rate", 0, "subscribe-replicated: msgs/s of the latency run (0: half the maximum through site 0, measured first)")
+	subLogDB := flag.String("sub-raft-logdb", "pebble", "subscribe-replicated: Raft LogDB (pebble or tan)")
 	flag.Parse()
 	want := map[string]bool{}
 	for _, s := range strings.Split(*scenarios, ",") {
@@ -104,6 +123,17 @@ func main() {
 	default:
 		fail("unknown -layout %q", lay)
 	}
+	if c.Quick {
+		sc.FanOutSubs, sc.FanOutN = min(sc.FanOutSubs, 1000), min(sc.FanOutN, 500)
+		sc.DisjointN = min(sc.DisjointN, 10_000)
+		sc.LatencyN, *subRaftN = min(sc.LatencyN, 20_000), min(*subRaftN, 10_000)
+	}
+	if c.Quick {
+		sc.CatchUpN = min(sc.CatchUpN, c.N)
+	}
+	if want["ingest"] && c.Replay {
+		c.SubCatchUp, sc.CatchUpN = want["subscribe"], 0 // on the ingest scenario's DB
+	}
 	if c.N < c.Publishers || c.Publishers < 1 || c.Payload < 0 {
 		fail("need -n >= -publishers >= 1 and -payload >= 0")
 	}
@@ -125,6 +155,7 @@ func main() {
 				fail("%v", err)
 			}
 			results = append(results, rs...)
+			sc.MaxIngest = rs[0].MsgsPerSec() // the latency run takes half of it
 		}
 		if want["fanout"] {
 			r, err := bench.RunFanOut(c, *fanN, *fanReaders)
@@ -132,6 +163,13 @@ func main() {
 				fail("fan-out: %v", err)
 			}
 			results = append(results, r)
+		}
+		if want["subscribe"] {
+			rs, err := bench.RunSubscribe(c, sc)
+			if err != nil {
+				fail("subscribe: %v", err)
+			}
+			results = append(results, rs...)
 		}
 		if want["retention"] {
 			rc := c
@@ -156,6 +194,17 @@ func main() {
 			}
 			results = append(results, r)
 		}
+	}
+	if want["subscribe-replicated"] {
+		rc := c
+		rc.Shards = *raftShards
+		rsc := sc
+		rsc.LatencyN, rsc.LatencyRate, rsc.MaxIngest = *subRaftN, *subRaftRate, 0 // measured through site 0
+		rs, err := bench.RunSubscribeReplicated(rc, rsc, *sites, raftgroup.LogDB(*subLogDB))
+		if err != nil {
+			fail("subscribe-replicated: %v", err)
+		}
+		results = append(results, rs...)
 	}
 	if c.Raw && want["raw"] {
 		rs, err := bench.RunRawPebble(c)
@@ -195,13 +244,13 @@ func main() {
 func printResults(rs []bench.Result) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\tMB/s\tp50\tp99\tp99.9\t\tnote")
-	lat := func(d time.Duration) string {
-		if d == 0 {
-			return "-"
-		}
-		return d.Round(10 * time.Microsecond).String()
-	}
 	for _, r := range rs {
+		lat := func(d time.Duration) string {
+			if r.P50 == 0 && r.P99 == 0 && r.P999 == 0 {
+				return "-" // no latency measured
+			}
+			return d.Round(10 * time.Microsecond).String()
+		}
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%.1f\t%s\t%s\t%s\t\t%s\n", r.Name, r.Msgs, r.Elapsed.Round(time.Millisecond),
 			bench.Human(r.Rate), float64(r.Bytes)/r.Elapsed.Seconds()/1e6, lat(r.P50), lat(r.P99), lat(r.P999), r.Note)
 	}
