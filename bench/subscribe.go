@@ -196,7 +196,7 @@ func awaitTail(db *ds.DB, want int, timeout time.Duration) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d subscriptions at the tail after %v", m.Subscriptions.Tail, want, timeout)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // Metrics walks every subscription: not too often
 	}
 }
 
