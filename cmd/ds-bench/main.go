@@ -62,7 +62,7 @@ func main() {
 	span := flag.Duration("retention-span", 100*time.Millisecond, "retention: GenerationSpan (Retention is twice it)")
 	var sc bench.SubConfig
 	flag.IntVar(&sc.FanOutSubs, "sub-fanout-subs", 10_000, "subscribe: subscriptions on one filter, fed at the tail")
-	flag.IntVar(&sc.FanOutN, "sub-fanout-n", 1000, "subscribe: messages each of the -sub-fanout-subs subscriptions takes")
+	flag.IntVar(&sc.FanOutN, "sub-fanout-n", 500, "subscribe: messages each of the -sub-fanout-subs subscriptions takes")
 	flag.IntVar(&sc.DisjointSubs, "sub-disjoint-subs", 1000, "subscribe: subscriptions on disjoint filters fan/<i>/#")
 	flag.IntVar(&sc.DisjointN, "sub-disjoint-n", 50_000, "subscribe: messages spread over the -sub-disjoint-subs filters")
 	flag.IntVar(&sc.Publishers, "sub-publishers", 100, "subscribe: publishers of the fan-out runs")
@@ -124,7 +124,7 @@ func main() {
 		fail("unknown -layout %q", lay)
 	}
 	if c.Quick {
-		sc.FanOutSubs, sc.FanOutN = min(sc.FanOutSubs, 1000), min(sc.FanOutN, 500)
+		sc.FanOutSubs, sc.FanOutN = min(sc.FanOutSubs, 1000), min(sc.FanOutN, 300)
 		sc.DisjointN = min(sc.DisjointN, 10_000)
 		sc.LatencyN, *subRaftN = min(sc.LatencyN, 20_000), min(*subRaftN, 10_000)
 	}
