@@ -31,7 +31,8 @@ type catchUp struct {
 	cursors  []*cursor
 	listedAt uint64    // 0: not listed yet
 	reads    int       // storage reads (for the metrics)
-	heap     []*cursor // scratch of merge
+	heap     []*cursor // the cursors with buffered messages, a min-heap (merge)
+	dirty    bool      // heap must be rebuilt: cursors were removed
 	gone     map[GenerationID]bool
 }
 
@@ -61,19 +62,20 @@ func (c *catchUp) bound() uint64 {
 	return b
 }
 
-// fillResult is what one fill produced.
+// fillResult is what one fill produced. The caller applies it even when fill also returns an
+// error: the messages were taken from the cursors' buffers.
 type fillResult struct {
 	msgs     []*message.Message // in timestamp order, all below next
 	next     uint64             // the shard's new position
 	loss     *LossError
-	caughtUp bool // nothing to read below the read limit, which is next
+	caughtUp bool // nothing left to read below the read limit, which is next
 }
 
-// fill reads and merges until it has messages (at most n), reaches the shard's read limit,
-// or finds a loss, starting at position from.
+// fill reads and merges until it has n messages, reaches the shard's read limit, or finds a
+// loss, starting at position from.
 func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []string, from uint64, n, batch int) (fillResult, error) {
 	res := fillResult{next: from}
-	for {
+	for len(res.msgs) < n {
 		if c.listedAt == 0 || c.bound() >= c.listedAt {
 			limit, err := sb.ReadLimit()
 			if err != nil {
@@ -110,16 +112,16 @@ func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []stri
 				return res, fmt.Errorf("shard %d: %w", id, err)
 			}
 			cu.buf, cu.it, cu.upto = msgs, it, it.Next
+			if len(cu.buf) > 0 && !c.dirty {
+				c.push(cu)
+			}
 		}
 		if c.listedAt == 0 {
 			continue
 		}
-		bound := c.bound()
-		res.msgs, res.next = c.merge(bound, n, res.next)
-		if len(res.msgs) > 0 {
-			return res, nil
-		}
+		res.msgs, res.next = c.merge(c.bound(), n, res.msgs, res.next)
 	}
+	return res, nil
 }
 
 // read is one storage read of one stream.
@@ -201,6 +203,7 @@ func (c *catchUp) forgetBelow(gen GenerationID) {
 }
 
 func (c *catchUp) filter(keep func(*cursor) bool) {
+	c.dirty = true
 	live := c.cursors[:0]
 	for _, cu := range c.cursors {
 		if keep(cu) {
@@ -211,21 +214,24 @@ func (c *catchUp) filter(keep func(*cursor) bool) {
 	c.cursors = live
 }
 
-// merge takes from the buffers, in timestamp order, up to n messages below bound, and returns
-// them with the new position: bound, or past the last message taken if n stopped it. The
-// cursors with buffered messages form a min-heap on their first timestamp, so a message costs
-// O(log cursors) however many streams the filter spans.
-func (c *catchUp) merge(bound uint64, n int, pos uint64) ([]*message.Message, uint64) {
-	h := c.heap[:0]
-	for _, cu := range c.cursors {
-		if len(cu.buf) > 0 {
-			h = append(h, cu)
+// merge appends to out, in timestamp order, buffered messages below bound until out holds n,
+// and returns it with the new position: bound, or past the last message taken if n stopped
+// it. The cursors with buffered messages form a min-heap on their first timestamp, kept
+// between merges, so a message costs O(log cursors) however many streams the filter spans.
+func (c *catchUp) merge(bound uint64, n int, out []*message.Message, pos uint64) ([]*message.Message, uint64) {
+	if c.dirty {
+		c.heap = c.heap[:0]
+		for _, cu := range c.cursors {
+			if len(cu.buf) > 0 {
+				c.heap = append(c.heap, cu)
+			}
 		}
+		for i := len(c.heap)/2 - 1; i >= 0; i-- {
+			siftDown(c.heap, i)
+		}
+		c.dirty = false
 	}
-	for i := len(h)/2 - 1; i >= 0; i-- {
-		siftDown(h, i)
-	}
-	var out []*message.Message
+	h := c.heap
 	for len(out) < n && len(h) > 0 && h[0].buf[0].Timestamp < bound {
 		top := h[0]
 		out = append(out, &top.buf[0])
@@ -233,20 +239,45 @@ func (c *catchUp) merge(bound uint64, n int, pos uint64) ([]*message.Message, ui
 		if len(top.buf) == 0 {
 			top.buf = nil
 			h[0] = h[len(h)-1]
+			h[len(h)-1] = nil
 			h = h[:len(h)-1]
 		}
 		siftDown(h, 0)
 	}
-	clear(h)
-	c.heap = h[:0]
+	c.heap = h
 	if len(out) == n && n > 0 {
 		pos = max(pos, out[len(out)-1].Timestamp+1)
 	} else {
 		pos = max(pos, bound)
 	}
 	// Cursors at their end with nothing buffered are finished.
-	c.filter(func(cu *cursor) bool { return !cu.done || len(cu.buf) > 0 })
+	if c.finished() {
+		c.filter(func(cu *cursor) bool { return !cu.done || len(cu.buf) > 0 })
+	}
 	return out, pos
+}
+
+// finished reports whether a cursor is at its end with nothing buffered.
+func (c *catchUp) finished() bool {
+	for _, cu := range c.cursors {
+		if cu.done && len(cu.buf) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// push adds a cursor whose buffer was refilled to the heap.
+func (c *catchUp) push(cu *cursor) {
+	c.heap = append(c.heap, cu)
+	for i := len(c.heap) - 1; i > 0; {
+		p := (i - 1) / 2
+		if c.heap[p].buf[0].Timestamp <= c.heap[i].buf[0].Timestamp {
+			break
+		}
+		c.heap[p], c.heap[i] = c.heap[i], c.heap[p]
+		i = p
+	}
 }
 
 // siftDown restores the heap order of h (by first buffered timestamp) below i.
@@ -285,9 +316,6 @@ func (sh *subShard) catchUp(n int) (int, error) {
 		reads := sh.cu.reads
 		res, err := sh.cu.fill(db.shards[sh.id], sh.id, s.filter, s.levels, from, n, s.opts.ReadBatch)
 		db.subStats.reads.Add(uint64(sh.cu.reads - reads))
-		if err != nil {
-			return 0, err
-		}
 		s.mu.Lock()
 		if s.mu.closed {
 			s.mu.Unlock()
@@ -300,12 +328,18 @@ func (sh *subShard) catchUp(n int) (int, error) {
 			db.subStats.losses.Add(1)
 		}
 		s.mu.Unlock()
-		if len(res.msgs) > 0 || res.loss != nil {
+		if err != nil {
+			if len(res.msgs) > 0 {
+				return len(res.msgs), nil // the error comes back on the next read
+			}
+			return 0, err
+		}
+		if res.caughtUp && db.feeds[sh.id].join(sh, res.next) {
+			sh.cu.reset()
 			return len(res.msgs), nil
 		}
-		if db.feeds[sh.id].join(sh, res.next) {
-			sh.cu.reset()
-			return 0, nil
+		if len(res.msgs) > 0 || res.loss != nil {
+			return len(res.msgs), nil
 		}
 		from = res.next // the feed moved on while we read: read the rest
 	}

@@ -179,7 +179,8 @@ func (f *feed) run() {
 		f.deliver(queue)
 		f.mu.Lock()
 		f.mu.busy = false
-		if len(f.mu.queue) == 0 {
+		if len(f.mu.queue) == 0 && !f.mu.closed {
+			// Not after close: it dropped the queue, whose commits were never handed out.
 			f.delivered.Store(f.mu.pos)
 		}
 		f.mu.Unlock()
@@ -230,7 +231,9 @@ func (f *feed) join(s *subShard, pos uint64) bool {
 		f.mu.groups[filter] = g
 		f.mu.index.Set(filter, g)
 	}
-	g.subs = append(slices.Clip(g.subs), s) // copy on write: events keep the old slice
+	// In place: a queued event holds the slice with its own length and never reads past it
+	// (leave, which removes, copies).
+	g.subs = append(g.subs, s)
 	return true
 }
 

@@ -296,7 +296,14 @@ func (s *Subscription) signal() {
 //
 // REQUIRES: s.mu held.
 func (s *Subscription) takeLocked(n int) []Message {
-	var out []Message
+	total := 0
+	for _, sh := range s.shards {
+		total += len(sh.pending)
+	}
+	if total == 0 {
+		return nil
+	}
+	out := make([]Message, 0, min(n, total))
 	for k := 0; k < len(s.shards) && len(out) < n; k++ {
 		sh := s.shards[(s.mu.rr+k)%len(s.shards)]
 		take := min(n-len(out), len(sh.pending))
@@ -361,10 +368,11 @@ func (sh *subShard) ackLocked(ts uint64) error {
 		k++
 	}
 	if k > 0 {
-		sh.unacked = sh.unacked[k:]
 		sh.nAcked -= k
-		if len(sh.unacked) == 0 {
-			sh.unacked = nil
+		if k == len(sh.unacked) {
+			sh.unacked = sh.unacked[:0] // keep the capacity: the next batch refills it
+		} else {
+			sh.unacked = sh.unacked[k:]
 		}
 	}
 	return nil

@@ -47,11 +47,7 @@ package ds_test
 // messages of dropped generations, LossErrors) and to check that a parked subscription stays
 // parked.
 //
-// A known bug of the code under test (smKnownBug) is tolerated, and counted in the stats,
-// unless -submodel.strict: the test can then go on looking for others and pass meanwhile.
-//
 // Reproduce a failure with: go test -run 'TestSubscriptionModel/^<config>$' -submodel.seed=<seed> ./ds/
-// (add -submodel.strict to fail on the known bugs too, see smKnownBug).
 
 import (
 	"bytes"
@@ -73,9 +69,6 @@ import (
 var (
 	subModelSeedFlag = flag.Uint64("submodel.seed", 0, "run TestSubscriptionModel with this seed only (0: the default seeds)")
 	subModelOpsFlag  = flag.Int("submodel.ops", 0, "operations per TestSubscriptionModel run (0: the default)")
-	// Without -submodel.strict the test tolerates the known bugs listed in smKnownBug (it
-	// counts every occurrence in its stats); with it, they fail the test.
-	subModelStrictFlag = flag.Bool("submodel.strict", false, "TestSubscriptionModel: fail on the known bugs too")
 )
 
 // smConfig is one configuration the random sequence runs under.
@@ -117,32 +110,6 @@ func TestSubscriptionModel(t *testing.T) {
 			})
 		}
 	}
-}
-
-// smKnownBug is a bug of the subscription code that the test tolerates unless
-// -submodel.strict, so that it can go on looking for others. Every occurrence is counted in
-// the run's stats under the bug's name. Remove a bug and its workaround once it is fixed.
-type smKnownBug string
-
-const (
-	// DB.Close stops the feeds before it closes the subscriptions: feed.close drops the
-	// commits queued for the tail (durable, not yet handed out), and feed.run, finishing the
-	// batch it was handing out or woken once more, then finds the queue empty and moves
-	// delivered to pos, past them. Subscription.Close sets next = max(next, delivered), so
-	// Position after the DB's Close is past messages that were never delivered, and a
-	// subscription resumed from it never delivers them. Timing-dependent (any seed, a few
-	// percent of runs). Workaround: resume from a Position taken before the DB's Close.
-	bugFeedClose smKnownBug = "known bug: Position after DB Close skips commits queued in the feed"
-)
-
-// known reports whether bug is tolerated, counting it then.
-func (r *smRun) known(bug smKnownBug, format string, args ...any) bool {
-	if *subModelStrictFlag {
-		return false
-	}
-	r.count(string(bug), 1)
-	r.logf("%s: %s", bug, fmt.Sprintf(format, args...))
-	return true
 }
 
 // smMsg is one stored message as the reference knows it.
@@ -1154,7 +1121,7 @@ func (r *smRun) opReopen() {
 	t := r.t
 	before := map[*smSub]ds.Position{}
 	for _, sub := range r.live {
-		if r.rng.IntN(2) == 0 || !*subModelStrictFlag {
+		if r.rng.IntN(2) == 0 {
 			before[sub] = sub.s.Position()
 			r.checkPosition(sub, before[sub], "before DB Close")
 		}
@@ -1170,11 +1137,6 @@ func (r *smRun) opReopen() {
 		require.ErrorIs(t, err, ds.ErrSubscriptionClosed, "%s: Next after the DB closed", sub)
 		after := sub.s.Position()
 		p, took := before[sub]
-		if took {
-			if problem := r.positionProblem(sub, after, "after DB Close"); problem != "" && r.known(bugFeedClose, "%s", problem) {
-				after = p
-			}
-		}
 		r.checkPosition(sub, after, "after DB Close")
 		require.NoError(t, sub.s.Close())
 		if earlier := r.rng.IntN(2) == 0; took && earlier {
