@@ -36,11 +36,14 @@ type catchUp struct {
 	gone     map[GenerationID]bool
 }
 
-// minRead is the fewest messages read from one stream at a time. A filter over many streams
-// reads each with ReadBatch/streams (at least minRead), so the messages buffered per shard stay
-// near ReadBatch however many streams it spans; only the stream that limits the merge bound is
-// read again.
-const minRead = 16
+// minRead and maxRead bound the messages read from one stream at a time: a shard's
+// ReadBuffer is spread over its streams, so the messages buffered per shard stay near
+// ReadBuffer however many streams the filter spans, and only the stream that limits the merge
+// bound is read again.
+const (
+	minRead = 16
+	maxRead = 1024
+)
 
 type cursor struct {
 	it   Iterator
@@ -92,7 +95,7 @@ func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []stri
 				return res, err
 			}
 		}
-		per := max(min(minRead, batch), batch/max(1, len(c.cursors)))
+		per := min(maxRead, max(min(minRead, batch), batch/max(1, len(c.cursors))))
 	read:
 		for _, cu := range c.cursors {
 			if cu.done || len(cu.buf) > 0 || cu.upto >= c.listedAt {
@@ -314,7 +317,7 @@ func (sh *subShard) catchUp(n int) (int, error) {
 	s.mu.Unlock()
 	for {
 		reads := sh.cu.reads
-		res, err := sh.cu.fill(db.shards[sh.id], sh.id, s.filter, s.levels, from, n, s.opts.ReadBatch)
+		res, err := sh.cu.fill(db.shards[sh.id], sh.id, s.filter, s.levels, from, n, s.opts.ReadBuffer)
 		db.subStats.reads.Add(uint64(sh.cu.reads - reads))
 		s.mu.Lock()
 		if s.mu.closed {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -21,9 +22,12 @@ type SubscribeOptions struct {
 	// from the storage when it takes messages again, so a slow subscription costs memory up
 	// to Buffer and never delays others. Default 2×MaxUnacked.
 	Buffer int
-	// ReadBatch is how many messages a subscription behind the tail reads from one stream
-	// at a time. Default 256.
-	ReadBatch int
+	// ReadBuffer is how many messages a subscription behind the tail reads ahead in a shard,
+	// spread over the streams its filter spans in the shard (at least 16 and at most 1024 per
+	// stream and read). More means fewer, larger storage reads: with ~240 streams per shard,
+	// 16 per read ran catch-up at 0.67× a replay of the same data, 64 at 0.81×. Default
+	// 16384 (about 16 MiB of 1 KiB messages for each shard being read).
+	ReadBuffer int
 }
 
 func (o *SubscribeOptions) withDefaults() (SubscribeOptions, error) {
@@ -31,7 +35,7 @@ func (o *SubscribeOptions) withDefaults() (SubscribeOptions, error) {
 	if o != nil {
 		c = *o
 	}
-	if c.MaxUnacked < 0 || c.Buffer < 0 || c.ReadBatch < 0 {
+	if c.MaxUnacked < 0 || c.Buffer < 0 || c.ReadBuffer < 0 {
 		return c, fmt.Errorf("%w: negative SubscribeOptions field: %+v", ErrInvalidOptions, c)
 	}
 	if c.MaxUnacked == 0 {
@@ -40,8 +44,8 @@ func (o *SubscribeOptions) withDefaults() (SubscribeOptions, error) {
 	if c.Buffer == 0 {
 		c.Buffer = 2 * c.MaxUnacked
 	}
-	if c.ReadBatch == 0 {
-		c.ReadBatch = 256
+	if c.ReadBuffer == 0 {
+		c.ReadBuffer = 16384
 	}
 	return c, nil
 }
@@ -100,8 +104,8 @@ type Subscription struct {
 	done   chan struct{} // closed by Close
 	wake   chan struct{} // capacity 1: something for a waiting Next (messages, an Ack)
 
-	readMu sync.Mutex // held by Next: one reader at a time, owner of the catchUp states
-	readRR int        // REQUIRES: readMu; which shard behind the tail to read first
+	readMu   sync.Mutex // held by Next: one reader at a time, owner of the catchUp states
+	readFrom int        // REQUIRES: readMu; where readBehind starts
 
 	mu struct {
 		sync.Mutex
@@ -224,23 +228,7 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			}
 			continue
 		}
-		// Read the shards behind the tail, starting where the last call left off, until one
-		// yields messages: a batch is returned as soon as there is one, and memory stays at
-		// one read's worth.
-		read := false
-		var errs []error
-		for k := range behind {
-			sh := behind[(s.readRR+k)%len(behind)]
-			n, err := sh.catchUp(min(max, room))
-			if err != nil {
-				errs = append(errs, err)
-			}
-			if n > 0 {
-				s.readRR = (s.readRR + k + 1) % len(s.shards)
-				read = true
-				break
-			}
-		}
+		read, errs := s.readBehind(behind, min(max, room))
 		if read {
 			continue
 		}
@@ -271,6 +259,50 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		}
 	}
 }
+
+// readBehind reads shards behind the tail into their pending messages until some yield
+// messages, and reports whether any did. It starts with the shards read last: a shard is read
+// until it catches up before the next one, so that its streams' blocks stay in the cache and
+// one subscription's buffers stay within a few shards. Up to GOMAXPROCS shards are read at
+// once, each by its own goroutine (their catchUp states are independent): a subscription
+// catching up uses the cores as parallel replays do.
+//
+// REQUIRES: s.readMu held.
+func (s *Subscription) readBehind(behind []*subShard, n int) (bool, []error) {
+	par := min(len(behind), runtime.GOMAXPROCS(0), maxParallelReads)
+	read := false
+	var errs []error
+	for start := 0; start < len(behind) && !read; start += par {
+		group := make([]*subShard, 0, par)
+		for k := start; k < len(behind) && len(group) < par; k++ {
+			group = append(group, behind[(s.readFrom+k)%len(behind)])
+		}
+		counts := make([]int, len(group))
+		gerrs := make([]error, len(group))
+		if len(group) == 1 {
+			counts[0], gerrs[0] = group[0].catchUp(n)
+		} else {
+			var wg sync.WaitGroup
+			for i, sh := range group {
+				wg.Go(func() { counts[i], gerrs[i] = sh.catchUp(n) })
+			}
+			wg.Wait()
+		}
+		for i := range group {
+			if gerrs[i] != nil {
+				errs = append(errs, gerrs[i])
+			}
+			if counts[i] > 0 && !read {
+				s.readFrom = (s.readFrom + start + i) % len(behind)
+				read = true
+			}
+		}
+	}
+	return read, errs
+}
+
+// maxParallelReads bounds the shards one subscription reads at once.
+const maxParallelReads = 4
 
 // wait waits for a wake-up, ctx, or Close.
 func (s *Subscription) wait(ctx context.Context) error {

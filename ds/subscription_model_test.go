@@ -518,7 +518,7 @@ func (r *smRun) randomSubOpts() ds.SubscribeOptions {
 		o.Buffer = 3 + r.rng.IntN(10)
 	}
 	if r.rng.IntN(2) == 0 {
-		o.ReadBatch = 1 + r.rng.IntN(4)
+		o.ReadBuffer = 1 + r.rng.IntN(4)
 	}
 	return o
 }

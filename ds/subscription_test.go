@@ -115,10 +115,10 @@ func TestSubscriptionCatchUpMergesStreamsAndGenerations(t *testing.T) {
 			require.NoError(t, d.AddGeneration(context.Background()))
 		}
 	}
-	s, err := d.Subscribe("site/+/dev/+/temp", d.StartPosition(time.Time{}), &ds.SubscribeOptions{ReadBatch: 7})
+	s, err := d.Subscribe("site/+/dev/+/temp", d.StartPosition(time.Time{}), &ds.SubscribeOptions{ReadBuffer: 7})
 	require.NoError(t, err)
 	defer s.Close()
-	s2, err := d.Subscribe("site/#", d.StartPosition(time.Time{}), &ds.SubscribeOptions{ReadBatch: 7})
+	s2, err := d.Subscribe("site/#", d.StartPosition(time.Time{}), &ds.SubscribeOptions{ReadBuffer: 7})
 	require.NoError(t, err)
 	defer s2.Close()
 	hum, err := d.Subscribe("site/+/dev/+/hum", d.StartPosition(time.Time{}), nil)
@@ -246,7 +246,7 @@ func TestSubscriptionLossByRetention(t *testing.T) {
 	for i := 10; i < 15; i++ {
 		later = append(later, d.store(msg("c", "x/y", i))[0])
 	}
-	s, err := d.Subscribe("x/#", start, &ds.SubscribeOptions{ReadBatch: 2})
+	s, err := d.Subscribe("x/#", start, &ds.SubscribeOptions{ReadBuffer: 2})
 	require.NoError(t, err)
 	defer s.Close()
 	first := collect(t, s, 2, true)
