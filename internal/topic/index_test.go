@@ -81,3 +81,35 @@ func TestIndexMatchesLikeMatch(t *testing.T) {
 		}
 	}
 }
+
+// FuzzIndex checks Index.Match against Match for the valid filters among the lines of filters
+// and a valid name.
+func FuzzIndex(f *testing.F) {
+	f.Add("a/+\n#\n+/b/#\n$s/x", "a/b")
+	f.Add("+\n$s/#", "$s/x")
+	f.Fuzz(func(t *testing.T, filters, name string) {
+		if ValidateName(name) != nil {
+			return
+		}
+		var x Index[string]
+		set := map[string]bool{}
+		for _, fl := range strings.Split(filters, "\n") {
+			if ValidateFilter(fl) == nil {
+				x.Set(fl, fl)
+				set[fl] = true
+			}
+		}
+		var want []string
+		for fl := range set {
+			if Match(fl, name) {
+				want = append(want, fl)
+			}
+		}
+		got := x.Match(name, nil)
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("Match(%q) = %q, want %q", name, got, want)
+		}
+	})
+}
