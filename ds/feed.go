@@ -92,7 +92,7 @@ func (f *feed) onDurable(d shard.Durable) {
 	if f.mu.closed {
 		return
 	}
-	gap := d.From != f.mu.pos
+	gap := d.Reset || d.From != f.mu.pos
 	// Not max: after a gap (a replica's state replaced) the shard's read limit is d.Until,
 	// and a subscription must be able to join at it.
 	f.mu.pos = d.Until

@@ -21,6 +21,9 @@ type Change struct {
 	// Streams are the streams that received messages, each with the timestamp of the newest
 	// one, by generation and key. An iterator on one of them can read up to Until.
 	Streams []StreamChange
+	// Reset: the shard's state was replaced meanwhile (a replica recovered from a snapshot),
+	// so any of its streams may have changed, listed in Streams or not: call Streams again.
+	Reset bool
 }
 
 // StreamChange is a stream that received messages, and the timestamp of the newest one.
@@ -50,6 +53,7 @@ type Watcher struct {
 
 type pendingChange struct {
 	until   uint64
+	reset   bool
 	streams map[[2]uint64]uint64 // (generation, key) → last timestamp
 }
 
@@ -105,7 +109,7 @@ func (w *Watcher) Next(ctx context.Context) ([]Change, error) {
 func (w *Watcher) resolve(pending map[ShardID]*pendingChange) []Change {
 	out := make([]Change, 0, len(pending))
 	for id, p := range pending {
-		c := Change{Shard: id, Until: p.until}
+		c := Change{Shard: id, Until: p.until, Reset: p.reset}
 		for gk, last := range p.streams {
 			gen := GenerationID(gk[0])
 			l, ok := w.db.shards[id].Layout(gen)
@@ -130,7 +134,7 @@ func (w *Watcher) resolve(pending map[ShardID]*pendingChange) []Change {
 
 // add records a durable step. It runs in the committing goroutine.
 func (w *Watcher) add(d shard.Durable) {
-	if len(d.Streams) == 0 {
+	if len(d.Streams) == 0 && !d.Reset {
 		return
 	}
 	w.mu.Lock()
@@ -144,6 +148,7 @@ func (w *Watcher) add(d shard.Durable) {
 		w.mu.pending[d.Shard] = p
 	}
 	p.until = max(p.until, d.Until)
+	p.reset = p.reset || d.Reset
 	for _, st := range d.Streams {
 		k := [2]uint64{uint64(st.Generation), st.Key}
 		p.streams[k] = max(p.streams[k], st.Last)

@@ -261,6 +261,10 @@ func (s *shardSM) RecoverFromSnapshot(r io.Reader, stopc <-chan struct{}) error 
 	old.db.Close()
 	os.RemoveAll(filepath.Join(s.dir, old.name))
 	s.site.notifyChanged()
+	// The messages the snapshot brought were never applied here entry by entry: subscriptions
+	// at the tail must read them from the new store, and watchers look again.
+	limit := st.r.ReadLimit()
+	s.site.notifyDurable(shard.Durable{Shard: s.shard, From: limit, Until: limit, Reset: true})
 	return nil
 }
 

@@ -26,6 +26,9 @@ type Durable struct {
 	// Streams are the streams that received the messages, each with the timestamp of its last
 	// one (a stream may appear more than once in a replica's step of several entries).
 	Streams []StreamTouch
+	// Reset: the shard's state was replaced (a replica recovered from a snapshot); Until is
+	// its new read limit, and what changed below it is not listed: readers must look again.
+	Reset bool
 }
 
 // StreamTouch is a stream that received messages, and the timestamp of the last one.
