@@ -2,6 +2,7 @@ package ds_test
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"testing"
 	"time"
@@ -11,7 +12,8 @@ import (
 )
 
 // TestCloseLeavesNoGoroutines: Close stops every goroutine the DB started (shard writers and
-// syncers, background compactions of dropped generations, Pebble's own).
+// syncers, background compactions of dropped generations, the subscription feeds, Pebble's
+// own) and ends waiting subscriptions and watchers.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	for _, perShard := range []bool{false, true} {
@@ -33,7 +35,29 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 			require.NoError(t, err)
 			_, _, _ = db.Next(ctx, it, 10)
 		}
+		// Subscriptions (one behind the tail, reading shards in parallel, one waiting at the
+		// tail) and a watcher end with the DB.
+		sub, err := db.Subscribe("leak/#", db.StartPosition(time.Time{}), nil)
+		require.NoError(t, err)
+		msgs, err := sub.Next(ctx, 10)
+		require.NoError(t, err)
+		require.NotEmpty(t, msgs)
+		tail, err := db.TailPosition()
+		require.NoError(t, err)
+		waiting, err := db.Subscribe("leak/#", tail, nil)
+		require.NoError(t, err)
+		w, err := db.Watch()
+		require.NoError(t, err)
+		ended := make(chan error, 2)
+		go func() { _, err := waiting.Next(ctx, 10); ended <- err }()
+		go func() { _, err := w.Next(ctx); ended <- err }()
 		require.NoError(t, db.Close())
+		for range 2 {
+			err := <-ended
+			require.True(t, errors.Is(err, ds.ErrSubscriptionClosed) || errors.Is(err, ds.ErrWatcherClosed), "%v", err)
+		}
+		_, err = sub.Next(ctx, 10)
+		require.ErrorIs(t, err, ds.ErrSubscriptionClosed)
 	}
 	ok := assertEventually(func() bool { return runtime.NumGoroutine() <= before }, 10*time.Second)
 	if !ok {

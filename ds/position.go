@@ -47,13 +47,27 @@ func NewPosition(ts ...uint64) Position {
 	return Position{next: append([]uint64(nil), ts...)}
 }
 
-// StartPosition returns the position at time t on every shard of the DB: a subscription from
-// it delivers every message stored at or after t that retention still holds. The zero time
-// means from the oldest message.
+// StartPosition returns the position at time t on every shard of the DB, or at the shard's
+// oldest generation if that starts later: a subscription from it delivers every message
+// stored at or after t that retention still holds. The zero time means from the oldest
+// message there is. Only what retention drops after this call is reported as lost (a
+// *LossError from Next).
 func (db *DB) StartPosition(t time.Time) Position {
 	p := Position{next: make([]uint64, len(db.shards))}
-	for i := range p.next {
+	exit, err := db.enter()
+	if err == nil {
+		defer exit()
+	}
+	for i, s := range db.shards {
 		p.next[i] = Micros(t)
+		if err != nil {
+			continue // closed: Subscribe refuses anyway
+		}
+		// Where the shard cannot say (a replicated site without an open replica), t stays:
+		// the subscription then reports what is gone, if anything.
+		if gens, err := s.Generations(); err == nil && len(gens) > 0 {
+			p.next[i] = max(p.next[i], gens[0].Since)
+		}
 	}
 	return p
 }
