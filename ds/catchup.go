@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/strata-mq/strata/internal/message"
 )
@@ -74,19 +75,26 @@ type fillResult struct {
 	caughtUp bool // nothing left to read below the read limit, which is next
 }
 
-// fill reads and merges until it has n messages, reaches the shard's read limit, or finds a
-// loss, starting at position from.
-func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []string, from uint64, n, batch int) (fillResult, error) {
+// fill reads and merges until it has n messages, reaches until or the shard's read limit, or
+// finds a loss, starting at position from.
+func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []string, from, until uint64, n, batch int) (fillResult, error) {
 	res := fillResult{next: from}
 	for len(res.msgs) < n {
+		if res.next >= until {
+			res.caughtUp = true
+			return res, nil
+		}
 		if c.listedAt == 0 || c.bound() >= c.listedAt {
+			if c.listedAt != 0 && until == math.MaxUint64 && res.next >= c.listedAt {
+				// Read up to the listing's read limit. Commits that came meanwhile are the
+				// tail's to deliver (catchUp joins with them as its gap): relisting for them
+				// here could go on for as long as the shard takes commits.
+				res.caughtUp = true
+				return res, nil
+			}
 			limit, err := sb.ReadLimit()
 			if err != nil {
 				return res, err
-			}
-			if c.listedAt != 0 && limit == c.listedAt && res.next >= limit {
-				res.caughtUp = true
-				return res, nil
 			}
 			if loss, err := c.list(sb, id, filter, levels, res.next, limit); err != nil || loss != nil {
 				if loss != nil {
@@ -122,7 +130,7 @@ func (c *catchUp) fill(sb ShardBackend, id ShardID, filter string, levels []stri
 		if c.listedAt == 0 {
 			continue
 		}
-		res.msgs, res.next = c.merge(c.bound(), n, res.msgs, res.next)
+		res.msgs, res.next = c.merge(min(c.bound(), until), n, res.msgs, res.next)
 	}
 	return res, nil
 }
@@ -301,9 +309,15 @@ func siftDown(h []*cursor, i int) {
 	}
 }
 
-// catchUp reads the shard behind the tail into pending, or joins the tail once there is
-// nothing left to read. It returns how many messages it added. REQUIRES: sub.readMu held,
-// sh not at the tail.
+// catchUp reads the shard behind the tail into pending, and joins the tail once there is
+// nothing left to read; or, for a shard that joined the tail with a gap, reads the gap into
+// pending before the fed messages. It returns how many messages it added.
+//
+// Joining never fails for a commit that came meanwhile: the feed takes the shard at its own
+// position and the gap is read here, so a shard behind a busy tail is not sent back to read
+// again and again.
+//
+// REQUIRES: sub.readMu held; sh behind the tail or with a gap, and without an unreported loss.
 func (sh *subShard) catchUp(n int) (int, error) {
 	s := sh.sub
 	db := s.db
@@ -313,37 +327,65 @@ func (sh *subShard) catchUp(n int) (int, error) {
 	}
 	defer exit()
 	s.mu.Lock()
-	from := sh.next
+	from, until, gap := sh.next, uint64(math.MaxUint64), sh.gap()
+	if gap {
+		from, until = sh.gapFrom, sh.gapUntil
+	}
 	s.mu.Unlock()
-	for {
-		reads := sh.cu.reads
-		res, err := sh.cu.fill(db.shards[sh.id], sh.id, s.filter, s.levels, from, n, s.opts.ReadBuffer)
-		db.subStats.reads.Add(uint64(sh.cu.reads - reads))
-		s.mu.Lock()
-		if s.mu.closed {
-			s.mu.Unlock()
-			return 0, ErrSubscriptionClosed
-		}
+	reads := sh.cu.reads
+	res, err := sh.cu.fill(db.shards[sh.id], sh.id, s.filter, s.levels, from, until, n, s.opts.ReadBuffer)
+	db.subStats.reads.Add(uint64(sh.cu.reads - reads))
+	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return 0, ErrSubscriptionClosed
+	}
+	if res.loss != nil {
+		sh.loss = res.loss
+	}
+	leave := false
+	switch {
+	case gap && sh.gap() && res.loss != nil:
+		// A loss inside the gap: leave the tail (dropping the fed messages, none delivered),
+		// deliver what came before the loss, report it, then read on after it.
+		leave = true
+		sh.leaveTailLocked()
 		sh.pending = append(sh.pending, res.msgs...)
 		sh.next = res.next
-		if res.loss != nil {
-			s.mu.losses = append(s.mu.losses, res.loss)
-			db.subStats.losses.Add(1)
-		}
-		s.mu.Unlock()
-		if err != nil {
-			if len(res.msgs) > 0 {
-				return len(res.msgs), nil // the error comes back on the next read
-			}
-			return 0, err
-		}
-		if res.caughtUp && db.feeds[sh.id].join(sh, res.next) {
+	case gap && sh.gap():
+		// Still at the tail: the gap's messages come after those before it and before the
+		// fed ones.
+		sh.pending = slices.Insert(sh.pending, sh.beforeGap(), res.msgs...)
+		sh.gapFrom = res.next
+		if res.caughtUp || !sh.gap() {
+			sh.gapFrom, sh.gapUntil = 0, 0
 			sh.cu.reset()
-			return len(res.msgs), nil
 		}
-		if len(res.msgs) > 0 || res.loss != nil {
-			return len(res.msgs), nil
-		}
-		from = res.next // the feed moved on while we read: read the rest
+	case gap:
+		// Demoted while we read: the fed messages went, next is the gap's start again.
+		sh.pending = append(sh.pending, res.msgs...)
+		sh.next = res.next
+	default:
+		sh.pending = append(sh.pending, res.msgs...)
+		sh.next = res.next
 	}
+	s.mu.Unlock()
+	if leave {
+		db.feeds[sh.id].leave(sh)
+	}
+	if err != nil {
+		if len(res.msgs) > 0 {
+			return len(res.msgs), nil // the error comes back on the next read
+		}
+		return 0, err
+	}
+	if !gap && res.caughtUp && res.loss == nil && db.feeds[sh.id].join(sh, res.next) {
+		s.mu.Lock()
+		gap = sh.gap()
+		s.mu.Unlock()
+		if !gap {
+			sh.cu.reset() // the cursors are needed no more; a gap reads on from them
+		}
+	}
+	return len(res.msgs), nil
 }

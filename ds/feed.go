@@ -22,10 +22,10 @@ import (
 //
 //  1. pos is the Until of the last commit seen: every message below pos was offered to the
 //     subscriptions that were at the tail when its commit arrived.
-//  2. A subscription joins only at a position at or after pos (join), so every message it
-//     wants from its position on is either below its position or in a commit the feed has not
-//     seen yet. Messages below its position that the feed still has queued are skipped by
-//     offer.
+//  2. A subscription joins at the feed's pos (join): every message it wants is below the
+//     position where its reading stopped, or in its gap between there and pos (which it
+//     reads from the storage before the fed messages), or in a commit the feed has not seen
+//     yet. Messages below its position that the feed still has queued are skipped by offer.
 //  3. The feed never waits for a subscription: one whose buffer is full is demoted to read
 //     the storage from where its buffer ends (offer), and so is every tail subscription when
 //     a commit does not follow the previous one (a replica recovered from a snapshot).
@@ -206,12 +206,14 @@ func (f *feed) deliver(queue []feedEvent) {
 	}
 }
 
-// join adds s to the tail if pos, where s's reading stopped, is at or after the feed's
-// position (invariant 2), and marks s as fed. It reports whether s joined.
+// join adds s to the tail, where its reading stopped at pos, and marks it as fed. Commits
+// that reached the feed after pos (pos < feed.pos) become s's gap, which s reads from the
+// storage before the messages fed from now on (invariant 2). It reports whether s joined
+// (not if the feed or the subscription is closed).
 func (f *feed) join(s *subShard, pos uint64) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.mu.closed || pos < f.mu.pos {
+	if f.mu.closed {
 		return false
 	}
 	// Under f.mu, so that Close, which takes the subscription off the feed (leave, under
@@ -219,10 +221,13 @@ func (f *feed) join(s *subShard, pos uint64) bool {
 	s.sub.mu.Lock()
 	if s.sub.mu.closed {
 		s.sub.mu.Unlock()
-		return true // nothing more to read for it; Next reports the close
+		return false
 	}
 	s.tail = true
-	s.next = max(s.next, pos)
+	if pos < f.mu.pos {
+		s.gapFrom, s.gapUntil = pos, f.mu.pos
+	}
+	s.next = max(s.next, pos, f.mu.pos)
 	s.sub.mu.Unlock()
 	filter := s.sub.filter
 	g := f.mu.groups[filter]

@@ -1,6 +1,7 @@
 package ds
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -112,7 +113,6 @@ type Subscription struct {
 		outstanding int // delivered, not acknowledged
 		rr          int // shard to take from first, for fairness
 		closed      bool
-		losses      []*LossError // to report
 	}
 }
 
@@ -126,14 +126,19 @@ type subShard struct {
 	next    uint64             // every matching message below next was delivered or is in pending
 	pending []*message.Message // ready to deliver, in timestamp order, all below next
 	tail    bool               // fed by the shard's feed
-	unacked []unackedMsg       // delivered, in timestamp order; acked ones are pruned from the front
-	nAcked  int                // acked entries in unacked
+	unacked []uint64           // timestamps delivered and not acknowledged, in order
+	// loss is a LossError not reported yet: Next reports it once the messages before it
+	// (pending) are delivered, and Position stays at its From until then.
+	loss *LossError
+	// gapFrom < gapUntil: the shard joined the tail at gapUntil while its reading stood at
+	// gapFrom; the messages between are read from the storage before pending (fed, all at or
+	// after gapUntil) is delivered.
+	gapFrom, gapUntil uint64
 }
 
-type unackedMsg struct {
-	ts    uint64
-	acked bool
-}
+// gap reports whether the shard has messages to read before its pending ones.
+// REQUIRES: sub.mu held.
+func (sh *subShard) gap() bool { return sh.gapFrom < sh.gapUntil }
 
 // Subscribe starts a subscription to filter from position from (StartPosition,
 // TailPosition, or an earlier Subscription.Position). opts may be nil for the defaults.
@@ -196,11 +201,14 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			s.mu.Unlock()
 			return nil, ErrSubscriptionClosed
 		}
-		if len(s.mu.losses) > 0 {
-			l := s.mu.losses[0]
-			s.mu.losses = s.mu.losses[1:]
-			s.mu.Unlock()
-			return nil, l
+		// A loss is reported once the messages before it are delivered.
+		for _, sh := range s.shards {
+			if l := sh.loss; l != nil && len(sh.pending) == 0 {
+				sh.loss = nil
+				s.mu.Unlock()
+				s.db.subStats.losses.Add(1)
+				return nil, l
+			}
 		}
 		room := s.opts.MaxUnacked - s.mu.outstanding
 		if room > 0 {
@@ -213,7 +221,7 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		var behind []*subShard
 		if room > 0 {
 			for _, sh := range s.shards {
-				if !sh.tail && len(sh.pending) == 0 {
+				if sh.loss == nil && (sh.gap() || !sh.tail && len(sh.pending) == 0) {
 					behind = append(behind, sh)
 				}
 			}
@@ -235,19 +243,13 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		if len(errs) > 0 {
 			return nil, errors.Join(errs...)
 		}
-		s.mu.Lock()
-		lost := len(s.mu.losses) > 0
-		s.mu.Unlock()
-		if lost {
-			continue
-		}
 		if len(behind) > 0 {
-			// A shard behind the tail that read nothing has joined it, or its feed moved on
-			// while it tried (then it reads again).
+			// A shard behind the tail that read nothing has joined it, or found a loss, or
+			// still has to read (then it reads again).
 			again := false
 			s.mu.Lock()
 			for _, sh := range behind {
-				again = again || !sh.tail
+				again = again || !sh.tail || sh.gap() || sh.loss != nil
 			}
 			s.mu.Unlock()
 			if again {
@@ -330,7 +332,7 @@ func (s *Subscription) signal() {
 func (s *Subscription) takeLocked(n int) []Message {
 	total := 0
 	for _, sh := range s.shards {
-		total += len(sh.pending)
+		total += sh.deliverable()
 	}
 	if total == 0 {
 		return nil
@@ -338,10 +340,10 @@ func (s *Subscription) takeLocked(n int) []Message {
 	out := make([]Message, 0, min(n, total))
 	for k := 0; k < len(s.shards) && len(out) < n; k++ {
 		sh := s.shards[(s.mu.rr+k)%len(s.shards)]
-		take := min(n-len(out), len(sh.pending))
+		take := min(n-len(out), sh.deliverable())
 		for _, m := range sh.pending[:take] {
 			out = append(out, *m)
-			sh.unacked = append(sh.unacked, unackedMsg{ts: m.Timestamp})
+			sh.unacked = append(sh.unacked, m.Timestamp)
 		}
 		clear(sh.pending[:take])
 		sh.pending = sh.pending[take:]
@@ -379,34 +381,13 @@ func (s *Subscription) Ack(refs ...Ref) error {
 	return errors.Join(errs...)
 }
 
-// ackLocked marks the delivery of ts acknowledged. REQUIRES: sub.mu held.
+// ackLocked removes the delivery of ts from the unacknowledged ones. REQUIRES: sub.mu held.
 func (sh *subShard) ackLocked(ts uint64) error {
-	i, found := slices.BinarySearchFunc(sh.unacked, ts, func(u unackedMsg, ts uint64) int {
-		switch {
-		case u.ts < ts:
-			return -1
-		case u.ts > ts:
-			return 1
-		}
-		return 0
-	})
-	if !found || sh.unacked[i].acked {
+	i, found := slices.BinarySearch(sh.unacked, ts)
+	if !found {
 		return fmt.Errorf("%w: shard %d timestamp %d", ErrNotDelivered, sh.id, ts)
 	}
-	sh.unacked[i].acked = true
-	sh.nAcked++
-	k := 0
-	for k < len(sh.unacked) && sh.unacked[k].acked {
-		k++
-	}
-	if k > 0 {
-		sh.nAcked -= k
-		if k == len(sh.unacked) {
-			sh.unacked = sh.unacked[:0] // keep the capacity: the next batch refills it
-		} else {
-			sh.unacked = sh.unacked[k:]
-		}
-	}
+	sh.unacked = slices.Delete(sh.unacked, i, i+1)
 	return nil
 }
 
@@ -428,17 +409,43 @@ func (s *Subscription) Position() Position {
 }
 
 func (sh *subShard) positionLocked() uint64 {
-	switch {
-	case len(sh.unacked) > 0:
-		return sh.unacked[0].ts
-	case len(sh.pending) > 0:
-		return sh.pending[0].Timestamp
-	case sh.tail:
+	p := sh.next
+	if sh.tail && !sh.gap() {
 		// Its next moves only when a commit matches; the feed knows how far every commit was
 		// handed out (feed invariant 4).
-		return max(sh.next, sh.sub.db.feeds[sh.id].delivered.Load())
+		p = max(p, sh.sub.db.feeds[sh.id].delivered.Load())
 	}
-	return sh.next
+	if sh.gap() {
+		p = min(p, sh.gapFrom)
+	}
+	if sh.loss != nil {
+		p = min(p, sh.loss.From) // not reported yet: a resume reports it again
+	}
+	if len(sh.pending) > 0 {
+		p = min(p, sh.pending[0].Timestamp)
+	}
+	if len(sh.unacked) > 0 {
+		p = min(p, sh.unacked[0])
+	}
+	return p
+}
+
+// deliverable returns how many of the pending messages may be delivered: all of them, or with
+// a gap still to read, those before it. REQUIRES: sub.mu held.
+func (sh *subShard) deliverable() int {
+	if !sh.gap() {
+		return len(sh.pending)
+	}
+	return sh.beforeGap()
+}
+
+// beforeGap returns the number of pending messages below gapFrom (read before the gap, or
+// from the gap already). REQUIRES: sub.mu held.
+func (sh *subShard) beforeGap() int {
+	i, _ := slices.BinarySearchFunc(sh.pending, sh.gapFrom, func(m *message.Message, ts uint64) int {
+		return cmp.Compare(m.Timestamp, ts)
+	})
+	return i
 }
 
 // Close ends the subscription: a waiting Next returns ErrSubscriptionClosed. Its Position
@@ -492,7 +499,7 @@ func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 	if len(sh.pending)+len(msgs) > s.opts.Buffer {
 		// Stop feeding it; it reads these from the storage, from next, when it takes messages
 		// again.
-		sh.tail = false
+		sh.leaveTailLocked()
 		s.db.subStats.demoted.Add(1)
 		s.signal() // a waiting Next reads them from the storage
 		return true
@@ -503,13 +510,26 @@ func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 	return false
 }
 
+// leaveTailLocked stops feeding sh. With a gap still to read, the fed messages after it are
+// dropped (none was delivered) and sh reads on from the gap's start. REQUIRES: sub.mu held.
+func (sh *subShard) leaveTailLocked() {
+	sh.tail = false
+	if sh.gap() {
+		keep := sh.beforeGap()
+		clear(sh.pending[keep:])
+		sh.pending = sh.pending[:keep]
+		sh.next = sh.gapFrom
+		sh.gapFrom, sh.gapUntil = 0, 0
+	}
+}
+
 // demote stops feeding sh (a gap in the shard's commits); it reads the storage from next. It
 // reports whether sh was at the tail.
 func (sh *subShard) demote() bool {
 	sh.sub.mu.Lock()
 	defer sh.sub.mu.Unlock()
 	was := sh.tail
-	sh.tail = false
+	sh.leaveTailLocked()
 	if was {
 		sh.sub.db.subStats.demoted.Add(1)
 		sh.sub.signal()

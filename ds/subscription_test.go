@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -373,4 +374,51 @@ func TestSubscriptionPositionAfterClose(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	require.Equal(t, want, refsOf(collect(t, s, 2, true)))
+}
+
+// TestSubscriptionJoinsBusyTail: a shard whose commits never stop (none matching) does not
+// keep a subscription reading its many streams again and again before it may join the tail
+// (it joins at once and reads the gap): messages of another shard, and then a matching one
+// of the busy shard, are delivered while the writers go on.
+func TestSubscriptionJoinsBusyTail(t *testing.T) {
+	d := openTestDB(t, fastOptions(func(o *ds.Options) { o.NShards = 2; o.WildcardThresholds = []int{5000, 5000} }))
+	clientFor := func(shard ds.ShardID) string {
+		for i := 0; ; i++ {
+			if c := fmt.Sprintf("c%d", i); ds.ShardOf(c, 2) == shard {
+				return c
+			}
+		}
+	}
+	c0, c1 := clientFor(0), clientFor(1)
+	for i := 0; i < 2000; i++ { // 2,000 streams the filter matches on shard 0
+		d.store(msg(c0, fmt.Sprintf("idle/%d", i), i))
+	}
+	from, err := d.TailPosition()
+	require.NoError(t, err)
+	s, err := d.Subscribe("idle/+", from, nil)
+	require.NoError(t, err)
+	defer s.Close()
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := d.Store(context.Background(), msg(c0, "busy/x", i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	want := d.store(msg(c1, "idle/0", 0))
+	require.Equal(t, want, refsOf(collect(t, s, 1, true)))
+	want = d.store(msg(c0, "idle/7", 1))
+	require.Equal(t, want, refsOf(collect(t, s, 1, true)))
 }
