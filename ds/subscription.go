@@ -105,8 +105,10 @@ type Subscription struct {
 	done   chan struct{} // closed by Close
 	wake   chan struct{} // capacity 1: something for a waiting Next (messages, an Ack)
 
-	readMu   sync.Mutex // held by Next: one reader at a time, owner of the catchUp states
-	readFrom int        // REQUIRES: readMu; where readBehind starts
+	// readMu (capacity 1) is held by Next: one reader at a time, owner of the catchUp states.
+	// A channel, so that a Next waiting for another one still watches its ctx.
+	readMu   chan struct{}
+	readFrom int // REQUIRES: readMu; where readBehind starts
 
 	mu struct {
 		sync.Mutex
@@ -160,7 +162,7 @@ func (db *DB) Subscribe(filter string, from Position, opts *SubscribeOptions) (*
 	}
 	s := &Subscription{
 		db: db, filter: filter, levels: topic.Split(filter), opts: o,
-		done: make(chan struct{}), wake: make(chan struct{}, 1),
+		done: make(chan struct{}), wake: make(chan struct{}, 1), readMu: make(chan struct{}, 1),
 	}
 	for i := range db.shards {
 		s.shards = append(s.shards, &subShard{sub: s, id: ShardID(i), next: from.next[i]})
@@ -190,8 +192,14 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("%w: Next with max %d", ErrInvalidOptions, max)
 	}
-	s.readMu.Lock()
-	defer s.readMu.Unlock()
+	select {
+	case s.readMu <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.done:
+		return nil, ErrSubscriptionClosed
+	}
+	defer func() { <-s.readMu }()
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err

@@ -422,3 +422,18 @@ func TestSubscriptionJoinsBusyTail(t *testing.T) {
 	want = d.store(msg(c0, "idle/7", 1))
 	require.Equal(t, want, refsOf(collect(t, s, 1, true)))
 }
+
+// TestSubscriptionConcurrentNextHonoursCtx: a Next waiting for another Next of the same
+// subscription (they take turns) still ends with its ctx.
+func TestSubscriptionConcurrentNextHonoursCtx(t *testing.T) {
+	d := openTestDB(t, fastOptions())
+	pos, err := d.TailPosition()
+	require.NoError(t, err)
+	s, err := d.Subscribe("a/#", pos, nil)
+	require.NoError(t, err)
+	first := make(chan error, 1)
+	go func() { _, err := s.Next(context.Background(), 1); first <- err }()
+	requireNothing(t, s) // the first Next may or may not hold the turn yet: either way this one ends
+	require.NoError(t, s.Close())
+	require.ErrorIs(t, <-first, ds.ErrSubscriptionClosed)
+}
