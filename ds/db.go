@@ -139,19 +139,10 @@ func (db *DB) Close() error {
 	for _, f := range db.feeds {
 		f.close()
 	}
-	db.subs.Lock()
-	subs := make([]*Subscription, 0, len(db.subs.all))
-	for s := range db.subs.all {
-		subs = append(subs, s)
-	}
-	db.subs.Unlock()
-	for _, s := range subs {
+	for _, s := range db.subscriptions() {
 		s.Close()
 	}
-	db.watchers.Lock()
-	watchers := db.watchers.all
-	db.watchers.Unlock()
-	for _, w := range watchers {
+	for _, w := range db.watcherList() {
 		w.Close()
 	}
 	// Wake whoever waits for new streams: there will be none.
@@ -322,10 +313,25 @@ func (db *DB) onDurable(d shard.Durable) {
 	if int(d.Shard) < len(db.feeds) {
 		db.feeds[d.Shard].onDurable(d)
 	}
-	db.watchers.Lock()
-	watchers := db.watchers.all
-	db.watchers.Unlock()
-	for _, w := range watchers {
+	for _, w := range db.watcherList() {
 		w.add(d)
 	}
+}
+
+// subscriptions returns the open subscriptions.
+func (db *DB) subscriptions() []*Subscription {
+	db.subs.Lock()
+	defer db.subs.Unlock()
+	out := make([]*Subscription, 0, len(db.subs.all))
+	for s := range db.subs.all {
+		out = append(out, s)
+	}
+	return out
+}
+
+// watcherList returns the open watchers: a slice that is never modified (copied on write).
+func (db *DB) watcherList() []*Watcher {
+	db.watchers.Lock()
+	defer db.watchers.Unlock()
+	return db.watchers.all
 }

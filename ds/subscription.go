@@ -170,7 +170,6 @@ func (db *DB) Subscribe(filter string, from Position, opts *SubscribeOptions) (*
 	db.subs.Lock()
 	db.subs.all[s] = struct{}{}
 	db.subs.Unlock()
-	db.subStats.subscriptions.Add(1)
 	return s, nil
 }
 
@@ -483,7 +482,6 @@ func (s *Subscription) Close() error {
 	s.db.subs.Lock()
 	delete(s.db.subs.all, s)
 	s.db.subs.Unlock()
-	s.db.subStats.subscriptions.Add(-1)
 	return nil
 }
 

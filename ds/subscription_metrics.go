@@ -4,13 +4,12 @@ import "sync/atomic"
 
 // subStats are the DB's subscription counters.
 type subStats struct {
-	subscriptions atomic.Int64  // open
-	parked        atomic.Int64  // Next calls waiting for an Ack (MaxUnacked reached)
-	delivered     atomic.Uint64 // messages returned by Next
-	fed           atomic.Uint64 // messages the feeds handed to tail subscriptions (per group)
-	reads         atomic.Uint64 // storage reads of subscriptions behind the tail
-	demoted       atomic.Uint64 // tail subscriptions sent back to reading (buffer full, gap)
-	losses        atomic.Uint64 // LossErrors reported
+	parked    atomic.Int64  // Next calls waiting for an Ack (MaxUnacked reached)
+	delivered atomic.Uint64 // messages returned by Next
+	fed       atomic.Uint64 // messages the feeds handed to tail subscriptions (per group)
+	reads     atomic.Uint64 // storage reads of subscriptions behind the tail
+	demoted   atomic.Uint64 // tail subscriptions sent back to reading (buffer full, gap)
+	losses    atomic.Uint64 // LossErrors reported
 }
 
 // SubscriptionMetrics are the DB's subscription figures (Metrics.Subscriptions).
@@ -34,7 +33,7 @@ type SubscriptionMetrics struct {
 // subscriptionMetrics collects the figures; the lag walks every subscription.
 func (db *DB) subscriptionMetrics() SubscriptionMetrics {
 	m := SubscriptionMetrics{
-		Subscriptions: db.subStats.subscriptions.Load(), Parked: db.subStats.parked.Load(),
+		Parked:    db.subStats.parked.Load(),
 		Delivered: db.subStats.delivered.Load(), Reads: db.subStats.reads.Load(),
 		Fed: db.subStats.fed.Load(), Demoted: db.subStats.demoted.Load(), Losses: db.subStats.losses.Load(),
 	}
@@ -42,12 +41,8 @@ func (db *DB) subscriptionMetrics() SubscriptionMetrics {
 	for i, s := range db.shards {
 		limits[i], _ = s.ReadLimit()
 	}
-	db.subs.Lock()
-	subs := make([]*Subscription, 0, len(db.subs.all))
-	for s := range db.subs.all {
-		subs = append(subs, s)
-	}
-	db.subs.Unlock()
+	subs := db.subscriptions()
+	m.Subscriptions = int64(len(subs))
 	for _, s := range subs {
 		tail := true
 		s.mu.Lock()

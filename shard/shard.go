@@ -299,7 +299,9 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 			if err != nil {
 				return fail(err)
 			}
-			if j, ok := c.touchedAt[key]; ok {
+			if n := len(a.Touched); n > 0 && a.Touched[n-1].Key == key {
+				a.Touched[n-1].Last = ts // the same stream as the message before: no lookup
+			} else if j, ok := c.touchedAt[key]; ok {
 				a.Touched[j].Last = ts
 			} else {
 				c.touchedAt[key] = len(a.Touched)

@@ -412,8 +412,13 @@ func (s *Shard) runSyncer() {
 			s.Metrics.ObserveCommit(time.Since(f.start), f.msgs, f.bytes)
 			if s.cfg.OnDurable != nil {
 				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit(), Streams: f.touch}
-				for _, r := range f.reqs {
-					d.Messages = append(d.Messages, r.msgs...)
+				if len(f.reqs) == 1 {
+					d.Messages = f.reqs[0].msgs // the common case: no copy
+				} else if f.msgs > 0 {
+					d.Messages = make([]*message.Message, 0, f.msgs)
+					for _, r := range f.reqs {
+						d.Messages = append(d.Messages, r.msgs...)
+					}
 				}
 				s.cfg.OnDurable(d)
 			}

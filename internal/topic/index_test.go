@@ -57,18 +57,7 @@ func TestIndexMatchesLikeMatch(t *testing.T) {
 			if ValidateName(name) != nil {
 				continue
 			}
-			var want []string
-			for f := range set {
-				if Match(f, name) {
-					want = append(want, f)
-				}
-			}
-			got := x.Match(name, nil)
-			slices.Sort(got)
-			slices.Sort(want)
-			if !slices.Equal(got, want) {
-				t.Fatalf("Match(%q) = %q, want %q (filters %v)", name, got, want, set)
-			}
+			requireMatches(t, &x, set, name)
 		}
 		for f := range set {
 			if v, ok := x.Get(f); !ok || v != f {
@@ -99,17 +88,24 @@ func FuzzIndex(f *testing.F) {
 				set[fl] = true
 			}
 		}
-		var want []string
-		for fl := range set {
-			if Match(fl, name) {
-				want = append(want, fl)
-			}
-		}
-		got := x.Match(name, nil)
-		slices.Sort(got)
-		slices.Sort(want)
-		if !slices.Equal(got, want) {
-			t.Fatalf("Match(%q) = %q, want %q", name, got, want)
-		}
+		requireMatches(t, &x, set, name)
 	})
+}
+
+// requireMatches checks that x, which maps each filter of set to itself, matches name with
+// exactly the filters of set that Match says match it.
+func requireMatches(t *testing.T, x *Index[string], set map[string]bool, name string) {
+	t.Helper()
+	var want []string
+	for f := range set {
+		if Match(f, name) {
+			want = append(want, f)
+		}
+	}
+	got := x.Match(name, nil)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("Match(%q) = %q, want %q (filters %v)", name, got, want, set)
+	}
 }
