@@ -53,6 +53,16 @@ type ShardBackend interface {
 	// their sizes (message.Size), for the batch budget. The shard may use msgs until Wait
 	// returns.
 	Submit(ctx context.Context, msgs []*message.Message, bytes int) (Waiter, error)
+	// SubmitTxn queues a conditional Txn (records and messages) like Submit queues messages.
+	// Once Wait returned nil, t.Result holds its outcome (ErrConditionFailed via t.Err), and
+	// its writes' versions and its messages' Timestamp and Shard are set. A replicated shard
+	// whose proposal was retried after it committed cannot know the outcome: ErrOutcomeUnknown.
+	SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (Waiter, error)
+	// Record returns the durable value and version of a record (version 0: none).
+	Record(ctx context.Context, key []byte) ([]byte, uint64, error)
+	// ScanRecords calls f in key order for every durable record whose key starts with
+	// prefix, until f returns false; key and value are valid during the call only.
+	ScanRecords(ctx context.Context, prefix []byte, f func(key, value []byte, version uint64) bool) error
 	// Streams returns the streams of every generation that is current or ends after since
 	// whose pattern can match the filter levels (topic.Split of a valid filter), in read order:
 	// by generation, then key. ErrUnavailable where a replicated site holds no open replica

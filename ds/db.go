@@ -41,6 +41,7 @@ type DB struct {
 		sync.Mutex
 		all []*Watcher // copied on write: onDurable iterates a snapshot
 	}
+	recWatch recordWatches
 }
 
 // Open opens the DB in dir, creating it if it does not exist. opts may be nil for the defaults.
@@ -316,6 +317,7 @@ func (db *DB) onDurable(d shard.Durable) {
 	for _, w := range db.watcherList() {
 		w.add(d)
 	}
+	db.notifyRecords(d)
 }
 
 // subscriptions returns the open subscriptions.

@@ -216,6 +216,15 @@ func (s embeddedShard) Submit(ctx context.Context, msgs []*message.Message, byte
 	return w, nil
 }
 
+// SubmitTxn is the shard's SubmitTxn with the Waiter as an interface.
+func (s embeddedShard) SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (Waiter, error) {
+	w, err := s.Shard.SubmitTxn(ctx, t, bytes)
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
 // Streams is the shard's Streams; an embedded shard is always available.
 func (s embeddedShard) Streams(filter []string, since uint64) ([]stream.Stream, error) {
 	return s.Shard.Streams(filter, since), nil

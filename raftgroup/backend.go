@@ -99,6 +99,30 @@ func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes i
 	return waiter{r}, nil
 }
 
+func (s *siteShard) SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (ds.Waiter, error) {
+	if len(t.Messages) > 0 && s.site.quotaExceeded() {
+		return nil, s.site.quotaError(int(s.p.id))
+	}
+	r := &request{txn: t, bytes: bytes}
+	if err := s.p.submit(ctx, r); err != nil {
+		return nil, err
+	}
+	return waiter{r}, nil
+}
+
+func (s *siteShard) Record(ctx context.Context, key []byte) (value []byte, version uint64, err error) {
+	err = s.replica(func(r *shard.Replica) error {
+		var err error
+		value, version, err = r.Record(ctx, key)
+		return err
+	})
+	return value, version, err
+}
+
+func (s *siteShard) ScanRecords(ctx context.Context, prefix []byte, f func(key, value []byte, version uint64) bool) error {
+	return s.replica(func(r *shard.Replica) error { return r.ScanRecords(ctx, prefix, f) })
+}
+
 func (s *siteShard) admin(ctx context.Context, cmd *shard.Command) error {
 	r := &request{cmd: cmd}
 	if err := s.p.submit(ctx, r); err != nil {

@@ -69,7 +69,7 @@ func TestClusterDuplicateProposal(t *testing.T) {
 
 func firstTS(t testing.TB, value uint64, data []byte) uint64 {
 	t.Helper()
-	ts, _, err := decodeResult(value, data)
+	ts, _, _, err := decodeResult(value, data)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -210,7 +210,7 @@ func sentinelOf(err error) error {
 func checkResult(t *testing.T, r shard.EntryResult) {
 	t.Helper()
 	value, data := encodeResult(r)
-	ts, skipped, err := decodeResult(value, data)
+	ts, _, skipped, err := decodeResult(value, data)
 	switch {
 	case r.Err != nil:
 		if err == nil || skipped || ts != 0 {
@@ -284,7 +284,7 @@ func FuzzDecodeResult(f *testing.F) {
 	f.Add(uint64(1<<64-1), []byte{1})
 	f.Fuzz(func(t *testing.T, value uint64, data []byte) {
 		orig := bytes.Clone(data)
-		ts, skipped, err := decodeResult(value, data)
+		ts, _, skipped, err := decodeResult(value, data)
 		if !bytes.Equal(orig, data) {
 			t.Fatal("decodeResult modified its input")
 		}

@@ -105,6 +105,13 @@ func decodeProposal(index uint64, b []byte) (shard.Entry, error) {
 			return e, fmt.Errorf("%w: message %d: %w", errInvalidProposal, i, err)
 		}
 	}
+	for _, t := range cmd.Txns {
+		for i, m := range t.Messages {
+			if err := topic.ValidateName(m.Topic); err != nil {
+				return e, fmt.Errorf("%w: txn message %d: %w", errInvalidProposal, i, err)
+			}
+		}
+	}
 	e.Cmd = cmd
 	return e, nil
 }
@@ -115,9 +122,10 @@ func decodeProposal(index uint64, b []byte) (shard.Entry, error) {
 const maxCommandBytes = 256 << 20
 
 // Results of a shard entry, in sm.Result.Value; Data holds the first timestamp (8 bytes,
-// big-endian) or the rejection's text.
+// big-endian) or the rejection's text. A stored command with Txns appends to the first
+// timestamp, per Txn: uvarint(failed) | uvarint(first version) | uvarint(first timestamp).
 const (
-	resultStored    = 1 // Data: first timestamp
+	resultStored    = 1 // Data: first timestamp [| Txn outcomes]
 	resultDuplicate = 2 // Data: the original's first timestamp (0: unknown)
 	resultSkipped   = 3
 	resultRejected  = 4 // Data: reason byte + text
@@ -152,36 +160,54 @@ func encodeResult(r shard.EntryResult) (uint64, []byte) {
 	case r.Duplicate:
 		return resultDuplicate, binary.BigEndian.AppendUint64(nil, r.FirstTS)
 	default:
-		return resultStored, binary.BigEndian.AppendUint64(nil, r.FirstTS)
+		data := binary.BigEndian.AppendUint64(nil, r.FirstTS)
+		for _, t := range r.Txns {
+			data = binary.AppendUvarint(data, uint64(t.Failed))
+			data = binary.AppendUvarint(data, t.FirstVersion)
+			data = binary.AppendUvarint(data, t.FirstTS)
+		}
+		return resultStored, data
 	}
 }
 
 // decodeResult turns an entry's result back into a first timestamp or an error.
-func decodeResult(value uint64, data []byte) (firstTS uint64, skipped bool, err error) {
+func decodeResult(value uint64, data []byte) (firstTS uint64, txns []shard.TxnResult, skipped bool, err error) {
 	switch value {
 	case resultStored, resultDuplicate:
-		if len(data) != 8 {
-			return 0, false, fmt.Errorf("strata: result of %d bytes", len(data))
+		if len(data) < 8 || value == resultDuplicate && len(data) != 8 {
+			return 0, nil, false, fmt.Errorf("strata: result of %d bytes", len(data))
 		}
-		return binary.BigEndian.Uint64(data), false, nil
+		firstTS = binary.BigEndian.Uint64(data)
+		for r := data[8:]; len(r) > 0; {
+			var v [3]uint64
+			for i := range v {
+				x, n := binary.Uvarint(r)
+				if n <= 0 {
+					return 0, nil, false, fmt.Errorf("strata: result of %d bytes", len(data))
+				}
+				v[i], r = x, r[n:]
+			}
+			txns = append(txns, shard.TxnResult{Failed: int(v[0]), FirstVersion: v[1], FirstTS: v[2]})
+		}
+		return firstTS, txns, false, nil
 	case resultSkipped:
-		return 0, true, nil
+		return 0, nil, true, nil
 	case resultRejected:
 		if len(data) == 0 {
-			return 0, false, errors.New("strata: rejected")
+			return 0, nil, false, errors.New("strata: rejected")
 		}
 		text := string(data[1:])
 		switch data[0] {
 		case reasonCurrentGeneration:
-			return 0, false, fmt.Errorf("%w (%s)", shard.ErrCurrentGeneration, text)
+			return 0, nil, false, fmt.Errorf("%w (%s)", shard.ErrCurrentGeneration, text)
 		case reasonGenerationNotFound:
-			return 0, false, fmt.Errorf("%w (%s)", shard.ErrGenerationNotFound, text)
+			return 0, nil, false, fmt.Errorf("%w (%s)", shard.ErrGenerationNotFound, text)
 		case reasonInvalid:
-			return 0, false, fmt.Errorf("%w (%s)", topic.ErrInvalidTopic, text)
+			return 0, nil, false, fmt.Errorf("%w (%s)", topic.ErrInvalidTopic, text)
 		case reasonBadEntry:
-			return 0, false, fmt.Errorf("%w (%s)", shard.ErrInvalidCommand, text)
+			return 0, nil, false, fmt.Errorf("%w (%s)", shard.ErrInvalidCommand, text)
 		}
-		return 0, false, errors.New(text)
+		return 0, nil, false, errors.New(text)
 	}
-	return 0, false, fmt.Errorf("strata: unknown result %d", value)
+	return 0, nil, false, fmt.Errorf("strata: unknown result %d", value)
 }

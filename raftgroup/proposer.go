@@ -47,6 +47,7 @@ type proposer struct {
 type request struct {
 	ctx       context.Context
 	msgs      []*message.Message
+	txn       *shard.Txn // a conditional write (records and messages), instead of msgs
 	bytes     int
 	cmd       *shard.Command // admin: add or drop generations
 	ifCurrent stream.GenerationID
@@ -215,6 +216,9 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 		cmd = &shard.Command{}
 		for _, r := range batch {
 			cmd.Messages = append(cmd.Messages, r.msgs...)
+			if r.txn != nil {
+				cmd.Txns = append(cmd.Txns, r.txn)
+			}
 		}
 	}
 	cmd.Time = uint64(max(p.site.cfg.DB.Expert.Now().UnixMicro(), 1))
@@ -224,7 +228,18 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 		pid, seq = shard.ProposerID{}, 0
 	}
 	prop := newProposal(pid, seq, batch[0].ifCurrent, body)
-	firstTS, err := p.commit(prop, batch, start)
+	firstTS, txns, err := p.commit(prop, batch, start)
+	if err == nil && len(cmd.Txns) > 0 {
+		if len(txns) != len(cmd.Txns) {
+			// A duplicate: the replicas keep no Txn outcomes.
+			err = fmt.Errorf("%w: %w: a retried proposal was committed before", shard.ErrUnavailable, shard.ErrOutcomeUnknown)
+		} else {
+			for i, t := range cmd.Txns {
+				t.Result = txns[i]
+				t.SetResults(uint16(p.id))
+			}
+		}
+	}
 	if err == nil && len(cmd.Messages) > 0 {
 		if firstTS == 0 {
 			// Cannot happen while the floor stays below every sequence being waited for.
@@ -246,8 +261,9 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	}
 }
 
-// commit proposes prop, retrying, and returns the first timestamp the replicas assigned.
-func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (uint64, error) {
+// commit proposes prop, retrying, and returns the first timestamp the replicas assigned and
+// the outcomes of the command's Txns (none for a duplicate).
+func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (uint64, []shard.TxnResult, error) {
 	deadline := start.Add(p.site.cfg.ProposalTimeout)
 	backoff := 5 * time.Millisecond
 	unknown := false
@@ -270,17 +286,17 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 			case <-p.done:
 				// The site is closing: the proposal may still commit.
 				rs.Release()
-				return 0, fmt.Errorf("%w: %w", shard.ErrClosed, shard.ErrOutcomeUnknown)
+				return 0, nil, fmt.Errorf("%w: %w", shard.ErrClosed, shard.ErrOutcomeUnknown)
 			}
 			rs.Release()
 			switch {
 			case res.Completed():
 				r := res.GetResult()
-				ts, skipped, err := decodeResult(r.Value, r.Data)
+				ts, txns, skipped, err := decodeResult(r.Value, r.Data)
 				if skipped {
-					return 0, errSkipped
+					return 0, nil, errSkipped
 				}
-				return ts, err
+				return ts, txns, err
 			case res.Timeout():
 				unknown = true
 				last = dragonboat.ErrTimeout
@@ -293,22 +309,22 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 			case res.Aborted():
 				last = dragonboat.ErrAborted
 			case res.Rejected():
-				return 0, fmt.Errorf("%w: proposal rejected", shard.ErrFailed)
+				return 0, nil, fmt.Errorf("%w: proposal rejected", shard.ErrFailed)
 			default:
 				last = fmt.Errorf("unexpected proposal result")
 			}
 		} else {
 			if !retryable(err) {
 				if errors.Is(err, dragonboat.ErrClosed) {
-					return 0, fmt.Errorf("%w: %w", shard.ErrClosed, err)
+					return 0, nil, fmt.Errorf("%w: %w", shard.ErrClosed, err)
 				}
-				return 0, fmt.Errorf("%w: %w", shard.ErrFailed, err) // e.g. ErrPayloadTooBig: retrying cannot help
+				return 0, nil, fmt.Errorf("%w: %w", shard.ErrFailed, err) // e.g. ErrPayloadTooBig: retrying cannot help
 			}
 			last = err
 		}
 		// Give up once the site closes, the timeout passed, or no caller waits any more.
 		if p.closing() {
-			return 0, closedErr(unknown)
+			return 0, nil, closedErr(unknown)
 		}
 		if time.Now().After(deadline) || allGone(batch) {
 			err := fmt.Errorf("%w: %d attempts in %v: %w (nothing stored)", shard.ErrUnavailable, attempt+1,
@@ -317,14 +333,14 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 				err = fmt.Errorf("%w: %w: %d attempts in %v: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, attempt+1,
 					time.Since(start).Round(time.Millisecond), last)
 			}
-			return 0, err
+			return 0, nil, err
 		}
 		sleep := backoff/2 + rand.N(backoff/2+1)
 		backoff = min(backoff*2, 200*time.Millisecond)
 		select {
 		case <-time.After(sleep):
 		case <-p.done:
-			return 0, closedErr(unknown)
+			return 0, nil, closedErr(unknown)
 		}
 	}
 }

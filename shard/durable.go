@@ -26,6 +26,9 @@ type Durable struct {
 	// Streams are the streams that received the messages, each with the timestamp of its last
 	// one (a stream may appear more than once in a replica's step of several entries).
 	Streams []StreamTouch
+	// Records are the record writes made durable, in order, with their versions set
+	// (record.go). The receiver must not modify them.
+	Records []RecordWrite
 	// Reset: the shard's state was replaced (a replica recovered from a snapshot); Until is
 	// its new read limit, and what changed below it is not listed: readers must look again.
 	Reset bool

@@ -89,6 +89,9 @@ type EntryResult struct {
 	Duplicate bool
 	// Skipped: IfCurrent did not hold; nothing was applied.
 	Skipped bool
+	// Txns are the outcomes of the command's Txns, in order (nil for a duplicate: they are
+	// not kept, so a retried proposal's Txn outcome is unknown).
+	Txns []TxnResult
 	// Err is a rejection that every replica makes alike (a drop of the current or an unknown
 	// generation, an invalid topic); nothing of the command was applied.
 	Err error
@@ -177,6 +180,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 	defer b.Close()
 	var pubs []*publication
 	var stored []*message.Message // applied messages, for OnDurable
+	var records []RecordWrite
 	var streams []StreamTouch
 	var news bool
 	var spans [][2][]byte
@@ -231,15 +235,22 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 			pubs = append(pubs, a.Commit())
 			news = news || a.NewStreams
 			spans = append(spans, a.Spans...)
-			if len(a.Timestamps) > 0 {
+			if len(e.Cmd.Messages) > 0 {
 				e.Result.FirstTS = a.Timestamps[0]
 			}
-			msgs += len(e.Cmd.Messages)
+			for _, t := range e.Cmd.Txns {
+				e.Result.Txns = append(e.Result.Txns, t.Result)
+			}
+			msgs += len(a.Timestamps)
 			if r.cfg.OnDurable != nil {
-				stored = append(stored, e.Cmd.Messages...)
+				stored = append(append(stored, e.Cmd.Messages...), a.TxnMessages...)
 				streams = append(streams, a.Touched...)
+				records = append(records, a.Records...)
 			}
 			for _, m := range e.Cmd.Messages {
+				bytes += len(m.Payload)
+			}
+			for _, m := range a.TxnMessages {
 				bytes += len(m.Payload)
 			}
 			if a.Added != nil {
@@ -270,7 +281,7 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 		r.publishDurable(p)
 	}
 	if r.cfg.OnDurable != nil && len(pubs) > 0 {
-		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true, Streams: streams})
+		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true, Streams: streams, Records: records})
 	}
 	if msgs > 0 {
 		r.Metrics.Messages.Add(uint64(msgs))
@@ -321,6 +332,13 @@ func (r *Replica) check(cmd *Command) error {
 	for i, m := range cmd.Messages {
 		if err := topic.ValidateName(m.Topic); err != nil {
 			return fmt.Errorf("message %d: %w", i, err)
+		}
+	}
+	for _, t := range cmd.Txns {
+		for i, m := range t.Messages {
+			if err := topic.ValidateName(m.Topic); err != nil {
+				return fmt.Errorf("txn message %d: %w", i, err)
+			}
 		}
 	}
 	return nil

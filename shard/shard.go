@@ -33,6 +33,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/stream"
@@ -94,15 +95,18 @@ type core struct {
 	// unknown), for subscriptions that learn of the loss later (DroppedMessages).
 	dropped sync.Map // stream.GenerationID → *atomic.Uint64
 
-	keyTable, keyLast []byte
-	sorted            sortedWriter   // scratch of apply
-	touchedAt         map[uint64]int // scratch of apply: stream key → index in Applied.Touched
+	rec records // the shard's records (record.go)
+
+	keyTable, keyLast, keyLastVersion []byte
+	sorted                            sortedWriter   // scratch of apply
+	touchedAt                         map[uint64]int // scratch of apply: stream key → index in Applied.Touched
 }
 
 func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Params) *core {
 	c := &core{id: id, db: db, prefix: prefix, params: params}
 	c.keyTable = append(append([]byte(nil), prefix...), metaTable...)
 	c.keyLast = append(append([]byte(nil), prefix...), metaLast...)
+	c.keyLastVersion = append(append([]byte(nil), prefix...), metaLastVersion...)
 	return c
 }
 
@@ -145,6 +149,9 @@ func (c *core) load() (found bool, err error) {
 	default:
 		c.lastTS = binary.BigEndian.Uint64(v)
 		closer.Close()
+	}
+	if err := c.loadRecords(); err != nil {
+		return true, err
 	}
 	c.st = st
 	c.publish(c.st, c.lastTS+1)
@@ -196,6 +203,7 @@ func (c *core) create(since uint64, sync bool) error {
 	c.st = &state{table: table, gens: map[stream.GenerationID]layout.Generation{1: g},
 		counts: map[stream.GenerationID]*atomic.Uint64{1: new(atomic.Uint64)}}
 	c.lastTS = since - 1
+	c.rec.versions, c.rec.changed = map[string]uint64{}, make(chan struct{})
 	c.publish(c.st, c.lastTS+1)
 	return nil
 }
@@ -215,7 +223,7 @@ type Applied struct {
 	count      *atomic.Uint64 // the generation the command added messages to
 	prevCount  uint64
 	touched    []layout.Generation
-	Timestamps []uint64 // per message of the command
+	Timestamps []uint64 // per message stored: the command's Messages, then those of its applied Txns
 	Added      *generation.Info
 	Dropped    []stream.GenerationID
 	// Spans are the key ranges the command range-deleted (dropped generations).
@@ -224,6 +232,13 @@ type Applied struct {
 	NewStreams bool
 	// Touched are the streams the command's messages went to.
 	Touched []StreamTouch
+	// Records are the record writes of the command's Txns that applied, in order, and
+	// TxnMessages the messages of those Txns (stored after the command's Messages).
+	Records     []RecordWrite
+	TxnMessages []*message.Message
+
+	prevVersion uint64
+	recUndo     []recordUndo
 }
 
 // apply writes cmd into b and changes the in-memory state accordingly. On error nothing of the
@@ -231,7 +246,7 @@ type Applied struct {
 //
 // REQUIRES: the caller is the shard's only applier, and every message topic is valid.
 func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
-	a := &Applied{c: c, prevState: c.st, prevLast: c.lastTS}
+	a := &Applied{c: c, prevState: c.st, prevLast: c.lastTS, prevVersion: c.rec.lastVersion}
 	st := c.st
 	c.sorted.reset()
 	if cmd.AddGeneration || len(cmd.Drop) > 0 {
@@ -283,39 +298,68 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		}
 	}
 	c.st = st
+	var (
+		cur   generation.Info
+		g     layout.Generation
+		count int
+	)
+	store := func(m *message.Message) (uint64, error) {
+		if count == 0 {
+			cur = st.table.Current()
+			g = st.gens[cur.ID]
+			a.touched = append(a.touched, g)
+			if c.touchedAt == nil {
+				c.touchedAt = map[uint64]int{}
+			}
+			clear(c.touchedAt)
+		}
+		count++
+		ts := max(c.lastTS+1, cmd.Time)
+		m.Timestamp, m.Shard = ts, uint16(c.id)
+		key, err := g.Add(&c.sorted, m, topic.Split(m.Topic))
+		if err != nil {
+			return 0, err
+		}
+		if n := len(a.Touched); n > 0 && a.Touched[n-1].Key == key {
+			a.Touched[n-1].Last = ts // the same stream as the message before: no lookup
+		} else if j, ok := c.touchedAt[key]; ok {
+			a.Touched[j].Last = ts
+		} else {
+			c.touchedAt[key] = len(a.Touched)
+			a.Touched = append(a.Touched, StreamTouch{Generation: cur.ID, Key: key, Last: ts})
+		}
+		c.lastTS = ts
+		a.Timestamps = append(a.Timestamps, ts)
+		return ts, nil
+	}
 	if len(cmd.Messages) > 0 {
-		cur := st.table.Current()
-		g := st.gens[cur.ID]
-		a.touched = append(a.touched, g)
-		a.Timestamps = make([]uint64, len(cmd.Messages))
-		if c.touchedAt == nil {
-			c.touchedAt = map[uint64]int{}
+		a.Timestamps = make([]uint64, 0, len(cmd.Messages))
+	}
+	for _, m := range cmd.Messages {
+		if _, err := store(m); err != nil {
+			return fail(err)
 		}
-		clear(c.touchedAt)
-		for i, m := range cmd.Messages {
-			ts := max(c.lastTS+1, cmd.Time)
-			m.Timestamp, m.Shard = ts, uint16(c.id)
-			key, err := g.Add(&c.sorted, m, topic.Split(m.Topic))
-			if err != nil {
-				return fail(err)
-			}
-			if n := len(a.Touched); n > 0 && a.Touched[n-1].Key == key {
-				a.Touched[n-1].Last = ts // the same stream as the message before: no lookup
-			} else if j, ok := c.touchedAt[key]; ok {
-				a.Touched[j].Last = ts
-			} else {
-				c.touchedAt[key] = len(a.Touched)
-				a.Touched = append(a.Touched, StreamTouch{Generation: cur.ID, Key: key, Last: ts})
-			}
-			c.lastTS = ts
-			a.Timestamps[i] = ts
+	}
+	for _, t := range cmd.Txns {
+		if err := c.applyTxn(b, a, t, store); err != nil {
+			return fail(err)
 		}
+		if t.Result.Failed == 0 {
+			a.TxnMessages = append(a.TxnMessages, t.Messages...)
+		}
+	}
+	if count > 0 {
 		if n := st.counts[cur.ID]; n != nil {
 			a.count = n
-			a.prevCount = n.Add(uint64(len(cmd.Messages))) - uint64(len(cmd.Messages))
+			a.prevCount = n.Add(uint64(count)) - uint64(count)
 			if err := b.Set(c.countKey(cur.ID), binary.BigEndian.AppendUint64(nil, n.Load()), nil); err != nil {
 				return fail(err)
 			}
+		}
+	}
+	if c.rec.lastVersion != a.prevVersion {
+		if err := b.Set(c.keyLastVersion, binary.BigEndian.AppendUint64(nil, c.rec.lastVersion), nil); err != nil {
+			return fail(err)
 		}
 	}
 	if err := c.sorted.flush(b); err != nil {
@@ -338,7 +382,10 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 // to Pebble (not necessarily synced). It returns what to publish once the batch is durable.
 func (a *Applied) Commit() *publication {
 	a.NewStreams = a.Added != nil || len(a.Dropped) > 0
-	p := &publication{view: &view{state: a.c.st, readLimit: a.c.lastTS + 1}}
+	p := &publication{view: &view{state: a.c.st, readLimit: a.c.lastTS + 1}, records: a.c.rec.lastVersion}
+	a.c.rec.mu.Lock()
+	a.c.rec.applied = a.c.rec.lastVersion
+	a.c.rec.mu.Unlock()
 	for _, g := range a.touched {
 		news, mark := g.CommitPending()
 		if news {
@@ -354,6 +401,7 @@ func (a *Applied) Commit() *publication {
 type publication struct {
 	view    *view
 	layouts []layoutMark
+	records uint64 // the last record version applied
 }
 
 type layoutMark struct {
@@ -367,6 +415,7 @@ func (c *core) publishDurable(p *publication) {
 		lm.g.Publish(lm.mark)
 	}
 	c.publish(p.view.state, p.view.readLimit)
+	c.publishRecords(p.records)
 }
 
 // ReadLimit returns the exclusive upper bound of the timestamps readers see: every message
@@ -386,6 +435,15 @@ func (a *Applied) Abort() {
 	for _, id := range a.Dropped {
 		a.c.dropped.Delete(id)
 	}
+	for i := len(a.recUndo) - 1; i >= 0; i-- {
+		u := a.recUndo[i]
+		if u.version == 0 {
+			delete(a.c.rec.versions, u.key)
+		} else {
+			a.c.rec.versions[u.key] = u.version
+		}
+	}
+	a.c.rec.lastVersion = a.prevVersion
 	a.c.st = a.prevState
 	a.c.lastTS = a.prevLast
 }

@@ -51,6 +51,7 @@ const (
 type request struct {
 	kind     requestKind
 	msgs     []*message.Message
+	txn      *Txn // a reqStore with a Txn instead of msgs
 	bytes    int
 	gen      stream.GenerationID
 	enqueued time.Time
@@ -61,15 +62,17 @@ type request struct {
 
 // inflight is a batch committed to Pebble and waiting for its WAL sync.
 type inflight struct {
-	batch *pebble.Batch
-	reqs  []*request
-	pub   *publication
-	news  bool
-	start time.Time
-	msgs  int
-	bytes int
-	spans [][2][]byte
-	touch []StreamTouch
+	batch   *pebble.Batch
+	reqs    []*request
+	pub     *publication
+	news    bool
+	start   time.Time
+	msgs    int
+	bytes   int
+	spans   [][2][]byte
+	touch   []StreamTouch
+	txnMsgs []*message.Message
+	records []RecordWrite
 }
 
 // Shard is one shard: a core plus its writer and syncer goroutines.
@@ -156,6 +159,21 @@ func (s *Shard) Store(ctx context.Context, msgs []*message.Message, bytes int) e
 // returns Store's result. A caller storing to several shards submits to all, then waits.
 func (s *Shard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (Waiter, error) {
 	r := &request{kind: reqStore, msgs: msgs, bytes: bytes, done: make(chan struct{})}
+	if err := s.enqueue(ctx, r); err != nil {
+		return Waiter{}, err
+	}
+	return Waiter{r}, nil
+}
+
+// SubmitTxn queues t like Submit queues messages. Once Wait returned nil, t.Result says
+// whether t applied (Txn.Err), its writes' versions and its messages' timestamps are set.
+//
+// REQUIRES: every message's topic is valid.
+func (s *Shard) SubmitTxn(ctx context.Context, t *Txn, bytes int) (Waiter, error) {
+	if err := t.validate(); err != nil {
+		return Waiter{}, err
+	}
+	r := &request{kind: reqStore, txn: t, bytes: bytes, done: make(chan struct{})}
 	if err := s.enqueue(ctx, r); err != nil {
 		return Waiter{}, err
 	}
@@ -343,6 +361,9 @@ func (s *Shard) handle(reqs []*request) {
 			return
 		}
 		for _, r := range reqs {
+			if r.txn != nil {
+				cmd.Txns = append(cmd.Txns, r.txn)
+			}
 			cmd.Messages = append(cmd.Messages, r.msgs...)
 		}
 	}
@@ -375,7 +396,8 @@ func (s *Shard) handle(reqs []*request) {
 		return
 	}
 	pub := a.Commit()
-	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(cmd.Messages), spans: a.Spans, touch: a.Touched}
+	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(a.Timestamps), spans: a.Spans, touch: a.Touched,
+		txnMsgs: a.TxnMessages, records: a.Records}
 	for _, r := range reqs {
 		f.bytes += r.bytes
 	}
@@ -411,14 +433,15 @@ func (s *Shard) runSyncer() {
 			s.core.publishDurable(f.pub)
 			s.Metrics.ObserveCommit(time.Since(f.start), f.msgs, f.bytes)
 			if s.cfg.OnDurable != nil {
-				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit(), Streams: f.touch}
-				if len(f.reqs) == 1 {
+				d := Durable{Shard: s.cfg.ID, From: from, Until: s.core.ReadLimit(), Streams: f.touch, Records: f.records}
+				if len(f.reqs) == 1 && len(f.txnMsgs) == 0 {
 					d.Messages = f.reqs[0].msgs // the common case: no copy
 				} else if f.msgs > 0 {
 					d.Messages = make([]*message.Message, 0, f.msgs)
 					for _, r := range f.reqs {
 						d.Messages = append(d.Messages, r.msgs...)
 					}
+					d.Messages = append(d.Messages, f.txnMsgs...)
 				}
 				s.cfg.OnDurable(d)
 			}
