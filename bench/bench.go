@@ -1,8 +1,9 @@
 // Package bench holds Strata's benchmark scenarios, used by cmd/ds-bench and by go test -bench:
 // ingest from many concurrent publishers, replays (everything, a wildcard, one publisher),
 // fan-out (many readers of one stream), retention under load (rotation and drops while
-// ingesting), subscriptions (fan-out at the tail, Store → delivery latency, catch-up), and raw
-// Pebble writing the same bytes as the floor under Strata.
+// ingesting), subscriptions (fan-out at the tail, Store → delivery latency, catch-up), durable
+// sessions (ingest with and without 10,000 of them, resume), and raw Pebble writing the same
+// bytes as the floor under Strata.
 package bench
 
 import (
@@ -56,6 +57,9 @@ type Result struct {
 	Series []float64 `json:"msgs_per_sec_over_time,omitempty"`
 	// LatencyHist counts Store latencies per LatencyBounds bucket.
 	LatencyHist []int `json:"latency_histogram,omitempty"`
+	// Figures are a scenario's other measurements, by name (the sessions scenario's ratios,
+	// delivery rate, state writes per delivery, ...).
+	Figures map[string]float64 `json:"figures,omitempty"`
 }
 
 // MsgsPerSec is Msgs / Elapsed.

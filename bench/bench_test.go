@@ -184,3 +184,39 @@ func TestReplicatedRuns(t *testing.T) {
 		t.Fatalf("%+v", r)
 	}
 }
+
+// TestSessionsScenarioRuns runs the durable-session scenario on tiny sizes: every message
+// reaches its one session, and the resumed session gets every unacknowledged message again.
+func TestSessionsScenarioRuns(t *testing.T) {
+	c := Config{Publishers: 10, Payload: 100, Shards: 4, Durability: ds.NoSync, Layout: ds.LayoutLTS, Dir: t.TempDir()}
+	sc := SessionConfig{Sessions: 30, N: 610, ResumeN: 700, Batch: 64, CheckpointInterval: 20 * time.Millisecond,
+		Timeout: time.Minute}
+	rs, err := RunSessions(c, sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		prefix string
+		msgs   int
+	}{
+		{"ingest without sessions", 610},
+		{"ingest with 30 sessions", 610},
+		{"session deliveries (30 sessions", 610},
+		{"session resume: Connect → first Next", 64},
+		{"session resume: redeliver 700", 700},
+	}
+	if len(rs) != len(want) {
+		t.Fatalf("got %d results, want %d: %+v", len(rs), len(want), rs)
+	}
+	for i, w := range want {
+		r := rs[i]
+		ok := r.Msgs == w.msgs || i == 3 && r.Msgs >= 1 && r.Msgs <= w.msgs // the first batch: up to Batch
+		if !strings.HasPrefix(r.Name, w.prefix) || !ok || r.Elapsed <= 0 || r.Note == "" {
+			t.Errorf("result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
+		}
+	}
+	f := rs[1].Figures
+	if f["ratio_to_without"] <= 0 || f["deliveries_per_sec"] <= 0 || f["state_writes_per_delivery"] <= 0 {
+		t.Errorf("session figures: %v", f)
+	}
+}

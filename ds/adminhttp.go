@@ -1,9 +1,11 @@
 package ds
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -23,6 +25,11 @@ import (
 //	/v1/trie?shard=N&gen=G            TrieView
 //	/v1/messages?filter=F&since=T&limit=N
 //	                                  []MessageView (since RFC 3339; limit default 100, 0: none)
+//	/v1/records?shard=N&prefix=P&limit=N
+//	                                  []RecordView: the records of shard N whose key starts
+//	                                  with P (raw bytes, URL-escaped; default all), in key
+//	                                  order (limit default 0: none); ds-info sessions -url
+//	                                  decodes package session's from them
 //
 // The JSON is what `ds-info <cmd> -json` prints for a data directory, and `ds-info -url`
 // reads it. Errors are JSON {"error": "..."}: 400 for a bad filter or parameter, 404 for an
@@ -61,7 +68,8 @@ import (
 //	strata_subscription_demoted_total counter   tail subscriptions sent back to reading
 //	strata_subscription_losses_total  counter   losses by retention reported
 //
-// These names and labels are stable.
+// These names and labels are stable. AdminMetrics appends other metrics (package session's:
+// Store.WriteMetrics) to /metrics.
 func AdminHandler(db *DB, opts ...AdminOption) http.Handler {
 	a := &admin{db: db}
 	for _, o := range opts {
@@ -74,9 +82,10 @@ func AdminHandler(db *DB, opts ...AdminOption) http.Handler {
 	mux.HandleFunc("GET /v1/streams", a.streams)
 	mux.HandleFunc("GET /v1/trie", a.trie)
 	mux.HandleFunc("GET /v1/messages", a.messages)
+	mux.HandleFunc("GET /v1/records", a.records)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case "/metrics", "/v1/info", "/v1/generations", "/v1/streams", "/v1/trie", "/v1/messages":
+		case "/metrics", "/v1/info", "/v1/generations", "/v1/streams", "/v1/trie", "/v1/messages", "/v1/records":
 			w.Header().Set("Allow", "GET, HEAD")
 			writeAdminError(w, http.StatusMethodNotAllowed, fmt.Errorf("%s %s: only GET", r.Method, r.URL.Path))
 			return
@@ -95,9 +104,22 @@ func AdminDataDir(dir string) AdminOption {
 	return func(a *admin) { a.dir = dir }
 }
 
+// AdminMetrics appends what write writes to /metrics, after the DB's metrics and in the
+// order the options are given: other metrics in the Prometheus text format, such as package
+// session's (ds.AdminHandler(db, ds.AdminMetrics(store.WriteMetrics))). Their names must not
+// repeat the DB's. An error of write fails the request (500) and nothing is sent.
+func AdminMetrics(write func(w io.Writer) error) AdminOption {
+	return func(a *admin) {
+		if write != nil {
+			a.extraMetrics = append(a.extraMetrics, write)
+		}
+	}
+}
+
 type admin struct {
-	db  *DB
-	dir string
+	db           *DB
+	dir          string
+	extraMetrics []func(io.Writer) error
 }
 
 // badRequest marks an error in the request's parameters.
@@ -244,6 +266,38 @@ func (a *admin) messages(w http.ResponseWriter, r *http.Request) {
 	reply(w, v, err)
 }
 
+// RecordView is one record of a shard (GET /v1/records). Key and Value are base64 in JSON.
+type RecordView struct {
+	Shard   ShardID `json:"shard"`
+	Key     []byte  `json:"key"`
+	Value   []byte  `json:"value"`
+	Version uint64  `json:"version"`
+}
+
+func (a *admin) records(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	sh, err := strconv.ParseUint(q.Get("shard"), 10, 16)
+	if err != nil {
+		reply(w, nil, badParam("shard=%q: want a shard number", q.Get("shard")))
+		return
+	}
+	limit := 0
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			reply(w, nil, badParam("limit=%q: want a number >= 0 (0: no limit)", s))
+			return
+		}
+		limit = n
+	}
+	out := []RecordView{}
+	err = a.db.ScanRecords(r.Context(), ShardID(sh), []byte(q.Get("prefix")), func(k, v []byte, version uint64) bool {
+		out = append(out, RecordView{Shard: ShardID(sh), Key: bytes.Clone(k), Value: bytes.Clone(v), Version: version})
+		return limit == 0 || len(out) < limit
+	})
+	reply(w, out, err)
+}
+
 // metrics writes db.Metrics in the Prometheus text exposition format (version 0.0.4).
 func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 	m, err := a.db.Metrics()
@@ -251,9 +305,16 @@ func (a *admin) metrics(w http.ResponseWriter, r *http.Request) {
 		reply(w, nil, err)
 		return
 	}
+	b := bytes.NewBufferString(PrometheusText(m))
+	for _, write := range a.extraMetrics {
+		if err := write(b); err != nil {
+			reply(w, nil, fmt.Errorf("metrics: %w", err))
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	w.Write([]byte(PrometheusText(m)))
+	w.Write(b.Bytes())
 }
 
 // PrometheusText renders m in the Prometheus text exposition format, with the metric names

@@ -34,6 +34,9 @@ import (
 var (
 	inspectMetaTable = []byte{layout.KeyspaceMeta, 'g'}
 	inspectMetaLast  = []byte{layout.KeyspaceMeta, 'l'}
+	// Records (shard/record.go): 'r' | key → version(u64) | value, and the last version.
+	inspectMetaRecord      = []byte{layout.KeyspaceMeta, 'r'}
+	inspectMetaLastVersion = []byte{layout.KeyspaceMeta, 'v'}
 )
 
 // Manifest is what the STRATA file of an embedded data directory records.

@@ -53,7 +53,10 @@ type CheckReport struct {
 	// ReplicaRecords counts the applied-index and de-duplication records of replicated
 	// stores (InspectReplicas); always 0 for an embedded directory.
 	ReplicaRecords uint64
-	Problems       []CheckProblem
+	// Records counts the shards' records (package shard's keyed values; package session
+	// keeps its durable sessions in them) whose version checked.
+	Records  uint64
+	Problems []CheckProblem
 }
 
 // OK reports whether Check found nothing wrong.
@@ -67,7 +70,9 @@ func (r *CheckReport) OK() bool { return len(r.Problems) == 0 }
 // timestamp within their generation, and that every stream has one index key per varying
 // level of each of its messages. In replicated stores it also decodes the applied index and
 // every de-duplication record, and checks them against each other and the shard (see
-// checkReplicaMeta); in an embedded directory those keys are problems. A shard that no store
+// checkReplicaMeta); in an embedded directory those keys are problems. Records (the keyed
+// values of package shard, record.go) must have a value of at least 8 bytes whose version is
+// not 0 and not after the shard's last record version, itself 8 bytes. A shard that no store
 // holds (InspectReplicas) is a problem. maxProblems bounds the problems kept (<= 0: 100);
 // the count of keys goes on.
 func (in *Inspector) Check(maxProblems int) *CheckReport {
@@ -195,6 +200,11 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 	}
 	var m message.Message
 	var varying []string
+	// The last record version sorts after every record: read it first.
+	lastVersion, lastVersionErr := s.recordLastVersion()
+	if lastVersionErr != nil {
+		add(CheckProblem{Shard: int(s.id), Path: s.path, Key: append(slices.Clone(s.prefix), inspectMetaLastVersion...), Err: lastVersionErr})
+	}
 	visit := func(k, v []byte) error {
 		rest := k[len(s.prefix):]
 		if len(rest) == 0 {
@@ -212,6 +222,23 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 				}
 			case isReplicaMetaKey(rest):
 				return s.checkReplicaMeta(rest, v, r)
+			case bytes.Equal(rest, inspectMetaLastVersion):
+				return nil // read and reported before the walk
+			case bytes.HasPrefix(rest, inspectMetaRecord):
+				if len(rest) == len(inspectMetaRecord) {
+					return corrupt("record with an empty key")
+				}
+				if len(v) < 8 {
+					return corrupt("record value of %d bytes, want at least 8 (its version)", len(v))
+				}
+				ver := binary.BigEndian.Uint64(v)
+				switch {
+				case ver == 0:
+					return corrupt("record of version 0")
+				case lastVersionErr == nil && ver > lastVersion:
+					return corrupt("record of version %d, after the shard's last record version %d", ver, lastVersion)
+				}
+				r.Records++
 			case bytes.HasPrefix(rest, countKey):
 				if len(rest) != len(countKey)+4 || len(v) != 8 {
 					return corrupt("message count key of %d bytes, value of %d", len(rest), len(v))
@@ -378,6 +405,28 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 				ErrCorruption, k.gen, k.key, c.wantIndex, c.gotIndex)})
 		}
 	}
+}
+
+// recordLastVersion reads the shard's last record version (0 when absent: no record was
+// ever written).
+func (s *inspectShard) recordLastVersion() (v uint64, err error) {
+	defer recoverRead(fmt.Sprintf("shard %d last record version", s.id), &err)
+	b, closer, err := s.db.Get(append(slices.Clone(s.prefix), inspectMetaLastVersion...))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("last record version: %w", err)
+	}
+	n := len(b)
+	if n == 8 {
+		v = binary.BigEndian.Uint64(b)
+	}
+	closer.Close()
+	if n != 8 {
+		return 0, fmt.Errorf("%w: last record version of %d bytes, want 8", ErrCorruption, n)
+	}
+	return v, nil
 }
 
 // decodeLTSDataSuffix decodes what follows base|0x0000 in an LTS data key: ts(u64) then, per

@@ -229,10 +229,11 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	}
 	prop := newProposal(pid, seq, batch[0].ifCurrent, body)
 	firstTS, txns, err := p.commit(prop, batch, start)
+	var txnErr error // the Txns' requests only: the Stores batched with them know their outcome
 	if err == nil && len(cmd.Txns) > 0 {
 		if len(txns) != len(cmd.Txns) {
 			// A duplicate: the replicas keep no Txn outcomes.
-			err = fmt.Errorf("%w: %w: a retried proposal was committed before", shard.ErrUnavailable, shard.ErrOutcomeUnknown)
+			txnErr = fmt.Errorf("%w: %w: a retried proposal was committed before", shard.ErrUnavailable, shard.ErrOutcomeUnknown)
 		} else {
 			for i, t := range cmd.Txns {
 				t.Result = txns[i]
@@ -257,6 +258,9 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	}
 	for _, r := range batch {
 		r.err = err
+		if err == nil && r.txn != nil {
+			r.err = txnErr
+		}
 		close(r.done)
 	}
 }

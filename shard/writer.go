@@ -357,8 +357,21 @@ func (s *Shard) handle(reqs []*request) {
 		cmd.Drop = []stream.GenerationID{reqs[0].gen}
 	case reqStore:
 		if s.cfg.QuotaExceeded != nil && s.cfg.QuotaExceeded() {
-			finish(fmt.Errorf("%w (shard %d)", ErrQuotaExceeded, s.cfg.ID))
-			return
+			// Messages are refused; record-only Txns (a session's acknowledgements) still
+			// pass: they are small, and refusing them would not free anything.
+			quota := fmt.Errorf("%w (shard %d)", ErrQuotaExceeded, s.cfg.ID)
+			keep := reqs[:0:0]
+			for _, r := range reqs {
+				if len(r.msgs) > 0 || r.txn == nil || len(r.txn.Messages) > 0 {
+					r.err = quota
+					close(r.done)
+					continue
+				}
+				keep = append(keep, r)
+			}
+			if reqs = keep; len(reqs) == 0 {
+				return
+			}
 		}
 		for _, r := range reqs {
 			if r.txn != nil {

@@ -4,11 +4,14 @@
 // for comparison, so the engine's overhead shows as a ratio. The subscription scenarios
 // measure ds.Subscribe: fan-out at the tail (one filter, disjoint filters), Store → delivery
 // latency at half the maximum ingest (embedded, and on a 3-site cluster), and catch-up from the
-// oldest message next to the raw replay.
+// oldest message next to the raw replay. The sessions scenario measures ingest with 10,000
+// durable sessions (package session) taking every message, against ingest without, and the
+// resume of a session with 100,000 unacknowledged messages.
 //
 //	go run ./cmd/ds-bench                 # 1M × 1 KiB messages from 1,000 publishers, Sync
 //	go run ./cmd/ds-bench -n 200000 -durability nosync -storage per-shard
 //	go run ./cmd/ds-bench -scenarios subscribe -sub-fanout-subs 10000 -sub-fanout-n 2000
+//	go run ./cmd/ds-bench -scenarios sessions  # ingest with 10,000 durable sessions vs without; resume
 package main
 
 import (
@@ -50,8 +53,8 @@ func main() {
 	asJSON := flag.Bool("json", false, "print the results as JSON instead of a table")
 	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
-	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated,subscribe,subscribe-replicated",
-		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites)")
+	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated,subscribe,subscribe-replicated,sessions",
+		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites), sessions (ingest with -sessions-count durable sessions vs without, resume)")
 	logdbs := flag.String("raft-logdb", "pebble,tan", "replicated: Raft LogDB(s) to measure, comma-separated: pebble, tan")
 	raftN := flag.Int("raft-n", 200_000, "replicated: messages (the cluster ingests ~20k msgs/s here; capped by -n)")
 	raftShards := flag.Int("raft-shards", 4, "replicated: shards (fewer shards, larger Raft entries)")
@@ -74,6 +77,11 @@ func main() {
 	subRaftN := flag.Int("sub-raft-n", 30_000, "subscribe-replicated: messages of the latency run")
 	subRaftRate := flag.Float64("sub-raft-rate", 0, "subscribe-replicated: msgs/s of the latency run (0: half the maximum through site 0, measured first)")
 	subLogDB := flag.String("sub-raft-logdb", "pebble", "subscribe-replicated: Raft LogDB (pebble or tan)")
+	var ssc bench.SessionConfig
+	flag.IntVar(&ssc.Sessions, "sessions-count", 10_000, "sessions: durable sessions connected during the second ingest run, session i on dev/<i>/# (QoS 1)")
+	flag.IntVar(&ssc.N, "sessions-n", 200_000, "sessions: messages of each ingest run (without, then with the sessions)")
+	flag.IntVar(&ssc.ResumeN, "sessions-resume-n", 100_000, "sessions: unacknowledged QoS 1 messages of the resumed session (0: no resume run)")
+	flag.DurationVar(&ssc.CheckpointInterval, "sessions-checkpoint", 0, "sessions: session.Options.CheckpointInterval (0: the default, 1s)")
 	flag.Parse()
 	want := map[string]bool{}
 	for _, s := range strings.Split(*scenarios, ",") {
@@ -127,6 +135,7 @@ func main() {
 		sc.FanOutSubs, sc.FanOutN = min(sc.FanOutSubs, 1000), min(sc.FanOutN, 300)
 		sc.DisjointN = min(sc.DisjointN, 10_000)
 		sc.LatencyN, *subRaftN = min(sc.LatencyN, 20_000), min(*subRaftN, 10_000)
+		ssc.Sessions, ssc.N, ssc.ResumeN = min(ssc.Sessions, 1000), min(ssc.N, 50_000), min(ssc.ResumeN, 20_000)
 	}
 	if c.Quick {
 		sc.CatchUpN = min(sc.CatchUpN, c.N)
@@ -168,6 +177,13 @@ func main() {
 			rs, err := bench.RunSubscribe(c, sc)
 			if err != nil {
 				fail("subscribe: %v", err)
+			}
+			results = append(results, rs...)
+		}
+		if want["sessions"] {
+			rs, err := bench.RunSessions(c, ssc)
+			if err != nil {
+				fail("sessions: %v", err)
 			}
 			results = append(results, rs...)
 		}

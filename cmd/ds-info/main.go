@@ -10,9 +10,12 @@
 //	ds-info streams     -dir DIR [-filter F]          learned patterns per shard and generation (filter default #)
 //	ds-info trie        -dir DIR -shard N -gen G      the learned topic structure of one shard-generation
 //	ds-info messages    -dir DIR [-filter F] [-since RFC3339] [-limit N]
+//	ds-info sessions    -dir DIR                      durable MQTT sessions (package session's records):
+//	                                                  owner, state, expiry, subscriptions, QoS 2
 //	ds-info check       -dir DIR                      decode every key and value, verify order and checksums
 //
-//	ds-info -url URL <command> [flags]                 info, shards, generations, streams, trie, messages
+//	ds-info -url URL <command> [flags]                 info, shards, generations, streams, trie, messages,
+//	                                                  sessions
 //	                                                  of a running node, through its admin handler
 //	                                                  (ds.AdminHandler, raftgroup.Site.AdminHandler)
 //	ds-info cluster     -url URL                      a replicated site's view: sites and their health,
@@ -85,6 +88,8 @@ commands:
   streams       learned stream patterns per shard and generation [-filter F]
   trie          learned topic structure of one shard-generation -shard N -gen G
   messages      messages [-filter F] [-since RFC3339] [-limit N]
+  sessions      durable MQTT sessions: owner, connected or disconnected at, expiry,
+                subscriptions with QoS, QoS 2 in flight, inbound QoS 2 packet IDs
   check         decode every key and value, verify order and checksums
   cluster       a replicated site's view (-url only): sites, leaders, transitions
 
@@ -133,6 +138,8 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 		return c.trie(args)
 	case "messages":
 		return c.messages(args)
+	case "sessions":
+		return c.sessions(args)
 	case "check":
 		return c.check(args)
 	case "cluster":
@@ -572,10 +579,11 @@ func (c *command) check(args []string) int {
 		Messages    uint64 `json:"messages"`
 		IndexKeys   uint64 `json:"index_keys"`
 		TrieRecords uint64 `json:"trie_records"`
+		Records     uint64 `json:"records"` // the shards' keyed records (sessions)
 		// Replicated sites only: applied indexes and de-duplication records.
 		ReplicaRecords uint64   `json:"replica_records,omitempty"`
 		Problems       []string `json:"problems"`
-	}{r.OK(), r.Keys, r.Messages, r.IndexKeys, r.TrieRecords, r.ReplicaRecords, problems}
+	}{r.OK(), r.Keys, r.Messages, r.IndexKeys, r.TrieRecords, r.Records, r.ReplicaRecords, problems}
 	if c.json {
 		c.printJSON(out)
 	} else {
@@ -584,6 +592,7 @@ func (c *command) check(args []string) int {
 		fmt.Fprintf(tw, "messages\t%d\n", out.Messages)
 		fmt.Fprintf(tw, "index keys\t%d\n", out.IndexKeys)
 		fmt.Fprintf(tw, "trie records\t%d\n", out.TrieRecords)
+		fmt.Fprintf(tw, "records\t%d\n", out.Records)
 		if site != nil {
 			fmt.Fprintf(tw, "replica records\t%d\n", out.ReplicaRecords)
 		}

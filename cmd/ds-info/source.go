@@ -14,6 +14,7 @@ import (
 
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/strata-mq/strata/session"
 )
 
 // source is where a subcommand reads: a data directory (-dir, through ds.Inspect, or
@@ -27,6 +28,7 @@ type source interface {
 	streams(filter string) ([]ds.StreamView, error)
 	trie(sh int, gen int64) (ds.TrieView, error)
 	messages(filter string, since time.Time, limit int) ([]ds.MessageView, error)
+	sessions() ([]session.SessionView, error)
 	close()
 }
 
@@ -147,6 +149,7 @@ type dirInspector interface {
 	NShards() int
 	DiskBytes() uint64
 	Check(maxProblems int) *ds.CheckReport
+	ScanRecords(sh ds.ShardID, prefix []byte, f func(key, value []byte, version uint64) bool) error
 	Close() error
 }
 
