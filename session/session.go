@@ -76,12 +76,13 @@ type Session struct {
 	expiry         time.Duration
 	nextSeq        uint64
 	subs           []*sub
-	window         map[uint16]*inflight // by packet ID
-	pending        []Delivery           // resends of a resumed session, before anything else
-	restored       map[ds.Ref]*inflight // QoS 2 entries of a resumed session, by message
-	carry          []ds.Message         // taken from a subscription, beyond the window
+	window         map[uint16]*inflight      // by packet ID
+	pending        []Delivery                // resends of a resumed session, before anything else
+	restored       map[restoredKey]*inflight // QoS 2 entries of a resumed session, by subscription and message
+	carry          []ds.Message              // taken from a subscription, beyond the window
 	carrySub       *sub
 	isDirty        bool
+	deleting       bool  // Disconnect deletes the record (expiry 0)
 	err            error // ErrTakenOver or ErrSessionClosed once the session ended
 	room           chan struct{}
 	in             chan batch
@@ -107,6 +108,13 @@ type inflight struct {
 	dsAck    bool // the delivery holds an unacknowledged message of sub.ds
 	received bool
 	msg      *ds.Message // QoS 2, until received
+}
+
+// restoredKey names a restored QoS 2 delivery: overlapping subscriptions deliver the same
+// message each, so the message alone does not.
+type restoredKey struct {
+	sub *sub
+	ref ds.Ref
 }
 
 type batch struct {
@@ -229,11 +237,15 @@ func (s *Session) resume(prev, next *state, present bool) error {
 			return err
 		}
 	}
-	s.restored = map[ds.Ref]*inflight{}
+	s.restored = map[restoredKey]*inflight{}
 	for _, e := range next.Window {
 		in := &inflight{seq: e.Seq, pid: pidOf(e.Seq), ref: e.Ref, qos: 2, received: e.Received, msg: e.Msg}
 		s.window[in.pid] = in
-		s.restored[e.Ref] = in
+		if e.Sub > 0 {
+			// Its subscription delivers the message again (from its Position): that copy is
+			// this one. (s.subs are opened in the order of next.Subs.)
+			s.restored[restoredKey{s.subs[e.Sub-1], e.Ref}] = in
+		}
 		if e.Received {
 			s.pending = append(s.pending, Delivery{Release: true, PacketID: in.pid, QoS: 2})
 			continue
@@ -464,9 +476,9 @@ func (s *Session) takeLocked(sb *sub, n int) (out []Delivery, qos2 bool) {
 			break
 		}
 		s.carry = s.carry[1:]
-		if e := s.restored[ref]; e != nil {
+		if e := s.restored[restoredKey{sb, ref}]; e != nil {
 			// A QoS 2 delivery restored from the record: resent from there already.
-			delete(s.restored, ref)
+			delete(s.restored, restoredKey{sb, ref})
 			if _, live := s.window[e.pid]; live && s.window[e.pid] == e {
 				e.sub, e.dsAck = sb, true
 			} else {
@@ -642,7 +654,12 @@ func (s *Session) stateLocked() *state {
 			SubscriptionID: sb.SubscriptionID, Position: sb.ds.Position()}
 		sent := make([]uint64, ss.Position.NShards())
 		for j := range sent {
+			// What was (maybe) sent before this connection stays so: a resumed session that
+			// disconnects before resending it must still mark it DUP next time.
 			sent[j] = max64(ss.Position.Shard(ds.ShardID(j)), sb.sent[ds.ShardID(j)])
+			if j < sb.dupBefore.NShards() {
+				sent[j] = max64(sent[j], sb.dupBefore.Shard(ds.ShardID(j)))
+			}
 		}
 		ss.Sent = ds.NewPosition(sent...)
 		st.Subs = append(st.Subs, ss)
@@ -723,17 +740,44 @@ func (s *Session) writeLocked(ctx context.Context, edit func(*state)) error {
 	}
 }
 
-// fenceIfOlder ends the session if the record now belongs to a newer epoch.
-func (s *Session) fenceIfOlder(epoch uint64) {
+// fenceIfNewer ends the session if the record now belongs to another connection: written
+// (at version) after the session's own last write, by another epoch. A notification older
+// than the session's own write (it comes late, from the record watch) changes nothing.
+func (s *Session) fenceIfNewer(version, epoch uint64) {
 	s.mu.Lock()
-	older := epoch > s.epoch
+	other := version > s.version && epoch != s.epoch
 	s.mu.Unlock()
-	if older {
+	if other {
 		s.st.metrics.fenced.Add(1)
 		// Not in the caller's goroutine: it is a shard's committing one, which closing the
 		// subscriptions must not wait on.
 		go s.endAsync(ErrTakenOver)
 	}
+}
+
+// fenceIfGone ends the session if its record was deleted (expired elsewhere, Delete). A
+// delete carries no version, and the notification may be of one made before this session
+// wrote its record (it comes late): look at the record, outside the committing goroutine.
+func (s *Session) fenceIfGone() {
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		value, v, err := s.st.db.Record(ctx, s.shard, s.key)
+		if err != nil {
+			return // closing; a later write finds out anyway
+		}
+		s.mu.Lock()
+		gone := !s.deleting && s.err == nil
+		if gone && v != 0 {
+			cur, derr := decodeState(value)
+			gone = derr == nil && cur.Epoch != s.epoch
+		}
+		s.mu.Unlock()
+		if gone {
+			s.st.metrics.fenced.Add(1)
+			s.endAsync(ErrTakenOver)
+		}
+	}()
 }
 
 // Disconnect ends the connection's ownership: the session's state is written with its
@@ -759,6 +803,7 @@ func (s *Session) Disconnect(ctx context.Context) error {
 func (s *Session) deleteLocked(ctx context.Context) error {
 	s.mu.Lock()
 	version, err := s.version, s.err
+	s.deleting = err == nil
 	s.mu.Unlock()
 	if err != nil {
 		return err

@@ -230,7 +230,7 @@ func (st *Store) learn(sh ds.ShardID, id string, version uint64, s *state) {
 	local := st.mu.local[id]
 	st.mu.Unlock()
 	if local != nil {
-		local.fenceIfOlder(s.Epoch)
+		local.fenceIfNewer(version, s.Epoch)
 	}
 }
 
@@ -244,7 +244,7 @@ func (st *Store) forget(id string) {
 	local := st.mu.local[id]
 	st.mu.Unlock()
 	if local != nil {
-		local.fenceIfOlder(^uint64(0))
+		local.fenceIfGone()
 	}
 }
 
