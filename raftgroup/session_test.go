@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -278,12 +277,7 @@ func TestClusterSession(t *testing.T) {
 		if len(redone2) > 0 {
 			// A completed (PUBCOMP'd, checkpointed) QoS 2 delivery is a new PUBLISH on B,
 			// with a new packet ID: the client receives the message twice.
-			msg := fmt.Sprintf("completed QoS 2 deliveries sent again after the resume: %v", redone2)
-			if os.Getenv("STRATA_SESSION_KNOWN_BUGS") != "" {
-				t.Error(msg)
-			} else {
-				t.Log("KNOWN BUG (session): " + msg)
-			}
+			t.Errorf("completed QoS 2 deliveries sent again after the resume: %v", redone2)
 		}
 
 		// B finishes every delivery; the session's state then lists no QoS 2 in flight.

@@ -26,15 +26,11 @@ import (
 var (
 	modelSeed = flag.Uint64("session.seed", 0, "seed of TestSessionModel (0: random, logged)")
 	modelOps  = flag.Int("session.ops", 0, "operations per TestSessionModel run (0: default)")
-	// A QoS 2 delivery completed (PUBCOMP) while an earlier message of its subscription and
-	// shard was still unacknowledged is delivered again, as a new delivery, after a resume:
-	// the subscription resumes from its Position (the oldest unacknowledged message) and the
-	// record keeps no trace of completed QoS 2 deliveries. Known bug, off until fixed.
 	// A ds.Subscription at the tail sometimes stops delivering a shard's messages after a
 	// generation rotation (ds.DB.AddGeneration) followed by record-only commits (Update) in the
 	// shard: a ds bug, reported. Rotation and drop are off until it is fixed.
 	modelRotate    = flag.Bool("session.rotate", false, "also rotate and drop generations")
-	modelQoS2Exact = flag.Bool("session.qos2exact", false, "fail on a QoS 2 message delivered again after its PUBCOMP")
+	modelQoS2Exact = flag.Bool("session.qos2exact", true, "fail on a QoS 2 message delivered again after its PUBCOMP")
 )
 
 var (

@@ -40,14 +40,20 @@ func inboundKey(clientID string, pid uint16) []byte {
 //	| 'S' | version | epoch       | expiry(s) | disconnected(µs)   | next seq  | flags   |
 //	|     |  (u8) 1 |             |           | 0: connected       |           | (u8)    |
 //	+-----+---------+-------------+-----------+--------------------+-----------+---------+
-//	| bytes(owner) | uvarint(n) | n × subscription | uvarint(w) | w × QoS 2 entry | crc32c |
-//	+--------------+------------+------------------+------------+-----------------+--------+
+//	| bytes(owner) | uvarint(n) | n × subscription | uvarint(w) | w × QoS 2 entry |
+//	+--------------+------------+------------------+------------+-----------------+
+//	| uvarint(d) | d × completed QoS 2 | crc32c |
+//	+------------+---------------------+--------+
 //
 //	subscription: bytes(filter) | qos(u8) | opts(u8: bit0 no-local, bit1 retain-as-published)
 //	              | subscription ID | bytes(position: ds.Position) | bytes(sent: ds.Position)
 //	QoS 2 entry:  seq | shard | ts | sub index+1 (0: unsubscribed) | state(u8: 1 sent,
 //	              2 received) | [sent only] bytes(topic) | bytes(message record)
+//	completed:    sub index+1 | shard | ts
 //
+// A completed QoS 2 delivery is kept while its subscription's position is at or before it
+// (an earlier message of the shard is unacknowledged): a resumed subscription reads it again
+// and must skip it, or the client would receive it twice.
 // flags bit0 (clean): the state was written by Disconnect, so sent positions are exact.
 // crc32c (Castagnoli, big-endian u32) covers everything before it. The encoding is
 // canonical: decodeState accepts only what appendState writes.
@@ -60,6 +66,13 @@ type state struct {
 	Owner        string
 	Subs         []subState
 	Window       []qos2Entry
+	Done         []doneEntry
+}
+
+// doneEntry is a completed QoS 2 delivery above its subscription's position.
+type doneEntry struct {
+	Sub int // index+1 into Subs
+	Ref ds.Ref
 }
 
 type subState struct {
@@ -137,6 +150,12 @@ func appendState(dst []byte, s *state) []byte {
 		dst = appendBytes(dst, []byte(e.Msg.Topic))
 		rec = message.AppendRecord(rec[:0], e.Msg)
 		dst = appendBytes(dst, rec)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(s.Done)))
+	for _, d := range s.Done {
+		dst = binary.AppendUvarint(dst, uint64(d.Sub))
+		dst = binary.AppendUvarint(dst, uint64(d.Ref.Shard))
+		dst = binary.AppendUvarint(dst, d.Ref.Timestamp)
 	}
 	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
@@ -251,6 +270,17 @@ func decodeState(b []byte) (*state, error) {
 			e.Msg = m
 		}
 		s.Window = append(s.Window, e)
+	}
+	d := uv()
+	if !ok || d > maxItems || d > uint64(len(r)) {
+		return bad("completed count")
+	}
+	for range d {
+		sub, sh, ts := uv(), uv(), uv()
+		if !ok || sub == 0 || sub > uint64(len(s.Subs)) || sh > 1<<16-1 {
+			return bad("completed QoS 2 entry")
+		}
+		s.Done = append(s.Done, doneEntry{Sub: int(sub), Ref: ds.Ref{Shard: ds.ShardID(sh), Timestamp: ts}})
 	}
 	if !ok || len(r) != 0 {
 		return bad("trailing bytes")

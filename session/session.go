@@ -78,7 +78,8 @@ type Session struct {
 	subs           []*sub
 	window         map[uint16]*inflight      // by packet ID
 	pending        []Delivery                // resends of a resumed session, before anything else
-	restored       map[restoredKey]*inflight // QoS 2 entries of a resumed session, by subscription and message
+	restored       map[restoredKey]*inflight // QoS 2 entries of a resumed session, by subscription and message (nil: completed)
+	completed      map[restoredKey]struct{}  // completed QoS 2 deliveries, until their subscription's position passes them
 	carry          []ds.Message              // taken from a subscription, beyond the window
 	carrySub       *sub
 	isDirty        bool
@@ -149,7 +150,7 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 	}
 	db := st.db
 	s = &Session{st: st, id: clientID, shard: ds.ShardOf(clientID, db.NShards()), key: sessionKey(clientID),
-		receive: opts.ReceiveMaximum, expiry: opts.Expiry, window: map[uint16]*inflight{},
+		receive: opts.ReceiveMaximum, expiry: opts.Expiry, window: map[uint16]*inflight{}, completed: map[restoredKey]struct{}{},
 		room: make(chan struct{}, 1), in: make(chan batch), done: make(chan struct{})}
 	for {
 		value, version, err := db.Record(ctx, s.shard, s.key)
@@ -171,7 +172,7 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 		}
 		present = prev != nil && !opts.CleanStart
 		if present {
-			next.NextSeq, next.Subs, next.Window = prev.NextSeq, prev.Subs, prev.Window
+			next.NextSeq, next.Subs, next.Window, next.Done = prev.NextSeq, prev.Subs, prev.Window, prev.Done
 		} else {
 			dels, err := st.inboundDeletes(ctx, s.shard, clientID)
 			if err != nil {
@@ -238,13 +239,21 @@ func (s *Session) resume(prev, next *state, present bool) error {
 		}
 	}
 	s.restored = map[restoredKey]*inflight{}
+	for _, d := range next.Done {
+		// Its subscription reads it again: skip it (s.subs are opened in the order of
+		// next.Subs).
+		k := restoredKey{s.subs[d.Sub-1], d.Ref}
+		s.restored[k] = nil
+		s.completed[k] = struct{}{}
+	}
 	for _, e := range next.Window {
 		in := &inflight{seq: e.Seq, pid: pidOf(e.Seq), ref: e.Ref, qos: 2, received: e.Received, msg: e.Msg}
 		s.window[in.pid] = in
 		if e.Sub > 0 {
 			// Its subscription delivers the message again (from its Position): that copy is
-			// this one. (s.subs are opened in the order of next.Subs.)
-			s.restored[restoredKey{s.subs[e.Sub-1], e.Ref}] = in
+			// this one.
+			in.sub = s.subs[e.Sub-1]
+			s.restored[restoredKey{in.sub, e.Ref}] = in
 		}
 		if e.Received {
 			s.pending = append(s.pending, Delivery{Release: true, PacketID: in.pid, QoS: 2})
@@ -476,13 +485,15 @@ func (s *Session) takeLocked(sb *sub, n int) (out []Delivery, qos2 bool) {
 			break
 		}
 		s.carry = s.carry[1:]
-		if e := s.restored[restoredKey{sb, ref}]; e != nil {
-			// A QoS 2 delivery restored from the record: resent from there already.
+		if e, ok := s.restored[restoredKey{sb, ref}]; ok {
+			// A QoS 2 delivery restored from the record (resent from there already) or
+			// completed before this subscription read it again.
 			delete(s.restored, restoredKey{sb, ref})
-			if _, live := s.window[e.pid]; live && s.window[e.pid] == e {
-				e.sub, e.dsAck = sb, true
+			if e != nil && s.window[e.pid] == e {
+				e.dsAck = true
 			} else {
 				sb.ds.Ack(ref)
+				s.isDirty = true
 			}
 			continue
 		}
@@ -621,6 +632,10 @@ func (s *Session) completeLocked(e *inflight) {
 	if e.dsAck && e.sub != nil && !e.sub.closed {
 		e.sub.ds.Ack(e.ref)
 	}
+	if e.qos == 2 && e.sub != nil && !e.sub.closed {
+		// Until its subscription's position passes it, a resume would read it again.
+		s.completed[restoredKey{e.sub, e.ref}] = struct{}{}
+	}
 	s.isDirty = true
 	select {
 	case s.room <- struct{}{}:
@@ -652,6 +667,16 @@ func (s *Session) stateLocked() *state {
 		idx[sb] = i + 1
 		ss := subState{Filter: sb.Filter, QoS: sb.QoS, NoLocal: sb.NoLocal, RetainAsPub: sb.RetainAsPublished,
 			SubscriptionID: sb.SubscriptionID, Position: sb.ds.Position()}
+		for k := range s.completed {
+			if k.sub != sb {
+				continue
+			}
+			if sh := k.ref.Shard; int(sh) < ss.Position.NShards() && k.ref.Timestamp < ss.Position.Shard(sh) {
+				delete(s.completed, k) // the position passed it
+				continue
+			}
+			st.Done = append(st.Done, doneEntry{Sub: i + 1, Ref: k.ref})
+		}
 		sent := make([]uint64, ss.Position.NShards())
 		for j := range sent {
 			// What was (maybe) sent before this connection stays so: a resumed session that
@@ -670,7 +695,21 @@ func (s *Session) stateLocked() *state {
 		}
 		st.Window = append(st.Window, qos2Entry{Seq: e.seq, Ref: e.ref, Sub: idx[e.sub], Received: e.received, Msg: e.msg})
 	}
+	for k := range s.completed {
+		if idx[k.sub] == 0 {
+			delete(s.completed, k) // unsubscribed: never read again
+		}
+	}
 	slices.SortFunc(st.Window, func(a, b qos2Entry) int { return cmpU64(a.Seq, b.Seq) })
+	slices.SortFunc(st.Done, func(a, b doneEntry) int {
+		if a.Sub != b.Sub {
+			return a.Sub - b.Sub
+		}
+		if a.Ref.Shard != b.Ref.Shard {
+			return int(a.Ref.Shard) - int(b.Ref.Shard)
+		}
+		return cmpU64(a.Ref.Timestamp, b.Ref.Timestamp)
+	})
 	return st
 }
 
