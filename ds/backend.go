@@ -53,11 +53,12 @@ type ShardBackend interface {
 	// their sizes (message.Size), for the batch budget. The shard may use msgs until Wait
 	// returns.
 	Submit(ctx context.Context, msgs []*message.Message, bytes int) (Waiter, error)
-	// SubmitTxn queues a conditional Txn (records and messages) like Submit queues messages.
-	// Once Wait returned nil, t.Result holds its outcome (ErrConditionFailed via t.Err), and
-	// its writes' versions and its messages' Timestamp and Shard are set. A replicated shard
-	// whose proposal was retried after it committed cannot know the outcome: ErrOutcomeUnknown.
-	SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (Waiter, error)
+	// SubmitTxns queues conditional Txns (records and messages), applied in order in one
+	// command, like Submit queues messages. Once Wait returned nil, each Txn's Result holds
+	// its outcome (ErrConditionFailed via Txn.Err), and its writes' versions and its
+	// messages' Timestamp and Shard are set. A replicated shard whose proposal was retried
+	// after it committed cannot know the outcomes: ErrOutcomeUnknown.
+	SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int) (Waiter, error)
 	// Record returns the durable value and version of a record (version 0: none).
 	Record(ctx context.Context, key []byte) ([]byte, uint64, error)
 	// ScanRecords calls f in key order for every durable record whose key starts with

@@ -216,9 +216,9 @@ func (s embeddedShard) Submit(ctx context.Context, msgs []*message.Message, byte
 	return w, nil
 }
 
-// SubmitTxn is the shard's SubmitTxn with the Waiter as an interface.
-func (s embeddedShard) SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (Waiter, error) {
-	w, err := s.Shard.SubmitTxn(ctx, t, bytes)
+// SubmitTxns is the shard's SubmitTxns with the Waiter as an interface.
+func (s embeddedShard) SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int) (Waiter, error) {
+	w, err := s.Shard.SubmitTxns(ctx, txns, bytes)
 	if err != nil {
 		return nil, err
 	}

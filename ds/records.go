@@ -48,50 +48,75 @@ type TxnResult struct {
 // retried after it was committed makes the outcome unknown (ErrOutcomeUnknown): read the
 // records to find out.
 func (db *DB) Update(ctx context.Context, sh ShardID, t *Txn) (TxnResult, error) {
-	exit, err := db.enter()
+	res, errs, err := db.UpdateAll(ctx, sh, []*Txn{t})
+	if err == nil {
+		err = errs[0]
+	}
 	if err != nil {
 		return TxnResult{}, err
 	}
+	return res[0], nil
+}
+
+// UpdateAll applies txns to shard sh in one command (one batch; one Raft entry): each Txn
+// applies, in order, or not on its own, as if by Update. errs[i] is Txn i's outcome (nil or
+// wrapping ErrConditionFailed); err is an error of the whole call (nothing applied, or for
+// ErrFailed and ErrOutcomeUnknown: unknown). Package session writes its checkpoints with it:
+// many sessions' records in one command.
+func (db *DB) UpdateAll(ctx context.Context, sh ShardID, txns []*Txn) (res []TxnResult, errs []error, err error) {
+	exit, err := db.enter()
+	if err != nil {
+		return nil, nil, err
+	}
 	defer exit()
 	if int(sh) >= len(db.shards) {
-		return TxnResult{}, fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
+		return nil, nil, fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
 	}
-	st := &shard.Txn{Conds: t.Conds, Writes: make([]RecordWrite, len(t.Writes))}
-	copy(st.Writes, t.Writes)
+	sts := make([]*shard.Txn, len(txns))
 	bytes := 0
-	if len(t.Messages) > 0 {
-		copies := make([]message.Message, len(t.Messages))
-		copy(copies, t.Messages)
-		for i := range copies {
-			size, err := db.validate(&copies[i])
-			if err != nil {
-				return TxnResult{}, fmt.Errorf("message %d of %d: %w", i, len(copies), err)
+	for k, t := range txns {
+		st := &shard.Txn{Conds: t.Conds, Writes: make([]RecordWrite, len(t.Writes))}
+		copy(st.Writes, t.Writes)
+		if len(t.Messages) > 0 {
+			copies := make([]message.Message, len(t.Messages))
+			copy(copies, t.Messages)
+			for i := range copies {
+				size, err := db.validate(&copies[i])
+				if err != nil {
+					return nil, nil, fmt.Errorf("txn %d: message %d of %d: %w", k, i, len(copies), err)
+				}
+				bytes += size
+				st.Messages = append(st.Messages, &copies[i])
 			}
-			bytes += size
-			st.Messages = append(st.Messages, &copies[i])
 		}
+		for _, w := range t.Writes {
+			bytes += len(w.Key) + len(w.Value)
+		}
+		sts[k] = st
 	}
-	for _, w := range t.Writes {
-		bytes += len(w.Key) + len(w.Value)
-	}
-	w, err := db.shards[sh].SubmitTxn(ctx, st, bytes)
+	w, err := db.shards[sh].SubmitTxns(ctx, sts, bytes)
 	if err == nil {
 		err = w.Wait()
 	}
-	if err == nil {
-		err = st.Err()
-	}
 	if err != nil {
-		return TxnResult{}, fmt.Errorf("shard %d: %w", sh, err)
+		return nil, nil, fmt.Errorf("shard %d: %w", sh, err)
 	}
-	res := TxnResult{Versions: make([]uint64, len(st.Writes)), Refs: make([]Ref, len(st.Messages))}
-	for i, w := range st.Writes {
-		res.Versions[i] = w.Version
+	res, errs = make([]TxnResult, len(sts)), make([]error, len(sts))
+	for k, st := range sts {
+		if err := st.Err(); err != nil {
+			errs[k] = fmt.Errorf("shard %d: %w", sh, err)
+			continue
+		}
+		r := TxnResult{Versions: make([]uint64, len(st.Writes)), Refs: make([]Ref, len(st.Messages))}
+		for i, w := range st.Writes {
+			r.Versions[i] = w.Version
+		}
+		for i, m := range st.Messages {
+			r.Refs[i] = Ref{Shard: sh, Timestamp: m.Timestamp}
+		}
+		res[k] = r
 	}
-	for i, m := range st.Messages {
-		res.Refs[i] = Ref{Shard: sh, Timestamp: m.Timestamp}
-	}
-	return res, nil
+	return res, errs, nil
 }
 
 // Record returns the durable value and version of the record key of shard sh (version 0 and

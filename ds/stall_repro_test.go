@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -42,7 +43,8 @@ func TestZZRotateParkedDSPump(t *testing.T) {
 			case m := <-ch:
 				return m
 			case <-time.After(3 * time.Second):
-				t.Fatalf("iteration %d: nothing; position %v\n%s", i, sub.Position(), ds.DebugSub(sub))
+				_ = pprof.Lookup
+				t.Fatalf("iteration %d: nothing; position %v\n%s", i, sub.Position(), ds.DebugSub(sub)+"\n"+ds.DbgDump())
 			}
 			return ds.Message{}
 		}

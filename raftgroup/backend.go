@@ -99,11 +99,13 @@ func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes i
 	return waiter{r}, nil
 }
 
-func (s *siteShard) SubmitTxn(ctx context.Context, t *shard.Txn, bytes int) (ds.Waiter, error) {
-	if len(t.Messages) > 0 && s.site.quotaExceeded() {
-		return nil, s.site.quotaError(int(s.p.id))
+func (s *siteShard) SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int) (ds.Waiter, error) {
+	for _, t := range txns {
+		if len(t.Messages) > 0 && s.site.quotaExceeded() {
+			return nil, s.site.quotaError(int(s.p.id))
+		}
 	}
-	r := &request{txn: t, bytes: bytes}
+	r := &request{txns: txns, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
 		return nil, err
 	}

@@ -47,7 +47,7 @@ type proposer struct {
 type request struct {
 	ctx       context.Context
 	msgs      []*message.Message
-	txn       *shard.Txn // a conditional write (records and messages), instead of msgs
+	txns      []*shard.Txn // conditional writes (records and messages), instead of msgs
 	bytes     int
 	cmd       *shard.Command // admin: add or drop generations
 	ifCurrent stream.GenerationID
@@ -216,9 +216,7 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 		cmd = &shard.Command{}
 		for _, r := range batch {
 			cmd.Messages = append(cmd.Messages, r.msgs...)
-			if r.txn != nil {
-				cmd.Txns = append(cmd.Txns, r.txn)
-			}
+			cmd.Txns = append(cmd.Txns, r.txns...)
 		}
 	}
 	cmd.Time = uint64(max(p.site.cfg.DB.Expert.Now().UnixMicro(), 1))
@@ -258,7 +256,7 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	}
 	for _, r := range batch {
 		r.err = err
-		if err == nil && r.txn != nil {
+		if err == nil && len(r.txns) > 0 {
 			r.err = txnErr
 		}
 		close(r.done)

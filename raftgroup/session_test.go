@@ -376,14 +376,14 @@ func TestClusterSession(t *testing.T) {
 		round := func() (store, txn *request) {
 			m := &message.Message{ClientID: "dupc", Topic: "dup/x", Payload: []byte("dup")}
 			store = &request{ctx: ctx, msgs: []*message.Message{m}, bytes: 3, done: make(chan struct{})}
-			txn = &request{ctx: ctx, txn: &shard.Txn{Conds: []shard.Cond{{Key: []byte("dupkey")}},
-				Writes: []shard.RecordWrite{{Key: []byte("dupkey"), Value: []byte("v")}}}, bytes: 7, done: make(chan struct{})}
+			txn = &request{ctx: ctx, txns: []*shard.Txn{{Conds: []shard.Cond{{Key: []byte("dupkey")}},
+				Writes: []shard.RecordWrite{{Key: []byte("dupkey"), Value: []byte("v")}}}}, bytes: 7, done: make(chan struct{})}
 			p.propose(1, []*request{store, txn})
 			return store, txn
 		}
 		s1, t1 := round()
-		if s1.err != nil || t1.err != nil || t1.txn.Err() != nil || t1.txn.Writes[0].Version == 0 || s1.msgs[0].Timestamp == 0 {
-			t.Fatalf("first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txn.Result)
+		if s1.err != nil || t1.err != nil || t1.txns[0].Err() != nil || t1.txns[0].Writes[0].Version == 0 || s1.msgs[0].Timestamp == 0 {
+			t.Fatalf("first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
 		}
 		s2, t2 := round()
 		if s2.err != nil || s2.msgs[0].Timestamp != s1.msgs[0].Timestamp {
@@ -393,8 +393,8 @@ func TestClusterSession(t *testing.T) {
 			t.Fatalf("the Txn of the duplicate: %v, want ErrOutcomeUnknown", t2.err)
 		}
 		_, v, err := c.db(0).Record(ctx, 0, []byte("dupkey"))
-		if err != nil || v != t1.txn.Writes[0].Version {
-			t.Fatalf("record at version %d (%v), written at %d", v, err, t1.txn.Writes[0].Version)
+		if err != nil || v != t1.txns[0].Writes[0].Version {
+			t.Fatalf("record at version %d (%v), written at %d", v, err, t1.txns[0].Writes[0].Version)
 		}
 	})
 }

@@ -726,22 +726,37 @@ func cmpU64(a, b uint64) int {
 // writeLocked writes the session's state, fenced by its record version. edit, if not nil,
 // changes the state before it is written. The caller holds writeMu.
 func (s *Session) writeLocked(ctx context.Context, edit func(*state)) error {
+	txn, err := s.prepareLocked(edit)
+	if err != nil {
+		return err
+	}
+	res, err := s.st.db.Update(ctx, s.shard, txn)
+	return s.finishLocked(ctx, txn, res, err)
+}
+
+// prepareLocked builds the write of the session's current state (edited by edit, if not
+// nil), conditional on the record version the session wrote last. The caller holds writeMu
+// until finishLocked.
+func (s *Session) prepareLocked(edit func(*state)) (*ds.Txn, error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.err != nil {
-		defer s.mu.Unlock()
-		return s.err
+		return nil, s.err
 	}
 	st := s.stateLocked()
 	if edit != nil {
 		edit(st)
 	}
-	version := s.version
 	s.isDirty = false
-	s.mu.Unlock()
-	value := appendState(nil, st)
+	return &ds.Txn{Conds: []ds.Cond{{Key: s.key, Version: s.version}},
+		Writes: []ds.RecordWrite{{Key: s.key, Value: appendState(nil, st)}}}, nil
+}
+
+// finishLocked takes the outcome of txn (prepareLocked's). A condition that failed or an
+// unknown outcome is resolved by reading the record: written by another connection (the
+// session is fenced: ErrTakenOver), or by this one (the write is made again on top).
+func (s *Session) finishLocked(ctx context.Context, txn *ds.Txn, res ds.TxnResult, err error) error {
 	for attempt := 0; ; attempt++ {
-		res, err := s.st.db.Update(ctx, s.shard, &ds.Txn{Conds: []ds.Cond{{Key: s.key, Version: version}},
-			Writes: []ds.RecordWrite{{Key: s.key, Value: value}}})
 		if err == nil {
 			s.st.metrics.stateWrites.Add(1)
 			s.mu.Lock()
@@ -755,7 +770,6 @@ func (s *Session) writeLocked(ctx context.Context, edit func(*state)) error {
 			s.mu.Unlock()
 			return err
 		}
-		// Find out who wrote the record: this session (an unknown outcome) or another owner.
 		cur, v, rerr := s.st.db.Record(ctx, s.shard, s.key)
 		if rerr != nil {
 			return rerr
@@ -772,10 +786,11 @@ func (s *Session) writeLocked(ctx context.Context, edit func(*state)) error {
 			s.end(ErrTakenOver)
 			return ErrTakenOver
 		}
-		version = v
 		s.mu.Lock()
 		s.version = v
 		s.mu.Unlock()
+		txn.Conds[0].Version = v
+		res, err = s.st.db.Update(ctx, s.shard, txn)
 	}
 }
 

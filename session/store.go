@@ -455,28 +455,63 @@ func (st *Store) runCheckpoints() {
 			local = append(local, s)
 		}
 		st.mu.Unlock()
-		// Concurrently, so that the shards group-commit them.
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 256)
-		for _, s := range local {
-			if !s.dirty() {
-				continue
-			}
-			sem <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer func() { <-sem; wg.Done() }()
+		st.checkpointAll(local)
+	}
+}
+
+// maxCheckpointTxns bounds the session records of one checkpoint command.
+const maxCheckpointTxns = 512
+
+// checkpointAll writes the state of every dirty session of local: one command per shard
+// (ds.UpdateAll) for all of its sessions, the shards in parallel. A session busy writing
+// (it holds its write lock) is skipped: it is written again next time if still dirty.
+func (st *Store) checkpointAll(local []*Session) {
+	type item struct {
+		s   *Session
+		txn *ds.Txn
+	}
+	groups := map[ds.ShardID][]item{}
+	for _, s := range local {
+		if !s.dirty() || !s.writeMu.TryLock() {
+			continue
+		}
+		txn, err := s.prepareLocked(nil)
+		if err != nil {
+			s.writeMu.Unlock()
+			continue
+		}
+		groups[s.shard] = append(groups[s.shard], item{s, txn})
+	}
+	var wg sync.WaitGroup
+	for sh, items := range groups {
+		for len(items) > 0 {
+			chunk := items[:min(len(items), maxCheckpointTxns)]
+			items = items[len(chunk):]
+			wg.Go(func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*st.opts.CheckpointInterval)
 				defer cancel()
-				if err := s.checkpoint(ctx); err == nil {
-					st.metrics.checkpoints.Add(1)
-				} else if !errors.Is(err, ErrSessionClosed) && !errors.Is(err, ErrTakenOver) {
-					st.opts.Logger.Warn("session checkpoint failed", "client", s.id, "err", err)
+				txns := make([]*ds.Txn, len(chunk))
+				for i, it := range chunk {
+					txns[i] = it.txn
 				}
-			}()
+				res, errs, err := st.db.UpdateAll(ctx, sh, txns)
+				for i, it := range chunk {
+					var r ds.TxnResult
+					e := err
+					if e == nil {
+						r, e = res[i], errs[i]
+					}
+					if e = it.s.finishLocked(ctx, it.txn, r, e); e == nil {
+						st.metrics.checkpoints.Add(1)
+					} else if !errors.Is(e, ErrSessionClosed) && !errors.Is(e, ErrTakenOver) {
+						st.opts.Logger.Warn("session checkpoint failed", "client", it.s.id, "err", e)
+					}
+					it.s.writeMu.Unlock()
+				}
+			})
 		}
-		wg.Wait()
 	}
+	wg.Wait()
 }
 
 // runExpiry deletes the sessions whose expiry interval after their disconnect has passed.

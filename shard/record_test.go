@@ -615,7 +615,7 @@ func TestShardTxns(t *testing.T) {
 			for i := range rounds {
 				tx := &Txn{Conds: []Cond{{Key: key, Version: ver}}, Writes: []RecordWrite{{Key: key, Value: []byte(fmt.Sprint(i + 1))}},
 					Messages: []*message.Message{msg(fmt.Sprintf("txn/%d", c), fmt.Sprintf("%d:%d", c, i))}}
-				w, err := s.SubmitTxn(ctx, tx, 10)
+				w, err := s.SubmitTxns(ctx, []*Txn{tx}, 10)
 				if err == nil {
 					err = w.Wait()
 				}
@@ -657,7 +657,7 @@ func TestShardTxns(t *testing.T) {
 	}
 	// A Txn whose condition fails: Wait returns nil, Err says so.
 	tx := &Txn{Conds: []Cond{cond("ctr/0", 1)}, Writes: []RecordWrite{put("ctr/0", "x")}, Messages: []*message.Message{msg("txn/x", "no")}}
-	w, err := s.SubmitTxn(ctx, tx, 1)
+	w, err := s.SubmitTxns(ctx, []*Txn{tx}, 1)
 	must(t, err)
 	must(t, w.Wait())
 	if !errors.Is(tx.Err(), ErrConditionFailed) || tx.Messages[0].Timestamp != 0 {
@@ -670,7 +670,7 @@ func TestShardTxns(t *testing.T) {
 		{Writes: []RecordWrite{{Key: make([]byte, MaxRecordKey+1)}}},
 		{Conds: []Cond{{}}},
 	} {
-		if _, err := s.SubmitTxn(ctx, bad, 1); !errors.Is(err, ErrInvalidCommand) {
+		if _, err := s.SubmitTxns(ctx, []*Txn{bad}, 1); !errors.Is(err, ErrInvalidCommand) {
 			t.Fatalf("invalid Txn %+v: %v", bad, err)
 		}
 	}
@@ -716,7 +716,7 @@ func TestShardTxns(t *testing.T) {
 		t.Fatalf("after reopen %v, want %v", after, before)
 	}
 	tx = &Txn{Writes: []RecordWrite{put("new", "v")}}
-	w, err = s.SubmitTxn(ctx, tx, 1)
+	w, err = s.SubmitTxns(ctx, []*Txn{tx}, 1)
 	must(t, err)
 	must(t, w.Wait())
 	if tx.Writes[0].Version != lastVersion+1 {

@@ -51,7 +51,7 @@ const (
 type request struct {
 	kind     requestKind
 	msgs     []*message.Message
-	txn      *Txn // a reqStore with a Txn instead of msgs
+	txns     []*Txn // a reqStore with Txns instead of msgs
 	bytes    int
 	gen      stream.GenerationID
 	enqueued time.Time
@@ -165,15 +165,18 @@ func (s *Shard) Submit(ctx context.Context, msgs []*message.Message, bytes int) 
 	return Waiter{r}, nil
 }
 
-// SubmitTxn queues t like Submit queues messages. Once Wait returned nil, t.Result says
-// whether t applied (Txn.Err), its writes' versions and its messages' timestamps are set.
+// SubmitTxns queues txns, to be applied in order in one command, like Submit queues
+// messages. Once Wait returned nil, each Txn's Result says whether it applied (Txn.Err), and
+// its writes' versions and its messages' timestamps are set.
 //
 // REQUIRES: every message's topic is valid.
-func (s *Shard) SubmitTxn(ctx context.Context, t *Txn, bytes int) (Waiter, error) {
-	if err := t.validate(); err != nil {
-		return Waiter{}, err
+func (s *Shard) SubmitTxns(ctx context.Context, txns []*Txn, bytes int) (Waiter, error) {
+	for _, t := range txns {
+		if err := t.validate(); err != nil {
+			return Waiter{}, err
+		}
 	}
-	r := &request{kind: reqStore, txn: t, bytes: bytes, done: make(chan struct{})}
+	r := &request{kind: reqStore, txns: txns, bytes: bytes, done: make(chan struct{})}
 	if err := s.enqueue(ctx, r); err != nil {
 		return Waiter{}, err
 	}
@@ -362,7 +365,7 @@ func (s *Shard) handle(reqs []*request) {
 			quota := fmt.Errorf("%w (shard %d)", ErrQuotaExceeded, s.cfg.ID)
 			keep := reqs[:0:0]
 			for _, r := range reqs {
-				if len(r.msgs) > 0 || r.txn == nil || len(r.txn.Messages) > 0 {
+				if len(r.msgs) > 0 || len(r.txns) == 0 || txnMessages(r.txns) {
 					r.err = quota
 					close(r.done)
 					continue
@@ -374,9 +377,7 @@ func (s *Shard) handle(reqs []*request) {
 			}
 		}
 		for _, r := range reqs {
-			if r.txn != nil {
-				cmd.Txns = append(cmd.Txns, r.txn)
-			}
+			cmd.Txns = append(cmd.Txns, r.txns...)
 			cmd.Messages = append(cmd.Messages, r.msgs...)
 		}
 	}
@@ -486,4 +487,14 @@ func (s *Shard) compactDropped(spans [][2][]byte) {
 			}
 		}
 	}()
+}
+
+// txnMessages reports whether some of txns store messages.
+func txnMessages(txns []*Txn) bool {
+	for _, t := range txns {
+		if len(t.Messages) > 0 {
+			return true
+		}
+	}
+	return false
 }
