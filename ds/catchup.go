@@ -343,7 +343,6 @@ func (sh *subShard) catchUp(n int) (int, error) {
 	if res.loss != nil {
 		sh.loss = res.loss
 	}
-	dbg("catchUp %d from %d until %d gap %v -> msgs %d next %d caughtUp %v err %v", sh.id, from, until, gap, len(res.msgs), res.next, res.caughtUp, err)
 	leave := false
 	switch {
 	case gap && sh.gap() && res.loss != nil:

@@ -1,9 +1,7 @@
 package ds
 
 import (
-	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -95,7 +93,6 @@ func (f *feed) onDurable(d shard.Durable) {
 		return
 	}
 	gap := d.Reset || d.From != f.mu.pos
-	dbg("durable shard %d from %d until %d pos %d msgs %d gap %v groups %d", f.shard, d.From, d.Until, f.mu.pos, len(d.Messages), gap, len(f.mu.groups))
 	// Not max: after a gap (a replica's state replaced) the shard's read limit is d.Until,
 	// and a subscription must be able to join at it.
 	f.mu.pos = d.Until
@@ -227,7 +224,6 @@ func (f *feed) join(s *subShard, pos uint64) bool {
 		return false
 	}
 	s.tail = true
-	dbg("join %d pos %d feedpos %d next %d", s.id, pos, f.mu.pos, s.next)
 	if pos < f.mu.pos {
 		s.gapFrom, s.gapUntil = pos, f.mu.pos
 	}
@@ -275,22 +271,4 @@ func (f *feed) close() {
 	f.mu.Unlock()
 	close(f.done)
 	f.wg.Wait()
-}
-
-var dbgMu sync.Mutex
-var dbgLog []string
-
-func dbg(f string, a ...any) {
-	dbgMu.Lock()
-	dbgLog = append(dbgLog, fmt.Sprintf(f, a...))
-	if len(dbgLog) > 400 {
-		dbgLog = dbgLog[len(dbgLog)-300:]
-	}
-	dbgMu.Unlock()
-}
-
-func DbgDump() string {
-	dbgMu.Lock()
-	defer dbgMu.Unlock()
-	return strings.Join(dbgLog, "\n")
 }

@@ -218,7 +218,6 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			}
 		}
 		room := s.opts.MaxUnacked - s.mu.outstanding
-		dbg("next loop room %d pend0 %d tail0 %v", room, len(s.shards[0].pending), s.shards[0].tail)
 		if room > 0 {
 			if out := s.takeLocked(min(max, room)); len(out) > 0 {
 				s.mu.Unlock()
@@ -236,7 +235,6 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		}
 		s.mu.Unlock()
 		if room <= 0 {
-			dbg("park behind %d", len(behind))
 			s.db.subStats.parked.Add(1)
 			err := s.wait(ctx)
 			s.db.subStats.parked.Add(-1)
@@ -245,9 +243,7 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			}
 			continue
 		}
-		dbg("readBehind %d", len(behind))
 		read, errs := s.readBehind(behind, min(max, room))
-		dbg("readBehind done read %v errs %v", read, errs)
 		if read {
 			continue
 		}
@@ -256,22 +252,22 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		}
 		if len(behind) > 0 {
 			// A shard behind the tail that read nothing has joined it, or found a loss, or
-			// still has to read (then it reads again).
+			// still has to read (then it reads again), or finished its gap: then the messages
+			// fed while it read the gap are deliverable now, and nothing else wakes Next for
+			// them (their wake-up may have been taken by a Next parked on MaxUnacked).
 			again := false
 			s.mu.Lock()
 			for _, sh := range behind {
-				again = again || !sh.tail || sh.gap() || sh.loss != nil
+				again = again || !sh.tail || sh.gap() || sh.loss != nil || len(sh.pending) > 0
 			}
 			s.mu.Unlock()
 			if again {
 				continue
 			}
 		}
-		dbg("final wait")
 		if err := s.wait(ctx); err != nil {
 			return nil, err
 		}
-		dbg("final wait woke")
 	}
 }
 
@@ -323,7 +319,6 @@ const maxParallelReads = 4
 func (s *Subscription) wait(ctx context.Context) error {
 	select {
 	case <-s.wake:
-		dbg("woke")
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -333,7 +328,6 @@ func (s *Subscription) wait(ctx context.Context) error {
 }
 
 func (s *Subscription) signal() {
-	dbg("signal")
 	select {
 	case s.wake <- struct{}{}:
 	default:
@@ -389,7 +383,6 @@ func (s *Subscription) Ack(refs ...Ref) error {
 			continue
 		}
 		s.mu.outstanding--
-		dbg("ack %d/%d", r.Shard, r.Timestamp)
 	}
 	if len(errs) < len(refs) {
 		s.signal()
@@ -500,13 +493,12 @@ func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 	s := sh.sub
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	dbg("offer in %d n %d first %d next %d tail %v", sh.id, len(msgs), msgs[0].Timestamp, sh.next, sh.tail)
+	if !sh.tail {
+		return false
+	}
 	i := 0
 	for i < len(msgs) && msgs[i].Timestamp < sh.next {
 		i++ // delivered before it joined (feed invariant 2)
-	}
-	if !sh.tail {
-		return false
 	}
 	msgs = msgs[i:]
 	if len(msgs) == 0 {
@@ -520,7 +512,6 @@ func (sh *subShard) offer(msgs []*message.Message) (left bool) {
 		s.signal() // a waiting Next reads them from the storage
 		return true
 	}
-	dbg("offer %d %d", sh.id, msgs[0].Timestamp)
 	sh.pending = append(sh.pending, msgs...)
 	sh.next = max(sh.next, msgs[len(msgs)-1].Timestamp+1)
 	s.signal()

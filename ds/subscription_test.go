@@ -437,3 +437,76 @@ func TestSubscriptionConcurrentNextHonoursCtx(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.ErrorIs(t, <-first, ds.ErrSubscriptionClosed)
 }
+
+// TestSubscriptionGapReadReleasesFedMessages: a shard that joins the tail with a gap (commits
+// came between its last listing and its join) holds the messages fed meanwhile until it has
+// read the gap. When the gap's last read finds nothing more (the gap ends with commits
+// nothing matched: a message of another topic, a rotation), it must hand over the fed
+// messages at once: the read delivers nothing, and no commit or Ack comes to wake Next.
+func TestSubscriptionGapReadReleasesFedMessages(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fill func(d *testDB) // after the gap's matching message: a commit nothing matches
+	}{
+		{"other topic", func(d *testDB) { d.store(msg("p", "x", 0)) }},
+		{"rotation", func(d *testDB) { require.NoError(t, d.AddGeneration(context.Background())) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := openTestDB(t, fastOptions())
+			pos, err := d.TailPosition()
+			require.NoError(t, err)
+			// MaxUnacked 1: each Next reads one message, so the gap's read stops after its
+			// matching message and the rest of the gap is read by the next call.
+			s, err := d.Subscribe("a/#", pos, &ds.SubscribeOptions{MaxUnacked: 1})
+			require.NoError(t, err)
+			defer s.Close()
+			want := d.store(msg("p", "a/b", 1), msg("p", "a/b", 2))
+			got := collect(t, s, 1, true) // behind the tail: lists the shard's streams
+			got = append(got, collect(t, s, 1, false)...)
+			require.Equal(t, want, refsOf(got))
+
+			// Commits the shard's reading has not listed: it joins the tail with them as its
+			// gap on the next Next, and reads the gap's first message.
+			want = append(want, d.store(msg("p", "a/c", 3))[0])
+			tc.fill(d)
+			require.NoError(t, s.Ack(want[1]))
+			got = append(got, collect(t, s, 1, false)...)
+			require.Equal(t, want, refsOf(got))
+
+			// A message fed while the gap's rest is unread waits behind it, and a Next parked
+			// by MaxUnacked takes the wake-up its arrival sent.
+			m, err := d.Metrics()
+			require.NoError(t, err)
+			fed := m.Subscriptions.Fed
+			want = append(want, d.store(msg("p", "a/b", 4))[0])
+			eventually(t, func() bool {
+				m, err := d.Metrics()
+				return err == nil && m.Subscriptions.Fed > fed
+			}, "the feed hands the message over")
+			requireNothing(t, s)
+
+			// The Ack wakes a parked Next, which reads the gap's rest (nothing) and must then
+			// deliver the fed message: nothing else comes to wake it.
+			type result struct {
+				msgs []ds.Message
+				err  error
+			}
+			done := make(chan result, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+			defer cancel()
+			go func() {
+				msgs, err := s.Next(ctx, 1)
+				done <- result{msgs, err}
+			}()
+			eventually(t, func() bool {
+				m, err := d.Metrics()
+				return err == nil && m.Subscriptions.Parked == 1
+			}, "Next parks")
+			require.NoError(t, s.Ack(want[2]))
+			r := <-done
+			require.NoError(t, r.err, "the fed message is not handed over")
+			got = append(got, r.msgs...)
+			require.Equal(t, want, refsOf(got))
+		})
+	}
+}
