@@ -192,9 +192,9 @@ func (w *RecordWatch) Close() {
 	}
 	db.recWatch.all = out
 	db.recWatch.Unlock()
-	// A call in progress holds the step lock (onDurable): wait for it.
+	// A call in progress holds the step lock for reading (onDurable): wait for it.
 	db.recWatch.step.Lock()
-	db.recWatch.step.Unlock() //nolint:staticcheck // waits for the call in progress
+	db.recWatch.step.Unlock() //nolint:staticcheck // waits for the calls in progress
 
 }
 
@@ -202,19 +202,21 @@ func (w *RecordWatch) Close() {
 type recordWatches struct {
 	sync.Mutex
 	all  []*RecordWatch
-	step sync.Mutex // held while f runs
+	step sync.RWMutex // held for reading while f runs (shards call concurrently)
 }
 
 func (db *DB) notifyRecords(d shard.Durable) {
 	if len(d.Records) == 0 {
 		return
 	}
+	// The step lock first: a Close that removed a watch before this loads the list waits for
+	// nothing, and one after waits for this call.
+	db.recWatch.step.RLock()
+	defer db.recWatch.step.RUnlock()
 	db.recWatch.Lock()
 	all := db.recWatch.all
 	db.recWatch.Unlock()
 	for _, w := range all {
-		db.recWatch.step.Lock()
 		w.f(d.Shard, d.Records)
-		db.recWatch.step.Unlock()
 	}
 }

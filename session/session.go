@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
@@ -70,6 +71,9 @@ type Session struct {
 	receive int
 
 	writeMu sync.Mutex // serialises record writes; held before mu
+	// writing is the record value the session writes (or wrote) last, with what the Store
+	// keeps of it: the Store's record watch recognises the session's own writes by it.
+	writing atomic.Pointer[ownWrite]
 	mu      sync.Mutex
 	// Guarded by mu:
 	epoch, version uint64
@@ -748,8 +752,16 @@ func (s *Session) prepareLocked(edit func(*state)) (*ds.Txn, error) {
 		edit(st)
 	}
 	s.isDirty = false
+	value := appendState(nil, st)
+	s.writing.Store(&ownWrite{value: value, k: *knownOf(st)})
 	return &ds.Txn{Conds: []ds.Cond{{Key: s.key, Version: s.version}},
-		Writes: []ds.RecordWrite{{Key: s.key, Value: appendState(nil, st)}}}, nil
+		Writes: []ds.RecordWrite{{Key: s.key, Value: value}}}, nil
+}
+
+// ownWrite is a record value a session writes, and the Store's summary of it.
+type ownWrite struct {
+	value []byte
+	k     known
 }
 
 // finishLocked takes the outcome of txn (prepareLocked's). A condition that failed or an

@@ -199,6 +199,18 @@ func (st *Store) onRecords(sh ds.ShardID, writes []ds.RecordWrite) {
 			st.forget(id)
 			continue
 		}
+		// A write of a session open here (its checkpoints, mostly) is known without decoding:
+		// the session says what it wrote. This runs in the shard's committing goroutine.
+		st.mu.Lock()
+		local := st.mu.local[id]
+		st.mu.Unlock()
+		if local != nil {
+			if ow := local.writing.Load(); ow != nil && bytes.Equal(ow.value, w.Value) {
+				k := ow.k
+				st.learnKnown(sh, id, w.Version, &k)
+				continue
+			}
+		}
 		s, err := decodeState(w.Value)
 		if err != nil {
 			st.opts.Logger.Error("undecodable session record", "client", id, "err", err)
@@ -210,27 +222,39 @@ func (st *Store) onRecords(sh ds.ShardID, writes []ds.RecordWrite) {
 
 // learn records a session's state at version, unless a newer one is known.
 func (st *Store) learn(sh ds.ShardID, id string, version uint64, s *state) {
-	st.mu.Lock()
-	k := st.mu.known[id]
-	if k != nil && k.version >= version {
-		st.mu.Unlock()
-		return
-	}
-	var old []string
-	if k != nil {
-		old = k.filters
-	}
-	k = &known{shard: sh, version: version, epoch: s.Epoch, owner: s.Owner, expiry: s.Expiry,
-		disconnected: s.Disconnected, inflight: len(s.Window)}
+	st.learnKnown(sh, id, version, knownOf(s))
+}
+
+// knownOf returns what a Store keeps of a session's state.
+func knownOf(s *state) *known {
+	k := &known{epoch: s.Epoch, owner: s.Owner, expiry: s.Expiry, disconnected: s.Disconnected, inflight: len(s.Window)}
 	for _, sb := range s.Subs {
 		k.filters = append(k.filters, sb.Filter)
 	}
+	return k
+}
+
+// learnKnown records k as the state of session id at version, unless a newer one is known.
+func (st *Store) learnKnown(sh ds.ShardID, id string, version uint64, k *known) {
+	k.shard, k.version = sh, version
+	st.mu.Lock()
+	old := st.mu.known[id]
+	if old != nil && old.version >= version {
+		st.mu.Unlock()
+		return
+	}
 	st.mu.known[id] = k
-	st.refilterLocked(old, k.filters)
+	if old == nil || !slices.Equal(old.filters, k.filters) {
+		var of []string
+		if old != nil {
+			of = old.filters
+		}
+		st.refilterLocked(of, k.filters)
+	}
 	local := st.mu.local[id]
 	st.mu.Unlock()
 	if local != nil {
-		local.fenceIfNewer(version, s.Epoch)
+		local.fenceIfNewer(version, k.epoch)
 	}
 }
 
