@@ -29,6 +29,11 @@ type SubscribeOptions struct {
 	// 16 per read ran catch-up at 0.67× a replay of the same data, 64 at 0.81×. Default
 	// 16384 (about 16 MiB of 1 KiB messages for each shard being read).
 	ReadBuffer int
+	// Notify, if not nil, is signalled (a send that never blocks: give it capacity 1)
+	// whenever Next could return something it could not before: messages arrived, an Ack
+	// made room, a shard fell behind. One channel may serve many subscriptions, which a
+	// reader then takes from with Poll: one goroutine for all of them.
+	Notify chan struct{}
 }
 
 func (o *SubscribeOptions) withDefaults() (SubscribeOptions, error) {
@@ -188,6 +193,18 @@ func (s *Subscription) Filter() string { return s.filter }
 //
 // Delivered messages share their payload with other subscriptions: do not modify them.
 func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
+	return s.next(ctx, max, true)
+}
+
+// Poll is Next without the wait: it returns what Next would, or nothing (and a nil error)
+// where Next would wait — for messages, or for an Ack when MaxUnacked are outstanding. It
+// reads the storage where the subscription is behind the tail. With
+// SubscribeOptions.Notify, a reader polls its subscriptions each time the channel signals.
+func (s *Subscription) Poll(max int) ([]Message, error) {
+	return s.next(context.Background(), max, false)
+}
+
+func (s *Subscription) next(ctx context.Context, max int, block bool) ([]Message, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("%w: Next with max %d", ErrInvalidOptions, max)
 	}
@@ -235,6 +252,9 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 		}
 		s.mu.Unlock()
 		if room <= 0 {
+			if !block {
+				return nil, nil
+			}
 			s.db.subStats.parked.Add(1)
 			err := s.wait(ctx)
 			s.db.subStats.parked.Add(-1)
@@ -264,6 +284,9 @@ func (s *Subscription) Next(ctx context.Context, max int) ([]Message, error) {
 			if again {
 				continue
 			}
+		}
+		if !block {
+			return nil, nil
 		}
 		if err := s.wait(ctx); err != nil {
 			return nil, err
@@ -331,6 +354,12 @@ func (s *Subscription) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+	if s.opts.Notify != nil {
+		select {
+		case s.opts.Notify <- struct{}{}:
+		default:
+		}
 	}
 }
 

@@ -90,7 +90,8 @@ type Session struct {
 	deleting       bool  // Disconnect deletes the record (expiry 0)
 	err            error // ErrTakenOver or ErrSessionClosed once the session ended
 	room           chan struct{}
-	in             chan batch
+	notify         chan struct{} // capacity 1: a subscription may have messages (ds.SubscribeOptions.Notify)
+	rr             int           // the subscription Next polls first
 	done           chan struct{}
 	wg             sync.WaitGroup
 }
@@ -100,7 +101,6 @@ type sub struct {
 	ds        *ds.Subscription
 	sent      map[ds.ShardID]uint64 // per shard: everything below was sent
 	dupBefore ds.Position           // a resumed message below this was (maybe) sent before
-	cancel    context.CancelFunc
 	closed    bool
 }
 
@@ -120,11 +120,6 @@ type inflight struct {
 type restoredKey struct {
 	sub *sub
 	ref ds.Ref
-}
-
-type batch struct {
-	sub  *sub
-	msgs []ds.Message
 }
 
 // Connect opens the session of clientID for a new connection: a resumed one (present) if it
@@ -155,7 +150,7 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 	db := st.db
 	s = &Session{st: st, id: clientID, shard: ds.ShardOf(clientID, db.NShards()), key: sessionKey(clientID),
 		receive: opts.ReceiveMaximum, expiry: opts.Expiry, window: map[uint16]*inflight{}, completed: map[restoredKey]struct{}{},
-		room: make(chan struct{}, 1), in: make(chan batch), done: make(chan struct{})}
+		room: make(chan struct{}, 1), notify: make(chan struct{}, 1), done: make(chan struct{})}
 	for {
 		value, version, err := db.Record(ctx, s.shard, s.key)
 		if err != nil {
@@ -279,44 +274,55 @@ func (s *Session) resume(prev, next *state, present bool) error {
 // pidOf derives a packet ID from a delivery's sequence number (1…65535, cyclic).
 func pidOf(seq uint64) uint16 { return uint16((seq-1)%65535 + 1) }
 
-// open starts delivering sb from pos.
+// open starts delivering sb from pos. Its ds subscription signals s.notify, which Next
+// waits on for all of the session's subscriptions: no goroutine per subscription.
 func (s *Session) open(sb *sub, pos ds.Position) error {
-	dsub, err := s.st.db.Subscribe(sb.Filter, pos, &ds.SubscribeOptions{MaxUnacked: s.receive, ReadBuffer: s.st.opts.ReadBuffer})
+	dsub, err := s.st.db.Subscribe(sb.Filter, pos, &ds.SubscribeOptions{MaxUnacked: s.receive,
+		ReadBuffer: s.st.opts.ReadBuffer, Notify: s.notify})
 	if err != nil {
 		return err
 	}
 	sb.ds, sb.sent = dsub, map[ds.ShardID]uint64{}
-	ctx, cancel := context.WithCancel(context.Background())
-	sb.cancel = cancel
 	s.subs = append(s.subs, sb)
-	s.wg.Add(1)
-	go s.pump(ctx, sb)
 	return nil
 }
 
-// pump hands sb's messages to Next.
-func (s *Session) pump(ctx context.Context, sb *sub) {
-	defer s.wg.Done()
-	for {
-		msgs, err := sb.ds.Next(ctx, 256)
+// poll takes the messages ready in one of the subscriptions, starting after the one that
+// gave the last ones (fairness), into carry. It reports whether it found any.
+func (s *Session) poll() bool {
+	s.mu.Lock()
+	subs := slices.Clone(s.subs)
+	start := s.rr
+	s.mu.Unlock()
+	for k := range subs {
+		i := (start + k) % len(subs)
+		sb := subs[i]
+		msgs, err := sb.ds.Poll(256)
 		var loss *ds.LossError
 		switch {
 		case errors.As(err, &loss):
 			s.st.metrics.lost.Add(loss.Messages)
 			s.st.opts.Logger.Warn("session lost messages to retention", "client", s.id, "filter", sb.Filter, "err", err)
-		case err != nil:
-			return
-		}
-		if len(msgs) == 0 {
+			s.signalNotify() // Poll goes on after the loss next time
 			continue
+		case err != nil || len(msgs) == 0:
+			continue // closed by Unsubscribe meanwhile, or nothing
 		}
-		select {
-		case s.in <- batch{sb, msgs}:
-		case <-ctx.Done():
-			return
-		case <-s.done:
-			return
+		s.mu.Lock()
+		if !sb.closed {
+			s.carry, s.carrySub = msgs, sb
 		}
+		s.rr = i + 1
+		s.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+func (s *Session) signalNotify() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
 	}
 }
 
@@ -412,7 +418,6 @@ func (s *Session) Unsubscribe(ctx context.Context, filter string) (bool, error) 
 
 func (s *Session) closeSubLocked(sb *sub) {
 	sb.closed = true
-	sb.cancel()
 	sb.ds.Close()
 	s.subs = slices.DeleteFunc(s.subs, func(x *sub) bool { return x == sb })
 	for _, e := range s.window {
@@ -463,15 +468,11 @@ func (s *Session) Next(ctx context.Context, n int) ([]Delivery, error) {
 			}
 			continue
 		}
+		if s.poll() {
+			continue
+		}
 		select {
-		case b := <-s.in:
-			s.mu.Lock()
-			if b.sub.closed {
-				s.mu.Unlock()
-				continue
-			}
-			s.carry, s.carrySub = b.msgs, b.sub
-			s.mu.Unlock()
+		case <-s.notify:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-s.done:
@@ -904,7 +905,6 @@ func (s *Session) endAsync(err error) bool {
 	s.err = err
 	for _, sb := range s.subs {
 		sb.closed = true
-		sb.cancel()
 		sb.ds.Close()
 	}
 	close(s.done)
