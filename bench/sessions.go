@@ -31,6 +31,11 @@ type SessionConfig struct {
 	Setup int
 	// Timeout bounds each run (0: 10 minutes).
 	Timeout time.Duration
+	// NoIsolation skips the third ingest run, with the sessions' checkpoints off (an interval
+	// of an hour), which separates what the state writes cost from what the deliveries do.
+	NoIsolation bool
+
+	label string // added to the run's name
 }
 
 func (sc SessionConfig) batch() int {
@@ -78,6 +83,19 @@ func RunSessions(c Config, sc SessionConfig) ([]Result, error) {
 	with[0].Note = fmt.Sprintf("%.2f× the ingest without sessions; ", ratio) + with[0].Note
 	with[0].Figures["ratio_to_without"] = ratio
 	results := append(without, with...)
+	if !sc.NoIsolation {
+		iso := sc
+		iso.CheckpointInterval, iso.label = time.Hour, ", checkpoints off"
+		off, err := runSessionIngest(c, iso, sc.Sessions)
+		if err != nil {
+			return nil, err
+		}
+		r := off[0].MsgsPerSec() / without[0].MsgsPerSec()
+		off[0].Note = fmt.Sprintf("%.2f× the ingest without sessions, %.2f× with checkpoints: the deliveries' cost without the state writes; ",
+			r, with[0].MsgsPerSec()/off[0].MsgsPerSec()) + off[0].Note
+		off[0].Figures["ratio_to_without"] = r
+		results = append(results, off[0])
+	}
 	if sc.ResumeN > 0 {
 		rs, err := runSessionResume(c, sc)
 		if err != nil {
@@ -132,7 +150,7 @@ func runSessionIngest(c Config, sc SessionConfig, k int) ([]Result, error) {
 	publishers := max(1, min(c.Publishers, n))
 	name := fmt.Sprintf("ingest without sessions (%s)", c.Durability)
 	if k > 0 {
-		name = fmt.Sprintf("ingest with %d sessions (%s)", k, c.Durability)
+		name = fmt.Sprintf("ingest with %d sessions%s (%s)", k, sc.label, c.Durability)
 	}
 
 	var st *session.Store

@@ -291,12 +291,17 @@ func (s *Session) open(sb *sub, pos ds.Position) error {
 // gave the last ones (fairness), into carry. It reports whether it found any.
 func (s *Session) poll() bool {
 	s.mu.Lock()
-	subs := slices.Clone(s.subs)
-	start := s.rr
+	n, start := len(s.subs), s.rr
 	s.mu.Unlock()
-	for k := range subs {
-		i := (start + k) % len(subs)
-		sb := subs[i]
+	for k := range n {
+		s.mu.Lock()
+		if len(s.subs) == 0 {
+			s.mu.Unlock()
+			return false
+		}
+		i := (start + k) % len(s.subs)
+		sb := s.subs[i]
+		s.mu.Unlock()
 		msgs, err := sb.ds.Poll(256)
 		var loss *ds.LossError
 		switch {
