@@ -136,12 +136,14 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 //
 // Replication lag across sites is a query over all sites' metrics, e.g. in PromQL
 // max by (shard) (strata_raft_applied_index) - on (shard) group_right strata_raft_applied_index.
-func (s *Site) AdminHandler() (http.Handler, error) {
+//
+// opts are passed to ds.AdminHandler (e.g. ds.AdminMetrics for a session Store's metrics).
+func (s *Site) AdminHandler(opts ...ds.AdminOption) (http.Handler, error) {
 	db, err := s.DB()
 	if err != nil {
 		return nil, err
 	}
-	inner := ds.AdminHandler(db)
+	inner := ds.AdminHandler(db, opts...)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
