@@ -161,13 +161,15 @@ func (db *DB) ScanRecords(ctx context.Context, sh ShardID, prefix []byte, f func
 // current with it.
 type RecordWatch struct {
 	db *DB
-	f  func(ShardID, []RecordWrite)
+	f  func(ShardID, []RecordWrite, bool)
 }
 
 // WatchRecords calls f with each durable step's record writes, per shard in order, from the
 // committing goroutine: f must return quickly and must not call into the DB's write path.
-// Stop it with Close.
-func (db *DB) WatchRecords(f func(sh ShardID, writes []RecordWrite)) (*RecordWatch, error) {
+// reset is set (and writes empty) when the shard's state was replaced without its writes
+// being listed (a replica recovered from a snapshot): read the shard's records again. Stop
+// it with Close.
+func (db *DB) WatchRecords(f func(sh ShardID, writes []RecordWrite, reset bool)) (*RecordWatch, error) {
 	exit, err := db.enter()
 	if err != nil {
 		return nil, err
@@ -206,7 +208,7 @@ type recordWatches struct {
 }
 
 func (db *DB) notifyRecords(d shard.Durable) {
-	if len(d.Records) == 0 {
+	if len(d.Records) == 0 && !d.Reset {
 		return
 	}
 	// The step lock first: a Close that removed a watch before this loads the list waits for
@@ -217,6 +219,6 @@ func (db *DB) notifyRecords(d shard.Durable) {
 	all := db.recWatch.all
 	db.recWatch.Unlock()
 	for _, w := range all {
-		w.f(d.Shard, d.Records)
+		w.f(d.Shard, d.Records, d.Reset)
 	}
 }

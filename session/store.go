@@ -138,20 +138,7 @@ func Open(ctx context.Context, db *ds.DB, opts *Options) (*Store, error) {
 		return nil, err
 	}
 	for sh := range db.NShards() {
-		var derr error
-		err := db.ScanRecords(ctx, ds.ShardID(sh), []byte{keySession}, func(key, value []byte, version uint64) bool {
-			s, err := decodeState(value)
-			if err != nil {
-				derr = fmt.Errorf("session %q: %w", key[1:], err)
-				return false
-			}
-			st.learn(ds.ShardID(sh), string(key[1:]), version, s)
-			return true
-		})
-		if err == nil {
-			err = derr
-		}
-		if err != nil {
+		if err := st.scan(ctx, ds.ShardID(sh)); err != nil {
 			st.watch.Close()
 			return nil, err
 		}
@@ -187,9 +174,70 @@ func (st *Store) Close() error {
 	return errors.Join(errs...)
 }
 
+// scan learns the sessions recorded in shard sh, and forgets those of sh it knew that are
+// not there any more.
+func (st *Store) scan(ctx context.Context, sh ds.ShardID) error {
+	var derr error
+	seen := map[string]bool{}
+	err := st.db.ScanRecords(ctx, sh, []byte{keySession}, func(key, value []byte, version uint64) bool {
+		s, err := decodeState(value)
+		if err != nil {
+			derr = fmt.Errorf("session %q: %w", key[1:], err)
+			return false
+		}
+		seen[string(key[1:])] = true
+		st.learn(sh, string(key[1:]), version, s)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return err
+	}
+	var gone []string
+	st.mu.Lock()
+	for id, k := range st.mu.known {
+		if k.shard == sh && !seen[id] {
+			gone = append(gone, id)
+		}
+	}
+	st.mu.Unlock()
+	for _, id := range gone {
+		st.forget(id)
+	}
+	return nil
+}
+
+// rescan reads shard sh's sessions again after its replica's state was replaced.
+func (st *Store) rescan(sh ds.ShardID) {
+	defer st.wg.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	go func() {
+		select {
+		case <-st.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := st.scan(ctx, sh); err != nil && ctx.Err() == nil {
+		st.opts.Logger.Error("reading the sessions of a shard again failed", "shard", sh, "err", err)
+	}
+}
+
 // onRecords keeps known and the filter index current with every session record written,
 // and fences a local session that another connection took over.
-func (st *Store) onRecords(sh ds.ShardID, writes []ds.RecordWrite) {
+func (st *Store) onRecords(sh ds.ShardID, writes []ds.RecordWrite, reset bool) {
+	if reset {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if !st.mu.closed {
+			st.wg.Add(1)
+			go st.rescan(sh) // it reads: not in the committing goroutine
+		}
+		return
+	}
 	for _, w := range writes {
 		if len(w.Key) == 0 || w.Key[0] != keySession {
 			continue
