@@ -48,7 +48,12 @@ func inboundKey(clientID string, pid uint16) []byte {
 //	subscription: bytes(filter) | qos(u8) | opts(u8: bit0 no-local, bit1 retain-as-published)
 //	              | subscription ID | bytes(position: ds.Position) | bytes(sent: ds.Position)
 //	QoS 2 entry:  seq | shard | ts | sub index+1 (0: unsubscribed) | state(u8: 1 sent,
-//	              2 received) | [sent only] bytes(topic) | bytes(message record)
+//	              2 received, 3 sent and not kept) | [1 only] bytes(topic) | bytes(message record)
+//
+// A sent message is kept in the record (state 1) while the window's kept messages stay
+// under maxKeptBytes; beyond, only its reference is (state 3), and a resumed session resends
+// it when its subscription reads it again.
+//
 //	completed:    sub index+1 | shard | ts
 //
 // A completed QoS 2 delivery is kept while its subscription's position is at or before it
@@ -90,8 +95,11 @@ type qos2Entry struct {
 	Ref      ds.Ref
 	Sub      int // index+1 into Subs; 0 once unsubscribed
 	Received bool
-	Msg      *ds.Message // nil once Received
+	Msg      *ds.Message // nil once Received, or not kept (state 3)
 }
+
+// maxKeptBytes bounds the QoS 2 messages kept in a session record.
+const maxKeptBytes = 256 << 10
 
 const (
 	stateMagic   = 'S'
@@ -144,6 +152,10 @@ func appendState(dst []byte, s *state) []byte {
 		dst = binary.AppendUvarint(dst, uint64(e.Sub))
 		if e.Received {
 			dst = append(dst, 2)
+			continue
+		}
+		if e.Msg == nil {
+			dst = append(dst, 3)
 			continue
 		}
 		dst = append(dst, 1)
@@ -206,6 +218,9 @@ func decodeState(b []byte) (*state, error) {
 		return v
 	}
 	s := &state{Epoch: uv()}
+	if s.Epoch == 0 {
+		return bad("epoch")
+	}
 	exp := uv()
 	if exp > uint64(maxExpiry/time.Second) {
 		return bad("expiry")
@@ -233,6 +248,11 @@ func decodeState(b []byte) (*state, error) {
 			return bad("subscription")
 		}
 		sb.NoLocal, sb.RetainAsPub, sb.SubscriptionID = o&1 != 0, o&2 != 0, uint32(id)
+		for _, other := range s.Subs {
+			if other.Filter == sb.Filter {
+				return bad("subscription filter twice")
+			}
+		}
 		var err error
 		if sb.Position, err = ds.UnmarshalPosition(bytesOf()); err != nil || !ok {
 			return bad("subscription position")
@@ -252,11 +272,12 @@ func decodeState(b []byte) (*state, error) {
 		e.Ref = ds.Ref{Shard: ds.ShardID(sh), Timestamp: uv()}
 		sub := uv()
 		st := byt()
-		if !ok || sh > 1<<16-1 || sub > uint64(len(s.Subs)) || st < 1 || st > 2 || e.Seq == 0 || e.Seq >= s.NextSeq {
+		if !ok || sh > 1<<16-1 || sub > uint64(len(s.Subs)) || st < 1 || st > 3 || e.Seq == 0 || e.Seq >= s.NextSeq ||
+			len(s.Window) > 0 && e.Seq <= s.Window[len(s.Window)-1].Seq {
 			return bad("QoS 2 entry")
 		}
 		e.Sub, e.Received = int(sub), st == 2
-		if !e.Received {
+		if st == 1 {
 			t := bytesOf()
 			rec := bytesOf()
 			if !ok || topic.ValidateName(string(t)) != nil {
@@ -280,10 +301,30 @@ func decodeState(b []byte) (*state, error) {
 		if !ok || sub == 0 || sub > uint64(len(s.Subs)) || sh > 1<<16-1 {
 			return bad("completed QoS 2 entry")
 		}
-		s.Done = append(s.Done, doneEntry{Sub: int(sub), Ref: ds.Ref{Shard: ds.ShardID(sh), Timestamp: ts}})
+		d := doneEntry{Sub: int(sub), Ref: ds.Ref{Shard: ds.ShardID(sh), Timestamp: ts}}
+		if n := len(s.Done); n > 0 && compareDone(s.Done[n-1], d) >= 0 {
+			return bad("completed QoS 2 entries out of order")
+		}
+		s.Done = append(s.Done, d)
 	}
 	if !ok || len(r) != 0 {
 		return bad("trailing bytes")
 	}
 	return s, nil
+}
+
+// compareDone orders completed entries as appendState writes them: by subscription, shard,
+// timestamp.
+func compareDone(a, b doneEntry) int {
+	switch {
+	case a.Sub != b.Sub:
+		return a.Sub - b.Sub
+	case a.Ref.Shard != b.Ref.Shard:
+		return int(a.Ref.Shard) - int(b.Ref.Shard)
+	case a.Ref.Timestamp < b.Ref.Timestamp:
+		return -1
+	case a.Ref.Timestamp > b.Ref.Timestamp:
+		return 1
+	}
+	return 0
 }

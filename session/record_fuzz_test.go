@@ -17,7 +17,7 @@ import (
 // randomState returns a state that appendState can write and decodeState must accept.
 func randomState(rng *rand.Rand) *state {
 	s := &state{
-		Epoch:   rng.Uint64() >> rng.IntN(64),
+		Epoch:   max(1, rng.Uint64()>>rng.IntN(64)),
 		Expiry:  time.Duration(rng.Uint64N(uint64(maxExpiry/time.Second)+1)) * time.Second,
 		NextSeq: 1 + rng.Uint64N(1000),
 		Clean:   rng.IntN(2) == 0,
@@ -35,8 +35,9 @@ func randomState(rng *rand.Rand) *state {
 		}
 		return ds.NewPosition(ts...)
 	}
-	for range rng.IntN(4) {
-		s.Subs = append(s.Subs, subState{Filter: filters[rng.IntN(len(filters))], QoS: byte(rng.IntN(3)),
+	rng.Shuffle(len(filters), func(i, j int) { filters[i], filters[j] = filters[j], filters[i] })
+	for k := range rng.IntN(4) {
+		s.Subs = append(s.Subs, subState{Filter: filters[k], QoS: byte(rng.IntN(3)),
 			NoLocal: rng.IntN(2) == 0, RetainAsPub: rng.IntN(2) == 0, SubscriptionID: uint32(rng.IntN(maxSubscriptionID + 1)),
 			Position: pos(), Sent: pos()})
 	}
@@ -84,7 +85,7 @@ func checkState(t *testing.T, b []byte) {
 		t.Fatalf("re-encoded\n%x\nfrom\n%x", again, b)
 	}
 	for i, e := range s.Window {
-		if e.Seq == 0 || e.Seq >= s.NextSeq || e.Sub < 0 || e.Sub > len(s.Subs) || e.Received != (e.Msg == nil) {
+		if e.Seq == 0 || e.Seq >= s.NextSeq || e.Sub < 0 || e.Sub > len(s.Subs) || e.Received && e.Msg != nil {
 			t.Fatalf("window entry %d: %+v (next seq %d, %d subs)", i, e, s.NextSeq, len(s.Subs))
 		}
 	}

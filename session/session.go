@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 )
 
@@ -91,7 +92,10 @@ type Session struct {
 	err            error // ErrTakenOver or ErrSessionClosed once the session ended
 	room           chan struct{}
 	notify         chan struct{} // capacity 1: a subscription may have messages (ds.SubscribeOptions.Notify)
+	turn           chan struct{} // capacity 1: held by the Next in progress (they take turns)
+	unsaved        bool          // pending holds QoS 2 deliveries whose write failed: write before handing them out
 	rr             int           // the subscription Next polls first
+	pollErr        error         // set by poll for Next to return
 	done           chan struct{}
 	wg             sync.WaitGroup
 }
@@ -139,10 +143,21 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 	}
 	st.mu.Lock()
 	closed, old := st.mu.closed, st.mu.local[clientID]
+	if !closed {
+		// Expire must not take the record this Connect writes for one left behind.
+		st.mu.connecting[clientID]++
+	}
 	st.mu.Unlock()
 	if closed {
 		return nil, false, ErrSessionClosed
 	}
+	defer func() {
+		st.mu.Lock()
+		if st.mu.connecting[clientID]--; st.mu.connecting[clientID] <= 0 {
+			delete(st.mu.connecting, clientID)
+		}
+		st.mu.Unlock()
+	}()
 	if old != nil {
 		old.end(ErrTakenOver)
 		st.metrics.fenced.Add(1)
@@ -150,7 +165,7 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 	db := st.db
 	s = &Session{st: st, id: clientID, shard: ds.ShardOf(clientID, db.NShards()), key: sessionKey(clientID),
 		receive: opts.ReceiveMaximum, expiry: opts.Expiry, window: map[uint16]*inflight{}, completed: map[restoredKey]struct{}{},
-		room: make(chan struct{}, 1), notify: make(chan struct{}, 1), done: make(chan struct{})}
+		room: make(chan struct{}, 1), notify: make(chan struct{}, 1), turn: make(chan struct{}, 1), done: make(chan struct{})}
 	for {
 		value, version, err := db.Record(ctx, s.shard, s.key)
 		if err != nil {
@@ -201,17 +216,24 @@ func (st *Store) Connect(ctx context.Context, clientID string, opts ConnectOptio
 		s.end(ErrSessionClosed)
 		return nil, false, ErrSessionClosed
 	}
+	var loser *Session
 	if o := st.mu.local[clientID]; o != nil && o != old {
-		// Two Connects of one client raced: the later write won the record.
-		if o.epoch > s.epoch {
+		// Two Connects of one client raced: the later write (the higher epoch) won.
+		o.mu.Lock()
+		newer := o.epoch > s.epoch
+		o.mu.Unlock()
+		if newer {
 			st.mu.Unlock()
 			s.end(ErrTakenOver)
 			return nil, false, ErrTakenOver
 		}
-		o.endAsync(ErrTakenOver)
+		loser = o
 	}
 	st.mu.local[clientID] = s
 	st.mu.Unlock()
+	if loser != nil {
+		loser.end(ErrTakenOver) // not under st.mu: ending takes it
+	}
 	return s, present, nil
 }
 
@@ -257,6 +279,9 @@ func (s *Session) resume(prev, next *state, present bool) error {
 		if e.Received {
 			s.pending = append(s.pending, Delivery{Release: true, PacketID: in.pid, QoS: 2})
 			continue
+		}
+		if e.Msg == nil {
+			continue // not kept: resent when its subscription reads it again (takeLocked)
 		}
 		d := Delivery{Message: *e.Msg, QoS: 2, PacketID: in.pid, Dup: true}
 		if e.Sub > 0 {
@@ -310,8 +335,13 @@ func (s *Session) poll() bool {
 			s.st.opts.Logger.Warn("session lost messages to retention", "client", s.id, "filter", sb.Filter, "err", err)
 			s.signalNotify() // Poll goes on after the loss next time
 			continue
-		case err != nil || len(msgs) == 0:
+		case errors.Is(err, ds.ErrSubscriptionClosed) || err == nil && len(msgs) == 0:
 			continue // closed by Unsubscribe meanwhile, or nothing
+		case err != nil:
+			s.mu.Lock()
+			s.pollErr = err // ErrUnavailable (retryable), a storage error: Next returns it
+			s.mu.Unlock()
+			return false
 		}
 		s.mu.Lock()
 		if !sb.closed {
@@ -441,11 +471,34 @@ func (s *Session) closeSubLocked(sb *sub) {
 // durable before Next returns them, so their packet IDs survive a crash.
 func (s *Session) Next(ctx context.Context, n int) ([]Delivery, error) {
 	n = min(max(n, 1), 4096)
+	select {
+	case s.turn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.done:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return nil, s.err
+	}
+	defer func() { <-s.turn }()
 	for {
 		s.mu.Lock()
 		if s.err != nil {
 			defer s.mu.Unlock()
 			return nil, s.err
+		}
+		if s.unsaved {
+			s.mu.Unlock()
+			s.writeMu.Lock()
+			err := s.writeLocked(ctx, nil)
+			s.writeMu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			s.mu.Lock()
+			s.unsaved = false
+			s.mu.Unlock()
+			continue
 		}
 		if len(s.pending) > 0 {
 			k := min(n, len(s.pending))
@@ -454,11 +507,23 @@ func (s *Session) Next(ctx context.Context, n int) ([]Delivery, error) {
 			s.mu.Unlock()
 			return out, nil
 		}
-		if len(s.carry) > 0 && len(s.window) < s.receive {
+		if len(s.carry) > 0 {
+			before := len(s.carry)
 			out, qos2 := s.takeLocked(s.carrySub, n)
+			progress := len(s.carry) < before
 			s.mu.Unlock()
 			if out, err := s.deliver(ctx, out, qos2); len(out) > 0 || err != nil {
 				return out, err
+			}
+			if progress {
+				continue
+			}
+			// The next carried message needs room in the window.
+			select {
+			case <-s.room:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-s.done:
 			}
 			continue
 		}
@@ -476,6 +541,13 @@ func (s *Session) Next(ctx context.Context, n int) ([]Delivery, error) {
 		if s.poll() {
 			continue
 		}
+		s.mu.Lock()
+		perr := s.pollErr
+		s.pollErr = nil
+		s.mu.Unlock()
+		if perr != nil {
+			return nil, perr
+		}
 		select {
 		case <-s.notify:
 		case <-ctx.Done():
@@ -491,16 +563,28 @@ func (s *Session) takeLocked(sb *sub, n int) (out []Delivery, qos2 bool) {
 		m := s.carry[0]
 		ref := ds.RefOf(m)
 		qos := min(m.QoS, sb.QoS)
-		if qos > 0 && len(s.window) >= s.receive {
-			break
+		e, restored := s.restored[restoredKey{sb, ref}]
+		if !restored && qos > 0 && len(s.window) >= s.receive {
+			break // a restored delivery is in the window already: it needs no room
 		}
 		s.carry = s.carry[1:]
-		if e, ok := s.restored[restoredKey{sb, ref}]; ok {
+		if restored {
 			// A QoS 2 delivery restored from the record (resent from there already) or
 			// completed before this subscription read it again.
 			delete(s.restored, restoredKey{sb, ref})
 			if e != nil && s.window[e.pid] == e {
 				e.dsAck = true
+				if !e.received && e.msg == nil {
+					// Sent before, its message not kept in the record: resend it now.
+					msg := m
+					e.msg = &msg
+					d := Delivery{Message: m, QoS: 2, PacketID: e.pid, Dup: true, Filter: sb.Filter,
+						Retain: sb.RetainAsPublished && m.Retain}
+					if sb.SubscriptionID != 0 {
+						d.SubIDs = []uint32{sb.SubscriptionID}
+					}
+					out = append(out, d)
+				}
 			} else {
 				sb.ds.Ack(ref)
 				s.isDirty = true
@@ -562,14 +646,10 @@ func (s *Session) deliver(ctx context.Context, out []Delivery, qos2 bool) ([]Del
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if err := s.writeLocked(ctx, nil); err != nil {
-		// Not handed out: resent (as DUP, with their packet IDs) by the next Next.
+		// Not handed out: the next Next writes them, then hands them out.
 		s.mu.Lock()
-		for i := range out {
-			if out[i].QoS > 0 {
-				out[i].Dup = true
-				s.pending = append(s.pending, out[i])
-			}
-		}
+		s.pending = append(s.pending, out...)
+		s.unsaved = true
 		s.mu.Unlock()
 		return nil, err
 	}
@@ -629,6 +709,9 @@ func (s *Session) Complete(pid uint16) error {
 func (s *Session) inflightLocked(pid uint16) (*inflight, error) {
 	if s.err != nil {
 		return nil, s.err
+	}
+	if pid == 0 {
+		return nil, fmt.Errorf("%w: packet ID 0", ErrInvalidArgument)
 	}
 	e := s.window[pid]
 	if e == nil {
@@ -711,15 +794,18 @@ func (s *Session) stateLocked() *state {
 		}
 	}
 	slices.SortFunc(st.Window, func(a, b qos2Entry) int { return cmpU64(a.Seq, b.Seq) })
-	slices.SortFunc(st.Done, func(a, b doneEntry) int {
-		if a.Sub != b.Sub {
-			return a.Sub - b.Sub
+	slices.SortFunc(st.Done, compareDone)
+	// Keep the sent messages while they fit; beyond, their references only (state 3).
+	kept := 0
+	for i := range st.Window {
+		if m := st.Window[i].Msg; m != nil {
+			if size := message.Size(m); kept+size <= maxKeptBytes {
+				kept += size
+			} else {
+				st.Window[i].Msg = nil
+			}
 		}
-		if a.Ref.Shard != b.Ref.Shard {
-			return int(a.Ref.Shard) - int(b.Ref.Shard)
-		}
-		return cmpU64(a.Ref.Timestamp, b.Ref.Timestamp)
-	})
+	}
 	return st
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,9 +21,14 @@ func openDB(t testing.TB, dir string) *ds.DB {
 	return db
 }
 
+var storeCount atomic.Int64
+
 func openStore(t testing.TB, db *ds.DB) *session.Store {
 	t.Helper()
-	st, err := session.Open(context.Background(), db, &session.Options{CheckpointInterval: 10 * time.Millisecond, ExpiryInterval: 10 * time.Millisecond})
+	// Each Store its own Owner: two Stores open at once with one Owner expire each other's
+	// connected sessions.
+	owner := fmt.Sprintf("test-%d", storeCount.Add(1))
+	st, err := session.Open(context.Background(), db, &session.Options{Owner: owner, CheckpointInterval: 10 * time.Millisecond, ExpiryInterval: 10 * time.Millisecond})
 	require.NoError(t, err)
 	return st
 }

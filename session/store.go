@@ -3,6 +3,8 @@ package session
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +29,10 @@ const (
 type Options struct {
 	// Owner names this broker (or site) in the session records; List shows it. Sessions
 	// recorded as connected to this Owner but not open in this Store (the process restarted)
-	// are treated as disconnected since the Store opened, so they expire. Default "local".
+	// are treated as disconnected since the Store opened, so they expire. Give each broker
+	// a stable Owner of its own: two Stores open at once with the same Owner would expire
+	// each other's connected sessions. Default: a random name, so that sessions connected
+	// when a broker without an Owner stops never expire until resumed or deleted.
 	Owner string
 	// CheckpointInterval is how often a session's acknowledgements are written (its
 	// subscription positions). After a crash a session receives again, marked DUP, the QoS 1
@@ -55,7 +60,9 @@ func (o *Options) withDefaults() (Options, error) {
 		return c, fmt.Errorf("%w: negative option: %+v", ErrInvalidArgument, c)
 	}
 	if c.Owner == "" {
-		c.Owner = "local"
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.Owner = "store-" + hex.EncodeToString(b[:])
 	}
 	if c.CheckpointInterval == 0 {
 		c.CheckpointInterval = time.Second
@@ -93,11 +100,13 @@ type Store struct {
 
 	mu struct {
 		sync.Mutex
-		known   map[string]*known   // every session of the DB, by client ID
-		local   map[string]*Session // sessions open in this Store
-		filters map[string]int      // durable filter → subscriptions with it
-		index   topic.Index[bool]
-		closed  bool
+		known map[string]*known   // every session of the DB, by client ID
+		local map[string]*Session // sessions open in this Store
+		// connecting counts the Connects in progress per client ID (Expire leaves them).
+		connecting map[string]int
+		filters    map[string]int // durable filter → subscriptions with it
+		index      topic.Index[bool]
+		closed     bool
 	}
 	metrics storeMetrics
 	watch   *ds.RecordWatch
@@ -131,6 +140,7 @@ func Open(ctx context.Context, db *ds.DB, opts *Options) (*Store, error) {
 	st := &Store{db: db, opts: o, opened: o.Now(), done: make(chan struct{})}
 	st.mu.known = map[string]*known{}
 	st.mu.local = map[string]*Session{}
+	st.mu.connecting = map[string]int{}
 	st.mu.filters = map[string]int{}
 	// Watch first, then scan: a write between the two is seen twice, which the version
 	// check in learn makes harmless; none is missed.
@@ -177,6 +187,17 @@ func (st *Store) Close() error {
 // scan learns the sessions recorded in shard sh, and forgets those of sh it knew that are
 // not there any more.
 func (st *Store) scan(ctx context.Context, sh ds.ShardID) error {
+	// The sessions known before the scan, with their versions: one not found by the scan is
+	// forgotten only if no write of it was learned meanwhile (the watch runs concurrently,
+	// and a session written after the scan passed its key is not in the scan).
+	before := map[string]uint64{}
+	st.mu.Lock()
+	for id, k := range st.mu.known {
+		if k.shard == sh {
+			before[id] = k.version
+		}
+	}
+	st.mu.Unlock()
 	var derr error
 	seen := map[string]bool{}
 	err := st.db.ScanRecords(ctx, sh, []byte{keySession}, func(key, value []byte, version uint64) bool {
@@ -195,16 +216,17 @@ func (st *Store) scan(ctx context.Context, sh ds.ShardID) error {
 	if err != nil {
 		return err
 	}
-	var gone []string
-	st.mu.Lock()
-	for id, k := range st.mu.known {
-		if k.shard == sh && !seen[id] {
-			gone = append(gone, id)
+	for id, v := range before {
+		if seen[id] {
+			continue
 		}
-	}
-	st.mu.Unlock()
-	for _, id := range gone {
-		st.forget(id)
+		st.mu.Lock()
+		k := st.mu.known[id]
+		same := k != nil && k.version == v
+		st.mu.Unlock()
+		if same {
+			st.forget(id)
+		}
 	}
 	return nil
 }
@@ -410,8 +432,11 @@ func (st *Store) Metrics() Metrics {
 	return m
 }
 
+// MaxClientID bounds a client ID (bytes): it is part of record keys (shard.MaxRecordKey).
+const MaxClientID = 1000
+
 func validClientID(id string) error {
-	if id == "" || len(id) > 65535 || !utf8.ValidString(id) || bytes.IndexByte([]byte(id), 0) >= 0 {
+	if id == "" || len(id) > MaxClientID || !utf8.ValidString(id) || bytes.IndexByte([]byte(id), 0) >= 0 {
 		return fmt.Errorf("%w: client ID %q", ErrInvalidArgument, id)
 	}
 	return nil
@@ -451,6 +476,9 @@ func (st *Store) StoreQoS2(ctx context.Context, m ds.Message, pid uint16) (store
 func (st *Store) ReleaseQoS2(ctx context.Context, clientID string, pid uint16) error {
 	if err := validClientID(clientID); err != nil {
 		return err
+	}
+	if pid == 0 {
+		return fmt.Errorf("%w: packet ID 0", ErrInvalidArgument)
 	}
 	sh := ds.ShardOf(clientID, st.db.NShards())
 	key := inboundKey(clientID, pid)
@@ -621,7 +649,7 @@ func (st *Store) Expire(ctx context.Context) (int, error) {
 	for id, k := range st.mu.known {
 		since := k.disconnected
 		if since == 0 {
-			if k.owner != st.opts.Owner || st.mu.local[id] != nil {
+			if k.owner != st.opts.Owner || st.mu.local[id] != nil || st.mu.connecting[id] > 0 {
 				continue
 			}
 			since = uint64(st.opened.UnixMicro())

@@ -46,7 +46,7 @@ var (
 // MaxRecordKey and MaxRecordValue bound a record.
 const (
 	MaxRecordKey   = 1024
-	MaxRecordValue = 1 << 20
+	MaxRecordValue = 4 << 20
 )
 
 // ErrConditionFailed is the outcome of a Txn whose condition did not hold: nothing of it was
