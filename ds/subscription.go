@@ -401,6 +401,7 @@ func (s *Subscription) takeLocked(n int) []Message {
 func (s *Subscription) Ack(refs ...Ref) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	parked := s.mu.outstanding >= s.opts.MaxUnacked
 	var errs []error
 	for _, r := range refs {
 		if int(r.Shard) >= len(s.shards) {
@@ -413,8 +414,8 @@ func (s *Subscription) Ack(refs ...Ref) error {
 		}
 		s.mu.outstanding--
 	}
-	if len(errs) < len(refs) {
-		s.signal()
+	if parked && len(errs) < len(refs) {
+		s.signal() // room for a Next waiting on MaxUnacked; otherwise nothing new to take
 	}
 	return errors.Join(errs...)
 }
