@@ -132,7 +132,7 @@ func (s *Session) resume(prev, next *state, present bool) error {
 	for _, ss := range next.Subs {
 		sb := &sub{Subscription: Subscription{Filter: ss.Filter, SubscribeOptions: SubscribeOptions{
 			QoS: ss.QoS, NoLocal: ss.NoLocal, RetainAsPublished: ss.RetainAsPub, SubscriptionID: ss.SubscriptionID}},
-			dupBefore: ss.Sent}
+			dupBefore: ss.Sent, retired: ss.Retired, until: ss.Until}
 		if !prev.Clean && prev.Disconnected == 0 {
 			// It was connected when its broker stopped: anything stored until now may have
 			// been sent since the last checkpoint.

@@ -197,6 +197,12 @@ func (s *Session) takeLocked(sb *sub, n int) (out []Delivery, qos2 bool) {
 			}
 			continue
 		}
+		if sb.retired && (qos == 0 || int(m.Shard) >= sb.until.NShards() || m.Timestamp >= sb.until.Shard(ds.ShardID(m.Shard))) {
+			// Not sent before it was unsubscribed, or QoS 0 (never in flight): not delivered.
+			sb.ds.Ack(ref)
+			s.isDirty = true
+			continue
+		}
 		if sb.NoLocal && m.ClientID == s.id {
 			sb.ds.Ack(ref)
 			s.isDirty = true

@@ -55,14 +55,14 @@
 //  3. A QoS 2 delivery keeps its packet ID until PUBCOMP.
 //  4. At most ConnectOptions.ReceiveMaximum QoS 1 and 2 deliveries await acknowledgement.
 //  5. Only the latest Connect of a client ID writes its session.
+//  6. Deliveries a subscription started are completed after it is unsubscribed (MQTT 5
+//     §3.10.4), after a resume too: it stays in the record, retired, taking no new
+//     messages, until they are acknowledged.
 //
 // # Known limits
 //
 //   - Overlapping subscriptions deliver one copy each (see Session), not one at the maximum
 //     QoS.
-//   - Unsubscribe forgets the subscription's position at once: its QoS 1 deliveries still in
-//     flight are acknowledged as usual, but after a crash before their PUBACK they are not
-//     delivered again (its QoS 2 ones are, from the record, when their message was kept).
 //   - A session recorded as connected through a broker that never comes back stays until
 //     its client resumes it or it is deleted (Store.Delete): there is no lease.
 //   - Wanted on another site knows a subscription once that site's replica applied it.

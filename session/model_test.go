@@ -107,6 +107,9 @@ type sessionModel struct {
 
 	msgs    []*mMsg
 	subs    []*mSub
+	// retired: unsubscribed with deliveries in flight; those may come again (MQTT 5
+	// §3.10.4: deliveries started are completed), nothing else of them.
+	retired []*mSub
 	window  map[uint16]*mInfl
 	resend  map[uint16]bool // resends (QoS 2 DUP or PUBREL) Next must return
 	ghosts  map[uint16]bool // PUBRELs Next may return (completed since the last known write)
@@ -342,6 +345,12 @@ func (m *sessionModel) unsubscribe() {
 		m.fatalf("unsubscribe %q: existed %v, model says %v", f, ok, sb != nil)
 	}
 	m.subs = slices.DeleteFunc(m.subs, func(x *mSub) bool { return x == sb })
+	if sb != nil && len(sb.sentQoS) > 0 {
+		// The session keeps it while deliveries of it are in flight; the model lets any
+		// message it sent at QoS 1 or 2 come again (the session's window is not modelled
+		// exactly across resumes).
+		m.retired = append(m.retired, sb)
+	}
 }
 
 // wrote notes a state write of the session (its window as now).
@@ -453,6 +462,20 @@ func (m *sessionModel) check(d session.Delivery) {
 		m.fatalf("delivery of m%d with packet ID %d of a completed delivery", id, d.PacketID)
 	}
 	sb := m.subByFilter(d.Filter)
+	if sb == nil || !sb.conn[id] && sb.start > id {
+		// A retired subscription's delivery that was in flight when it was unsubscribed.
+		for _, r := range m.retired {
+			// Sent at QoS 1 or 2, or maybe sent before an unclean resume (looseDup).
+			maybeSent := r.sentQoS[id] || id < r.looseDup && id >= r.start && topic.Match(r.filter, x.topic)
+			if r.filter == d.Filter && maybeSent && !r.completed2[id] {
+				if !d.Dup {
+					m.fatalf("m%d redelivered for the unsubscribed %q without DUP", id, d.Filter)
+				}
+				sb = r
+				break
+			}
+		}
+	}
 	if sb == nil {
 		m.fatalf("delivery of m%d for filter %q: no such subscription", id, d.Filter)
 	}
@@ -708,6 +731,9 @@ func (m *sessionModel) resume(clean, exact bool) {
 		if !exact {
 			sb.looseDup = len(m.msgs)
 		}
+	}
+	for _, sb := range m.retired {
+		sb.conn, sb.lastPub = map[int]bool{}, map[string]int{}
 	}
 	m.wrote()
 }

@@ -45,8 +45,13 @@ func inboundKey(clientID string, pid uint16) []byte {
 //	| uvarint(d) | d × completed QoS 2 | crc32c |
 //	+------------+---------------------+--------+
 //
-//	subscription: bytes(filter) | qos(u8) | opts(u8: bit0 no-local, bit1 retain-as-published)
-//	              | subscription ID | bytes(position: ds.Position) | bytes(sent: ds.Position)
+//	subscription: bytes(filter) | qos(u8) | opts(u8: bit0 no-local, bit1 retain-as-published,
+//	              bit2 retired) | subscription ID | bytes(position: ds.Position)
+//	              | bytes(sent: ds.Position) | [retired only] bytes(until: ds.Position)
+//
+// A retired subscription was unsubscribed while deliveries of it were in flight: a resumed
+// session delivers again only what it had sent (below until), then forgets it.
+//
 //	QoS 2 entry:  seq | shard | ts | sub index+1 (0: unsubscribed) | state(u8: 1 sent,
 //	              2 received, 3 sent and not kept) | [1 only] bytes(topic) | bytes(message record)
 //
@@ -88,6 +93,8 @@ type subState struct {
 	SubscriptionID uint32
 	Position       ds.Position // everything before it completed (acknowledged)
 	Sent           ds.Position // everything before it sent at least once (exact when Clean)
+	Retired        bool
+	Until          ds.Position // retired: what it sent before it was unsubscribed
 }
 
 type qos2Entry struct {
@@ -136,12 +143,19 @@ func appendState(dst []byte, s *state) []byte {
 		if sb.RetainAsPub {
 			o |= 2
 		}
+		if sb.Retired {
+			o |= 4
+		}
 		dst = append(dst, sb.QoS, o)
 		dst = binary.AppendUvarint(dst, uint64(sb.SubscriptionID))
 		p, _ := sb.Position.MarshalBinary()
 		dst = appendBytes(dst, p)
 		p, _ = sb.Sent.MarshalBinary()
 		dst = appendBytes(dst, p)
+		if sb.Retired {
+			p, _ = sb.Until.MarshalBinary()
+			dst = appendBytes(dst, p)
+		}
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(s.Window)))
 	var rec []byte
@@ -244,12 +258,12 @@ func decodeState(b []byte) (*state, error) {
 		sb.QoS = byt()
 		o := byt()
 		id := uv()
-		if !ok || sb.QoS > 2 || o > 3 || id > maxSubscriptionID || topic.ValidateFilter(sb.Filter) != nil {
+		if !ok || sb.QoS > 2 || o > 7 || id > maxSubscriptionID || topic.ValidateFilter(sb.Filter) != nil {
 			return bad("subscription")
 		}
-		sb.NoLocal, sb.RetainAsPub, sb.SubscriptionID = o&1 != 0, o&2 != 0, uint32(id)
+		sb.NoLocal, sb.RetainAsPub, sb.Retired, sb.SubscriptionID = o&1 != 0, o&2 != 0, o&4 != 0, uint32(id)
 		for _, other := range s.Subs {
-			if other.Filter == sb.Filter {
+			if other.Filter == sb.Filter && !other.Retired && !sb.Retired {
 				return bad("subscription filter twice")
 			}
 		}
@@ -259,6 +273,11 @@ func decodeState(b []byte) (*state, error) {
 		}
 		if sb.Sent, err = ds.UnmarshalPosition(bytesOf()); err != nil || !ok {
 			return bad("subscription sent position")
+		}
+		if sb.Retired {
+			if sb.Until, err = ds.UnmarshalPosition(bytesOf()); err != nil || !ok {
+				return bad("retired subscription's until position")
+			}
 		}
 		s.Subs = append(s.Subs, sb)
 	}

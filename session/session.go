@@ -105,6 +105,11 @@ type sub struct {
 	sent      map[ds.ShardID]uint64 // per shard: everything below was sent
 	dupBefore ds.Position           // a resumed message below this was (maybe) sent before
 	closed    bool
+	// retired: unsubscribed while deliveries of it were in flight; it takes no new messages
+	// (until: it delivers, after a resume, only those before it) and leaves the record once
+	// they are acknowledged.
+	retired bool
+	until   ds.Position
 }
 
 type inflight struct {
@@ -134,6 +139,9 @@ func (s *Session) Subscriptions() []Subscription {
 	defer s.mu.Unlock()
 	out := make([]Subscription, 0, len(s.subs))
 	for _, sb := range s.subs {
+		if sb.retired {
+			continue
+		}
 		out = append(out, sb.Subscription)
 	}
 	return out
@@ -157,7 +165,7 @@ func (s *Session) Subscribe(ctx context.Context, filter string, o SubscribeOptio
 		return s.err
 	}
 	for _, sb := range s.subs {
-		if sb.Filter == filter {
+		if sb.Filter == filter && !sb.retired {
 			prev := sb.SubscribeOptions
 			sb.SubscribeOptions = o
 			s.mu.Unlock()
@@ -170,7 +178,7 @@ func (s *Session) Subscribe(ctx context.Context, filter string, o SubscribeOptio
 			return nil
 		}
 	}
-	if len(s.subs) >= s.st.opts.MaxSubscriptions {
+	if s.activeLocked() >= s.st.opts.MaxSubscriptions {
 		s.mu.Unlock()
 		return fmt.Errorf("%w: %d", ErrTooManySubscriptions, s.st.opts.MaxSubscriptions)
 	}
@@ -205,14 +213,61 @@ func (s *Session) Unsubscribe(ctx context.Context, filter string) (bool, error) 
 		defer s.mu.Unlock()
 		return false, s.err
 	}
-	i := slices.IndexFunc(s.subs, func(sb *sub) bool { return sb.Filter == filter })
+	i := slices.IndexFunc(s.subs, func(sb *sub) bool { return sb.Filter == filter && !sb.retired })
 	if i < 0 {
 		s.mu.Unlock()
 		return false, nil
 	}
-	s.closeSubLocked(s.subs[i])
+	sb := s.subs[i]
+	if s.inflightOfLocked(sb) {
+		// MQTT 5 §3.10.4: deliveries it started are completed, after a crash too. It stops
+		// taking messages but stays in the record (retired), with everything it sent until
+		// now, until those are acknowledged.
+		sb.retired, sb.until = true, sb.sentLocked()
+		sb.ds.Close()
+		if s.carrySub == sb {
+			s.carry, s.carrySub = nil, nil
+		}
+	} else {
+		s.closeSubLocked(sb)
+	}
 	s.mu.Unlock()
 	return true, s.writeLocked(ctx, nil)
+}
+
+// activeLocked counts the subscriptions that are not retired.
+func (s *Session) activeLocked() int {
+	n := 0
+	for _, sb := range s.subs {
+		if !sb.retired {
+			n++
+		}
+	}
+	return n
+}
+
+// inflightOfLocked reports whether sb has deliveries awaiting acknowledgement.
+func (s *Session) inflightOfLocked(sb *sub) bool {
+	for _, e := range s.window {
+		if e.sub == sb {
+			return true
+		}
+	}
+	return false
+}
+
+// sentLocked returns the position before which everything of sb was sent (maybe before this
+// connection): the record's Sent.
+func (sb *sub) sentLocked() ds.Position {
+	pos := sb.ds.Position()
+	sent := make([]uint64, pos.NShards())
+	for j := range sent {
+		sent[j] = max64(pos.Shard(ds.ShardID(j)), sb.sent[ds.ShardID(j)])
+		if j < sb.dupBefore.NShards() {
+			sent[j] = max64(sent[j], sb.dupBefore.Shard(ds.ShardID(j)))
+		}
+	}
+	return ds.NewPosition(sent...)
 }
 
 func (s *Session) closeSubLocked(sb *sub) {

@@ -166,3 +166,54 @@ func TestExpiry(t *testing.T) {
 	require.Eventually(t, func() bool { return len(st.List()) == 0 && st.Metrics().Expired == 1 }, 10*time.Second, 10*time.Millisecond)
 	require.False(t, st.Wanted("x/y"))
 }
+
+// TestUnsubscribeCompletesInFlight: MQTT 5 §3.10.4 — deliveries a subscription started are
+// completed after it is unsubscribed, across a reconnect too; nothing else of it comes.
+func TestUnsubscribeCompletesInFlight(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	db := openDB(t, dir)
+	st := openStore(t, db)
+	s, _, err := st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, s.Subscribe(ctx, "u/#", session.SubscribeOptions{QoS: 1}))
+	publish(t, db, "pub", "u/1", 1, 3)
+	first := next(t, s, 3)
+	require.NoError(t, s.Ack(first[0].PacketID))
+	existed, err := s.Unsubscribe(ctx, "u/#")
+	require.NoError(t, err)
+	require.True(t, existed)
+	require.Empty(t, s.Subscriptions())
+	require.False(t, st.Wanted("u/1"), "an unsubscribed filter is not wanted, even while its deliveries complete")
+	publish(t, db, "pub", "u/1", 1, 2) // after the unsubscribe: never delivered
+	require.NoError(t, s.Disconnect(ctx))
+	require.NoError(t, st.Close())
+	require.NoError(t, db.Close())
+
+	db = openDB(t, dir)
+	defer db.Close()
+	st = openStore(t, db)
+	defer st.Close()
+	s, present, err := st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
+	require.NoError(t, err)
+	require.True(t, present)
+	require.Empty(t, s.Subscriptions())
+	again := next(t, s, 2)
+	for i, d := range again {
+		require.Equal(t, first[i+1].Message.Payload, d.Message.Payload)
+		require.True(t, d.Dup)
+		require.NoError(t, s.Ack(d.PacketID))
+	}
+	// Nothing else comes: a new subscription's marker is the next delivery.
+	require.NoError(t, s.Subscribe(ctx, "marker", session.SubscribeOptions{QoS: 1}))
+	publish(t, db, "pub", "marker", 1, 1)
+	d := next(t, s, 1)
+	require.Equal(t, "marker", d[0].Message.Topic)
+	require.NoError(t, s.Ack(d[0].PacketID))
+	require.NoError(t, s.Checkpoint(ctx))
+	for _, in := range st.List() {
+		if in.ClientID == "sub" {
+			require.Equal(t, []string{"marker"}, in.Subscriptions)
+		}
+	}
+}

@@ -299,7 +299,9 @@ func (st *Store) learn(sh ds.ShardID, id string, version uint64, s *state) {
 func knownOf(s *state) *known {
 	k := &known{epoch: s.Epoch, owner: s.Owner, expiry: s.Expiry, disconnected: s.Disconnected, inflight: len(s.Window)}
 	for _, sb := range s.Subs {
-		k.filters = append(k.filters, sb.Filter)
+		if !sb.Retired {
+			k.filters = append(k.filters, sb.Filter)
+		}
 	}
 	return k
 }

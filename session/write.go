@@ -27,6 +27,7 @@ func (s *Session) Checkpoint(ctx context.Context) error { return s.checkpoint(ct
 
 // stateLocked builds the record of the session's current state.
 func (s *Session) stateLocked() *state {
+	s.dropRetiredLocked()
 	st := &state{Epoch: s.epoch, Expiry: s.expiry, NextSeq: s.nextSeq, Owner: s.st.opts.Owner}
 	idx := map[*sub]int{}
 	for i, sb := range s.subs {
@@ -53,6 +54,17 @@ func (s *Session) stateLocked() *state {
 			}
 		}
 		ss.Sent = ds.NewPosition(sent...)
+		if sb.retired {
+			ss.Retired, ss.Until = true, sb.until
+			pos := make([]uint64, ss.Position.NShards())
+			for j := range pos {
+				pos[j] = ss.Position.Shard(ds.ShardID(j))
+				if j < sb.until.NShards() {
+					pos[j] = min(pos[j], sb.until.Shard(ds.ShardID(j)))
+				}
+			}
+			ss.Position = ds.NewPosition(pos...)
+		}
 		st.Subs = append(st.Subs, ss)
 	}
 	for _, e := range s.window {
@@ -168,5 +180,25 @@ func (s *Session) finishLocked(ctx context.Context, txn *ds.Txn, res ds.TxnResul
 		s.mu.Unlock()
 		txn.Conds[0].Version = v
 		res, err = s.st.db.Update(ctx, s.shard, txn)
+	}
+}
+
+// dropRetiredLocked forgets the retired subscriptions that have nothing left to deliver: no
+// delivery in flight, and (resumed) read up to where they had sent.
+func (s *Session) dropRetiredLocked() {
+	for _, sb := range slices.Clone(s.subs) {
+		if !sb.retired || s.inflightOfLocked(sb) {
+			continue
+		}
+		pos := sb.ds.Position()
+		done := true
+		for j := range sb.until.NShards() {
+			if j < pos.NShards() && pos.Shard(ds.ShardID(j)) < sb.until.Shard(ds.ShardID(j)) {
+				done = false
+			}
+		}
+		if done {
+			s.closeSubLocked(sb)
+		}
 	}
 }
