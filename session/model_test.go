@@ -105,8 +105,8 @@ type sessionModel struct {
 	expiry  time.Duration
 	exists  bool // a session record exists
 
-	msgs    []*mMsg
-	subs    []*mSub
+	msgs []*mMsg
+	subs []*mSub
 	// retired: unsubscribed with deliveries in flight; those may come again (MQTT 5
 	// §3.10.4: deliveries started are completed), nothing else of them.
 	retired []*mSub
