@@ -36,8 +36,10 @@ import (
 //     on Abort.
 //  2. A Txn whose conditions fail writes nothing and stores none of its messages; the
 //     timestamps and versions it would have taken are not consumed.
-//  3. A record read (Record, ScanRecords) returns only durable writes: it waits until every
-//     write applied before the read began is durable.
+//  3. A record read (Record, ScanRecords) waits until every write applied before it began
+//     is durable, so what it returns survives a crash — except a write applied while the
+//     read runs, which it may see before that write is durable (embedded mode only: a
+//     replica applies only committed entries). Its writer is then still waiting for it.
 var (
 	metaRecord      = []byte{layout.KeyspaceMeta, 'r'}
 	metaLastVersion = []byte{layout.KeyspaceMeta, 'v'}
