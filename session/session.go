@@ -200,6 +200,9 @@ func (s *Session) Subscribe(ctx context.Context, filter string, o SubscribeOptio
 		s.mu.Unlock()
 		return err
 	}
+	// A Next waiting now polled the subscriptions it had: the new one signals only once it
+	// was polled (it joins its shards' tails then), so wake Next to poll it.
+	s.signalNotify()
 	return nil
 }
 

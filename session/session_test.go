@@ -217,3 +217,30 @@ func TestUnsubscribeCompletesInFlight(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscribeWakesWaitingNext: a Next already waiting when a subscription is added
+// delivers that subscription's messages (found through the mochi integration).
+func TestSubscribeWakesWaitingNext(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t, t.TempDir())
+	defer db.Close()
+	st := openStore(t, db)
+	defer st.Close()
+	s, _, err := st.Connect(ctx, "c", session.ConnectOptions{Expiry: time.Minute})
+	require.NoError(t, err)
+	got := make(chan []session.Delivery, 1)
+	waiting := make(chan struct{})
+	go func() {
+		nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		close(waiting)
+		d, _ := s.Next(nctx, 10)
+		got <- d
+	}()
+	<-waiting
+	require.NoError(t, s.Subscribe(ctx, "d/+", session.SubscribeOptions{QoS: 1}))
+	publish(t, db, "p", "d/a", 1, 1)
+	d := <-got
+	require.Len(t, d, 1, "the waiting Next did not see the new subscription's message")
+	require.Equal(t, "d/a", d[0].Message.Topic)
+}

@@ -28,13 +28,21 @@ type broker struct {
 
 func startBroker(t *testing.T) *broker {
 	t.Helper()
+	return startBrokerWith(t, session.Options{})
+}
+
+// startBrokerWith is startBroker with the session.Store's options (Owner and Logger are set
+// here).
+func startBrokerWith(t *testing.T, so session.Options) *broker {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	db, err := ds.Open(t.TempDir(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	store, err := session.Open(ctx, db, &session.Options{Owner: "test-broker", Logger: logger})
+	so.Owner, so.Logger = "test-broker", logger
+	store, err := session.Open(ctx, db, &so)
 	if err != nil {
 		db.Close()
 		t.Fatal(err)

@@ -5,6 +5,7 @@ module github.com/strata-mq/strata/integrations/mochi
 go 1.26
 
 require (
+	github.com/eclipse/paho.golang v0.23.0
 	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/mochi-mqtt/server/v2 v2.7.9
 	github.com/strata-mq/strata v0.0.0
