@@ -34,9 +34,9 @@ import (
 var (
 	inspectMetaTable = []byte{layout.KeyspaceMeta, 'g'}
 	inspectMetaLast  = []byte{layout.KeyspaceMeta, 'l'}
-	// Records (shard/record.go): 'r' | key → version(u64) | value, and the last version.
-	inspectMetaRecord      = []byte{layout.KeyspaceMeta, 'r'}
-	inspectMetaLastVersion = []byte{layout.KeyspaceMeta, 'v'}
+	// Records: their keys and values are package shard's (RecordKeyPrefix, LastVersionKey).
+	inspectMetaRecord      = shard.RecordKeyPrefix()
+	inspectMetaLastVersion = shard.LastVersionKey()
 )
 
 // Manifest is what the STRATA file of an embedded data directory records.

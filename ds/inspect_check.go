@@ -228,13 +228,10 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 				if len(rest) == len(inspectMetaRecord) {
 					return corrupt("record with an empty key")
 				}
-				if len(v) < 8 {
-					return corrupt("record value of %d bytes, want at least 8 (its version)", len(v))
-				}
-				ver := binary.BigEndian.Uint64(v)
+				ver, _, err := shard.DecodeRecordValue(v)
 				switch {
-				case ver == 0:
-					return corrupt("record of version 0")
+				case err != nil:
+					return corrupt("%v", err)
 				case lastVersionErr == nil && ver > lastVersion:
 					return corrupt("record of version %d, after the shard's last record version %d", ver, lastVersion)
 				}
@@ -418,15 +415,9 @@ func (s *inspectShard) recordLastVersion() (v uint64, err error) {
 	case err != nil:
 		return 0, fmt.Errorf("last record version: %w", err)
 	}
-	n := len(b)
-	if n == 8 {
-		v = binary.BigEndian.Uint64(b)
-	}
+	v, err = shard.DecodeLastVersion(b)
 	closer.Close()
-	if n != 8 {
-		return 0, fmt.Errorf("%w: last record version of %d bytes, want 8", ErrCorruption, n)
-	}
-	return v, nil
+	return v, err
 }
 
 // decodeLTSDataSuffix decodes what follows base|0x0000 in an LTS data key: ts(u64) then, per

@@ -2,11 +2,11 @@ package ds
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/strata-mq/strata/shard"
 )
 
 // ScanRecords calls f, in key order, for every record of shard sh whose key starts with
@@ -44,10 +44,11 @@ func (in *Inspector) ScanRecords(sh ShardID, prefix []byte, f func(key, value []
 		if err != nil {
 			return fmt.Errorf("shard %d: record %s: %w", sh, EscapeBytes(k[len(base):]), err)
 		}
-		if len(v) < 8 {
-			return fmt.Errorf("%w: shard %d: record %s: value of %d bytes (%s)", ErrCorruption, sh, EscapeBytes(k[len(base):]), len(v), s.path)
+		version, value, err := shard.DecodeRecordValue(v)
+		if err != nil {
+			return fmt.Errorf("shard %d: record %s (%s): %w", sh, EscapeBytes(k[len(base):]), s.path, err)
 		}
-		if !f(k[len(base):], v[8:], binary.BigEndian.Uint64(v)) {
+		if !f(k[len(base):], value, version) {
 			return nil
 		}
 	}

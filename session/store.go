@@ -154,8 +154,8 @@ func Open(ctx context.Context, db *ds.DB, opts *Options) (*Store, error) {
 		}
 	}
 	st.wg.Add(2)
-	go st.runCheckpoints()
-	go st.runExpiry()
+	go st.every(st.opts.CheckpointInterval, func() { st.checkpointAll(st.localSessions()) })
+	go st.every(st.opts.ExpiryInterval, st.expireDue)
 	return st, nil
 }
 
@@ -167,11 +167,8 @@ func (st *Store) Close() error {
 		return nil
 	}
 	st.mu.closed = true
-	local := make([]*Session, 0, len(st.mu.local))
-	for _, s := range st.mu.local {
-		local = append(local, s)
-	}
 	st.mu.Unlock()
+	local := st.localSessions()
 	close(st.done)
 	st.wg.Wait()
 	var errs []error
@@ -539,26 +536,30 @@ func (st *Store) Delete(ctx context.Context, clientID string) error {
 	}
 }
 
-// runCheckpoints writes the state of every open session with unwritten acknowledgements,
-// every CheckpointInterval.
-func (st *Store) runCheckpoints() {
+// every calls f every interval until the Store closes.
+func (st *Store) every(interval time.Duration, f func()) {
 	defer st.wg.Done()
-	t := time.NewTicker(st.opts.CheckpointInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
 		case <-st.done:
 			return
 		case <-t.C:
+			f()
 		}
-		st.mu.Lock()
-		local := make([]*Session, 0, len(st.mu.local))
-		for _, s := range st.mu.local {
-			local = append(local, s)
-		}
-		st.mu.Unlock()
-		st.checkpointAll(local)
 	}
+}
+
+// localSessions returns the sessions open in the Store.
+func (st *Store) localSessions() []*Session {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	local := make([]*Session, 0, len(st.mu.local))
+	for _, s := range st.mu.local {
+		local = append(local, s)
+	}
+	return local
 }
 
 // maxCheckpointTxns bounds the session records of one checkpoint command.
@@ -616,22 +617,12 @@ func (st *Store) checkpointAll(local []*Session) {
 	wg.Wait()
 }
 
-// runExpiry deletes the sessions whose expiry interval after their disconnect has passed.
-func (st *Store) runExpiry() {
-	defer st.wg.Done()
-	t := time.NewTicker(st.opts.ExpiryInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-st.done:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*st.opts.ExpiryInterval)
-		if _, err := st.Expire(ctx); err != nil {
-			st.opts.Logger.Warn("session expiry failed", "err", err)
-		}
-		cancel()
+// expireDue runs Expire (every ExpiryInterval), logging what fails.
+func (st *Store) expireDue() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*st.opts.ExpiryInterval)
+	defer cancel()
+	if _, err := st.Expire(ctx); err != nil {
+		st.opts.Logger.Warn("session expiry failed", "err", err)
 	}
 }
 

@@ -170,13 +170,10 @@ func (c *core) loadRecords() error {
 	case err != nil:
 		return err
 	default:
-		ok := len(v) == 8
-		if ok {
-			c.rec.lastVersion = binary.BigEndian.Uint64(v)
-		}
+		c.rec.lastVersion, err = DecodeLastVersion(v)
 		closer.Close()
-		if !ok {
-			return fmt.Errorf("%w: shard %d: last record version of %d bytes", ErrCorruption, c.id, len(v))
+		if err != nil {
+			return fmt.Errorf("shard %d: %w", c.id, err)
 		}
 	}
 	lo := c.recordKey(nil)
@@ -186,11 +183,14 @@ func (c *core) loadRecords() error {
 	}
 	defer it.Close()
 	for it.First(); it.Valid(); it.Next() {
-		v := it.Value()
-		if len(v) < 8 || binary.BigEndian.Uint64(v) == 0 || binary.BigEndian.Uint64(v) > c.rec.lastVersion {
-			return fmt.Errorf("%w: shard %d: record %q: bad version", ErrCorruption, c.id, it.Key()[len(lo):])
+		version, _, err := DecodeRecordValue(it.Value())
+		if err == nil && version > c.rec.lastVersion {
+			err = fmt.Errorf("%w: version %d after the last record version %d", ErrCorruption, version, c.rec.lastVersion)
 		}
-		c.rec.versions[string(it.Key()[len(lo):])] = binary.BigEndian.Uint64(v)
+		if err != nil {
+			return fmt.Errorf("shard %d: record %q: %w", c.id, it.Key()[len(lo):], err)
+		}
+		c.rec.versions[string(it.Key()[len(lo):])] = version
 	}
 	if err := it.Error(); err != nil {
 		return err
@@ -297,10 +297,11 @@ func (c *core) Record(ctx context.Context, key []byte) (value []byte, version ui
 		return nil, 0, err
 	}
 	defer closer.Close()
-	if len(v) < 8 {
-		return nil, 0, fmt.Errorf("%w: shard %d: record %q of %d bytes", ErrCorruption, c.id, key, len(v))
+	version, value, err = DecodeRecordValue(v)
+	if err != nil {
+		return nil, 0, fmt.Errorf("shard %d: record %q: %w", c.id, key, err)
 	}
-	return bytes.Clone(v[8:]), binary.BigEndian.Uint64(v), nil
+	return bytes.Clone(value), version, nil
 }
 
 // ScanRecords calls f, in key order, for every durable record whose key starts with prefix,
@@ -317,15 +318,44 @@ func (c *core) ScanRecords(ctx context.Context, prefix []byte, f func(key, value
 	defer it.Close()
 	base := len(c.recordKey(nil))
 	for it.First(); it.Valid(); it.Next() {
-		v := it.Value()
-		if len(v) < 8 {
-			return fmt.Errorf("%w: shard %d: record %q of %d bytes", ErrCorruption, c.id, it.Key()[base:], len(v))
+		version, value, err := DecodeRecordValue(it.Value())
+		if err != nil {
+			return fmt.Errorf("shard %d: record %q: %w", c.id, it.Key()[base:], err)
 		}
-		if !f(it.Key()[base:], v[8:], binary.BigEndian.Uint64(v)) {
+		if !f(it.Key()[base:], value, version) {
 			break
 		}
 	}
 	return it.Error()
+}
+
+// RecordKeyPrefix is the prefix, inside a shard's prefix, of its records (the record's key
+// follows), and LastVersionKey the key of its last record version: for the inspector, which
+// decodes them with DecodeRecordValue and DecodeLastVersion.
+func RecordKeyPrefix() []byte { return bytes.Clone(metaRecord) }
+
+// LastVersionKey: see RecordKeyPrefix.
+func LastVersionKey() []byte { return bytes.Clone(metaLastVersion) }
+
+// DecodeRecordValue splits a stored record value into its version and value (which shares
+// v's bytes). An error wrapping ErrCorruption if v is shorter than a version, or the version
+// is 0.
+func DecodeRecordValue(v []byte) (version uint64, value []byte, err error) {
+	if len(v) < 8 {
+		return 0, nil, fmt.Errorf("%w: record value of %d bytes, want at least 8 (its version)", ErrCorruption, len(v))
+	}
+	if version = binary.BigEndian.Uint64(v); version == 0 {
+		return 0, nil, fmt.Errorf("%w: record of version 0", ErrCorruption)
+	}
+	return version, v[8:], nil
+}
+
+// DecodeLastVersion decodes the value of LastVersionKey.
+func DecodeLastVersion(v []byte) (uint64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("%w: last record version of %d bytes, want 8", ErrCorruption, len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // prefixEnd returns the smallest key after every key with prefix p.

@@ -2,6 +2,7 @@ package mochi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -12,6 +13,7 @@ import (
 
 	paho5 "github.com/eclipse/paho.golang/paho"
 
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/session"
 )
 
@@ -124,18 +126,6 @@ func (c *client5) next(t *testing.T, what string) *paho5.Publish {
 	}
 }
 
-// eventually polls cond every 10ms until it holds, failing the test after waitFor.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func sessionInfo(b *broker, id string) (session.Info, bool) {
 	for _, in := range b.store.List() {
 		if in.ClientID == id {
@@ -156,9 +146,11 @@ func TestMQTT5ResumeBeforeExpiry(t *testing.T) {
 	}
 	sub.subscribe(t, 0, paho5.SubscribeOptions{Topic: "resume/+", QoS: 1})
 	sub.disconnect()
-	eventually(t, "session disconnected", func() bool {
-		in, ok := sessionInfo(b, "resume5")
-		return ok && !in.Connected
+	testutil.Eventually(t, waitFor, "session disconnected", func() error {
+		if in, ok := sessionInfo(b, "resume5"); !ok || in.Connected {
+			return fmt.Errorf("listed %v, connected %v", ok, in.Connected)
+		}
+		return nil
 	})
 
 	pub, _ := connect5(t, b, "resume5-pub", conn5Opts{cleanStart: true})
@@ -188,9 +180,11 @@ func TestMQTT5SessionExpiry(t *testing.T) {
 	}
 	disconnected := time.Now()
 	sub.disconnect()
-	eventually(t, "session expired", func() bool {
-		_, ok := sessionInfo(b, "expire5")
-		return !ok
+	testutil.Eventually(t, waitFor, "session expired", func() error {
+		if _, ok := sessionInfo(b, "expire5"); ok {
+			return errors.New("still listed")
+		}
+		return nil
 	})
 	if d := time.Since(disconnected); d < 900*time.Millisecond {
 		t.Fatalf("session gone %v after its disconnect, before its 1 s expiry", d)
