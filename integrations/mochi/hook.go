@@ -9,9 +9,11 @@
 // How durable subscribers are kept out of mochi's in-memory delivery: after mochi adds a
 // durable client's subscription to its topic index (processSubscribe), OnSubscribed takes
 // it out again, before the SUBACK is written, and makes it a Strata subscription instead.
-// mochi therefore never queues (or drops) messages for a durable client; every delivery to
-// it comes from session.Session.Next, written by a goroutine of the connection. The
-// limits of that approach are listed in README.md.
+// mochi therefore never queues (or drops) messages for a durable client; every QoS 1 and 2
+// delivery to it comes from session.Session.Next, written by a goroutine of the connection
+// (deliver.go), and QoS 0 messages, which are not stored, reach it while it is connected
+// through an index of the hook's own (live.go). The limits of that approach are listed in
+// README.md.
 package mochi
 
 import (
@@ -46,7 +48,12 @@ type Options struct {
 	Batch int
 	// Timeout bounds each Strata call made while a packet is being processed. Default 10s.
 	Timeout time.Duration
-	Logger  *slog.Logger
+	// ReadAllowed, if set, is asked before each delivery to a durable client whether it may
+	// read the topic (give it the ACL hook's check, e.g. func(cl, t) { return
+	// acl.OnACLCheck(cl, t, false) }): mochi's own hooks cannot be called from outside the
+	// server. A refused delivery is completed as if acknowledged. Nil allows every read.
+	ReadAllowed func(cl *mqtt.Client, topic string) bool
+	Logger      *slog.Logger
 }
 
 // Hook is the mochi hook. Create it with New and add it with Server.AddHook(h, nil).
@@ -56,6 +63,7 @@ type Hook struct {
 
 	mu    sync.Mutex
 	conns map[*mqtt.Client]*conn // durable connections (by mochi client, one per connection)
+	live  *live                  // QoS 0 to connected durable clients
 }
 
 // conn is a durable client's connection.
@@ -65,6 +73,12 @@ type conn struct {
 	present bool
 	cancel  context.CancelFunc
 	pumped  chan struct{} // closed when the delivery goroutine ended (nil: not started)
+	out0    chan packets.Packet
+	wrote0  chan struct{}       // closed when the QoS 0 writer ended
+	filters map[string]struct{} // the filters live holds for this connection (under live.mu)
+	// subQoS: the QoS each filter of the SUBSCRIBE being processed asked for (OnSubscribe
+	// gives mochi QoS 0; OnSubscribed grants these).
+	subQoS []byte
 	// unsub: which filters of the UNSUBSCRIBE being processed existed (MQTT 5 UNSUBACK).
 	unsubMu  sync.Mutex
 	unsubPID uint16
@@ -89,7 +103,7 @@ func New(o Options) (*Hook, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Hook{o: o, conns: map[*mqtt.Client]*conn{}}, nil
+	return &Hook{o: o, conns: map[*mqtt.Client]*conn{}, live: newLive(o.Server)}, nil
 }
 
 // ID names the hook.
@@ -162,11 +176,12 @@ func (h *Hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 	h.mu.Lock()
-	h.conns[cl] = &conn{cl: cl, s: s, present: present}
+	h.conns[cl] = &conn{cl: cl, s: s, present: present, out0: make(chan packets.Packet, qos0Queue)}
 	h.mu.Unlock()
 }
 
-// OnSessionEstablished (after the CONNACK) starts the connection's delivery goroutine.
+// OnSessionEstablished (after the CONNACK, before the connection's read loop) starts the
+// connection's delivery goroutines and lets QoS 0 messages reach it.
 func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	c := h.conn(cl)
 	if c == nil {
@@ -174,62 +189,10 @@ func (h *Hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	c.pumped = make(chan struct{})
+	c.pumped, c.wrote0 = make(chan struct{}), make(chan struct{})
 	go h.pump(ctx, c)
-}
-
-// pump writes the session's deliveries to the client until the connection or the session
-// ends. WritePacket blocks while the socket does, which is the back-pressure; the session
-// bounds what awaits a PUBACK (its ReceiveMaximum).
-func (h *Hook) pump(ctx context.Context, c *conn) {
-	defer close(c.pumped)
-	v5 := c.cl.Properties.ProtocolVersion >= 5
-	for {
-		batch, err := c.s.Next(ctx, h.o.Batch)
-		if err != nil {
-			if ctx.Err() == nil && !c.closing.Load() {
-				// Taken over elsewhere (another Store or site) or the Store closed.
-				h.o.Logger.Info("strata: session ended", "client", c.cl.ID, "error", err)
-				c.cl.Stop(err)
-			}
-			return
-		}
-		for _, d := range batch {
-			if err := c.cl.WritePacket(packetOf(d, v5)); err != nil {
-				// The connection is closing; the session re-sends the unacknowledged.
-				return
-			}
-		}
-	}
-}
-
-// packetOf builds the PUBLISH (or PUBREL) of a delivery.
-func packetOf(d session.Delivery, v5 bool) packets.Packet {
-	if d.Release {
-		return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: d.PacketID}
-	}
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: d.QoS, Dup: d.Dup, Retain: d.Retain},
-		TopicName:   d.Message.Topic,
-		Payload:     d.Message.Payload,
-	}
-	if d.QoS > 0 {
-		pk.PacketID = d.PacketID
-	}
-	if v5 {
-		for _, id := range d.SubIDs {
-			pk.Properties.SubscriptionIdentifier = append(pk.Properties.SubscriptionIdentifier, int(id))
-		}
-		p := d.Message.Properties
-		pk.Properties.PayloadFormat, pk.Properties.PayloadFormatFlag = p.PayloadFormat, p.PayloadFormat != 0
-		pk.Properties.ContentType = p.ContentType
-		pk.Properties.ResponseTopic = p.ResponseTopic
-		pk.Properties.CorrelationData = p.CorrelationData
-		for _, u := range p.User {
-			pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: u.Key, Val: u.Value})
-		}
-	}
-	return pk
+	go h.write0(ctx, c)
+	h.live.attach(c, c.s.Subscriptions())
 }
 
 // OnDisconnect (after the connection's read loop ended) stops the delivery goroutine and
@@ -243,9 +206,11 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return
 	}
 	c.closing.Store(true)
+	h.live.detach(c)
 	if c.cancel != nil {
 		c.cancel()
 		<-c.pumped
+		<-c.wrote0
 	}
 	ctx, cancel := h.ctx()
 	defer cancel()
@@ -254,29 +219,43 @@ func (h *Hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 }
 
-// OnSubscribe caps a durable client's subscriptions at QoS 1 (outbound QoS 2 is not wired
-// up yet: mochi answers a PUBREC it does not know itself) and turns off mochi's retained
-// delivery for them (it would allocate packet IDs the session also uses).
+// OnSubscribe hands mochi a durable client's filters at QoS 0 and keeps the QoS asked
+// for, which OnSubscribed grants. mochi's topic index briefly holds the filters (until
+// OnSubscribed takes them out), and a QoS 0 entry there gets no packet ID of mochi's that
+// could clash with the session's. With QoS 0 mochi still sends the retained messages after
+// the SUBACK (at QoS 0, through its ACL check), following the retain handling; handling 1
+// ("only if new") becomes 2 when the session already has the filter, which mochi cannot
+// know once its index no longer holds it.
 func (h *Hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if h.conn(cl) == nil {
+	c := h.conn(cl)
+	if c == nil {
 		return pk
+	}
+	have := map[string]bool{}
+	for _, s := range c.s.Subscriptions() {
+		have[s.Filter] = true
 	}
 	filters := make(packets.Subscriptions, len(pk.Filters))
 	copy(filters, pk.Filters)
+	c.subQoS = make([]byte, len(filters))
 	for i := range filters {
 		if mqtt.IsSharedFilter(filters[i].Filter) {
 			continue // shared subscriptions stay with mochi
 		}
-		filters[i].Qos = min(filters[i].Qos, 1)
-		filters[i].RetainHandling = 2
+		c.subQoS[i] = min(filters[i].Qos, h.o.Server.Options.Capabilities.MaximumQos)
+		filters[i].Qos = 0
+		if filters[i].RetainHandling == 1 && have[filters[i].Filter] {
+			filters[i].RetainHandling = 2
+		}
 	}
 	pk.Filters = filters
 	return pk
 }
 
 // OnSubscribed (after mochi indexed the filters, before the SUBACK) moves each granted
-// filter of a durable client from mochi's topic index to the Strata session. A filter the
-// session refuses is answered 0x80 (reasonCodes is the SUBACK's own slice).
+// filter of a durable client from mochi's topic index to the Strata session, and grants
+// the QoS asked for. A filter the session refuses is answered 0x80 (reasonCodes is the
+// SUBACK's own slice).
 func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	c := h.conn(cl)
 	if c == nil {
@@ -285,7 +264,7 @@ func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 	ctx, cancel := h.ctx()
 	defer cancel()
 	for i, sub := range pk.Filters {
-		if i >= len(reasonCodes) || reasonCodes[i] >= packets.ErrUnspecifiedError.Code || mqtt.IsSharedFilter(sub.Filter) {
+		if i >= len(reasonCodes) || i >= len(c.subQoS) || reasonCodes[i] >= packets.ErrUnspecifiedError.Code || mqtt.IsSharedFilter(sub.Filter) {
 			continue
 		}
 		// Out of mochi's index first: a message published in between goes to neither, and
@@ -294,14 +273,18 @@ func (h *Hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 			atomic.AddInt64(&h.o.Server.Info.Subscriptions, -1)
 		}
 		cl.State.Subscriptions.Delete(sub.Filter)
-		err := c.s.Subscribe(ctx, sub.Filter, session.SubscribeOptions{
-			QoS: reasonCodes[i], NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished,
-			SubscriptionID: uint32(sub.Identifier)})
-		if err != nil {
+		opts := session.SubscribeOptions{
+			QoS: c.subQoS[i], NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished,
+			SubscriptionID: uint32(sub.Identifier)}
+		if err := c.s.Subscribe(ctx, sub.Filter, opts); err != nil {
 			h.o.Logger.Warn("strata: subscribe", "client", cl.ID, "filter", sub.Filter, "error", err)
 			reasonCodes[i] = packets.ErrUnspecifiedError.Code
+			continue
 		}
+		reasonCodes[i] = opts.QoS
+		h.live.add(c, session.Subscription{Filter: sub.Filter, SubscribeOptions: opts})
 	}
+	c.subQoS = nil
 }
 
 // OnUnsubscribe (before mochi's own unsubscribe and the UNSUBACK) removes the filters from
@@ -318,6 +301,7 @@ func (h *Hook) OnUnsubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet 
 		if mqtt.IsSharedFilter(sub.Filter) {
 			continue
 		}
+		h.live.remove(c, sub.Filter)
 		ok, err := c.s.Unsubscribe(ctx, sub.Filter)
 		if err != nil {
 			h.o.Logger.Warn("strata: unsubscribe", "client", cl.ID, "filter", sub.Filter, "error", err)
@@ -365,22 +349,39 @@ func (h *Hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	return pk
 }
 
-// OnPacketRead takes a durable client's acknowledgements of the session's deliveries, and
-// an inbound QoS 2 PUBREL. A PUBACK the session took is handed on to mochi with packet ID
-// 0, which mochi's processPuback ignores: its own inflight map also holds the client's
-// inbound QoS 2 packet IDs (as PUBREC entries), which a PUBACK of a session delivery with
-// the same number would otherwise delete.
+// OnPacketRead takes a durable client's acknowledgements of the session's deliveries
+// (PUBACK, PUBREC, PUBCOMP), and an inbound QoS 2 PUBREL.
+//
+// An acknowledgement the session took is handed on to mochi as a PUBACK with packet ID 0,
+// which mochi's processPuback ignores. mochi must not see it: its inflight map holds the
+// client's inbound QoS 2 packet IDs too (the packet ID spaces of the two directions are
+// separate in MQTT, not in mochi's map), so a session's PUBACK with the same number would
+// delete one of them; it answers a PUBREC it does not know with a PUBREL of its own (an
+// error in MQTT 5); and its processPubcomp raises the client's quotas for any PUBCOMP.
+// After a PUBREC the hook writes the PUBREL itself, once the session has made the PUBREC
+// durable (a resumed session repeats the PUBREL, never the message).
 func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
-	case packets.Puback:
-		if c := h.conn(cl); c != nil {
-			err := c.s.Ack(pk.PacketID)
-			switch {
-			case err == nil:
-				pk.PacketID = 0
-			case !errors.Is(err, session.ErrUnknownPacketID):
-				h.o.Logger.Debug("strata: puback", "client", cl.ID, "error", err)
-			}
+	case packets.Puback, packets.Pubrec, packets.Pubcomp:
+		c := h.conn(cl)
+		if c == nil {
+			return pk, nil
+		}
+		err := h.acknowledge(c, pk)
+		switch {
+		case err == nil:
+			return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}}, nil
+		case errors.Is(err, session.ErrUnknownPacketID):
+			return pk, nil // not the session's: mochi's own (a shared subscription's)
+		case errors.Is(err, session.ErrWrongAck):
+			h.o.Logger.Debug("strata: acknowledgement", "client", cl.ID, "packet", pk.FixedHeader.Type, "error", err)
+			return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}}, nil
+		default:
+			// Not recorded (the session ended, or its write failed): the client repeats the
+			// acknowledgement after it reconnects.
+			h.o.Logger.Warn("strata: acknowledgement not recorded; closing the connection", "client", cl.ID, "error", err)
+			cl.Stop(err)
+			return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}}, nil
 		}
 	case packets.Pubrel:
 		ctx, cancel := h.ctx()
@@ -392,12 +393,40 @@ func (h *Hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, nil
 }
 
+// acknowledge gives the session an acknowledgement of one of its deliveries.
+func (h *Hook) acknowledge(c *conn, pk packets.Packet) error {
+	switch pk.FixedHeader.Type {
+	case packets.Puback:
+		return c.s.Ack(pk.PacketID)
+	case packets.Pubcomp:
+		return c.s.Complete(pk.PacketID)
+	}
+	ctx, cancel := h.ctx()
+	defer cancel()
+	if err := c.s.Received(ctx, pk.PacketID); err != nil {
+		return err
+	}
+	if pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+		// MQTT 5 §4.3.3: a PUBREC with an error ends the exchange; no PUBREL.
+		return c.s.Complete(pk.PacketID)
+	}
+	if err := c.cl.WritePacket(pubrel(pk.PacketID)); err != nil {
+		h.o.Logger.Debug("strata: pubrel not written (the session repeats it)", "client", c.cl.ID, "error", err)
+	}
+	return nil
+}
+
 // OnPublish stores a QoS 1 or 2 message some durable session wants before mochi answers
-// PUBACK/PUBREC (processPublish calls OnPublish first). If the store fails, the message is
+// PUBACK/PUBREC (processPublish calls OnPublish first), and sends a QoS 0 message to the
+// connected durable clients that subscribed to it (see live). If the store fails, the message is
 // rejected (mochi neither acknowledges nor delivers it) and the connection closed, so the
 // client sends it again.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Qos == 0 || !h.o.Store.Wanted(pk.TopicName) {
+	if pk.FixedHeader.Qos == 0 {
+		h.live.publish(cl.ID, pk, h.o.ReadAllowed)
+		return pk, nil
+	}
+	if !h.o.Store.Wanted(pk.TopicName) {
 		return pk, nil
 	}
 	m := ds.Message{ClientID: cl.ID, Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain}

@@ -344,3 +344,33 @@ func TestMQTT5SubscribeWhileConnected(t *testing.T) {
 		}
 	}
 }
+
+// QoS 0 messages to a connected MQTT 5 durable session carry the subscription identifier
+// and respect no-local, like the stored deliveries.
+func TestMQTT5QoS0SubscriptionIdentifierAndNoLocal(t *testing.T) {
+	b := startBrokerWith(t, session.Options{})
+	c, _ := connect5(t, b, "q0-5", conn5Opts{cleanStart: true, expiry: 60})
+	c.subscribe(t, 9, paho5.SubscribeOptions{Topic: "q0/t", QoS: 1, NoLocal: true})
+	c.subscribe(t, 0, paho5.SubscribeOptions{Topic: "q0/sentinel", QoS: 1})
+	other, _ := connect5(t, b, "q0-5-other", conn5Opts{cleanStart: true})
+	publish0 := func(pc *client5, topic, payload string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		defer cancel()
+		if _, err := pc.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 0, Payload: []byte(payload)}); err != nil {
+			t.Fatalf("%s: publish %s: %v", pc.id, topic, err)
+		}
+	}
+	publish0(other, "q0/t", "from other")
+	p := c.next(t, "another client's QoS 0 publish")
+	if p.Topic != "q0/t" || p.QoS != 0 || p.Properties == nil || p.Properties.SubscriptionIdentifier == nil || *p.Properties.SubscriptionIdentifier != 9 {
+		t.Fatalf("got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
+	}
+	// Its own QoS 0 publish, then a sentinel from the same connection: QoS 0 messages of one
+	// publisher are queued in order, so the own publish would come first.
+	publish0(c, "q0/t", "own")
+	publish0(c, "q0/sentinel", "sentinel")
+	if p := c.next(t, "sentinel"); p.Topic != "q0/sentinel" {
+		t.Fatalf("got %s %q, want only the sentinel (own QoS 0 publish delivered to a no-local subscription)", p.Topic, p.Payload)
+	}
+}

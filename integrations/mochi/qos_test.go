@@ -1,0 +1,292 @@
+package mochi
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/strata-mq/strata/internal/testutil"
+)
+
+// rawClient speaks MQTT 3.1.1 packet by packet (mochi's codec), so that a test decides
+// which acknowledgement is sent and when the connection drops.
+type rawClient struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+// dialRaw connects with clean session = false and returns the CONNACK's session present.
+func dialRaw(t *testing.T, b *broker, id string) (*rawClient, bool) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(b.addr, "tcp://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
+	t.Cleanup(func() { c.Close() })
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Keepalive: 60}})
+	ack := rc.read()
+	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
+		t.Fatalf("connect %s: got %v, reason %d", id, ack.FixedHeader.Type, ack.ReasonCode)
+	}
+	return rc, ack.SessionPresent
+}
+
+func (rc *rawClient) send(pk packets.Packet) {
+	rc.t.Helper()
+	pk.ProtocolVersion = 4
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		pk.FixedHeader.Qos = 1
+		err = pk.SubscribeEncode(&buf)
+	case packets.Pubrec:
+		err = pk.PubrecEncode(&buf)
+	case packets.Pubcomp:
+		err = pk.PubcompEncode(&buf)
+	default:
+		rc.t.Fatalf("rawClient cannot send %v", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	if _, err := rc.c.Write(buf.Bytes()); err != nil {
+		rc.t.Fatal(err)
+	}
+}
+
+// read returns the next packet the broker sends (waitFor at most).
+func (rc *rawClient) read() packets.Packet {
+	rc.t.Helper()
+	_ = rc.c.SetReadDeadline(time.Now().Add(waitFor))
+	b0, err := rc.r.ReadByte()
+	if err != nil {
+		rc.t.Fatalf("read: %v", err)
+	}
+	pk := packets.Packet{ProtocolVersion: 4}
+	if err := pk.FixedHeader.Decode(b0); err != nil {
+		rc.t.Fatal(err)
+	}
+	n, mul := 0, 1
+	for {
+		b, err := rc.r.ReadByte()
+		if err != nil {
+			rc.t.Fatalf("read: %v", err)
+		}
+		n += int(b&127) * mul
+		if b < 128 {
+			break
+		}
+		mul *= 128
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(rc.r, body); err != nil {
+		rc.t.Fatalf("read: %v", err)
+	}
+	pk.FixedHeader.Remaining = n
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(body)
+	default:
+		rc.t.Fatalf("rawClient got an unexpected %v", pk.FixedHeader.Type)
+	}
+	if err != nil {
+		rc.t.Fatal(err)
+	}
+	return pk
+}
+
+func (rc *rawClient) subscribe(filter string, qos byte) {
+	rc.t.Helper()
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}})
+	ack := rc.read()
+	if ack.FixedHeader.Type != packets.Suback || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != qos {
+		rc.t.Fatalf("subscribe %s: got %v %v", filter, ack.FixedHeader.Type, ack.ReasonCodes)
+	}
+}
+
+// expectPublish reads a PUBLISH and checks its payload, QoS and DUP flag.
+func (rc *rawClient) expectPublish(payload string, qos byte, dup bool) uint16 {
+	rc.t.Helper()
+	pk := rc.read()
+	if pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != payload || pk.FixedHeader.Qos != qos || pk.FixedHeader.Dup != dup {
+		rc.t.Fatalf("got %v %q QoS %d DUP %v, want PUBLISH %q QoS %d DUP %v", pk.FixedHeader.Type, pk.Payload,
+			pk.FixedHeader.Qos, pk.FixedHeader.Dup, payload, qos, dup)
+	}
+	return pk.PacketID
+}
+
+func (rc *rawClient) expectPubrel(pid uint16) {
+	rc.t.Helper()
+	pk := rc.read()
+	if pk.FixedHeader.Type != packets.Pubrel || pk.PacketID != pid {
+		rc.t.Fatalf("got %v %d, want PUBREL %d", pk.FixedHeader.Type, pk.PacketID, pid)
+	}
+}
+
+func (rc *rawClient) ack(typ byte, pid uint16) {
+	rc.t.Helper()
+	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pid})
+}
+
+// A QoS 2 delivery to a durable session survives the connection at each step of its
+// exchange: unanswered, it comes again with DUP and the same packet ID; after its PUBREC
+// only the PUBREL is repeated, never the message; after the PUBCOMP nothing is.
+func TestQoS2DeliveryAcrossReconnects(t *testing.T) {
+	b := startBroker(t)
+	sub, present := dialRaw(t, b, "q2-sub")
+	if present {
+		t.Fatal("session present on the first connect")
+	}
+	sub.subscribe("q2/t", 2)
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("q2-pub"))
+	defer pub.Disconnect(250)
+	wait(t, pub.Publish("q2/t", 2, false, "m1"), "publish m1")
+
+	pid := sub.expectPublish("m1", 2, false)
+	sub.c.Close() // no PUBREC
+
+	sub, present = dialRaw(t, b, "q2-sub")
+	if !present {
+		t.Fatal("session not present")
+	}
+	if got := sub.expectPublish("m1", 2, true); got != pid {
+		t.Fatalf("redelivered with packet ID %d, first with %d", got, pid)
+	}
+	sub.ack(packets.Pubrec, pid)
+	sub.expectPubrel(pid)
+	sub.c.Close() // no PUBCOMP
+
+	sub, _ = dialRaw(t, b, "q2-sub")
+	sub.expectPubrel(pid) // the PUBREL again, not the message
+	sub.ack(packets.Pubcomp, pid)
+
+	// The next message comes next: m1 is not delivered a second time.
+	wait(t, pub.Publish("q2/t", 2, false, "m2"), "publish m2")
+	pid2 := sub.expectPublish("m2", 2, false)
+	sub.ack(packets.Pubrec, pid2)
+	sub.expectPubrel(pid2)
+	sub.ack(packets.Pubcomp, pid2)
+	testutil.Eventually(t, waitFor, "the session's QoS 2 window is empty", func() error {
+		in, ok := sessionInfo(b, "q2-sub")
+		if !ok || in.InflightQoS2 != 0 {
+			return fmt.Errorf("session %v, %d QoS 2 in flight", ok, in.InflightQoS2)
+		}
+		return nil
+	})
+}
+
+// QoS 2 end to end with paho: every message once, in order, at QoS 2.
+func TestQoS2ExactlyOnce(t *testing.T) {
+	const n = 300
+	b := startBroker(t)
+	recv := make(chan paho.Message, n+10)
+	opts := paho.NewClientOptions().AddBroker(b.addr).SetClientID("q2-paho").SetCleanSession(false).
+		SetAutoReconnect(false).SetOrderMatters(true)
+	sub, _ := connect(t, opts)
+	defer sub.Disconnect(250)
+	wait(t, sub.Subscribe("exact/#", 2, func(_ paho.Client, m paho.Message) { recv <- m }), "subscribe")
+
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("q2-paho-pub"))
+	defer pub.Disconnect(250)
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = pub.Publish("exact/a", 2, false, fmt.Sprint(i))
+	}
+	for i, tok := range toks {
+		wait(t, tok, fmt.Sprintf("publish %d", i))
+	}
+	for i := range n {
+		select {
+		case m := <-recv:
+			if string(m.Payload()) != fmt.Sprint(i) || m.Qos() != 2 {
+				t.Fatalf("message %d: got %q at QoS %d", i, m.Payload(), m.Qos())
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("received %d of %d", i, n)
+		}
+	}
+	testutil.Eventually(t, waitFor, "every exchange completed", func() error {
+		if in, _ := sessionInfo(b, "q2-paho"); in.InflightQoS2 != 0 {
+			return fmt.Errorf("%d QoS 2 in flight", in.InflightQoS2)
+		}
+		return nil
+	})
+	select {
+	case m := <-recv:
+		t.Fatalf("a duplicate: %q", m.Payload())
+	default:
+	}
+}
+
+// QoS 0 messages reach a connected durable subscriber (they are not stored), and a retained
+// message is sent on subscribe with its RETAIN flag; QoS 1 messages on the same topics still
+// come through Strata.
+func TestQoS0AndRetainedToDurableSubscriber(t *testing.T) {
+	const n = 50
+	b := startBroker(t)
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("q0-pub"))
+	defer pub.Disconnect(250)
+	wait(t, pub.Publish("live/r", 1, true, "kept"), "retained publish")
+
+	recv := make(chan paho.Message, 2*n)
+	opts := paho.NewClientOptions().AddBroker(b.addr).SetClientID("q0-sub").SetCleanSession(false).
+		SetAutoReconnect(false).SetOrderMatters(true)
+	sub, _ := connect(t, opts)
+	defer sub.Disconnect(250)
+	wait(t, sub.Subscribe("live/#", 1, func(_ paho.Client, m paho.Message) { recv <- m }), "subscribe")
+	next := func(what string) paho.Message {
+		t.Helper()
+		select {
+		case m := <-recv:
+			return m
+		case <-time.After(waitFor):
+			t.Fatalf("%s: nothing received", what)
+			return nil
+		}
+	}
+	if m := next("retained"); string(m.Payload()) != "kept" || !m.Retained() {
+		t.Fatalf("retained: got %q retained=%v", m.Payload(), m.Retained())
+	}
+	for i := range n {
+		wait(t, pub.Publish("live/x", 0, false, fmt.Sprint(i)), "publish")
+	}
+	for i := range n {
+		if m := next(fmt.Sprintf("QoS 0 message %d", i)); string(m.Payload()) != fmt.Sprint(i) || m.Qos() != 0 || m.Retained() {
+			t.Fatalf("QoS 0 message %d: got %q QoS %d retained=%v", i, m.Payload(), m.Qos(), m.Retained())
+		}
+	}
+	before := b.store.Metrics().Deliveries
+	wait(t, pub.Publish("live/x", 1, false, "q1"), "QoS 1 publish")
+	if m := next("QoS 1"); string(m.Payload()) != "q1" || m.Qos() != 1 {
+		t.Fatalf("QoS 1: got %q QoS %d", m.Payload(), m.Qos())
+	}
+	if d := b.store.Metrics().Deliveries; d != before+1 {
+		t.Fatalf("Strata deliveries %d → %d, want one more", before, d)
+	}
+	select {
+	case m := <-recv:
+		t.Fatalf("an extra message: %q", m.Payload())
+	default:
+	}
+}
