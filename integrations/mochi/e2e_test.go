@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/session"
 )
 
@@ -114,15 +115,17 @@ func wait(t *testing.T, tok paho.Token, what string) {
 	}
 }
 
-// An offline durable subscriber receives every QoS 1 message published while it was away,
-// in order, once.
+// An offline durable subscriber receives every QoS 1 message of 1 KiB that 10 publishers
+// sent while it was away (10,000): each publisher's in order, none twice.
 func TestOfflineDurableSubscriber(t *testing.T) {
-	const n, size = 1000, 1024
+	const pubs, perPub, size = 10, 1000, 1024
+	const n = pubs * perPub
 	b := startBroker(t)
 
 	type got struct {
-		seq int
-		err error
+		pub, seq int
+		dup      bool
+		err      error
 	}
 	recv := make(chan got, 2*n)
 	handler := func(_ paho.Client, m paho.Message) {
@@ -131,7 +134,7 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 			recv <- got{err: fmt.Errorf("unexpected message on %q of %d bytes", m.Topic(), len(p))}
 			return
 		}
-		recv <- got{seq: int(binary.BigEndian.Uint32(p))}
+		recv <- got{pub: int(p[0]), seq: int(binary.BigEndian.Uint32(p[1:])), dup: m.Duplicate()}
 	}
 	subOpts := func() *paho.ClientOptions {
 		return paho.NewClientOptions().AddBroker(b.addr).SetClientID("durable-sub").
@@ -151,53 +154,80 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 	}
 	sub.Disconnect(250)
 
-	// Publish while it is offline.
-	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("publisher").SetCleanSession(true))
-	payload := make([]byte, size)
-	toks := make([]paho.Token, 0, n)
-	for i := range n {
-		p := append([]byte(nil), payload...)
-		binary.BigEndian.PutUint32(p, uint32(i))
-		toks = append(toks, pub.Publish("sensors/data", 1, false, p))
+	// Publish while it is offline: 10 publishers at once, each with many in flight.
+	message := func(pub, seq int) []byte {
+		p := make([]byte, size)
+		p[0] = byte(pub)
+		binary.BigEndian.PutUint32(p[1:], uint32(seq))
+		return p
 	}
-	for i, tok := range toks {
-		wait(t, tok, fmt.Sprintf("publish %d", i))
+	var wg sync.WaitGroup
+	errs := make(chan error, pubs)
+	for pi := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := paho.NewClient(paho.NewClientOptions().AddBroker(b.addr).SetClientID(fmt.Sprintf("publisher-%d", pi)).
+				SetCleanSession(true).SetAutoReconnect(false))
+			if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				errs <- fmt.Errorf("publisher %d: connect: %v", pi, tok.Error())
+				return
+			}
+			defer c.Disconnect(250)
+			toks := make([]paho.Token, 0, perPub)
+			for i := range perPub {
+				toks = append(toks, c.Publish("sensors/data", 1, false, message(pi, i)))
+			}
+			for i, tok := range toks {
+				if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+					errs <- fmt.Errorf("publisher %d: publish %d: %v", pi, i, tok.Error())
+					return
+				}
+			}
+		}()
 	}
-	pub.Disconnect(250)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
 
-	// Come back: everything, in order, once.
+	// Come back: everything, each publisher's in order, once.
 	start := time.Now()
 	sub, present = connect(t, subOpts())
 	if !present {
 		t.Fatal("session not present on reconnect")
 	}
 	defer sub.Disconnect(250)
-	timeout := time.After(15 * time.Second)
+	next := make([]int, pubs)
+	timeout := time.After(60 * time.Second)
 	for i := range n {
 		select {
 		case g := <-recv:
 			if g.err != nil {
 				t.Fatal(g.err)
 			}
-			if g.seq != i {
-				t.Fatalf("message %d: got sequence %d (out of order or duplicate)", i, g.seq)
+			if g.pub >= pubs || g.seq != next[g.pub] {
+				t.Fatalf("message %d: publisher %d sequence %d, want %d (out of order or duplicate)", i, g.pub, g.seq, next[g.pub%pubs])
 			}
+			if g.dup {
+				t.Fatalf("message %d: DUP set on a first delivery", i)
+			}
+			next[g.pub]++
 		case <-timeout:
 			t.Fatalf("received %d of %d messages", i, n)
 		}
 	}
 	t.Logf("%d messages delivered after reconnecting in %v", n, time.Since(start))
-	// No duplicate: a sentinel published now by the same publisher (the session delivers a
+	// No duplicate: a sentinel published now by a publisher (the session delivers a
 	// publisher's messages in order) must be the very next message.
-	pub, _ = connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("publisher").SetCleanSession(true))
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("publisher-0").SetCleanSession(true))
 	defer pub.Disconnect(250)
-	p := append([]byte(nil), payload...)
-	binary.BigEndian.PutUint32(p, uint32(n))
-	wait(t, pub.Publish("sensors/data", 1, false, p), "sentinel")
+	wait(t, pub.Publish("sensors/data", 1, false, message(0, perPub)), "sentinel")
 	select {
 	case g := <-recv:
-		if g.err != nil || g.seq != n {
-			t.Fatalf("after all %d: got %+v, want the sentinel %d", n, g, n)
+		if g.err != nil || g.pub != 0 || g.seq != perPub {
+			t.Fatalf("after all %d: got %+v, want the sentinel", n, g)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("sentinel not delivered")
@@ -205,4 +235,97 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 	if m := b.store.Metrics(); m.Deliveries < n+1 {
 		t.Fatalf("Strata made %d deliveries, want at least %d (were they mochi's?)", m.Deliveries, n+1)
 	}
+}
+
+// A second connection with the same client ID takes the session over: the first is
+// disconnected, and a delivery it had not acknowledged goes to the second, marked DUP.
+func TestSessionTakeOver(t *testing.T) {
+	b := startBroker(t)
+	recv1, recv2 := make(chan paho.Message, 10), make(chan paho.Message, 10)
+	lost := make(chan struct{})
+	o1 := paho.NewClientOptions().AddBroker(b.addr).SetClientID("tk").SetCleanSession(false).
+		SetAutoReconnect(false).SetAutoAckDisabled(true). // holds its PUBACK
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { recv1 <- m }).
+		SetConnectionLostHandler(func(paho.Client, error) { close(lost) })
+	c1, _ := connect(t, o1)
+	wait(t, c1.Subscribe("tk/#", 1, nil), "subscribe")
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("tk-pub"))
+	defer pub.Disconnect(250)
+	wait(t, pub.Publish("tk/a", 1, false, "m1"), "publish m1")
+	select {
+	case m := <-recv1:
+		if string(m.Payload()) != "m1" || m.Duplicate() {
+			t.Fatalf("first connection got %q dup=%v", m.Payload(), m.Duplicate())
+		}
+	case <-time.After(waitFor):
+		t.Fatal("first connection received nothing")
+	}
+
+	o2 := paho.NewClientOptions().AddBroker(b.addr).SetClientID("tk").SetCleanSession(false).
+		SetAutoReconnect(false).SetOrderMatters(true).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { recv2 <- m })
+	c2, present := connect(t, o2)
+	defer c2.Disconnect(250)
+	if !present {
+		t.Fatal("session not present for the second connection")
+	}
+	select {
+	case <-lost:
+	case <-time.After(waitFor):
+		t.Fatal("the first connection was not disconnected")
+	}
+	wait(t, pub.Publish("tk/a", 1, false, "m2"), "publish m2")
+	for _, want := range []struct {
+		payload string
+		dup     bool
+	}{{"m1", true}, {"m2", false}} {
+		select {
+		case m := <-recv2:
+			if string(m.Payload()) != want.payload || m.Duplicate() != want.dup {
+				t.Fatalf("second connection got %q dup=%v, want %q dup=%v", m.Payload(), m.Duplicate(), want.payload, want.dup)
+			}
+		case <-time.After(waitFor):
+			t.Fatalf("second connection: %s not received", want.payload)
+		}
+	}
+}
+
+// A durable client that publishes QoS 2 messages to its own subscription, many in flight
+// both ways, uses the same packet IDs in both directions (MQTT keeps them apart, mochi's
+// inflight map does not): every publish completes and every message arrives once.
+func TestPacketIDsOfBothDirections(t *testing.T) {
+	const n = 300
+	b := startBroker(t)
+	recv := make(chan string, 2*n)
+	o := paho.NewClientOptions().AddBroker(b.addr).SetClientID("both").SetCleanSession(false).
+		SetAutoReconnect(false).
+		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { recv <- string(m.Payload()) })
+	c, _ := connect(t, o)
+	defer c.Disconnect(250)
+	wait(t, c.Subscribe("both/#", 2, nil), "subscribe")
+	toks := make([]paho.Token, n)
+	for i := range n {
+		toks[i] = c.Publish("both/x", 2, false, fmt.Sprint(i))
+	}
+	for i, tok := range toks {
+		wait(t, tok, fmt.Sprintf("publish %d", i))
+	}
+	seen := map[string]bool{}
+	for len(seen) < n {
+		select {
+		case p := <-recv:
+			if seen[p] {
+				t.Fatalf("%q delivered twice", p)
+			}
+			seen[p] = true
+		case <-time.After(waitFor):
+			t.Fatalf("received %d of %d", len(seen), n)
+		}
+	}
+	testutil.Eventually(t, waitFor, "every exchange completed", func() error {
+		if in, _ := sessionInfo(b, "both"); in.InflightQoS2 != 0 {
+			return fmt.Errorf("%d QoS 2 in flight", in.InflightQoS2)
+		}
+		return nil
+	})
 }
