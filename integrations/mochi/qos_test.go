@@ -1,131 +1,48 @@
 package mochi
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
-	"io"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/strata-mq/strata/integrations/mochi/internal/rawmqtt"
 	"github.com/strata-mq/strata/internal/testutil"
 )
 
-// rawClient speaks MQTT 3.1.1 packet by packet (mochi's codec), so that a test decides
-// which acknowledgement is sent and when the connection drops.
+// rawClient is a rawmqtt.Client failing the test on errors.
 type rawClient struct {
 	t *testing.T
-	c net.Conn
-	r *bufio.Reader
+	*rawmqtt.Client
 }
 
 // dialRaw connects with clean session = false and returns the CONNACK's session present.
 func dialRaw(t *testing.T, b *broker, id string) (*rawClient, bool) {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(b.addr, "tcp://"))
+	c, present, err := rawmqtt.Dial(b.addr, id, waitFor)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := &rawClient{t: t, c: c, r: bufio.NewReader(c)}
 	t.Cleanup(func() { c.Close() })
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), ClientIdentifier: id, Keepalive: 60}})
-	ack := rc.read()
-	if ack.FixedHeader.Type != packets.Connack || ack.ReasonCode != 0 {
-		t.Fatalf("connect %s: got %v, reason %d", id, ack.FixedHeader.Type, ack.ReasonCode)
-	}
-	return rc, ack.SessionPresent
-}
-
-func (rc *rawClient) send(pk packets.Packet) {
-	rc.t.Helper()
-	pk.ProtocolVersion = 4
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		pk.FixedHeader.Qos = 1
-		err = pk.SubscribeEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	default:
-		rc.t.Fatalf("rawClient cannot send %v", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		rc.t.Fatal(err)
-	}
-	if _, err := rc.c.Write(buf.Bytes()); err != nil {
-		rc.t.Fatal(err)
-	}
-}
-
-// read returns the next packet the broker sends (waitFor at most).
-func (rc *rawClient) read() packets.Packet {
-	rc.t.Helper()
-	_ = rc.c.SetReadDeadline(time.Now().Add(waitFor))
-	b0, err := rc.r.ReadByte()
-	if err != nil {
-		rc.t.Fatalf("read: %v", err)
-	}
-	pk := packets.Packet{ProtocolVersion: 4}
-	if err := pk.FixedHeader.Decode(b0); err != nil {
-		rc.t.Fatal(err)
-	}
-	n, mul := 0, 1
-	for {
-		b, err := rc.r.ReadByte()
-		if err != nil {
-			rc.t.Fatalf("read: %v", err)
-		}
-		n += int(b&127) * mul
-		if b < 128 {
-			break
-		}
-		mul *= 128
-	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(rc.r, body); err != nil {
-		rc.t.Fatalf("read: %v", err)
-	}
-	pk.FixedHeader.Remaining = n
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pingresp:
-	default:
-		rc.t.Fatalf("rawClient got an unexpected %v", pk.FixedHeader.Type)
-	}
-	if err != nil {
-		rc.t.Fatal(err)
-	}
-	return pk
+	return &rawClient{t, c}, present
 }
 
 func (rc *rawClient) subscribe(filter string, qos byte) {
 	rc.t.Helper()
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}})
-	ack := rc.read()
-	if ack.FixedHeader.Type != packets.Suback || len(ack.ReasonCodes) != 1 || ack.ReasonCodes[0] != qos {
-		rc.t.Fatalf("subscribe %s: got %v %v", filter, ack.FixedHeader.Type, ack.ReasonCodes)
+	if err := rc.Subscribe(filter, qos); err != nil {
+		rc.t.Fatal(err)
 	}
+}
+
+func (rc *rawClient) read() packets.Packet {
+	rc.t.Helper()
+	pk, err := rc.Read()
+	if err != nil {
+		rc.t.Fatalf("read: %v", err)
+	}
+	return pk
 }
 
 // expectPublish reads a PUBLISH and checks its payload, QoS and DUP flag.
@@ -150,15 +67,16 @@ func (rc *rawClient) expectPubrel(pid uint16) {
 // expectNothingElse checks that the broker sends nothing before the answer to a PINGREQ.
 func (rc *rawClient) expectNothingElse() {
 	rc.t.Helper()
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
-	if pk := rc.read(); pk.FixedHeader.Type != packets.Pingresp {
-		rc.t.Fatalf("got %v %d, want nothing but the PINGRESP", pk.FixedHeader.Type, pk.PacketID)
+	if err := rc.Ping(); err != nil {
+		rc.t.Fatal(err)
 	}
 }
 
 func (rc *rawClient) ack(typ byte, pid uint16) {
 	rc.t.Helper()
-	rc.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pid})
+	if err := rc.Ack(typ, pid); err != nil {
+		rc.t.Fatal(err)
+	}
 }
 
 // A QoS 2 delivery to a durable session survives the connection at each step of its
@@ -176,7 +94,7 @@ func TestQoS2DeliveryAcrossReconnects(t *testing.T) {
 	wait(t, pub.Publish("q2/t", 2, false, "m1"), "publish m1")
 
 	pid := sub.expectPublish("m1", 2, false)
-	sub.c.Close() // no PUBREC
+	sub.Close() // no PUBREC
 
 	sub, present = dialRaw(t, b, "q2-sub")
 	if !present {
@@ -188,7 +106,7 @@ func TestQoS2DeliveryAcrossReconnects(t *testing.T) {
 	sub.ack(packets.Pubrec, pid)
 	sub.expectPubrel(pid)
 	sub.expectNothingElse() // one PUBREL: mochi does not answer the PUBREC too
-	sub.c.Close()           // no PUBCOMP
+	sub.Close()             // no PUBCOMP
 
 	sub, _ = dialRaw(t, b, "q2-sub")
 	sub.expectPubrel(pid) // the PUBREL again, not the message
