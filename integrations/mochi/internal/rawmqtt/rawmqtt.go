@@ -51,7 +51,7 @@ func Dial(addr, id string, timeout time.Duration) (*Client, bool, error) {
 // Close closes the connection without DISCONNECT.
 func (c *Client) Close() error { return c.c.Close() }
 
-// Send writes a CONNECT, SUBSCRIBE, PUBACK, PUBREC, PUBCOMP or PINGREQ.
+// Send writes a CONNECT, SUBSCRIBE, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP or PINGREQ.
 func (c *Client) Send(pk packets.Packet) error {
 	pk.ProtocolVersion = 4
 	var buf bytes.Buffer
@@ -62,8 +62,13 @@ func (c *Client) Send(pk packets.Packet) error {
 	case packets.Subscribe:
 		pk.FixedHeader.Qos = 1
 		err = pk.SubscribeEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pubrel:
+		pk.FixedHeader.Qos = 1
+		err = pk.PubrelEncode(&buf)
 	case packets.Pubrec:
 		err = pk.PubrecEncode(&buf)
 	case packets.Pubcomp:
@@ -80,13 +85,13 @@ func (c *Client) Send(pk packets.Packet) error {
 	return err
 }
 
-// Ack sends a PUBACK, PUBREC or PUBCOMP (typ) for pid.
+// Ack sends a PUBACK, PUBREC, PUBREL or PUBCOMP (typ) for pid.
 func (c *Client) Ack(typ byte, pid uint16) error {
 	return c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pid})
 }
 
-// Read returns the next packet from the broker: CONNACK, SUBACK, PUBLISH, PUBREL or
-// PINGRESP.
+// Read returns the next packet from the broker: CONNACK, SUBACK, PUBLISH, PUBACK,
+// PUBREC, PUBREL, PUBCOMP or PINGRESP.
 func (c *Client) Read() (packets.Packet, error) {
 	_ = c.c.SetReadDeadline(time.Now().Add(c.timeout))
 	pk := packets.Packet{ProtocolVersion: 4}
@@ -124,8 +129,14 @@ func (c *Client) Read() (packets.Packet, error) {
 		err = pk.SubackDecode(body)
 	case packets.Publish:
 		err = pk.PublishDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(body)
 	case packets.Pubrel:
 		err = pk.PubrelDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
 	case packets.Pingresp:
 	default:
 		err = fmt.Errorf("rawmqtt: unexpected %v", pk.FixedHeader.Type)
