@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,8 +37,14 @@ func startBroker(t *testing.T) *broker {
 // here).
 func startBrokerWith(t *testing.T, so session.Options) *broker {
 	t.Helper()
+	return startBrokerDB(t, nil, so)
+}
+
+// startBrokerDB is startBrokerWith over a DB opened with dbo.
+func startBrokerDB(t *testing.T, dbo *ds.Options, so session.Options) *broker {
+	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	db, err := ds.Open(t.TempDir(), nil)
+	db, err := ds.Open(t.TempDir(), dbo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -328,4 +335,49 @@ func TestPacketIDsOfBothDirections(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// A QoS 1 message the DB refuses (here: over its storage quota) gets no PUBACK and reaches
+// nobody: the hook rejects it and closes the publisher's connection (on MQTT 3.1.1 mochi
+// would acknowledge an OnPublish error other than a rejection).
+func TestStoreFailureIsNotAcknowledged(t *testing.T) {
+	b := startBrokerDB(t, &ds.Options{StorageQuota: 1}, session.Options{})
+	durable, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("quota-durable").SetCleanSession(false))
+	defer durable.Disconnect(250)
+	got := make(chan string, 10)
+	wait(t, durable.Subscribe("quota/#", 1, func(_ paho.Client, m paho.Message) { got <- "durable " + string(m.Payload()) }), "subscribe")
+	plain, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("quota-plain"))
+	defer plain.Disconnect(250)
+	wait(t, plain.Subscribe("quota/#", 1, func(_ paho.Client, m paho.Message) { got <- "plain " + string(m.Payload()) }), "subscribe")
+
+	lost := make(chan error, 1)
+	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("quota-pub").SetAutoReconnect(false).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
+	defer pub.Disconnect(0)
+	tok := pub.Publish("quota/a", 1, false, "refused")
+	select {
+	case <-lost:
+	case <-time.After(waitFor):
+		t.Fatal("the publisher's connection was not closed")
+	}
+	if tok.WaitTimeout(waitFor) && tok.Error() == nil {
+		t.Fatal("the refused message was acknowledged")
+	}
+	// QoS 0 is not stored and still goes through: it arrives after anything that would
+	// have been delivered of the refused message.
+	p2, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("quota-pub2"))
+	defer p2.Disconnect(250)
+	wait(t, p2.Publish("quota/b", 0, false, "sentinel"), "sentinel")
+	seen := map[string]bool{}
+	for len(seen) < 2 {
+		select {
+		case m := <-got:
+			if strings.HasSuffix(m, "refused") {
+				t.Fatalf("the refused message was delivered: %s", m)
+			}
+			seen[m] = true
+		case <-time.After(waitFor):
+			t.Fatalf("sentinels: got %v", seen)
+		}
+	}
 }
