@@ -1,18 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strata-mq/strata/internal/dockertest"
 )
 
 // dockerCluster is three ds-node containers from a FROM-scratch image. Each is attached to two
@@ -33,71 +30,18 @@ type dockerCluster struct {
 // an interrupted run: docker rm -f $(docker ps -aq -f label=strata-ds-node-test) etc.
 const testLabel = "strata-ds-node-test"
 
-// docker runs the docker CLI and returns its trimmed combined output.
-func docker(timeout time.Duration, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "docker", args...).CombinedOutput()
-	s := strings.TrimSpace(string(out))
-	if err != nil {
-		return s, fmt.Errorf("docker %s: %w: %s", strings.Join(args, " "), err, s)
-	}
-	return s, nil
-}
-
 func (c *dockerCluster) docker(args ...string) string {
 	c.t.Helper()
-	out, err := docker(2*time.Minute, args...)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	return out
-}
-
-// createNetwork creates the private network with an explicit subnet (Docker attaches a
-// container with a fixed --ip only to a network with a user-configured subnet): Docker first
-// picks a free one, then the network is re-created with it spelled out.
-func (c *dockerCluster) createNetwork() netip.Prefix {
-	c.t.Helper()
-	var last error
-	for range 5 {
-		if _, err := docker(time.Minute, "network", "create", "--internal", "--label", testLabel, c.network); err != nil {
-			last = err
-			continue
-		}
-		sub, err := docker(time.Minute, "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", c.network)
-		docker(time.Minute, "network", "rm", c.network)
-		if err != nil {
-			last = err
-			continue
-		}
-		prefix, err := netip.ParsePrefix(strings.Fields(sub + " ")[0])
-		if err != nil || !prefix.Addr().Is4() || prefix.Bits() > 28 {
-			last = fmt.Errorf("subnet %q: %v", sub, err)
-			continue
-		}
-		if _, err := docker(time.Minute, "network", "create", "--internal", "--label", testLabel, "--subnet", prefix.String(), c.network); err != nil {
-			last = err // taken meanwhile by a parallel run: try again
-			continue
-		}
-		return prefix
-	}
-	c.t.Fatalf("create network %s: %v", c.network, last)
-	return netip.Prefix{}
+	return dockertest.Must(c.t, args...)
 }
 
 // url returns the base URL of container i's published HTTP port (it changes on restart).
 func (c *dockerCluster) url(i int) (string, error) {
-	out, err := docker(time.Minute, "port", c.names[i], "8080/tcp")
+	ap, err := dockertest.PublishedAddr(c.names[i], "8080/tcp")
 	if err != nil {
 		return "", err
 	}
-	for _, line := range strings.Split(out, "\n") {
-		if ap, err := netip.ParseAddrPort(strings.TrimSpace(line)); err == nil && ap.Addr().Is4() {
-			return "http://" + ap.String(), nil
-		}
-	}
-	return "", fmt.Errorf("no published port for %s: %q", c.names[i], out)
+	return "http://" + ap.String(), nil
 }
 
 // waitUp waits until container i answers GET /status and returns its base URL.
@@ -105,13 +49,12 @@ func (c *dockerCluster) waitUp(i int, timeout time.Duration) string {
 	c.t.Helper()
 	var url string
 	eventually(c.t, timeout, fmt.Sprintf("container %s answers", c.names[i]), func() error {
-		running, err := docker(time.Minute, "inspect", "-f", "{{.State.Running}}", c.names[i])
+		running, err := dockertest.Running(c.names[i])
 		if err != nil {
 			return err
 		}
-		if running != "true" {
-			logs, _ := docker(time.Minute, "logs", "--tail", "30", c.names[i])
-			return fatalf("container %s is not running:\n%s", c.names[i], logs)
+		if !running {
+			return fatalf("container %s is not running:\n%s", c.names[i], dockertest.Logs(c.names[i], 30))
 		}
 		if url, err = c.url(i); err != nil {
 			return err
@@ -179,17 +122,7 @@ func expectUnavailable(t *testing.T, log *ackLog, url, prefix string, bound time
 //	(d) with one site killed the other two accept stores; with a second killed the last refuses
 //	    them with 503; both restarted, nothing acknowledged is lost or duplicated.
 func TestDockerPartitionAndKill(t *testing.T) {
-	if testing.Short() {
-		t.Skip("Docker test: skipped with -short")
-	}
-	if _, err := exec.LookPath("docker"); err != nil {
-		t.Skip("docker is not on PATH: skipping the Docker test")
-	}
-	if out, err := docker(30*time.Second, "info", "--format", "{{.ServerVersion}}"); err != nil {
-		t.Skipf("docker info failed (no Docker Engine reachable?): skipping the Docker test: %v", err)
-	} else {
-		t.Logf("Docker Engine %s", out)
-	}
+	t.Logf("Docker Engine %s", dockertest.SkipUnlessAvailable(t))
 	const (
 		nodes            = 3
 		shards           = 4
@@ -199,50 +132,20 @@ func TestDockerPartitionAndKill(t *testing.T) {
 	testStart := time.Now()
 	bin := buildNode(t, "static")
 
-	id := fmt.Sprintf("dsnode-%d-%04x", os.Getpid(), rand.N(1<<16))
+	id := dockertest.UniqueID("dsnode")
 	c := &dockerCluster{t: t, id: id, image: id + ":test", network: id + "-raft"}
 	for i := range nodes {
 		c.names = append(c.names, fmt.Sprintf("%s-%d", id, i))
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, n := range c.names {
-				logs, _ := docker(time.Minute, "logs", "--tail", "60", n)
-				t.Logf("--- container %s, last 60 lines:\n%s", n, logs)
-			}
-		}
-		args := append([]string{"rm", "-f"}, c.names...)
-		if out, err := docker(2*time.Minute, args...); err != nil && !strings.Contains(out, "No such container") {
-			t.Logf("cleanup: %v", err)
-		}
-		docker(time.Minute, "network", "rm", c.network)
-		docker(time.Minute, "rmi", "-f", c.image)
-	})
+	t.Cleanup(func() { dockertest.Remove(t, 60, c.image, c.network, c.names...) })
 
 	// The image: just the static binary.
-	ctxDir := t.TempDir()
-	b, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ctxDir, "ds-node"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	dockerfile := "FROM scratch\nCOPY ds-node /ds-node\nEXPOSE 7000 8080\nENTRYPOINT [\"/ds-node\"]\n"
-	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c.docker("build", "-q", "--label", testLabel, "-t", c.image, ctxDir)
+	dockertest.BuildScratchImage(t, c.image, testLabel, bin, "ds-node", 7000, 8080)
 
-	subnet := c.createNetwork()
-	addr := subnet.Addr()
-	for range 10 {
-		addr = addr.Next()
-	}
+	subnet := dockertest.CreateNetwork(t, c.network, testLabel, true)
+	c.ips = dockertest.FixedAddrs(subnet, 11, nodes)
 	var raft []string
 	for i := range nodes {
-		addr = addr.Next()
-		c.ips = append(c.ips, addr)
 		raft = append(raft, c.names[i]+":7000")
 	}
 	t.Logf("network %s %v, sites %v at %v", c.network, subnet, raft, c.ips)
