@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -133,6 +134,7 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 //	                    strata_raft_peer_reachable            reached at the last probe (every
 //	                                                          second) or Raft connection (1/0)
 //	                    strata_raft_peer_unreachable_seconds  how long it has been unreachable
+//	                  then what the ds.AdminMetrics options of opts write
 //
 // Replication lag across sites is a query over all sites' metrics, e.g. in PromQL
 // max by (shard) (strata_raft_applied_index) - on (shard) group_right strata_raft_applied_index.
@@ -143,7 +145,15 @@ func (s *Site) AdminHandler(opts ...ds.AdminOption) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	inner := ds.AdminHandler(db, opts...)
+	// The Raft and peer metrics follow ds's in ds's own /metrics, before those of opts.
+	raft := ds.AdminMetrics(func(w io.Writer) error {
+		var b strings.Builder
+		s.raftMetrics(&b)
+		s.peerMetrics(&b)
+		_, err := io.WriteString(w, b.String())
+		return err
+	})
+	inner := ds.AdminHandler(db, append([]ds.AdminOption{raft}, opts...)...)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
@@ -152,19 +162,6 @@ func (s *Site) AdminHandler(opts ...ds.AdminOption) (http.Handler, error) {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		enc.Encode(s.Cluster(ctx))
-	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		m, err := db.Metrics()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		var b strings.Builder
-		b.WriteString(ds.PrometheusText(m))
-		s.raftMetrics(&b)
-		s.peerMetrics(&b)
-		w.Write([]byte(b.String()))
 	})
 	mux.Handle("/", inner)
 	return mux, nil

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/strata-mq/strata/ds"
 )
 
 // TestSiteAdminHandler: every site's /v1/cluster names the same leaders and shows every site
@@ -27,7 +29,11 @@ func TestSiteAdminHandler(t *testing.T) {
 	storeN(t, c.db(0), "a", 20)
 	servers := make([]*httptest.Server, 3)
 	for i, s := range c.sites {
-		h, err := s.AdminHandler()
+		// A broker's own metrics (e.g. a session Store's) come after the Raft metrics.
+		h, err := s.AdminHandler(ds.AdminMetrics(func(w io.Writer) error {
+			_, err := io.WriteString(w, "broker_extra_metric 7\n")
+			return err
+		}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +129,7 @@ func TestSiteAdminHandler(t *testing.T) {
 				leadersPerShard[line]++
 			}
 		}
-		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{"} {
+		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{", "broker_extra_metric 7"} {
 			if !strings.Contains(string(body), series) {
 				t.Fatalf("site %d metrics lack %s:\n%s", i, series, body)
 			}

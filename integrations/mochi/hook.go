@@ -48,6 +48,12 @@ type Options struct {
 	Batch int
 	// Timeout bounds each Strata call made while a packet is being processed. Default 10s.
 	Timeout time.Duration
+	// StoreAll stores every QoS 1 and 2 message, whether or not a session wants it (Wanted).
+	// Brokers sharing a replicated DB need it: a broker learns of a subscription made through
+	// another broker only once its own replica applied it (and after its restart, once it
+	// caught up), and until then would acknowledge matching messages without storing them.
+	// Unwanted messages cost disk until retention drops them.
+	StoreAll bool
 	// ReadAllowed, if set, is asked before each delivery to a durable client whether it may
 	// read the topic (give it the ACL hook's check, e.g. func(cl, t) { return
 	// acl.OnACLCheck(cl, t, false) }): mochi's own hooks cannot be called from outside the
@@ -416,17 +422,17 @@ func (h *Hook) acknowledge(c *conn, pk packets.Packet) error {
 	return nil
 }
 
-// OnPublish stores a QoS 1 or 2 message some durable session wants before mochi answers
-// PUBACK/PUBREC (processPublish calls OnPublish first), and sends a QoS 0 message to the
-// connected durable clients that subscribed to it (see live). If the store fails, the message is
-// rejected (mochi neither acknowledges nor delivers it) and the connection closed, so the
-// client sends it again.
+// OnPublish stores a QoS 1 or 2 message some durable session wants (every one, with
+// Options.StoreAll) before mochi answers PUBACK/PUBREC (processPublish calls OnPublish
+// first), and sends a QoS 0 message to the connected durable clients that subscribed to it
+// (see live). If the store fails, the message is rejected (mochi neither acknowledges nor
+// delivers it) and the connection closed, so the client sends it again.
 func (h *Hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if pk.FixedHeader.Qos == 0 {
 		h.live.publish(cl.ID, pk, h.o.ReadAllowed)
 		return pk, nil
 	}
-	if !h.o.Store.Wanted(pk.TopicName) {
+	if !h.o.StoreAll && !h.o.Store.Wanted(pk.TopicName) {
 		return pk, nil
 	}
 	m := ds.Message{ClientID: cl.ID, Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain}

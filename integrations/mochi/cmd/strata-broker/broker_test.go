@@ -51,6 +51,9 @@ type brokerProc struct {
 	exited chan struct{} // closed when the process exited
 	err    error         // its exit status, set before exited is closed
 	log    string        // its stderr
+
+	listening chan string // the address printed
+	site      chan string // replicated mode: the site ID printed ("site ID raft ADDRESS")
 }
 
 // startProc runs the broker on a free port of 127.0.0.1 over dataDir and waits for the
@@ -58,11 +61,20 @@ type brokerProc struct {
 // More flags may be given (-admin 127.0.0.1:0: its address is read too).
 func startProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brokerProc {
 	t.Helper()
+	p := launchProc(t, bin, dataDir, logPath, more...)
+	p.waitListening(20 * time.Second)
+	return p
+}
+
+// launchProc runs the broker like startProc without waiting for it to listen (a replicated
+// broker listens only once a majority of the initial sites runs): see waitListening.
+func launchProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brokerProc {
+	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(f, "----- start %s\n", time.Now().Format(time.RFC3339Nano))
+	fmt.Fprintf(f, "----- start %s %q\n", time.Now().Format(time.RFC3339Nano), more)
 	args := append([]string{"-listen", "127.0.0.1:0", "-data", dataDir, "-owner", "test-broker", "-log-level", "warn"}, more...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = f
@@ -74,16 +86,19 @@ func startProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brok
 		f.Close()
 		t.Fatal(err)
 	}
-	p := &brokerProc{t: t, cmd: cmd, exited: make(chan struct{}), log: logPath}
-	addr := make(chan string, 1)
+	p := &brokerProc{t: t, cmd: cmd, exited: make(chan struct{}), log: logPath, listening: make(chan string, 1),
+		site: make(chan string, 1)}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "site "); ok {
+				p.site <- strings.Fields(a)[0]
+			}
 			if a, ok := strings.CutPrefix(sc.Text(), "admin on "); ok {
 				p.admin = "http://" + a // printed before the listening line
 			}
 			if a, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
-				addr <- a
+				p.listening <- a
 			}
 		}
 		p.err = cmd.Wait() // after stdout is read to its end, as Wait requires
@@ -94,15 +109,20 @@ func startProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brok
 		_ = cmd.Process.Kill()
 		<-p.exited
 	})
+	return p
+}
+
+// waitListening waits for the address the broker prints and sets p.addr (and p.admin).
+func (p *brokerProc) waitListening(timeout time.Duration) {
+	p.t.Helper()
 	select {
-	case a := <-addr:
+	case a := <-p.listening:
 		p.addr = "tcp://" + a
 	case <-p.exited:
-		t.Fatalf("broker exited before listening: %v\n%s", p.err, p.tail())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("broker did not print its address within 20s\n%s", p.tail())
+		p.t.Fatalf("broker exited before listening: %v\n%s", p.err, p.tail())
+	case <-time.After(timeout):
+		p.t.Fatalf("broker did not print its address within %v\n%s", timeout, p.tail())
 	}
-	return p
 }
 
 func (p *brokerProc) tail() string {
