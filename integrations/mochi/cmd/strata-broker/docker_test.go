@@ -755,11 +755,9 @@ func TestDockerKillAndPartition(t *testing.T) {
 		c.waitRejoined(i, i, 60*time.Second) // every group has a leader, every site is reached
 	}
 
-	// The durable subscriber subscribes through broker 0 and disconnects. Until a site's replica
-	// applied the subscription, its broker acknowledges the messages published through it
-	// without storing them (Store.Wanted: nobody wants them): before it disconnects, a warm-up
-	// client publishes through each broker until one of its messages is delivered, and only
-	// then do the publishers start.
+	// The durable subscriber subscribes through broker 0 and disconnects; before that, a
+	// warm-up client publishes through each broker until one of its messages is delivered
+	// (every broker serves and delivers before the publishers start).
 	l := newDKLedger()
 	sub := newDKSub(t, l, "docker-durable-sub")
 	if sub.connect(c.mqttAddr(0)) {
