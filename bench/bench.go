@@ -33,6 +33,7 @@ type Config struct {
 	Metrics       bool
 	Quick         bool
 	RaftInFlight  int // replicated: raftgroup.Config.MaxInFlight (0: its default)
+	RaftLogShards int // replicated: raftgroup.Config.LogShards (0: its default)
 }
 
 // Result is one line of the report (and one object of the -json output).

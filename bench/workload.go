@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -181,4 +182,13 @@ func progressLine(name string, total int, done *atomic.Int64, stop chan struct{}
 				Human(float64(d)/time.Since(start).Seconds()))
 		}
 	}
+}
+
+// processCPU returns the CPU time (user + system) this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

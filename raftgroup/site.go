@@ -110,6 +110,11 @@ func (s *Site) startNodeHost() error {
 	default:
 		nhc.Expert.LogDB = config.GetLargeMemLogDBConfig()
 	}
+	// One round's entries of all groups in one LogDB write and fsync (Config.LogShards).
+	n := uint64(s.file.logShards())
+	nhc.Expert.Engine = config.GetDefaultEngineConfig()
+	nhc.Expert.Engine.ExecShards = n
+	nhc.Expert.LogDB.Shards = n
 	if c.transport != nil {
 		nhc.Expert.TransportFactory = c.transport
 	}
@@ -213,7 +218,6 @@ func sameSchema(a, b Schema) bool {
 		slices.Equal(a.WildcardThresholds, b.WildcardThresholds) && a.Retention == b.Retention && a.GenerationSpan == b.GenerationSpan
 }
 
-// ID returns the site's ID.
 func (s *Site) ID() SiteID { return s.file.ID }
 
 // RaftAddress returns the site's Raft address.

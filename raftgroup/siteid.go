@@ -63,6 +63,20 @@ type siteFile struct {
 	// that an inspection of the stopped site's directory (Inspect) knows it without reading
 	// the meta group's Raft log. 0 in directories written before it was recorded.
 	NShards int `json:"nshards,omitempty"`
+	// LogShards is Config.LogShards as the site was created with (dragonboat refuses another
+	// value later). 0 in directories written before it was recorded: they use 16.
+	LogShards int `json:"log_shards,omitempty"`
+}
+
+// legacyLogShards is dragonboat's default, which sites created before Config.LogShards used.
+const legacyLogShards = 16
+
+// logShards is the number of engine and LogDB shards the site's NodeHost must use.
+func (f siteFile) logShards() int {
+	if f.LogShards == 0 {
+		return legacyLogShards
+	}
+	return f.LogShards
 }
 
 const siteFileName = "SITE"
@@ -85,7 +99,7 @@ func loadOrCreateSite(cfg *Config) (siteFile, bool, error) {
 	if !cfg.Join && len(cfg.InitialSites) == 0 {
 		return siteFile{}, false, fmt.Errorf("%w: %s holds no site: set InitialSites to bootstrap or Join to join", ErrInvalidConfig, cfg.Dir)
 	}
-	f = siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress}
+	f = siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress, LogShards: cfg.LogShards}
 	if _, err := rand.Read(f.ID[:]); err != nil {
 		return f, false, err
 	}

@@ -60,6 +60,7 @@ func main() {
 	raftShards := flag.Int("raft-shards", 4, "replicated: shards (fewer shards, larger Raft entries)")
 	sites := flag.Int("sites", 3, "replicated: sites in this process (replication factor 3)")
 	flag.IntVar(&c.RaftInFlight, "raft-inflight", 0, "replicated: proposals in flight per shard and site (0: the default)")
+	flag.IntVar(&c.RaftLogShards, "raft-log-shards", 0, "replicated: raftgroup.Config.LogShards, the Raft log writers per site (0: the default, 1)")
 	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
 	fanN := flag.Int("fanout-n", 20_000, "fan-out: messages in the stream")
 	span := flag.Duration("retention-span", 100*time.Millisecond, "retention: GenerationSpan (Retention is twice it)")

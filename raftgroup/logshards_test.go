@@ -1,0 +1,48 @@
+package raftgroup
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLogShardsFixedAtCreation: the number of Raft log writers a site was created with is
+// recorded in its SITE file and kept across restarts whatever Config.LogShards says
+// (dragonboat refuses to open its directory with another number); a SITE file written before
+// the setting existed means dragonboat's 16.
+func TestLogShardsFixedAtCreation(t *testing.T) {
+	logShards := 4
+	c := newTestCluster(t, 1, 2, func(_ int, cfg *Config) { cfg.LogShards = logShards })
+	storeN(t, c.db(0), "a", 10)
+	dir := c.sites[0].cfg.Dir
+	f, err := readSiteFile(dir)
+	if err != nil || f.LogShards != 4 || f.logShards() != 4 {
+		t.Fatalf("SITE file: %+v, %v; want log shards 4", f, err)
+	}
+	c.close(0)
+	logShards = 1 // ignored: the site keeps 4
+	c.restart(0)
+	storeN(t, c.db(0), "b", 10)
+	c.close(0)
+
+	// A directory from before LogShards was recorded: its NodeHost was created with 16.
+	legacyShards := legacyLogShards
+	legacy := newTestCluster(t, 1, 2, func(_ int, cfg *Config) { cfg.LogShards = legacyShards })
+	storeN(t, legacy.db(0), "a", 10)
+	ldir := legacy.sites[0].cfg.Dir
+	legacy.close(0)
+	b, err := os.ReadFile(filepath.Join(ldir, siteFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"log_shards": 16`) {
+		t.Fatalf("SITE file without log_shards 16:\n%s", b)
+	}
+	if err := os.WriteFile(filepath.Join(ldir, siteFileName), []byte(strings.Replace(string(b), `"log_shards": 16`, `"log_shards": 0`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	legacyShards = 1
+	legacy.restart(0) // Config.LogShards 1, but the SITE file says nothing: opens with 16
+	storeN(t, legacy.db(0), "b", 10)
+}
