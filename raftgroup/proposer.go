@@ -270,6 +270,22 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 	backoff := 5 * time.Millisecond
 	unknown := false
 	var last error
+	var noLeaderSince time.Time // the first of the current run of attempts that found no leader
+	// failFast is the error of a proposal given up because the shard cannot commit now.
+	failFast := func(attempts int, why string) error {
+		if unknown {
+			return fmt.Errorf("%w: %w: %w: shard %d: %s; an earlier attempt may still commit (%d attempts in %v)",
+				shard.ErrUnavailable, shard.ErrOutcomeUnknown, ErrNoQuorum, p.id, why, attempts, time.Since(start).Round(time.Millisecond))
+		}
+		if attempts == 0 {
+			return fmt.Errorf("%w: %w: shard %d: %s (not proposed: nothing stored)", shard.ErrUnavailable, ErrNoQuorum, p.id, why)
+		}
+		return fmt.Errorf("%w: %w: shard %d: %s (%d attempts in %v, nothing stored)",
+			shard.ErrUnavailable, ErrNoQuorum, p.id, why, attempts, time.Since(start).Round(time.Millisecond))
+	}
+	if why, lost := p.site.quorumLost(p.group); lost {
+		return 0, nil, failFast(0, why)
+	}
 	session := p.site.nh.GetNoOPSession(p.group)
 	for attempt := 0; ; attempt++ {
 		if prop.seq != 0 {
@@ -324,9 +340,22 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 			}
 			last = err
 		}
-		// Give up once the site closes, the timeout passed, or no caller waits any more.
+		// Give up once the site closes, the timeout passed, or no caller waits any more; fail
+		// fast once the shard cannot commit (no quorum reachable, or no leader for long).
 		if p.closing() {
 			return 0, nil, closedErr(unknown)
+		}
+		if why, lost := p.site.quorumLost(p.group); lost {
+			return 0, nil, failFast(attempt+1, why)
+		}
+		if errors.Is(last, dragonboat.ErrShardNotReady) {
+			if noLeaderSince.IsZero() {
+				noLeaderSince = time.Now()
+			} else if d := time.Since(noLeaderSince); d > p.site.noLeaderAfter() {
+				return 0, nil, failFast(attempt+1, fmt.Sprintf("no leader for %v", d.Round(100*time.Millisecond)))
+			}
+		} else {
+			noLeaderSince = time.Time{}
 		}
 		if time.Now().After(deadline) || allGone(batch) {
 			err := fmt.Errorf("%w: %d attempts in %v: %w (nothing stored)", shard.ErrUnavailable, attempt+1,
