@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/strata-mq/strata/bench"
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup"
 )
 
 func main() {
@@ -30,6 +31,7 @@ func main() {
 	subjects := flag.Int("subjects", 1000, "subjects (JetStream) / publishers (Strata)")
 	payload := flag.Int("payload", 1024, "payload bytes")
 	syncAlwaysN := flag.Int("syncalways-n", 5000, "messages for the SyncAlways run (it does ~3k msgs/s)")
+	r3N := flag.Int("r3-n", 100_000, "messages for Strata R3 (three sites in this process; it does ~20k msgs/s)")
 	flag.Parse()
 	if *n < *subjects || *subjects < 1 {
 		fmt.Fprintln(os.Stderr, "peers: need -n >= -subjects >= 1")
@@ -60,6 +62,8 @@ func main() {
 	rows = append(rows, st.readAll, st.filtered)
 	stNoSync, err := strataRun(*n, *subjects, data, ds.NoSync)
 	add(stNoSync.publish, err)
+	stR3, err := strataR3Publish(min(*r3N, *n), *subjects, *payload)
+	add(stR3, err)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\t\tdurability")
@@ -71,9 +75,19 @@ func main() {
 	fmt.Printf("durable ingest, Strata (fsync per commit) / JetStream R1 default sync (no fsync per write): %.2f×\n", st.publish.rate()/js.publish.rate())
 	fmt.Printf("NoSync ingest, Strata NoSync / JetStream R1 default sync (neither fsyncs per write):     %.2f×\n", stNoSync.publish.rate()/js.publish.rate())
 	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
-	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×  (Strata R3 comes with replication)\n", st.publish.rate()/r3.rate())
+	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×\n", st.publish.rate()/r3.rate())
+	fmt.Printf("replicated ingest, Strata R3 (fsync per Raft round) / JetStream R3 (no fsync per write):  %.2f×\n", stR3.rate()/r3.rate())
 	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
 	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", *subjects, st.filtered.rate()/js.filtered.rate())
+}
+
+// strataR3Publish runs ds-bench's replicated ingest: three Strata sites in this process on
+// loopback (replication factor 3, 16 shards, dragonboat's Pebble log), publishers over the
+// sites, each Store acknowledged once a quorum holds it in its fsynced Raft log.
+func strataR3Publish(n, publishers, payload int) (row, error) {
+	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16}, 3, raftgroup.LogDBPebble)
+	return row{name: "Strata R3 publish (3 sites, 16 shards, loopback)", msgs: r.Msgs, elapsed: r.Elapsed,
+		durability: "fsync per Raft round, replicated to 3"}, err
 }
 
 type row struct {
