@@ -48,6 +48,8 @@ func main() {
 	flag.BoolVar(&c.Metrics, "metrics", false, "print Strata's and Pebble's metrics after ingest")
 	flag.BoolVar(&c.Replay, "replay", true, "run the replay scenarios after ingest")
 	flag.IntVar(&c.MemTableBytes, "memtable", 0, "Options.Expert.MemTableBytes (0: the default)")
+	recoveryChild := flag.String(bench.RecoveryChildFlag, "", "internal: run as the recovery scenario's writing child over this DB directory")
+	recoveryBytes := flag.Int64("recovery-bytes", 2<<30, "recovery: how many bytes the DB holds when the writing child is killed")
 	flag.DurationVar(&c.Flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	traceFile := flag.String("trace", "", "write a Go execution trace of the whole run to this file (go tool trace; -pprof=sync|syscall|sched)")
@@ -55,7 +57,7 @@ func main() {
 	report := flag.String("report", "", "also write an HTML report with charts to this file")
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
 	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated,subscribe,subscribe-replicated,sessions",
-		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites), sessions (ingest with -sessions-count durable sessions vs without, resume)")
+		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites), sessions (ingest with -sessions-count durable sessions vs without, resume), recovery (Open after kill -9 of a child writing at full load, at -recovery-bytes; not in the default set)")
 	logdbs := flag.String("raft-logdb", "pebble", "replicated: Raft LogDB(s) to measure, comma-separated: pebble, tan (tan measured 0.6× of pebble with 16 shards)")
 	raftN := flag.Int("raft-n", 200_000, "replicated: messages (the cluster ingests ~20k msgs/s here; capped by -n)")
 	raftShards := flag.Int("raft-shards", 16, "replicated: shards (the DB's default; fewer shards, larger Raft entries)")
@@ -86,6 +88,12 @@ func main() {
 	flag.IntVar(&ssc.ResumeN, "sessions-resume-n", 100_000, "sessions: unacknowledged QoS 1 messages of the resumed session (0: no resume run)")
 	flag.DurationVar(&ssc.CheckpointInterval, "sessions-checkpoint", 0, "sessions: session.Options.CheckpointInterval (0: the default, 1s)")
 	flag.Parse()
+	if *recoveryChild != "" {
+		if err := bench.RecoveryChild(*recoveryChild, c); err != nil {
+			fail("recovery child: %v", err)
+		}
+		return
+	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(*scenarios, ",") {
 		want[strings.TrimSpace(s)] = true
@@ -199,6 +207,17 @@ func main() {
 			}
 			results = append(results, r)
 		}
+	}
+	if want["recovery"] {
+		self, err := os.Executable()
+		if err != nil {
+			fail("recovery: %v", err)
+		}
+		r, err := bench.RunRecovery(c, self, *recoveryBytes)
+		if err != nil {
+			fail("%v", err)
+		}
+		results = append(results, r)
 	}
 	if want["replicated"] {
 		for _, l := range strings.Split(*logdbs, ",") {
