@@ -122,11 +122,25 @@ func (c *testCluster) requireAllRead(acked []string, timeout time.Duration) {
 // TestClusterLeaderLoss: the site leading most shards is closed mid-stream; the others elect
 // new leaders and go on taking writes; the closed site restarts and catches up; every
 // acknowledged message is on every site exactly once and the replicas are identical.
-func TestClusterLeaderLoss(t *testing.T) {
+func TestClusterLeaderLoss(t *testing.T) { testLeaderLoss(t, 3) }
+
+// TestClusterLeaderLossFiveSites is TestClusterLeaderLoss with five sites and replication
+// factor 3 (two non-voting replicas per shard).
+func TestClusterLeaderLossFiveSites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("five sites")
+	}
+	testLeaderLoss(t, 5)
+}
+
+func testLeaderLoss(t *testing.T, sites int) {
 	const nShards = 4
-	c := newTestCluster(t, 3, nShards, nil)
+	c := newTestCluster(t, sites, nShards, nil)
 	var mu sync.Mutex
-	live := []*ds.DB{c.db(0), c.db(1), c.db(2)}
+	var live []*ds.DB
+	for i := range sites {
+		live = append(live, c.db(i))
+	}
 	dbs := func() []*ds.DB { mu.Lock(); defer mu.Unlock(); return live }
 	w := startWriter(t, dbs, 8)
 	w.waitAcked(t, 200, "writes before the loss")
@@ -143,7 +157,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	c.close(victim)
 	w.waitAcked(t, 300, "writes after the leader site closed")
 	// Every group has a leader again, on a live site.
-	survivor := (victim + 1) % 3
+	survivor := (victim + 1) % sites
 	eventually(t, 10*time.Second, "new leaders", func() error {
 		for _, g := range c.sites[survivor].Groups() {
 			if g.Leader == 0 || g.Leader == uint64(slotOfSite(c, victim)) && !g.Meta {
