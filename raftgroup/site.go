@@ -165,6 +165,7 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 		}
 	}
 	// Wait for the schema in the local meta replica (a bootstrapping site proposes it).
+	waitStart := time.Now()
 	for {
 		st, err := s.localMeta()
 		if err == nil && st.Schema != nil {
@@ -178,8 +179,14 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 			}
 			break
 		}
-		if boot {
-			s.proposeMeta(ctx, &metaCmd{Op: opBootstrap, Schema: &local, Sites: s.file.Bootstrap})
+		// Propose the schema when the local meta replica is initialized without one: at once on
+		// a fresh site; on a restarted one only if its own log did not bring the schema within
+		// an attempt timeout (it crashed during the bootstrap). Wait at most one attempt: the
+		// loop looks at the local replica again after each.
+		if boot && err == nil && (fresh || time.Since(waitStart) > s.attemptTimeout()) {
+			pctx, cancel := context.WithTimeout(ctx, s.attemptTimeout())
+			s.proposeMeta(pctx, &metaCmd{Op: opBootstrap, Schema: &local, Sites: s.file.Bootstrap})
+			cancel()
 		}
 		select {
 		case <-ctx.Done():
