@@ -95,7 +95,9 @@ func runRawVariant(c Config, v rawVariant) (Result, error) {
 		r.setRun(lats, series)
 		return r, err
 	}
-	const batch = 1000
+	// 1000 messages per commit, fewer for large payloads (at most ~4 MiB per commit) or few
+	// messages (at least one round per writer).
+	batch := max(1, min(1000, (4<<20)/max(c.Payload, 1), c.N/c.Shards))
 	rounds := c.N / batch / c.Shards
 	elapsed, _, _, err := runPublishers(name, rounds*c.Shards, c.Shards, c.Progress, func(w, r int) error {
 		b := db.NewBatch()

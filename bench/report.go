@@ -25,7 +25,7 @@ func WriteHTML(w io.Writer, title string, rs []Result) error {
 		}
 		charts = append(charts, chartRow{Name: r.Name, Throughput: lineChart(r.Series), Latency: barChart(r.LatencyHist)})
 	}
-	return reportTemplate.Execute(w, map[string]any{"Title": title, "Results": rs, "Charts": charts})
+	return reportTemplate.Execute(w, map[string]any{"Title": title, "Results": rs, "Charts": charts, "Sweep": sweepChart(rs)})
 }
 
 var reportTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
@@ -47,7 +47,9 @@ svg text{font-size:11px;fill:#555}
 <table><tr><th>scenario</th><th>messages</th><th>time</th><th>msgs/s</th><th>p50</th><th>p99</th><th>p99.9</th><th>note</th></tr>
 {{range .Results}}<tr><td>{{.Name}}</td><td>{{.Msgs}}</td><td>{{ms .Elapsed}}</td><td>{{rate .}}</td>{{if or .P50 .P99 .P999}}<td>{{dur .P50}}</td><td>{{dur .P99}}</td><td>{{dur .P999}}</td>{{else}}<td>-</td><td>-</td><td>-</td>{{end}}<td>{{.Note}}</td></tr>
 {{end}}</table>
-{{range .Charts}}<h3>{{.Name}}</h3>
+{{if .Sweep}}<h3>payload sweep: MB/s of payload, Strata's durable ingest (blue) and raw Pebble batched (grey)</h3>
+<div class="chart">{{.Sweep}}</div>
+{{end}}{{range .Charts}}<h3>{{.Name}}</h3>
 <div class="chart"><h4>throughput over time (msgs/s, every 250 ms)</h4>{{.Throughput}}</div>
 <div class="chart"><h4>Store latency distribution (share of calls)</h4>{{.Latency}}</div>
 {{end}}</body></html>

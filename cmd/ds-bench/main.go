@@ -50,6 +50,7 @@ func main() {
 	flag.IntVar(&c.MemTableBytes, "memtable", 0, "Options.Expert.MemTableBytes (0: the default)")
 	recoveryChild := flag.String(bench.RecoveryChildFlag, "", "internal: run as the recovery scenario's writing child over this DB directory")
 	recoveryBytes := flag.Int64("recovery-bytes", 2<<30, "recovery: how many bytes the DB holds when the writing child is killed")
+	sweep := flag.String("payload-sweep", "128", "ingest: also measure these payload sizes (comma-separated bytes, e.g. 64,128,1024,8192,65536), each next to raw Pebble batched; empty: none")
 	flag.DurationVar(&c.Flush, "flush", 0, "Options.FlushInterval (0: the default)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	traceFile := flag.String("trace", "", "write a Go execution trace of the whole run to this file (go tool trace; -pprof=sync|syscall|sched)")
@@ -207,6 +208,21 @@ func main() {
 			}
 			results = append(results, r)
 		}
+	}
+	if want["ingest"] && strings.TrimSpace(*sweep) != "" {
+		var sizes []int
+		for _, f := range strings.Split(*sweep, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 0 {
+				fail("-payload-sweep: %q is not a size in bytes", f)
+			}
+			sizes = append(sizes, n)
+		}
+		rs, err := bench.RunPayloadSweep(c, sizes)
+		if err != nil {
+			fail("%v", err)
+		}
+		results = append(results, rs...)
 	}
 	if want["recovery"] {
 		self, err := os.Executable()
