@@ -3,7 +3,7 @@
 // back, and a consumer filtered to one subject. It lives in its own module so that the
 // library's go.mod never carries nats-server's dependency tree.
 //
-//	cd bench/peers && go run . -n 200000
+//	cd bench/peers && go run . -n 200000   # 1 KiB and 128 B payloads
 package main
 
 import (
@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"text/tabwriter"
 	"time"
@@ -29,7 +31,7 @@ import (
 func main() {
 	n := flag.Int("n", 200_000, "messages")
 	subjects := flag.Int("subjects", 1000, "subjects (JetStream) / publishers (Strata)")
-	payload := flag.Int("payload", 1024, "payload bytes")
+	payloads := flag.String("payload", "1024,128", "payload sizes in bytes, comma-separated: the whole table per size")
 	syncAlwaysN := flag.Int("syncalways-n", 5000, "messages for the SyncAlways run (it does ~3k msgs/s)")
 	r3N := flag.Int("r3-n", 100_000, "messages for Strata R3 (three sites in this process; it does ~20k msgs/s)")
 	flag.Parse()
@@ -37,7 +39,24 @@ func main() {
 		fmt.Fprintln(os.Stderr, "peers: need -n >= -subjects >= 1")
 		os.Exit(2)
 	}
-	data := make([]byte, *payload)
+	for i, f := range strings.Split(*payloads, ",") {
+		size, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || size < 1 {
+			fmt.Fprintf(os.Stderr, "peers: -payload %q is not a size in bytes\n", f)
+			os.Exit(2)
+		}
+		if i > 0 {
+			fmt.Println()
+		}
+		fmt.Printf("== %d B payloads\n", size)
+		runAll(*n, *subjects, size, *syncAlwaysN, *r3N)
+	}
+}
+
+// runAll runs every peer and Strata scenario with payloads of size bytes and prints the table
+// and the ratios.
+func runAll(n, subjects, size, syncAlwaysN, r3N int) {
+	data := make([]byte, size)
 	for i := range data {
 		data[i] = byte(i*7 + 3)
 	}
@@ -49,20 +68,20 @@ func main() {
 		}
 		rows = append(rows, r)
 	}
-	js, err := jetStreamRun(false, *n, *subjects, data)
+	js, err := jetStreamRun(false, n, subjects, data)
 	add(row{name: "JetStream R1 publish, default sync"}, err)
 	rows[len(rows)-1] = js.publish
 	rows = append(rows, js.readAll, js.filtered)
-	jsAlways, err := jetStreamRun(true, *syncAlwaysN, min(*subjects, *syncAlwaysN), data)
+	jsAlways, err := jetStreamRun(true, syncAlwaysN, min(subjects, syncAlwaysN), data)
 	add(jsAlways.publish, err)
-	r3, err := jetStreamR3Publish(*n, *subjects, data)
+	r3, err := jetStreamR3Publish(n, subjects, data)
 	add(r3, err)
-	st, err := strataRun(*n, *subjects, data, ds.Sync)
+	st, err := strataRun(n, subjects, data, ds.Sync)
 	add(st.publish, err)
 	rows = append(rows, st.readAll, st.filtered)
-	stNoSync, err := strataRun(*n, *subjects, data, ds.NoSync)
+	stNoSync, err := strataRun(n, subjects, data, ds.NoSync)
 	add(stNoSync.publish, err)
-	stR3, err := strataR3Publish(min(*r3N, *n), *subjects, *payload)
+	stR3, err := strataR3Publish(min(r3N, n), subjects, size)
 	add(stR3, err)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -78,7 +97,7 @@ func main() {
 	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×\n", st.publish.rate()/r3.rate())
 	fmt.Printf("replicated ingest, Strata R3 (fsync per Raft round) / JetStream R3 (no fsync per write):  %.2f×\n", stR3.rate()/r3.rate())
 	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
-	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", *subjects, st.filtered.rate()/js.filtered.rate())
+	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", subjects, st.filtered.rate()/js.filtered.rate())
 }
 
 // strataR3Publish runs ds-bench's replicated ingest: three Strata sites in this process on
