@@ -57,7 +57,7 @@ func ReadManifest(dir string) (Manifest, error) {
 	if !found {
 		return Manifest{}, fmt.Errorf("%s: no %s manifest, not a Strata data directory: %w", dir, manifestName, os.ErrNotExist)
 	}
-	return Manifest{Format: m.Format, NShards: m.NShards, PebblePerShard: m.PebblePerShard, Created: m.Created}, nil
+	return Manifest(m), nil
 }
 
 // Inspector is a read-only view of a store's data: an embedded data directory (the kind Open

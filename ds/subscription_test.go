@@ -53,11 +53,11 @@ func requireNothing(t testing.TB, s *ds.Subscription) {
 
 func TestSubscriptionTailDeliversMatchingInOrder(t *testing.T) {
 	d := openTestDB(t, fastOptions())
-	pos, err := d.TailPosition()
+	_, err := d.TailPosition()
 	require.NoError(t, err)
 	// Stored before the subscription's position: never delivered.
 	d.store(msg("c0", "room/1/temp", 0))
-	pos, err = d.TailPosition()
+	pos, err := d.TailPosition()
 	require.NoError(t, err)
 	s, err := d.Subscribe("room/+/temp", pos, nil)
 	require.NoError(t, err)
@@ -101,7 +101,6 @@ func TestSubscriptionTailDeliversMatchingInOrder(t *testing.T) {
 // and generations of each shard: every matching message, in publisher order.
 func TestSubscriptionCatchUpMergesStreamsAndGenerations(t *testing.T) {
 	d := openTestDB(t, fastOptions(func(o *ds.Options) { o.WildcardThresholds = []int{3, 2} }))
-	type pub struct{ client, topic string }
 	var want []ds.Ref
 	perClient := map[string][]ds.Ref{}
 	for i := 0; i < 2000; i++ {

@@ -199,15 +199,14 @@ func TestClusterSession(t *testing.T) {
 		have := func() int {
 			n := 0
 			for _, m := range msgs {
-				k := string(m.Payload)
-				f, acked := fate[k]
+				f, acked := fate[string(m.Payload)]
 				switch {
 				case !acked:
-					if _, ok := again[k]; ok {
+					if _, ok := again[string(m.Payload)]; ok {
 						n++
 					}
 				case f == released:
-					if releases[got[k].PacketID] {
+					if releases[got[string(m.Payload)].PacketID] {
 						n++
 					}
 				}

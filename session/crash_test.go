@@ -107,11 +107,10 @@ func inboundMessage(pid uint16) ds.Message {
 // crashWorkload runs the publisher and the subscriber until ctx ends. emit, if not nil, is
 // called for every step (the child process prints it).
 type crashWorkload struct {
-	db  *ds.DB
-	st  *session.Store
-	s   *session.Session
-	o   *crashOracle
-	rng *rand.Rand // for the publisher; the subscriber has its own
+	db *ds.DB
+	st *session.Store
+	s  *session.Session
+	o  *crashOracle
 }
 
 func (w *crashWorkload) publish(ctx context.Context, seed uint64, emit func(string)) error {

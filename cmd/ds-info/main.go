@@ -279,13 +279,6 @@ func (c *command) table() *tabwriter.Writer {
 	return tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 }
 
-func storageMode(m ds.Manifest) string {
-	if m.PebblePerShard {
-		return "pebble per shard"
-	}
-	return "shared pebble"
-}
-
 // open opens the subcommand's source, -dir or -url. On failure it prints why and returns
 // the exit status.
 func (c *command) openSource() (source, int) {

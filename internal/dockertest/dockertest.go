@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -74,13 +73,9 @@ func UniqueID(prefix string) string {
 }
 
 // BuildStatic builds the Go main package in dir into the executable out with CGO_ENABLED=0,
-// so that it runs in a FROM-scratch image (no libc). It uses the go command on PATH, else the
-// one of the toolchain the test was built with.
+// so that it runs in a FROM-scratch image (no libc). It uses the go command on PATH.
 func BuildStatic(dir, out string) error {
 	goBin := "go"
-	if _, err := exec.LookPath(goBin); err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, ".")
