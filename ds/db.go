@@ -188,8 +188,10 @@ type Ref struct {
 // shard stored none of the call's messages, while other shards' messages may be stored (their
 // Refs are set). ctx bounds the wait for room in a full queue (back-pressure); once queued,
 // Store waits for the outcome, so a returned error says the messages were not stored, with
-// one exception: ErrFailed (a failed fsync) means durability is unknown. The Message values
-// are not retained.
+// two exceptions: ErrFailed (a failed fsync) means durability is unknown, and an error
+// wrapping ErrOutcomeUnknown (replicated: an attempt reached a leader whose answer was lost)
+// means they may be stored — read before storing them again. The Message values are not
+// retained.
 func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 	exit, err := db.enter()
 	if err != nil {

@@ -51,6 +51,6 @@
 // This package does not depend on raftgroup; a broker picks one or the other when it opens the
 // DB and uses the same API afterwards.
 //
-// See docs/design-changes.md for where the code departs from the first design map, and
-// package layout for the on-disk format.
+// See docs/DESIGN.md for the design (its section 12 "Decisions" says what was decided and why),
+// and package layout for the on-disk format.
 package ds

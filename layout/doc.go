@@ -31,9 +31,9 @@
 //	+---+-----+----------+-------------+-------------+----------------------+---------+
 //
 // static is the ID of the trie node where the topic's path ends: the stream key. level i is the
-// 1-based position of the level in the topic (0 is taken by the data keys). Unlike the sketch in
-// DESIGN.md §2, index keys end at ts: a timestamp is unique within a shard, so the varying levels
-// would add bytes and no information. The join re-checks the topic on the data key, which also
+// 1-based position of the level in the topic (0 is taken by the data keys). Index keys end at
+// ts (docs/DESIGN.md, section 12 "Decisions", item 1): a timestamp is unique within a shard, so
+// the varying levels would add bytes and no information. The join re-checks the topic on the data key, which also
 // covers hash collisions.
 //
 // LTS trie record, one per learned edge or stream, in the order they were learned:
