@@ -83,14 +83,21 @@ type api struct {
 	storeTimeout time.Duration
 }
 
-func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration) http.Handler {
+// newAPI serves the JSON API above and, on every other path, the site's admin handler
+// (raftgroup.Site.AdminHandler: /metrics, /v1/..., what ds-info -url reads).
+func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration) (http.Handler, error) {
+	admin, err := site.AdminHandler()
+	if err != nil {
+		return nil, err
+	}
 	a := &api{site: site, db: db, log: log, storeTimeout: storeTimeout}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /store", a.store)
 	mux.HandleFunc("GET /read", a.read)
 	mux.HandleFunc("GET /status", a.status)
 	mux.HandleFunc("POST /sites", a.addSite)
-	return mux
+	mux.Handle("/", admin)
+	return mux, nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

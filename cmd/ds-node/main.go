@@ -49,6 +49,11 @@
 //	              Replicas at the same applied index have the same sum.
 //	POST /sites   body: {"id": "<16 hex digits>", "raft_address": "host:port"}: adds a site
 //	              started with -join (Site.AddSite). 200: {}.
+//
+// Every other path is the site's admin handler (raftgroup.Site.AdminHandler): /metrics
+// (Prometheus), /v1/cluster and ds's /v1/... views, so that `ds-info -url http://HOST:PORT`
+// works against a node. Like /read, /v1/messages serves payloads without access control:
+// expose the HTTP address only where that is acceptable.
 package main
 
 import (
@@ -178,8 +183,12 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("-http-addr: %w", err)
 	}
+	api, err := newAPI(site, db, log, *storeTimeout)
+	if err != nil {
+		return fmt.Errorf("HTTP API: %w", err)
+	}
 	srv := &http.Server{
-		Handler:           newAPI(site, db, log, *storeTimeout),
+		Handler:           api,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAdminHandlerForDSInfo: a running ds-node serves the site's admin handler, so that
+// ds-info -url prints the same rows as ds-info -dir on the node's directory once it stopped,
+// and /metrics carries the Raft metrics.
+func TestAdminHandlerForDSInfo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-process test: skipped with -short")
+	}
+	bin := buildNode(t, "")
+	info := filepath.Join(t.TempDir(), "ds-info")
+	if out, err := exec.Command("go", "build", "-o", info, "../ds-info").CombinedOutput(); err != nil {
+		t.Fatalf("build ds-info: %v\n%s", err, out)
+	}
+	root := t.TempDir()
+	raft := freePort(t)
+	dir := filepath.Join(root, "node")
+	p := &proc{t: t, bin: bin, logPath: filepath.Join(root, "node.log"), args: []string{
+		"-dir", dir, "-raft-addr", raft, "-http-addr", "127.0.0.1:0", "-initial", raft,
+		"-shards", "2", "-rf", "1", "-open-timeout", "60s"}}
+	t.Cleanup(func() {
+		if p.running() {
+			p.kill()
+		}
+		if t.Failed() {
+			t.Log(p.tail(40))
+		}
+	})
+	p.start()
+	base := p.waitReady(60 * time.Second)
+
+	var msgs []storeMessage
+	for i := range 20 {
+		msgs = append(msgs, storeMessage{ClientID: fmt.Sprintf("c%d", i%4), Topic: fmt.Sprintf("room/%d/temp", i%3),
+			PayloadB64: base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("m%d", i)))})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := postStore(ctx, base, msgs); err != nil {
+		t.Fatal(err)
+	}
+
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, series := range []string{"strata_messages_stored_total", "strata_raft_applied_index{", "strata_raft_leader{"} {
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(metrics), series) {
+			t.Fatalf("/metrics: %d, no %s:\n%s", resp.StatusCode, series, metrics)
+		}
+	}
+
+	cases := [][]string{{"streams", "-json"}, {"generations", "-json"}, {"messages", "-json"}, {"messages", "-filter", "room/1/#"}}
+	dsInfo := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(info, args...).Output()
+		if err != nil {
+			t.Fatalf("ds-info %q: %v", args, err)
+		}
+		return string(out)
+	}
+	byURL := make([]string, len(cases))
+	for i, c := range cases {
+		byURL[i] = dsInfo(append([]string{c[0], "-url", base}, c[1:]...)...)
+	}
+	if err := p.terminate(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		byDir := dsInfo(append([]string{c[0], "-dir", dir}, c[1:]...)...)
+		if byDir != byURL[i] {
+			t.Errorf("ds-info %q: -url and -dir differ:\n-url:\n%s\n-dir:\n%s", c, byURL[i], byDir)
+		}
+		if c[0] != "generations" && !strings.Contains(byDir, "room/") {
+			t.Errorf("ds-info %q -dir shows no stored topic:\n%s", c, byDir)
+		}
+	}
+}
