@@ -90,9 +90,9 @@ func (e *embedded) open(dir string) error {
 	cache := pebble.NewCache(o.Expert.CacheBytes)
 	defer cache.Unref()
 	for i := 0; i < n; i++ {
-		path := o.Expert.FS.PathJoin(dir, "pebble")
+		path := o.Expert.FS.PathJoin(dir, sharedPebbleDir)
 		if o.Expert.PebblePerShard {
-			path = o.Expert.FS.PathJoin(dir, fmt.Sprintf("shard-%04d", i))
+			path = o.Expert.FS.PathJoin(dir, shardPebbleDir(i))
 		}
 		p, err := openPebble(path, pebbleOptions(o, n, cache))
 		if err != nil {

@@ -123,14 +123,14 @@ func Inspect(dir string) (*Inspector, error) {
 	var plan inspectPlan
 	for i := 0; i < m.NShards; i++ {
 		if m.PebblePerShard {
-			plan.paths = append(plan.paths, filepath.Join(dir, fmt.Sprintf("shard-%04d", i)))
+			plan.paths = append(plan.paths, filepath.Join(dir, shardPebbleDir(i)))
 			plan.shards = append(plan.shards, inspectShardPlan{store: i})
 		} else {
 			plan.shards = append(plan.shards, inspectShardPlan{store: 0, prefix: layout.ShardPrefix(ShardID(i))})
 		}
 	}
 	if !m.PebblePerShard {
-		plan.paths = []string{filepath.Join(dir, "pebble")}
+		plan.paths = []string{filepath.Join(dir, sharedPebbleDir)}
 	}
 	return openInspector(m, false, plan)
 }

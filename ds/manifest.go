@@ -18,6 +18,12 @@ const manifestName = "STRATA"
 // another version is refused.
 const formatVersion = 1
 
+// The Pebble directories of an embedded DB, named here only: one shared "pebble", or with
+// Expert.PebblePerShard one "shard-NNNN" per shard.
+const sharedPebbleDir = "pebble"
+
+func shardPebbleDir(i int) string { return fmt.Sprintf("shard-%04d", i) }
+
 // manifest is the JSON content of the STRATA file.
 type manifest struct {
 	Format         int    `json:"format"`

@@ -8,9 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/strata-mq/strata/ds"
@@ -64,12 +62,6 @@ type IgnoredReplica struct {
 	// wraps ds.ErrCorruption, or a store that does not open); SiteInspector.Check reports it.
 	Err error
 }
-
-// replicaDirName matches the replica directories shardSM uses: shard-%04d-r%d.
-var replicaDirName = regexp.MustCompile(`^shard-([0-9]{4,5})-r([0-9]{1,20})$`)
-
-// storeName matches what a CURRENT file names: db-%06d.
-var storeName = regexp.MustCompile(`^db-[0-9]{6,}$`)
 
 // maxCurrentBytes bounds the CURRENT file read: it holds one short name.
 const maxCurrentBytes = 256
@@ -176,7 +168,7 @@ type replicaCandidate struct {
 // one more than the highest shard among them. Entries of another form are not replicas and
 // are skipped.
 func findReplicaDirs(dir string) (map[ds.ShardID][]replicaCandidate, int, error) {
-	root := filepath.Join(dir, "replicas")
+	root := filepath.Join(dir, replicasDir)
 	entries, err := os.ReadDir(root)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, 0, err
@@ -184,17 +176,12 @@ func findReplicaDirs(dir string) (map[ds.ShardID][]replicaCandidate, int, error)
 	cands := map[ds.ShardID][]replicaCandidate{}
 	nShards := 0
 	for _, e := range entries {
-		m := replicaDirName.FindStringSubmatch(e.Name())
-		if m == nil || !e.IsDir() {
+		sh, id, ok := parseReplicaDir(e.Name())
+		if !ok || !e.IsDir() {
 			continue
 		}
-		sh, err1 := strconv.Atoi(m[1])
-		id, err2 := strconv.ParseUint(m[2], 10, 64)
-		if err1 != nil || err2 != nil || sh >= ds.MaxShards || id == 0 {
-			continue
-		}
-		cands[ds.ShardID(sh)] = append(cands[ds.ShardID(sh)], replicaCandidate{id, filepath.Join(root, e.Name())})
-		nShards = max(nShards, sh+1)
+		cands[sh] = append(cands[sh], replicaCandidate{id, filepath.Join(root, e.Name())})
+		nShards = max(nShards, int(sh)+1)
 	}
 	if nShards == 0 {
 		return nil, 0, fmt.Errorf("site %s holds no shard replica (no replica directory under %s): %w", dir, root, os.ErrNotExist)
@@ -205,7 +192,7 @@ func findReplicaDirs(dir string) (map[ds.ShardID][]replicaCandidate, int, error)
 // readCurrent returns the store a replica directory's CURRENT names, checking that it exists.
 // A missing CURRENT is an error wrapping os.ErrNotExist; a damaged one, ds.ErrCorruption.
 func readCurrent(dir string) (string, error) {
-	path := filepath.Join(dir, "CURRENT")
+	path := filepath.Join(dir, currentFile)
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err
@@ -216,7 +203,7 @@ func readCurrent(dir string) (string, error) {
 		return "", err
 	}
 	name := strings.TrimSpace(string(b))
-	if len(b) > maxCurrentBytes || !storeName.MatchString(name) {
+	if _, ok := parseStoreName(name); len(b) > maxCurrentBytes || !ok {
 		return "", fmt.Errorf("%w: %s: names %q, not a store (db-NNNNNN)", ds.ErrCorruption, path, truncate(name, 40))
 	}
 	st, err := os.Stat(filepath.Join(dir, name))

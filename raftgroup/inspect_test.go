@@ -79,7 +79,7 @@ func TestInspectSiteDirectory(t *testing.T) {
 	}
 	for sh, r := range si.Replicas {
 		if r.Shard != ds.ShardID(sh) || r.ReplicaID == 0 || r.Applied == 0 || len(r.Ignored) != 0 ||
-			!strings.HasPrefix(r.Dir, filepath.Join(dir, "replicas", fmt.Sprintf("shard-%04d-r", sh))) || !strings.HasPrefix(r.Store, "db-") {
+			!strings.HasPrefix(r.Dir, strings.TrimSuffix(replicaDir(dir, ds.ShardID(sh), 1), "1")) || !strings.HasPrefix(r.Store, "db-") {
 			t.Errorf("shard %d read from %+v", sh, r)
 		}
 	}
@@ -198,7 +198,7 @@ func newFakeSite(t *testing.T) *fakeSite {
 func (s *fakeSite) replica(sh stream.ShardID, id uint64, applied int, current string) string {
 	t := s.t
 	t.Helper()
-	dir := filepath.Join(s.dir, "replicas", fmt.Sprintf("shard-%04d-r%d", sh, id))
+	dir := replicaDir(s.dir, ds.ShardID(sh), id)
 	p, err := pebble.Open(filepath.Join(dir, "db-000001"), pebbleopts.New(quietPebble))
 	if err != nil {
 		t.Fatal(err)

@@ -62,12 +62,12 @@ func (s *shardSM) Open(stopc <-chan struct{}) (uint64, error) {
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return 0, err
 	}
-	name := "db-000001"
-	switch b, err := os.ReadFile(filepath.Join(s.dir, "CURRENT")); {
+	name := storeName(firstStore)
+	switch b, err := os.ReadFile(filepath.Join(s.dir, currentFile)); {
 	case err == nil:
 		name = strings.TrimSpace(string(b))
 	case errors.Is(err, os.ErrNotExist):
-		if err := fsutil.WriteFileAtomic(vfs.Default, filepath.Join(s.dir, "CURRENT"), []byte(name+"\n")); err != nil {
+		if err := fsutil.WriteFileAtomic(vfs.Default, filepath.Join(s.dir, currentFile), []byte(name+"\n")); err != nil {
 			return 0, err
 		}
 	default:
@@ -235,9 +235,11 @@ func (s *shardSM) RecoverFromSnapshot(r io.Reader, stopc <-chan struct{}) error 
 	if old == nil {
 		return shard.ErrClosed
 	}
-	var seq int
-	fmt.Sscanf(old.name, "db-%d", &seq)
-	name := fmt.Sprintf("db-%06d", seq+1)
+	seq, ok := parseStoreName(old.name)
+	if !ok {
+		return fmt.Errorf("%w: replica store %q in %s", shard.ErrFailed, old.name, s.dir)
+	}
+	name := storeName(seq + 1)
 	path := filepath.Join(s.dir, name)
 	os.RemoveAll(path)
 	if err := readSnapshot(r, path, stopc); err != nil {
@@ -249,7 +251,7 @@ func (s *shardSM) RecoverFromSnapshot(r io.Reader, stopc <-chan struct{}) error 
 		os.RemoveAll(path)
 		return err
 	}
-	if err := fsutil.WriteFileAtomic(vfs.Default, filepath.Join(s.dir, "CURRENT"), []byte(name+"\n")); err != nil {
+	if err := fsutil.WriteFileAtomic(vfs.Default, filepath.Join(s.dir, currentFile), []byte(name+"\n")); err != nil {
 		st.r.Close()
 		st.db.Close()
 		return err

@@ -285,7 +285,7 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 		id := stream.ShardID(r.Group - shardGroupBase)
 		create := func(group, replica uint64) sm.IOnDiskStateMachine {
 			m := &shardSM{site: s, shard: id, replicaID: replica,
-				dir: filepath.Join(s.cfg.Dir, "replicas", fmt.Sprintf("shard-%04d-r%d", id, replica))}
+				dir: replicaDir(s.cfg.Dir, id, replica)}
 			s.mu.Lock()
 			s.mu.sms[group] = m
 			s.mu.Unlock()
