@@ -35,7 +35,7 @@ type SiteView struct {
 	Reachable bool `json:"reachable"`
 	// Health is HealthUp, HealthDown, HealthLost or HealthLeft; DownSince is when this site
 	// started failing to reach it (Raft transport or probe), counted since this site started.
-	Health    string     `json:"health"`
+	Health    Health     `json:"health"`
 	DownSince *time.Time `json:"down_since,omitempty"`
 }
 

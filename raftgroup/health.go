@@ -19,11 +19,15 @@ import (
 //	       quorums while it holds none of the new data
 //	left   it left the cluster
 const (
-	HealthUp   = "up"
-	HealthDown = "down"
-	HealthLost = "lost"
-	HealthLeft = "left"
+	HealthUp   Health = "up"
+	HealthDown Health = "down"
+	HealthLost Health = "lost"
+	HealthLeft Health = "left"
 )
+
+// Health is a site's health as seen from another site (HealthUp, HealthDown, HealthLost,
+// HealthLeft).
+type Health string
 
 // probeInterval is how often a site probes the others' Raft addresses. A probe is one TCP
 // connection, closed at once (dragonboat's listener drops it silently, with or without TLS).
@@ -126,7 +130,7 @@ func (s *Site) runProber() {
 }
 
 // health classifies a site from a probe's result and the failure history.
-func (h *peerHealth) health(si SiteInfo, reachable bool, lostAfter time.Duration) (string, *time.Time) {
+func (h *peerHealth) health(si SiteInfo, reachable bool, lostAfter time.Duration) (Health, *time.Time) {
 	if si.State == SiteLeft {
 		return HealthLeft, nil
 	}

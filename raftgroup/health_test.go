@@ -14,7 +14,7 @@ func TestPeerHealth(t *testing.T) {
 	h := newPeerHealth(func() time.Time { return now })
 	site := SiteInfo{Slot: 2, Addr: "10.0.0.2:7000", State: SiteActive}
 	const lostAfter = 5 * time.Minute
-	check := func(reachable bool, want string, wantSince time.Time) {
+	check := func(reachable bool, want Health, wantSince time.Time) {
 		t.Helper()
 		got, since := h.health(site, reachable, lostAfter)
 		switch {

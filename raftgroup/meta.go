@@ -60,11 +60,14 @@ type SiteInfo struct {
 	Drained bool `json:"drained,omitempty"`
 }
 
-// Membership of a replica in its group's Raft configuration.
+// Membership is a replica's place in its group's Raft configuration, as the reconciler last
+// changed it.
+type Membership string
+
 const (
-	memberNone      = ""
-	memberNonVoting = "nonvoting"
-	memberVoter     = "voter"
+	memberNone      Membership = ""          // not a member (yet, or any more)
+	memberNonVoting Membership = "nonvoting" // a non-voting member
+	memberVoter     Membership = "voter"     // a voter
 )
 
 // ReplicaInfo is one replica of one group.
@@ -75,10 +78,10 @@ type ReplicaInfo struct {
 	// Voter is the desired role; Member is what the group's membership says (as last
 	// changed by the reconciler); Remove asks for the replica's removal. Initial replicas
 	// were members from the group's first configuration.
-	Voter   bool   `json:"voter"`
-	Member  string `json:"member"`
-	Remove  bool   `json:"remove,omitempty"`
-	Initial bool   `json:"initial,omitempty"`
+	Voter   bool       `json:"voter"`
+	Member  Membership `json:"member"`
+	Remove  bool       `json:"remove,omitempty"`
+	Initial bool       `json:"initial,omitempty"`
 }
 
 // Transition describes what is still to be done to a replica, or "" when it is where the plan
@@ -194,15 +197,15 @@ func slotOf(sorted []string, addr string) int {
 
 // metaCmd is a command of the meta group (JSON: admin operations are rare and small).
 type metaCmd struct {
-	Op        string   `json:"op"`
-	Schema    *Schema  `json:"schema,omitempty"`
-	Sites     []string `json:"sites,omitempty"`
-	ID        SiteID   `json:"id,omitzero"`
-	Addr      string   `json:"addr,omitempty"`
-	RF        int      `json:"rf,omitempty"`
-	Group     uint64   `json:"group,omitempty"`
-	ReplicaID uint64   `json:"replica_id,omitempty"`
-	Member    string   `json:"member,omitempty"`
+	Op        string     `json:"op"`
+	Schema    *Schema    `json:"schema,omitempty"`
+	Sites     []string   `json:"sites,omitempty"`
+	ID        SiteID     `json:"id,omitzero"`
+	Addr      string     `json:"addr,omitempty"`
+	RF        int        `json:"rf,omitempty"`
+	Group     uint64     `json:"group,omitempty"`
+	ReplicaID uint64     `json:"replica_id,omitempty"`
+	Member    Membership `json:"member,omitempty"`
 }
 
 const (

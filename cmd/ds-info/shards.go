@@ -161,7 +161,7 @@ func addRaft(rows []shardRow, v raftgroup.ClusterView) {
 			LastIndex: g.LastIndex, Applied: g.Applied, ApplyLag: g.ApplyLag}
 		for _, rp := range v.Replicas {
 			if rp.Group == g.Group {
-				r.Raft.Replicas = append(r.Raft.Replicas, shardReplica{Slot: rp.Slot, ReplicaID: rp.ReplicaID, Member: rp.Member, Transition: rp.Transition})
+				r.Raft.Replicas = append(r.Raft.Replicas, shardReplica{Slot: rp.Slot, ReplicaID: rp.ReplicaID, Member: string(rp.Member), Transition: rp.Transition})
 			}
 		}
 		sort.Slice(r.Raft.Replicas, func(i, j int) bool { return r.Raft.Replicas[i].Slot < r.Raft.Replicas[j].Slot })

@@ -62,15 +62,15 @@ type clusterSummary struct {
 	MetaFresh   bool             `json:"meta_fresh"`
 	// Sites counts the sites by health (up, down, lost, left); NotUp lists the slots of
 	// those down or lost.
-	Sites      map[string]int `json:"sites"`
-	NotUp      []int          `json:"not_up,omitempty"`
-	Leaderless []int          `json:"leaderless_shards,omitempty"` // shards with no known leader
+	Sites      map[raftgroup.Health]int `json:"sites"`
+	NotUp      []int                    `json:"not_up,omitempty"`
+	Leaderless []int                    `json:"leaderless_shards,omitempty"` // shards with no known leader
 	// Transitions counts replica transitions in progress (join, leave, RF change).
 	Transitions int `json:"transitions"`
 }
 
 func summarizeCluster(v raftgroup.ClusterView) *clusterSummary {
-	s := &clusterSummary{Site: v.Site, RaftAddress: v.RaftAddress, MetaFresh: v.MetaFresh, Sites: map[string]int{}}
+	s := &clusterSummary{Site: v.Site, RaftAddress: v.RaftAddress, MetaFresh: v.MetaFresh, Sites: map[raftgroup.Health]int{}}
 	for _, si := range v.Sites {
 		s.Sites[si.Health]++
 		if si.Health == raftgroup.HealthDown || si.Health == raftgroup.HealthLost {
