@@ -2,6 +2,7 @@ package ds
 
 import (
 	"bytes"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,10 @@ import (
 //	                                  with P (raw bytes, URL-escaped; default all), in key
 //	                                  order (limit default 0: none); ds-info sessions -url
 //	                                  decodes package session's from them
+//
+// /v1/messages and /v1/records serve what clients stored (payloads; session records hold QoS 2
+// messages): they are off unless AdminPayloads turns them on, and answer 403 until then, so
+// that mounting the handler for its metrics and views exposes no payload by accident.
 //
 // The JSON is what `ds-info <cmd> -json` prints for a data directory, and `ds-info -url`
 // reads it. Errors are JSON {"error": "..."}: 400 for a bad filter or parameter, 404 for an
@@ -81,8 +86,8 @@ func AdminHandler(db *DB, opts ...AdminOption) http.Handler {
 	mux.HandleFunc("GET /v1/generations", a.generations)
 	mux.HandleFunc("GET /v1/streams", a.streams)
 	mux.HandleFunc("GET /v1/trie", a.trie)
-	mux.HandleFunc("GET /v1/messages", a.messages)
-	mux.HandleFunc("GET /v1/records", a.records)
+	mux.HandleFunc("GET /v1/messages", a.payloadEndpoint(a.messages))
+	mux.HandleFunc("GET /v1/records", a.payloadEndpoint(a.records))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/metrics", "/v1/info", "/v1/generations", "/v1/streams", "/v1/trie", "/v1/messages", "/v1/records":
@@ -120,6 +125,50 @@ type admin struct {
 	db           *DB
 	dir          string
 	extraMetrics []func(io.Writer) error
+	payloads     bool
+	authorize    func(*http.Request) error
+}
+
+// AdminPayloads turns on /v1/messages and /v1/records, the endpoints that serve stored
+// payloads. authorize, if not nil, is asked for each of their requests; an error answers 401
+// with it (AdminBearerToken checks a token). With a nil authorize they are open to whoever
+// reaches the handler.
+func AdminPayloads(authorize func(*http.Request) error) AdminOption {
+	return func(a *admin) { a.payloads, a.authorize = true, authorize }
+}
+
+// ErrUnauthorized is what AdminBearerToken's check returns for a request without the token.
+var ErrUnauthorized = errors.New("strata: unauthorized")
+
+// AdminBearerToken returns an authorizer for AdminPayloads that accepts the requests carrying
+// "Authorization: Bearer <token>" (compared in constant time). An empty token accepts nothing.
+func AdminBearerToken(token string) func(*http.Request) error {
+	want := []byte("Bearer " + token)
+	return func(r *http.Request) error {
+		got := []byte(r.Header.Get("Authorization"))
+		if token == "" || subtle.ConstantTimeCompare(got, want) != 1 {
+			return fmt.Errorf("%w: %s %s needs the admin bearer token", ErrUnauthorized, r.Method, r.URL.Path)
+		}
+		return nil
+	}
+}
+
+// payloadEndpoint guards an endpoint that serves payloads (see AdminPayloads).
+func (a *admin) payloadEndpoint(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.payloads {
+			writeAdminError(w, http.StatusForbidden, fmt.Errorf("%s serves stored payloads and is off (turn it on with ds.AdminPayloads)", r.URL.Path))
+			return
+		}
+		if a.authorize != nil {
+			if err := a.authorize(r); err != nil {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="strata"`)
+				writeAdminError(w, http.StatusUnauthorized, err)
+				return
+			}
+		}
+		h(w, r)
+	}
 }
 
 // badRequest marks an error in the request's parameters.

@@ -30,10 +30,43 @@ func adminServer(t *testing.T) (*testDB, *httptest.Server) {
 	}
 	d.store(ds.Message{ClientID: "bin", Topic: "raw/1", Payload: []byte{0, 1, 0xff, '\n', '\\'}})
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(d.DB, ds.AdminDataDir(d.dir))))
+	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(d.DB, ds.AdminDataDir(d.dir), ds.AdminPayloads(nil))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return d, srv
+}
+
+// The payload endpoints are off unless turned on, and with a bearer token they answer only
+// requests that carry it; the other views stay open.
+func TestAdminPayloadsOffByDefaultAndToken(t *testing.T) {
+	d := openTestDB(t, fastOptions())
+	d.store(msg("c", "a/b", 1))
+	get := func(h http.Handler, path, token string) int {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodGet, path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	off := ds.AdminHandler(d.DB)
+	for _, p := range []string{"/v1/messages", "/v1/records?shard=0"} {
+		require.Equal(t, http.StatusForbidden, get(off, p, ""), p)
+	}
+	require.Equal(t, http.StatusOK, get(off, "/v1/streams", ""))
+	require.Equal(t, http.StatusOK, get(off, "/metrics", ""))
+
+	guarded := ds.AdminHandler(d.DB, ds.AdminPayloads(ds.AdminBearerToken("s3cret")))
+	for _, p := range []string{"/v1/messages", "/v1/records?shard=0"} {
+		require.Equal(t, http.StatusUnauthorized, get(guarded, p, ""), p)
+		require.Equal(t, http.StatusUnauthorized, get(guarded, p, "wrong"), p)
+		require.Equal(t, http.StatusOK, get(guarded, p, "s3cret"), p)
+	}
+	require.Equal(t, http.StatusOK, get(guarded, "/v1/info", ""))
+	require.Equal(t, http.StatusUnauthorized, get(ds.AdminHandler(d.DB, ds.AdminPayloads(ds.AdminBearerToken(""))), "/v1/messages", ""),
+		"an empty token accepts nothing")
 }
 
 func httpGet(t *testing.T, u string) (int, http.Header, []byte) {

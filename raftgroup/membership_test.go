@@ -157,7 +157,7 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	})
 	// The leaver's admin views have no replica to read: 503 (ErrUnavailable), a JSON error,
 	// never an empty list that looks like "no data"; its metrics say so per shard.
-	h, err := c.sites[0].AdminHandler()
+	h, err := c.sites[0].AdminHandler(ds.AdminPayloads(nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,9 @@ const usage = `usage: ds-info <command> -dir DIR [flags]
 
 -dir reads a data directory that no process holds, embedded or a replicated site's (it
 has a SITE file); -url reads a running node's admin handler (ds.AdminHandler), e.g.
--url http://host:port/strata. check needs -dir.
+-url http://host:port/strata. check needs -dir. messages and sessions read payloads, which a
+node serves only when its operator turned them on (ds.AdminPayloads), usually behind a token:
+ds-info sends $STRATA_ADMIN_TOKEN as a bearer token.
 
 commands:
   info          manifest, disk bytes, generation and stream counts

@@ -118,7 +118,7 @@ func TestSessions(t *testing.T) {
 	}
 	defer db.Close()
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db)))
+	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminPayloads(nil))))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	code, textURL, errs := runCmd(t, "-url", srv.URL+"/strata", "sessions")

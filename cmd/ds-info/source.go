@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -208,6 +209,7 @@ func (d dirSource) messages(filter string, since time.Time, limit int) ([]ds.Mes
 type urlSource struct {
 	base   string // without a trailing slash
 	client *http.Client
+	token  string // $STRATA_ADMIN_TOKEN: sent as a bearer token (ds.AdminBearerToken)
 }
 
 func newURLSource(raw string) (*urlSource, error) {
@@ -219,7 +221,8 @@ func newURLSource(raw string) (*urlSource, error) {
 		return nil, fmt.Errorf("%q: want http://host:port/prefix", raw)
 	}
 	u.RawQuery, u.Fragment = "", ""
-	return &urlSource{base: strings.TrimRight(u.String(), "/"), client: &http.Client{Timeout: time.Minute}}, nil
+	return &urlSource{base: strings.TrimRight(u.String(), "/"), client: &http.Client{Timeout: time.Minute},
+		token: os.Getenv("STRATA_ADMIN_TOKEN")}, nil
 }
 
 func (s *urlSource) close() {}
@@ -230,7 +233,14 @@ func (s *urlSource) get(path string, query url.Values, v any) error {
 	if len(query) > 0 {
 		u += "?" + query.Encode()
 	}
-	resp, err := s.client.Get(u)
+	req, err := http.NewRequest(http.MethodGet, u, nil)
+	if err != nil {
+		return usageError{err}
+	}
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	resp, err := s.client.Do(req)
 	if err != nil {
 		return usageError{fmt.Errorf("cannot reach the node: %w", err)}
 	}

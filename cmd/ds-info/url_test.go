@@ -41,7 +41,7 @@ func serveDB(t *testing.T, dir string) (*ds.DB, string) {
 	}
 	t.Cleanup(func() { db.Close() })
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminDataDir(dir))))
+	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminDataDir(dir), ds.AdminPayloads(nil))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return db, srv.URL + "/strata"

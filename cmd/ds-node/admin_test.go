@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,7 +31,7 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 	dir := filepath.Join(root, "node")
 	p := &proc{t: t, bin: bin, logPath: filepath.Join(root, "node.log"), args: []string{
 		"-dir", dir, "-raft-addr", raft, "-http-addr", "127.0.0.1:0", "-initial", raft,
-		"-shards", "2", "-rf", "1", "-open-timeout", "60s"}}
+		"-shards", "2", "-rf", "1", "-open-timeout", "60s", "-admin-token", "t0ken"}}
 	t.Cleanup(func() {
 		if p.running() {
 			p.kill()
@@ -65,10 +66,28 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 		}
 	}
 
+	// The payload endpoint wants the token.
+	for token, want := range map[string]int{"": http.StatusUnauthorized, "t0ken": http.StatusOK} {
+		req, _ := http.NewRequest(http.MethodGet, base+"/v1/messages", nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("/v1/messages with token %q: %d, want %d", token, resp.StatusCode, want)
+		}
+	}
+
 	cases := [][]string{{"streams", "-json"}, {"generations", "-json"}, {"messages", "-json"}, {"messages", "-filter", "room/1/#"}}
 	dsInfo := func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(info, args...).Output()
+		cmd := exec.Command(info, args...)
+		cmd.Env = append(os.Environ(), "STRATA_ADMIN_TOKEN=t0ken")
+		out, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("ds-info %q: %v", args, err)
 		}

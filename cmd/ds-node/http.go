@@ -85,8 +85,12 @@ type api struct {
 
 // newAPI serves the JSON API above and, on every other path, the site's admin handler
 // (raftgroup.Site.AdminHandler: /metrics, /v1/..., what ds-info -url reads).
-func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration) (http.Handler, error) {
-	admin, err := site.AdminHandler()
+func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration, adminToken string) (http.Handler, error) {
+	var opts []ds.AdminOption
+	if adminToken != "" {
+		opts = append(opts, ds.AdminPayloads(ds.AdminBearerToken(adminToken)))
+	}
+	admin, err := site.AdminHandler(opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -52,8 +52,10 @@
 //
 // Every other path is the site's admin handler (raftgroup.Site.AdminHandler): /metrics
 // (Prometheus), /v1/cluster and ds's /v1/... views, so that `ds-info -url http://HOST:PORT`
-// works against a node. Like /read, /v1/messages serves payloads without access control:
-// expose the HTTP address only where that is acceptable.
+// works against a node. Its payload endpoints (/v1/messages, /v1/records) are off unless
+// -admin-token is given, and then answer only requests with that bearer token (ds-info sends
+// $STRATA_ADMIN_TOKEN). /store and /read have no access control yet: expose the HTTP address
+// only where that is acceptable.
 package main
 
 import (
@@ -98,6 +100,7 @@ func run() error {
 		openTimeout  = flag.Duration("open-timeout", 0, "give up starting after this long (0: wait until stopped)")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error (debug includes dragonboat's logs)")
 		storeTimeout = flag.Duration("store-timeout", 0, "bound on one POST /store (0: the proposal timeout plus 5s)")
+		adminToken   = flag.String("admin-token", "", "turn on the admin handler's payload endpoints (/v1/messages, /v1/records) for requests with this bearer token; empty: off")
 	)
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "usage: ds-node -dir DIR -raft-addr HOST:PORT (-initial A,B,C | -join) [flags]\n\n")
@@ -183,7 +186,7 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("-http-addr: %w", err)
 	}
-	api, err := newAPI(site, db, log, *storeTimeout)
+	api, err := newAPI(site, db, log, *storeTimeout, *adminToken)
 	if err != nil {
 		return fmt.Errorf("HTTP API: %w", err)
 	}

@@ -25,7 +25,10 @@
 // started with -join instead of -initial joins a running cluster: it prints its site ID and
 // waits until a member adds it:
 //
-//	curl -X POST -d '{"id": "<site ID>", "raft_address": "127.0.0.1:7004"}' http://127.0.0.1:8001/v1/sites
+//	curl -X POST -H "Authorization: Bearer $STRATA_ADMIN_TOKEN" -d '{"id": "<site ID>", "raft_address": "127.0.0.1:7004"}' http://127.0.0.1:8001/v1/sites
+//
+// (the members run with -admin-token, or $STRATA_ADMIN_TOKEN set: without a token the admin
+// endpoint's payload views and POST /v1/sites are off).
 //
 // In replicated mode -owner defaults to "site-" and the site's ID, and the admin endpoint
 // also serves GET /v1/cluster (raftgroup.Site.AdminHandler: sites, every group's leader) and
@@ -83,6 +86,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		dataDir  = fs.String("data", "./strata-data", "directory of the Strata DB (created if missing)")
 		owner    = fs.String("owner", "", "session Owner: a stable name of this broker, unique among the brokers sharing a DB (default: the hostname; replicated: site-<site ID>)")
 		admin    = fs.String("admin", "", "HTTP address of the admin and metrics endpoint (/metrics, /v1/...); empty: off")
+		adminTok = fs.String("admin-token", os.Getenv("STRATA_ADMIN_TOKEN"), "bearer token that turns on the admin endpoint's payload views (/v1/messages, /v1/records) and POST /v1/sites (default $STRATA_ADMIN_TOKEN); empty: they are off")
 		expiry3  = fs.Duration("expiry3", strmochi.DefaultExpiry, "session expiry of MQTT 3.1.1 clean session = false clients")
 		storeSel = fs.String("store", "", "which QoS 1/2 messages are stored: wanted (by some durable session) or all (default: wanted; replicated: all, since a broker learns of subscriptions made through other brokers with a delay)")
 		logLevel = fs.String("log-level", "info", "debug, info, warn or error")
@@ -176,7 +180,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("-admin %s: %w", *admin, err)
 		}
-		handler, err := stg.adminHandler(store)
+		handler, err := stg.adminHandler(store, *adminTok)
 		if err != nil {
 			l.Close()
 			return err

@@ -142,16 +142,33 @@ func (s *storage) close() error {
 //
 //	POST /v1/sites  body {"id": "<16 hex digits>", "raft_address": "host:port"}: adds a site
 //	                started with -join (Site.AddSite). 200 {} once the cluster recorded it.
-func (s *storage) adminHandler(store *session.Store) (http.Handler, error) {
-	if s.site == nil {
-		return ds.AdminHandler(s.db, ds.AdminDataDir(s.dataDir), ds.AdminMetrics(store.WriteMetrics)), nil
+//
+// With a token, the payload endpoints (/v1/messages, /v1/records) and POST /v1/sites answer
+// only requests with that bearer token; without one they are off (403).
+func (s *storage) adminHandler(store *session.Store, token string) (http.Handler, error) {
+	opts := []ds.AdminOption{ds.AdminMetrics(store.WriteMetrics)}
+	authorize := ds.AdminBearerToken(token)
+	if token != "" {
+		opts = append(opts, ds.AdminPayloads(authorize))
 	}
-	h, err := s.site.AdminHandler(ds.AdminMetrics(store.WriteMetrics))
+	if s.site == nil {
+		return ds.AdminHandler(s.db, append(opts, ds.AdminDataDir(s.dataDir))...), nil
+	}
+	h, err := s.site.AdminHandler(opts...)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sites", func(w http.ResponseWriter, r *http.Request) {
+		if token == "" {
+			jsonError(w, http.StatusForbidden, errors.New("POST /v1/sites is off: start the broker with -admin-token"))
+			return
+		}
+		if err := authorize(r); err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="strata"`)
+			jsonError(w, http.StatusUnauthorized, err)
+			return
+		}
 		var req struct {
 			ID          string `json:"id"`
 			RaftAddress string `json:"raft_address"`

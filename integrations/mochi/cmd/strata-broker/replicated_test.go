@@ -91,8 +91,11 @@ func startCluster(t *testing.T, n int) *replCluster {
 // args are broker i's flags, the same on every start.
 func (c *replCluster) args(i int) []string {
 	return []string{"-raft-addr", c.raft[i], "-initial", strings.Join(c.raft, ","), "-shards", "4",
-		"-admin", "127.0.0.1:0", "-owner", fmt.Sprintf("broker-%d", i), "-proposal-timeout", "5s"}
+		"-admin", "127.0.0.1:0", "-admin-token", testAdminToken, "-owner", fmt.Sprintf("broker-%d", i), "-proposal-timeout", "5s"}
 }
+
+// testAdminToken turns on POST /v1/sites (and the payload views) of the test brokers.
+const testAdminToken = "test-admin-token"
 
 // join starts a new broker with -join (its site joins the cluster) and adds it through
 // broker via's POST /v1/sites; it returns the new broker's index once it listens.
@@ -103,7 +106,7 @@ func (c *replCluster) join(via int) int {
 	c.dirs = append(c.dirs, filepath.Join(root, fmt.Sprintf("site%d", i)))
 	c.logs = append(c.logs, filepath.Join(root, fmt.Sprintf("broker%d.log", i)))
 	c.raft = append(c.raft, freeAddrs(c.t, 1)[0])
-	args := []string{"-raft-addr", c.raft[i], "-join", "-admin", "127.0.0.1:0", "-owner", fmt.Sprintf("broker-%d", i),
+	args := []string{"-raft-addr", c.raft[i], "-join", "-admin", "127.0.0.1:0", "-admin-token", testAdminToken, "-owner", fmt.Sprintf("broker-%d", i),
 		"-proposal-timeout", "5s"}
 	p := launchProc(c.t, c.bin, c.dirs[i], c.logs[i], args...)
 	c.procs = append(c.procs, p)
@@ -116,8 +119,23 @@ func (c *replCluster) join(via int) int {
 		c.t.Fatalf("joining broker printed no site ID within 20s\n%s", p.tail())
 	}
 	body := fmt.Sprintf(`{"id": %q, "raft_address": %q}`, id, c.raft[i])
+	// Without the admin token the broker refuses to add a site.
+	resp, err := http.Post(c.procs[via].admin+"/v1/sites", "application/json", strings.NewReader(body))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		c.t.Fatalf("POST /v1/sites without the admin token: %d, want 401", resp.StatusCode)
+	}
 	waitUntil(c.t, 30*time.Second, "POST /v1/sites", func() error {
-		resp, err := http.Post(c.procs[via].admin+"/v1/sites", "application/json", strings.NewReader(body))
+		req, err := http.NewRequest(http.MethodPost, c.procs[via].admin+"/v1/sites", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+testAdminToken)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return err
 		}
