@@ -30,7 +30,7 @@ func TestSiteAdminHandler(t *testing.T) {
 	servers := make([]*httptest.Server, 3)
 	for i, s := range c.sites {
 		// A broker's own metrics (e.g. a session Store's) come after the Raft metrics.
-		h, err := s.AdminHandler(ds.AdminMetrics(func(w io.Writer) error {
+		h, err := s.AdminHandler(ds.AdminPayloads(nil), ds.AdminMetrics(func(w io.Writer) error {
 			_, err := io.WriteString(w, "broker_extra_metric 7\n")
 			return err
 		}))
