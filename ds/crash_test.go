@@ -32,7 +32,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-var crashSeedFlag = flag.Uint64("crash.seed", 0, "run TestCrash with this seed (0: random, logged)")
+var (
+	crashSeedFlag = flag.Uint64("crash.seed", 0, "run TestCrash with this seed (0: random, logged)")
+	// Each run takes 3 crash clones; the default (2 rounds: 15 runs) checks 45 crash points.
+	// A campaign: -crash.rounds 56 gives 6×56+3 = 339 runs, 1,017 crash points.
+	crashRoundsFlag = flag.Int("crash.rounds", 2, "rounds of TestCrash's repeatable cases (the expensive and special ones run once)")
+)
 
 // crashCase is one configuration of TestCrash.
 type crashCase struct {
@@ -86,7 +91,7 @@ func TestCrash(t *testing.T) {
 		// Open creating the directory itself.
 		{perShard: false, layout: ds.LayoutLTS},
 	}
-	rounds := 2
+	rounds := *crashRoundsFlag
 	if testing.Short() {
 		rounds = 1
 	}
