@@ -34,6 +34,23 @@ var buildBroker = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
+// brokerBinary returns the built broker, skipping the test with -short or without a go
+// command to build it.
+func brokerBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the broker binary")
+	}
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command to build the broker:", err)
+	}
+	bin, err := buildBroker()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if bin, err := buildBroker(); err == nil {
@@ -224,16 +241,7 @@ func publish(t *testing.T, c paho.Client, life byte, seqs []int, killAfter int, 
 // A durable subscriber gets every message whose PUBACK the publisher had, across a kill -9
 // of the broker during publishing and its restart on the same data.
 func TestKillDuringPublish(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the broker binary")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command to build the broker:", err)
-	}
-	bin, err := buildBroker()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := brokerBinary(t)
 	const n, killAfter = 2000, 1000
 	dataDir := filepath.Join(t.TempDir(), "data")
 	logPath := filepath.Join(t.TempDir(), "broker.log")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/binary"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -118,16 +117,7 @@ func (r *receiver) ack(typ byte, pid uint16) {
 // subscriber gets each message exactly once (re-sent PUBLISHes carry DUP and the packet
 // ID it still holds; exchanges whose PUBREC the broker recorded continue with PUBREL).
 func TestKillDuringDelivery(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the broker binary")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command to build the broker:", err)
-	}
-	bin, err := buildBroker()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := brokerBinary(t)
 	const n, killAfter = 3000, 1000
 	dataDir := filepath.Join(t.TempDir(), "data")
 	logPath := filepath.Join(t.TempDir(), "broker.log")

@@ -17,6 +17,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/strata-mq/strata/internal/dockertest"
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
 )
 
@@ -216,23 +217,25 @@ func (c *dkCluster) waitRejoined(i, ref int, timeout time.Duration) {
 	})
 }
 
-// dkWait calls cond every 100ms until it returns nil; it fails the test after timeout, or at
-// once on a dkFatal error.
+// dkWait waits for cond like testutil.Eventually, but fails the test at once on a dkFatal
+// error.
 func dkWait(t *testing.T, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	testutil.Eventually(t, timeout, what, func() error {
 		err := cond()
-		if err == nil {
-			return
-		}
 		if _, ok := err.(dkFatal); ok {
 			t.Fatalf("%s: %v", what, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return err
+	})
+}
+
+// dkPause paces a publisher's reconnection attempts (a client's retry back-off, not a wait
+// for a condition: nothing signals that a container is back) and ends early with ctx.
+func dkPause(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
 	}
 }
 
@@ -432,8 +435,8 @@ func dkPublish(ctx context.Context, l *dkLedger, pub int, addr func() string) {
 	seq, conn := 0, 0
 	for ctx.Err() == nil {
 		a := addr()
-		if a == "" { // the container is down
-			time.Sleep(100 * time.Millisecond)
+		if a == "" { // the container is down: look again shortly
+			dkPause(ctx, 100*time.Millisecond)
 			continue
 		}
 		o := paho.NewClientOptions().AddBroker(a).SetClientID(fmt.Sprintf("docker-pub-%d", pub)).SetCleanSession(true).
@@ -447,7 +450,7 @@ func dkPublish(ctx context.Context, l *dkLedger, pub int, addr func() string) {
 			}
 			l.connFailed(pub, err)
 			c.Disconnect(0)
-			time.Sleep(200 * time.Millisecond)
+			dkPause(ctx, 200*time.Millisecond)
 			continue
 		}
 		conn++

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -18,16 +17,7 @@ import (
 // subscriber gets every message exactly once — a PUBLISH the broker had stored before the
 // kill, sent again, is not stored twice.
 func TestKillDuringQoS2Publish(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the broker binary")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command to build the broker:", err)
-	}
-	bin, err := buildBroker()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := brokerBinary(t)
 	// messages; how many the publisher releases before the kill; how many PUBRECs after
 	// those it does not see.
 	const n, released, lost = 600, 200, 100

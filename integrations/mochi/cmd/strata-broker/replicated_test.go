@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +16,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
 )
 
@@ -52,16 +52,7 @@ func freeAddrs(t *testing.T, n int) []string {
 
 func startCluster(t *testing.T, n int) *replCluster {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("builds and runs the broker binary")
-	}
-	if _, err := exec.LookPath("go"); err != nil {
-		t.Skip("no go command to build the broker:", err)
-	}
-	bin, err := buildBroker()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := brokerBinary(t)
 	root := t.TempDir()
 	c := &replCluster{t: t, bin: bin, raft: freeAddrs(t, n), procs: make([]*brokerProc, n)}
 	for i := range n {
@@ -128,7 +119,7 @@ func (c *replCluster) join(via int) int {
 	if resp.StatusCode != http.StatusUnauthorized {
 		c.t.Fatalf("POST /v1/sites without the admin token: %d, want 401", resp.StatusCode)
 	}
-	waitUntil(c.t, 30*time.Second, "POST /v1/sites", func() error {
+	testutil.Eventually(c.t, 30*time.Second, "POST /v1/sites", func() error {
 		req, err := http.NewRequest(http.MethodPost, c.procs[via].admin+"/v1/sites", strings.NewReader(body))
 		if err != nil {
 			return err
@@ -189,7 +180,7 @@ func (c *replCluster) cluster(i int) (raftgroup.ClusterView, error) {
 func (c *replCluster) leaderOfMost(from int) (int, map[int]int) {
 	c.t.Helper()
 	var counts map[int]int
-	waitUntil(c.t, 20*time.Second, "every shard has a known leader", func() error {
+	testutil.Eventually(c.t, 20*time.Second, "every shard has a known leader", func() error {
 		v, err := c.cluster(from)
 		if err != nil {
 			return err
@@ -226,7 +217,7 @@ func (c *replCluster) leaderOfMost(from int) (int, map[int]int) {
 func (c *replCluster) waitRejoined(i, other int) {
 	c.t.Helper()
 	var target map[uint64]uint64
-	waitUntil(c.t, 10*time.Second, fmt.Sprintf("the applied indexes of broker %d", other), func() error {
+	testutil.Eventually(c.t, 10*time.Second, fmt.Sprintf("the applied indexes of broker %d", other), func() error {
 		v, err := c.cluster(other)
 		if err != nil {
 			return err
@@ -239,7 +230,7 @@ func (c *replCluster) waitRejoined(i, other int) {
 		}
 		return nil
 	})
-	waitUntil(c.t, 30*time.Second, fmt.Sprintf("broker %d rejoined", i), func() error {
+	testutil.Eventually(c.t, 30*time.Second, fmt.Sprintf("broker %d rejoined", i), func() error {
 		v, err := c.cluster(i)
 		if err != nil {
 			return err
@@ -264,22 +255,6 @@ func (c *replCluster) waitRejoined(i, other int) {
 		}
 		return nil
 	})
-}
-
-// waitUntil calls cond until it returns nil, failing the test after timeout.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // key is a published message: its publisher (the payload's first byte) and sequence number.
