@@ -18,6 +18,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/strata-mq/strata/raftgroup"
 )
 
 // buildBroker builds this command into a temporary directory once per test binary.
@@ -408,4 +410,43 @@ func TestKillDuringPublish(t *testing.T) {
 	// A clean stop on SIGTERM, the durable subscriber still connected.
 	pub.Disconnect(250)
 	b.stop()
+}
+
+// appliedIndexes returns the applied index of every shard group in a site's cluster view.
+func appliedIndexes(v raftgroup.ClusterView) map[uint64]uint64 {
+	out := map[uint64]uint64{}
+	for _, g := range v.Groups {
+		if !g.Meta {
+			out[g.Group] = g.Applied
+		}
+	}
+	return out
+}
+
+// notRejoined says why the site whose view is v has not rejoined its cluster (nil once it has):
+// its meta copy is fresh, it sees every site up (and sites of them, if sites > 0), and every
+// group has a replica here, a known leader and, for a shard, applied at least target.
+func notRejoined(v raftgroup.ClusterView, sites int, target map[uint64]uint64) error {
+	if !v.MetaFresh {
+		return fmt.Errorf("meta not fresh")
+	}
+	if sites > 0 && len(v.Sites) != sites {
+		return fmt.Errorf("%d sites", len(v.Sites))
+	}
+	for _, s := range v.Sites {
+		if s.Health != raftgroup.HealthUp {
+			return fmt.Errorf("site %d (%s) %s", s.Slot, s.Addr, s.Health)
+		}
+	}
+	for _, g := range v.Groups {
+		switch {
+		case g.Replica == 0:
+			return fmt.Errorf("group %d: no replica here", g.Group)
+		case g.Leader == 0:
+			return fmt.Errorf("group %d: no leader known", g.Group)
+		case !g.Meta && g.Applied < target[g.Group]:
+			return fmt.Errorf("shard %d: applied %d < %d", g.Shard, g.Applied, target[g.Group])
+		}
+	}
+	return nil
 }

@@ -174,17 +174,13 @@ func (c *dkCluster) leaderOfMost(from int, among []int) (int, map[int]int) {
 // shard at least what broker ref had applied when the wait began.
 func (c *dkCluster) waitRejoined(i, ref int, timeout time.Duration) {
 	c.t.Helper()
-	target := map[uint64]uint64{}
+	var target map[uint64]uint64
 	dkWait(c.t, 20*time.Second, fmt.Sprintf("the applied indexes of broker %d", ref), func() error {
 		v, err := c.view(ref)
 		if err != nil {
 			return err
 		}
-		for _, g := range v.Groups {
-			if !g.Meta {
-				target[g.Group] = g.Applied
-			}
-		}
+		target = appliedIndexes(v)
 		return nil
 	})
 	dkWait(c.t, timeout, fmt.Sprintf("broker %d rejoined", i), func() error {
@@ -192,28 +188,7 @@ func (c *dkCluster) waitRejoined(i, ref int, timeout time.Duration) {
 		if err != nil {
 			return err
 		}
-		if !v.MetaFresh {
-			return fmt.Errorf("meta not fresh")
-		}
-		if len(v.Sites) != dkNodes {
-			return fmt.Errorf("%d sites", len(v.Sites))
-		}
-		for _, s := range v.Sites {
-			if s.Health != raftgroup.HealthUp {
-				return fmt.Errorf("site %d (%s) %s", s.Slot, s.Addr, s.Health)
-			}
-		}
-		for _, g := range v.Groups {
-			switch {
-			case g.Replica == 0:
-				return fmt.Errorf("group %d: no replica here", g.Group)
-			case g.Leader == 0:
-				return fmt.Errorf("group %d: no leader known", g.Group)
-			case !g.Meta && g.Applied < target[g.Group]:
-				return fmt.Errorf("shard %d: applied %d < %d", g.Shard, g.Applied, target[g.Group])
-			}
-		}
-		return nil
+		return notRejoined(v, dkNodes, target)
 	})
 }
 

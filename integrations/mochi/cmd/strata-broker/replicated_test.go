@@ -222,12 +222,7 @@ func (c *replCluster) waitRejoined(i, other int) {
 		if err != nil {
 			return err
 		}
-		target = map[uint64]uint64{}
-		for _, g := range v.Groups {
-			if !g.Meta {
-				target[g.Group] = g.Applied
-			}
-		}
+		target = appliedIndexes(v)
 		return nil
 	})
 	testutil.Eventually(c.t, 30*time.Second, fmt.Sprintf("broker %d rejoined", i), func() error {
@@ -235,25 +230,7 @@ func (c *replCluster) waitRejoined(i, other int) {
 		if err != nil {
 			return err
 		}
-		if !v.MetaFresh {
-			return fmt.Errorf("meta not fresh")
-		}
-		for _, s := range v.Sites {
-			if s.Health != raftgroup.HealthUp {
-				return fmt.Errorf("site %d (%s) %s", s.Slot, s.Addr, s.Health)
-			}
-		}
-		for _, g := range v.Groups {
-			switch {
-			case g.Replica == 0:
-				return fmt.Errorf("group %d: no replica here", g.Group)
-			case g.Leader == 0:
-				return fmt.Errorf("group %d: no leader known", g.Group)
-			case !g.Meta && g.Applied < target[g.Group]:
-				return fmt.Errorf("shard %d: applied %d < %d", g.Shard, g.Applied, target[g.Group])
-			}
-		}
-		return nil
+		return notRejoined(v, 0, target)
 	})
 }
 
