@@ -33,17 +33,7 @@ func TestQoS2CompletedNotRedelivered(t *testing.T) {
 	// The second completes; the first stays in flight.
 	require.NoError(t, s.Received(ctx, second.PacketID))
 	require.NoError(t, s.Complete(second.PacketID))
-	require.NoError(t, s.Disconnect(ctx))
-	require.NoError(t, st.Close())
-	require.NoError(t, db.Close())
-
-	db = openDB(t, dir)
-	defer db.Close()
-	st = openStore(t, db)
-	defer st.Close()
-	s, present, err := st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
-	require.NoError(t, err)
-	require.True(t, present)
+	db, _, s = reopenAndResume(t, dir, s, st, db)
 	resent := next(t, s, 1)
 	require.Equal(t, first.PacketID, resent[0].PacketID)
 	require.True(t, resent[0].Dup)

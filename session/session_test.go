@@ -23,6 +23,25 @@ func openDB(t testing.TB, dir string) *ds.DB {
 
 var storeCount atomic.Int64
 
+// reopenAndResume disconnects s, closes st and db, opens both again over dir and resumes the
+// session "sub" (expiry 1h), which must be present; the new DB and Store close when the test
+// ends.
+func reopenAndResume(t testing.TB, dir string, s *session.Session, st *session.Store, db *ds.DB) (*ds.DB, *session.Store, *session.Session) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, s.Disconnect(ctx))
+	require.NoError(t, st.Close())
+	require.NoError(t, db.Close())
+	db = openDB(t, dir)
+	t.Cleanup(func() { db.Close() })
+	st = openStore(t, db)
+	t.Cleanup(func() { st.Close() })
+	s, present, err := st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
+	require.NoError(t, err)
+	require.True(t, present)
+	return db, st, s
+}
+
 func openStore(t testing.TB, db *ds.DB) *session.Store {
 	t.Helper()
 	// Each Store its own Owner: two Stores open at once with one Owner expire each other's
@@ -86,17 +105,7 @@ func TestResumeRedeliversUnacknowledged(t *testing.T) {
 	require.ErrorIs(t, s.Ack(q1[1].PacketID), session.ErrUnknownPacketID)
 	require.ErrorIs(t, s.Ack(q2[0].PacketID), session.ErrWrongAck)
 	require.NoError(t, s.Received(ctx, q2[0].PacketID))
-	require.NoError(t, s.Disconnect(ctx))
-	require.NoError(t, st.Close())
-	require.NoError(t, db.Close())
-
-	db = openDB(t, dir)
-	defer db.Close()
-	st = openStore(t, db)
-	defer st.Close()
-	s, present, err = st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
-	require.NoError(t, err)
-	require.True(t, present)
+	_, _, s = reopenAndResume(t, dir, s, st, db)
 	got := next(t, s, 6) // 1 PUBREL, 2 QoS 2 resends, 3 QoS 1
 	rel, dup2, dup1 := 0, 0, 0
 	for _, d := range got {
@@ -186,17 +195,7 @@ func TestUnsubscribeCompletesInFlight(t *testing.T) {
 	require.Empty(t, s.Subscriptions())
 	require.False(t, st.Wanted("u/1"), "an unsubscribed filter is not wanted, even while its deliveries complete")
 	publish(t, db, "pub", "u/1", 1, 2) // after the unsubscribe: never delivered
-	require.NoError(t, s.Disconnect(ctx))
-	require.NoError(t, st.Close())
-	require.NoError(t, db.Close())
-
-	db = openDB(t, dir)
-	defer db.Close()
-	st = openStore(t, db)
-	defer st.Close()
-	s, present, err := st.Connect(ctx, "sub", session.ConnectOptions{Expiry: time.Hour})
-	require.NoError(t, err)
-	require.True(t, present)
+	db, st, s = reopenAndResume(t, dir, s, st, db)
 	require.Empty(t, s.Subscriptions())
 	again := next(t, s, 2)
 	for i, d := range again {
