@@ -7,6 +7,7 @@ import (
 
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/stretchr/testify/require"
 )
 
 // TestScenariosRun runs every scenario on a small workload and checks what each one counted:
@@ -16,9 +17,7 @@ func TestScenariosRun(t *testing.T) {
 		c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync,
 			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true, SubCatchUp: true}
 		rs, err := RunStrata(c)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		want := map[string]int{
 			"ingest":               c.N,
 			"replay all":           c.N,
@@ -27,13 +26,11 @@ func TestScenariosRun(t *testing.T) {
 			"replay # (1 reader)":  c.N,
 			"subscribe catch-up #": c.N,
 		}
-		if len(rs) != len(want) {
-			t.Fatalf("got %d results, want %d", len(rs), len(want))
-		}
+		require.Len(t, rs, len(want))
 		for _, r := range rs {
 			for prefix, n := range want {
-				if len(r.Name) >= len(prefix) && r.Name[:len(prefix)] == prefix && r.Msgs != n {
-					t.Errorf("%s: %d messages, want %d", r.Name, r.Msgs, n)
+				if len(r.Name) >= len(prefix) && r.Name[:len(prefix)] == prefix {
+					require.Equal(t, n, r.Msgs, "%s: messages", r.Name)
 				}
 			}
 		}
@@ -43,32 +40,20 @@ func TestScenariosRun(t *testing.T) {
 func TestRawPebbleRuns(t *testing.T) {
 	c := Config{N: 16000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync}
 	rs, err := RunRawPebble(c)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for _, r := range rs {
-		if r.Msgs == 0 || r.Elapsed <= 0 {
-			t.Errorf("%s: %d messages in %v", r.Name, r.Msgs, r.Elapsed)
-		}
+		require.True(t, r.Msgs != 0 && r.Elapsed > 0, "%s: %d messages in %v", r.Name, r.Msgs, r.Elapsed)
 	}
 }
 
 func TestFanOutAndRetentionRun(t *testing.T) {
 	c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync, Layout: ds.LayoutLTS}
 	r, err := RunFanOut(c, 500, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Msgs != 500*8 {
-		t.Errorf("fan-out delivered %d, want %d", r.Msgs, 500*8)
-	}
+	require.NoError(t, err)
+	require.Equal(t, 500*8, r.Msgs, "fan-out delivered")
 	r, err = RunRetentionUnderLoad(c, 5*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Msgs != c.N || r.Note == "" {
-		t.Errorf("retention: %+v", r)
-	}
+	require.NoError(t, err)
+	require.True(t, r.Msgs == c.N && r.Note != "", "retention: %+v", r)
 }
 
 // TestSubscribeScenariosRun runs the subscription scenarios on tiny sizes and checks what
@@ -78,9 +63,7 @@ func TestSubscribeScenariosRun(t *testing.T) {
 	sc := SubConfig{FanOutSubs: 50, FanOutN: 200, DisjointSubs: 20, DisjointN: 410, Publishers: 10,
 		LatencySubs: 3, LatencyN: 1000, CatchUpN: 3000, Timeout: time.Minute}
 	rs, err := RunSubscribe(c, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	want := []struct {
 		prefix string
 		msgs   int
@@ -92,18 +75,14 @@ func TestSubscribeScenariosRun(t *testing.T) {
 		{"replay t/# (1 reader)", 3000},
 		{"subscribe catch-up t/#", 3000},
 	}
-	if len(rs) != len(want) {
-		t.Fatalf("got %d results, want %d: %+v", len(rs), len(want), rs)
-	}
+	require.Len(t, rs, len(want), "results: %+v", rs)
 	for i, w := range want {
 		r := rs[i]
-		if !strings.HasPrefix(r.Name, w.prefix) || r.Msgs != w.msgs || r.Elapsed <= 0 || r.Note == "" {
-			t.Errorf("result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
-		}
+		require.True(t, strings.HasPrefix(r.Name, w.prefix) && r.Msgs == w.msgs && r.Elapsed > 0 && r.Note != "",
+			"result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
 	}
-	if r := rs[2]; r.P50 < 0 || r.P99 < r.P50 || r.P999 < r.P99 {
-		t.Errorf("latency percentiles: %+v", r)
-	}
+	r := rs[2]
+	require.True(t, r.P50 >= 0 && r.P99 >= r.P50 && r.P999 >= r.P99, "latency percentiles: %+v", r)
 }
 
 // TestSubscribeReplicatedRuns: the replicated latency scenario stores through site 0 and
@@ -112,16 +91,10 @@ func TestSubscribeReplicatedRuns(t *testing.T) {
 	c := Config{Publishers: 20, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
 	sc := SubConfig{LatencySubs: 3, LatencyN: 600, LatencyRate: 2000, Timeout: time.Minute}
 	rs, err := RunSubscribeReplicated(c, sc, 3, raftgroup.LogDBPebble)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(rs) != 3 {
-		t.Fatalf("got %d results, want 3", len(rs))
-	}
+	require.NoError(t, err)
+	require.Len(t, rs, 3)
 	for _, r := range rs {
-		if r.Msgs != 600 || r.P99 < r.P50 {
-			t.Errorf("%+v", r)
-		}
+		require.True(t, r.Msgs == 600 && r.P99 >= r.P50, "want 600 messages, p99 >= p50: %+v", r)
 	}
 }
 
@@ -158,18 +131,12 @@ func TestWriteHTML(t *testing.T) {
 	r := Result{Name: "ingest <x>", Msgs: 10, Elapsed: time.Second, Note: "a&b"}
 	r.setRun([]time.Duration{time.Millisecond, 2 * time.Millisecond, time.Second}, []float64{5, 10, 7})
 	var b strings.Builder
-	if err := WriteHTML(&b, "t", []Result{r, {Name: "replay", Msgs: 1, Elapsed: time.Millisecond}}); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, WriteHTML(&b, "t", []Result{r, {Name: "replay", Msgs: 1, Elapsed: time.Millisecond}}))
 	out := b.String()
 	for _, want := range []string{"ingest &lt;x&gt;", "a&amp;b", "<polyline", "<rect", "replay"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("report lacks %q", want)
-		}
+		require.Contains(t, out, want, "report lacks %q", want)
 	}
-	if n := strings.Count(out, "<svg"); n != 2 {
-		t.Errorf("%d charts, want 2", n)
-	}
+	require.Equal(t, 2, strings.Count(out, "<svg"), "charts")
 }
 
 // TestReplicatedRuns: the replicated scenario starts three sites, ingests through all of them
@@ -177,12 +144,9 @@ func TestWriteHTML(t *testing.T) {
 func TestReplicatedRuns(t *testing.T) {
 	c := Config{N: 3000, Publishers: 30, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
 	r, err := RunReplicated(c, 3, raftgroup.LogDBPebble)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Msgs != c.N || r.Elapsed <= 0 || r.P50 <= 0 || r.MsgsPerCommit < 1 {
-		t.Fatalf("%+v", r)
-	}
+	require.NoError(t, err)
+	require.True(t, r.Msgs == c.N && r.Elapsed > 0 && r.P50 > 0 && r.MsgsPerCommit >= 1,
+		"want %d messages, positive elapsed and p50, at least 1 message per commit: %+v", c.N, r)
 }
 
 // TestSessionsScenarioRuns runs the durable-session scenario on tiny sizes: every message
@@ -192,9 +156,7 @@ func TestSessionsScenarioRuns(t *testing.T) {
 	sc := SessionConfig{Sessions: 30, N: 610, ResumeN: 700, Batch: 64, CheckpointInterval: 20 * time.Millisecond,
 		Timeout: time.Minute}
 	rs, err := RunSessions(c, sc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	want := []struct {
 		prefix string
 		msgs   int
@@ -206,18 +168,14 @@ func TestSessionsScenarioRuns(t *testing.T) {
 		{"session resume: Connect → first Next", 64},
 		{"session resume: redeliver 700", 700},
 	}
-	if len(rs) != len(want) {
-		t.Fatalf("got %d results, want %d: %+v", len(rs), len(want), rs)
-	}
+	require.Len(t, rs, len(want), "results: %+v", rs)
 	for i, w := range want {
 		r := rs[i]
 		ok := r.Msgs == w.msgs || i == 4 && r.Msgs >= 1 && r.Msgs <= w.msgs // the first batch: up to Batch
-		if !strings.HasPrefix(r.Name, w.prefix) || !ok || r.Elapsed <= 0 || r.Note == "" {
-			t.Errorf("result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
-		}
+		require.True(t, strings.HasPrefix(r.Name, w.prefix) && ok && r.Elapsed > 0 && r.Note != "",
+			"result %d: %q, %d messages in %v, want %q, %d", i, r.Name, r.Msgs, r.Elapsed, w.prefix, w.msgs)
 	}
 	f := rs[1].Figures
-	if f["ratio_to_without"] <= 0 || f["deliveries_per_sec"] <= 0 || f["state_writes_per_delivery"] <= 0 {
-		t.Errorf("session figures: %v", f)
-	}
+	require.True(t, f["ratio_to_without"] > 0 && f["deliveries_per_sec"] > 0 && f["state_writes_per_delivery"] > 0,
+		"session figures: %v", f)
 }

@@ -2,16 +2,13 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
-	"github.com/strata-mq/strata/internal/loopback"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/strata-mq/strata/raftgroup/clustertest"
 )
 
 // RunReplicated measures durable ingest into a replicated cluster: sites sites in this process
@@ -61,71 +58,49 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	return r, nil
 }
 
-// startSites starts sites sites in this process on 127.0.0.1 (each its own NodeHost, Raft log
-// and replicas, under c.Dir/name or a temporary directory), bootstrapped with replication factor
-// 3 and c.Shards shards, and waits until every shard has a leader (a first Store per shard, on
-// topic "warmup", through site 0). stop closes the sites and removes the temporary directory.
+// startSites starts sites sites in this process on 127.0.0.1 (raftgroup/clustertest: each its
+// own NodeHost, Raft log and replicas, under c.Dir/name or a temporary directory), bootstrapped
+// with replication factor 3 and c.Shards shards, and warms up: every shard gets a leader, and a
+// first Store per shard (topic "warmup", through site 0) has gone through it, before anything
+// is measured. stop closes the sites and removes the temporary directory.
 func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (dbs []*ds.DB, stop func(), err error) {
-	root, removeRoot := c.Dir, func() {}
-	if root == "" {
-		tmp, err := os.MkdirTemp("", "ds-bench-raft-")
-		if err != nil {
-			return nil, nil, err
-		}
-		root, removeRoot = tmp, func() { os.RemoveAll(tmp) }
-	} else {
-		root = filepath.Join(root, name)
+	dir := c.Dir
+	if dir != "" {
+		dir = filepath.Join(dir, name)
 	}
-	addrs, err := loopback.FreeAddrs(sites)
+	ctx := context.Background()
+	cl, err := clustertest.Start(ctx, clustertest.Options{Sites: sites, Shards: c.Shards, Dir: dir,
+		Mutate: func(_ int, cfg *raftgroup.Config) {
+			cfg.LogDB, cfg.LogDBMemory = logdb, raftgroup.LogDBSmall
+			cfg.MaxInFlight, cfg.LogShards = c.RaftInFlight, c.RaftLogShards
+			cfg.ReconcileInterval = 0 // the default
+			cfg.DB = &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
+				Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}}
+		}})
 	if err != nil {
-		removeRoot()
 		return nil, nil, err
 	}
-	ss := make([]*raftgroup.Site, sites)
-	errs := make([]error, sites)
-	var wg sync.WaitGroup
-	for i := range ss {
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			ss[i], errs[i] = raftgroup.Open(ctx, raftgroup.Config{
-				Dir: filepath.Join(root, fmt.Sprintf("site-%d", i)), RaftAddress: addrs[i], InitialSites: addrs,
-				LogDB: logdb, LogDBMemory: raftgroup.LogDBSmall, MaxInFlight: c.RaftInFlight, LogShards: c.RaftLogShards,
-				DB: &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
-					Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}},
-			})
-		})
-	}
-	wg.Wait()
-	stop = func() {
-		for _, s := range ss {
-			if s != nil {
-				s.Close()
-			}
-		}
-		removeRoot()
-	}
+	stop = func() { cl.Close() }
 	defer func() {
 		if err != nil {
 			stop()
 		}
 	}()
-	if err := errors.Join(errs...); err != nil {
+	if dbs, err = cl.DBs(); err != nil {
 		return nil, nil, err
 	}
-	dbs = make([]*ds.DB, sites)
-	for i, s := range ss {
-		if dbs[i], err = s.DB(); err != nil {
-			return nil, nil, err
-		}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := cl.WaitLeaders(wctx); err != nil {
+		return nil, nil, err
 	}
-	// Wait for every shard to have a leader: a first Store per shard.
+	// A first Store per shard: through site 0, forwarded to the shard's leader.
 	for sh := range c.Shards {
 		for p := 0; ; p++ {
 			if int(ds.ShardOf(clientID(p), c.Shards)) != sh {
 				continue
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			_, err := dbs[0].Store(ctx, ds.Message{ClientID: clientID(p), Topic: "warmup", Payload: []byte("x")})
 			cancel()
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/internal/pebbleopts"
+	"github.com/stretchr/testify/require"
 )
 
 // TestDamagedBlockIsAnError: a damaged block found by a read of an open DB is an error
@@ -29,59 +30,40 @@ func testDamagedBlock(t *testing.T, ext string) {
 	dir := t.TempDir()
 	opts := &Options{NShards: 1, Retention: RetainForever, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	db, err := Open(dir, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	for i := range 200 {
 		// 1 KiB payloads: values separated into a blob file once flushed.
-		if _, err := db.Store(ctx, Message{ClientID: "c", Topic: fmt.Sprintf("t/%d", i%4), Payload: bytes.Repeat([]byte{byte(i)}, 1024)}); err != nil {
-			t.Fatal(err)
-		}
+		_, err := db.Store(ctx, Message{ClientID: "c", Topic: fmt.Sprintf("t/%d", i%4), Payload: bytes.Repeat([]byte{byte(i)}, 1024)})
+		require.NoError(t, err)
 	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, db.Close())
 	// Move everything into sstables and blob files, then damage the middle of a blob file.
 	path := filepath.Join(dir, "pebble")
 	p, err := pebble.Open(path, pebbleopts.New(pebbleopts.Config{Logger: pebbleopts.SlogLogger{L: opts.Logger}}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, p.Flush())
+	require.NoError(t, p.Close())
 	blobs, _ := filepath.Glob(filepath.Join(path, "*"+ext))
-	if len(blobs) == 0 {
-		t.Fatalf("no %s file after the flush", ext)
-	}
+	require.NotEmpty(t, blobs, "no %s file after the flush", ext)
 	b, err := os.ReadFile(blobs[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := len(b)/2 - 8; i < len(b)/2+8; i++ {
 		b[i] ^= 0x5a
 	}
-	if err := os.WriteFile(blobs[0], b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(blobs[0], b, 0o644))
 
 	db, err = Open(dir, opts)
 	if err != nil {
 		// The damage may be found while the shard loads its state: an error, not a panic.
-		if !IsCorruptionError(err) && !errors.Is(err, ErrFailed) {
-			t.Fatalf("open over a damaged %s file: %v", ext, err)
-		}
+		require.True(t, IsCorruptionError(err) || errors.Is(err, ErrFailed),
+			"open over a damaged %s file: %v, want a corruption error or ErrFailed", ext, err)
 		return
 	}
 	defer db.Close()
 	streams, err := db.Streams("#", time.Time{})
-	if err != nil || len(streams) == 0 {
-		t.Fatalf("streams %v, %v", streams, err)
-	}
+	require.NoError(t, err, "streams")
+	require.NotEmpty(t, streams, "streams")
 	var corrupt error
 	for _, s := range streams {
 		it, _ := db.Iterator(s, "#", time.Time{})
@@ -99,10 +81,7 @@ func testDamagedBlock(t *testing.T, ext string) {
 			it = next
 		}
 	}
-	if !IsCorruptionError(corrupt) {
-		t.Fatalf("reading over a damaged blob file: %v, want an error wrapping ErrCorruption", corrupt)
-	}
-	if _, err := db.Store(ctx, Message{ClientID: "c", Topic: "t/new", Payload: []byte("after")}); err != nil {
-		t.Fatalf("a write after the corruption was reported: %v", err)
-	}
+	require.True(t, IsCorruptionError(corrupt), "reading over a damaged blob file: %v, want an error wrapping ErrCorruption", corrupt)
+	_, err = db.Store(ctx, Message{ClientID: "c", Topic: "t/new", Payload: []byte("after")})
+	require.NoError(t, err, "a write after the corruption")
 }

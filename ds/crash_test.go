@@ -297,7 +297,7 @@ func (r *crashRun) waitAcked(n int) {
 		select {
 		case <-r.ackSignal:
 		case <-stuck.C:
-			r.t.Fatalf("writers are stuck: %d of %d acknowledged", got, n)
+			require.Failf(r.t, "writers are stuck", "writers are stuck: %d of %d acknowledged", got, n)
 		}
 	}
 }
@@ -634,9 +634,9 @@ func TestCrashStreamNotVisibleBeforeDurable(t *testing.T) {
 	select {
 	case <-started: // the Store's batch is committed to Pebble, its WAL sync held
 	case err := <-stored:
-		t.Fatalf("the Store returned (%v) without syncing the WAL", err)
+		require.Failf(t, "the Store returned without syncing the WAL", "Store returned %v", err)
 	case <-time.After(10 * time.Second):
-		t.Fatal("no WAL sync within 10s of the Store")
+		require.Fail(t, "no WAL sync within 10s of the Store")
 	}
 	seen, err := db.Streams("x/#", time.Time{})
 	require.NoError(t, err)

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestNoDragonboatDependency: package ds must build without dragonboat. Package raftgroup
@@ -21,7 +23,7 @@ func TestNoDragonboatDependency(t *testing.T) {
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = string(ee.Stderr)
 		}
-		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, stderr)
+		require.NoError(t, err, "go list -deps %s:\n%s", pkg, stderr)
 	}
 	deps := strings.Fields(string(out))
 	// A list without ds's own shard package would mean go list answered something else, and
@@ -31,11 +33,7 @@ func TestNoDragonboatDependency(t *testing.T) {
 		if d == "github.com/strata-mq/strata/shard" {
 			found = true
 		}
-		if strings.Contains(d, "dragonboat") {
-			t.Errorf("package ds depends on %s", d)
-		}
+		require.NotContains(t, d, "dragonboat", "package ds depends on %s", d)
 	}
-	if !found {
-		t.Fatalf("go list -deps %s does not list package shard:\n%s", pkg, out)
-	}
+	require.True(t, found, "go list -deps %s does not list package shard:\n%s", pkg, out)
 }

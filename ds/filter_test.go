@@ -246,7 +246,7 @@ func TestFilterModel(t *testing.T) {
 					}
 					for _, m := range msgs {
 						if ds.ShardID(m.Shard) != s.Shard || !patternFits(s.Pattern, m.Topic) {
-							t.Fatalf("stream %s gave %q from shard %d", s, m.Topic, m.Shard)
+							require.Failf(t, "message outside its stream", "stream %s gave %q from shard %d", s, m.Topic, m.Shard)
 						}
 					}
 					got = append(got, msgs...)
@@ -255,7 +255,7 @@ func TestFilterModel(t *testing.T) {
 				for r, w := range want {
 					g, ok := gotBy[r]
 					if !ok {
-						t.Fatalf("filter %q since %d: %q at %v missing (%d of %d read)",
+						require.Failf(t, "message missing", "filter %q since %d: %q at %v missing (%d of %d read)",
 							filter, ds.Micros(since), w.Topic, r, len(got), len(want))
 					}
 					if !reflect.DeepEqual(w, normalized(g)) {
@@ -264,7 +264,7 @@ func TestFilterModel(t *testing.T) {
 				}
 				for r, g := range gotBy {
 					if _, ok := want[r]; !ok {
-						t.Fatalf("filter %q since %d: %q at %v read but does not match",
+						require.Failf(t, "message read but does not match", "filter %q since %d: %q at %v read but does not match",
 							filter, ds.Micros(since), g.Topic, r)
 					}
 				}

@@ -60,8 +60,8 @@ func openTestDBAt(t testing.TB, dir string, opts *ds.Options) *testDB {
 	require.NoError(t, err)
 	d := &testDB{DB: db, t: t, dir: dir, opts: opts}
 	t.Cleanup(func() {
-		if err := db.Close(); err != nil && !errors.Is(err, ds.ErrClosed) {
-			t.Errorf("close: %v", err)
+		if err := db.Close(); !errors.Is(err, ds.ErrClosed) {
+			require.NoError(t, err, "close")
 		}
 	})
 	return d
@@ -99,7 +99,8 @@ func (d *testDB) drain(it ds.Iterator, max int) ([]ds.Message, ds.Iterator, erro
 	d.t.Helper()
 	var out []ds.Message
 	start := it.Next
-	// Plain comparisons in the loop: testify's per-call cost dominates a model test's reads.
+	// Plain comparisons in the loop, require only on a failure: testify's per-call cost
+	// dominates a model test's reads.
 	for range 1 << 20 {
 		msgs, next, err := d.Next(context.Background(), it, max)
 		if err != nil {
@@ -108,11 +109,11 @@ func (d *testDB) drain(it ds.Iterator, max int) ([]ds.Message, ds.Iterator, erro
 		}
 		switch {
 		case len(msgs) > max:
-			d.t.Fatalf("Next(max %d) returned %d messages", max, len(msgs))
+			require.Failf(d.t, "too many messages", "Next(max %d) returned %d messages", max, len(msgs))
 		case next.Next < it.Next:
-			d.t.Fatalf("iterator moved backwards from %d to %d", it.Next, next.Next)
+			require.Failf(d.t, "iterator moved backwards", "iterator moved backwards from %d to %d", it.Next, next.Next)
 		case next.Stream != it.Stream || next.Filter != it.Filter:
-			d.t.Fatalf("Next changed the iterator's stream or filter: %s to %s", it, next)
+			require.Failf(d.t, "iterator changed", "Next changed the iterator's stream or filter: %s to %s", it, next)
 		}
 		if len(msgs) == 0 {
 			return out, next, nil
@@ -120,17 +121,17 @@ func (d *testDB) drain(it ds.Iterator, max int) ([]ds.Message, ds.Iterator, erro
 		for _, m := range msgs {
 			switch n := len(out); {
 			case m.Timestamp < start:
-				d.t.Fatalf("stream %s: message at %d before the iterator's start %d", it.Stream, m.Timestamp, start)
+				require.Failf(d.t, "message before the start", "stream %s: message at %d before the iterator's start %d", it.Stream, m.Timestamp, start)
 			case n > 0 && m.Timestamp <= out[n-1].Timestamp:
-				d.t.Fatalf("stream %s out of order: %d after %d", it.Stream, m.Timestamp, out[n-1].Timestamp)
+				require.Failf(d.t, "out of order", "stream %s out of order: %d after %d", it.Stream, m.Timestamp, out[n-1].Timestamp)
 			case m.Timestamp >= next.Next:
-				d.t.Fatalf("stream %s: resume position %d at or before a returned message %d", it.Stream, next.Next, m.Timestamp)
+				require.Failf(d.t, "resume position too early", "stream %s: resume position %d at or before a returned message %d", it.Stream, next.Next, m.Timestamp)
 			}
 			out = append(out, m)
 		}
 		it = next
 	}
-	d.t.Fatalf("drain of %s did not end", it.Stream)
+	require.Failf(d.t, "drain did not end", "drain of %s did not end", it.Stream)
 	return nil, it, nil
 }
 
@@ -182,7 +183,7 @@ func byRef(t testing.TB, msgs []ds.Message) map[ds.Ref]ds.Message {
 	for _, m := range msgs {
 		r := ds.Ref{Shard: ds.ShardID(m.Shard), Timestamp: m.Timestamp}
 		if old, dup := out[r]; dup {
-			t.Fatalf("message %v read twice: %q and %q", r, old.Topic, m.Topic)
+			require.Failf(t, "message read twice", "message %v read twice: %q and %q", r, old.Topic, m.Topic)
 		}
 		out[r] = m
 	}
@@ -221,7 +222,7 @@ func requireClosed(t testing.TB, ch <-chan struct{}, what string) {
 	select {
 	case <-ch:
 	case <-time.After(waitFor):
-		t.Fatalf("%s: channel not closed after %v", what, waitFor)
+		require.Failf(t, "channel not closed", "%s: channel not closed after %v", what, waitFor)
 	}
 }
 

@@ -62,7 +62,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 	ok := assertEventually(func() bool { return runtime.NumGoroutine() <= before }, 10*time.Second)
 	if !ok {
 		buf := make([]byte, 1<<20)
-		t.Fatalf("goroutines: %d before Open, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		require.Failf(t, "goroutines leaked", "goroutines: %d before Open, %d after Close:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 	}
 }
 

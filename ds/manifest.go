@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/strata-mq/strata/internal/fsutil"
+	"github.com/strata-mq/strata/layout"
 )
 
 // manifestName is the file in a DB directory that records what must not change after creation.
@@ -67,4 +69,57 @@ func writeManifest(fs vfs.FS, dir string, m manifest) error {
 		return err
 	}
 	return fsutil.WriteFileAtomic(fs, fs.PathJoin(dir, manifestName), append(b, '\n'))
+}
+
+// Manifest is what the STRATA file of an embedded data directory records.
+type Manifest struct {
+	Format         int    // on-disk format version
+	NShards        int    // fixed at creation
+	PebblePerShard bool   // one Pebble instance per shard (else one shared, shard-prefixed)
+	Created        string // RFC 3339, UTC
+}
+
+// ReadManifest reads the STRATA manifest of an embedded data directory without changing
+// anything. A directory without one gives an error wrapping os.ErrNotExist.
+func ReadManifest(dir string) (Manifest, error) {
+	m, found, err := readManifest(vfs.Default, dir)
+	if err != nil {
+		return Manifest{}, err
+	}
+	if !found {
+		return Manifest{}, fmt.Errorf("%s: no %s manifest, not a Strata data directory: %w", dir, manifestName, os.ErrNotExist)
+	}
+	return Manifest(m), nil
+}
+
+// FormatVersion is the on-disk format version this package writes and reads.
+const FormatVersion = formatVersion
+
+// Storage names the storage a manifest describes: "shared pebble" or "pebble per shard".
+func (m Manifest) Storage() string {
+	if m.PebblePerShard {
+		return "pebble per shard"
+	}
+	return "shared pebble"
+}
+
+// ShardStore is where one shard of an embedded data directory lives: a Pebble directory, and
+// the shard's key prefix in it (nil when the shard has the Pebble instance to itself).
+type ShardStore struct {
+	Path   string
+	Prefix []byte
+}
+
+// Stores returns where each shard of the embedded data directory dir, whose manifest is m,
+// lives, by shard ID. The directory names are this package's (one owner of the layout).
+func (m Manifest) Stores(dir string) []ShardStore {
+	out := make([]ShardStore, m.NShards)
+	for i := range out {
+		if m.PebblePerShard {
+			out[i] = ShardStore{Path: filepath.Join(dir, shardPebbleDir(i))}
+		} else {
+			out[i] = ShardStore{Path: filepath.Join(dir, sharedPebbleDir), Prefix: layout.ShardPrefix(ShardID(i))}
+		}
+	}
+	return out
 }

@@ -70,7 +70,7 @@ func TestStreamsChanged(t *testing.T) {
 	case s := <-woke:
 		require.Len(t, s, 1, "the new stream is visible once the channel closes")
 	case <-time.After(waitFor):
-		t.Fatal("waiter not woken")
+		require.Fail(t, "waiter not woken")
 	}
 }
 

@@ -45,12 +45,12 @@ func TestStreamsChangedClosedOnClose(t *testing.T) {
 	select {
 	case <-ch:
 	case <-time.After(200 * time.Millisecond):
-		t.Fatal("StreamsChanged channel still open after Close: waiters never wake")
+		require.Fail(t, "StreamsChanged channel still open after Close: waiters never wake")
 	}
 	select {
 	case <-db.StreamsChanged():
 	default:
-		t.Fatal("StreamsChanged after Close returns an open channel")
+		require.Fail(t, "StreamsChanged after Close returns an open channel")
 	}
 }
 
@@ -69,12 +69,34 @@ func TestBatchWithinMaxBatchMessages(t *testing.T) {
 		}
 		return ms
 	}
+	// The stores run on goroutines of their own, which must not call require (db.store does):
+	// they send their outcome back and the test checks it, as db.store would.
+	type stored struct {
+		msgs []ds.Message
+		refs []ds.Ref
+		err  error
+	}
+	results := make(chan stored, 2)
 	var wg sync.WaitGroup
 	for _, c := range []string{"x", "y"} {
 		wg.Add(1)
-		go func() { defer wg.Done(); db.store(batch(c)...) }()
+		go func() {
+			defer wg.Done()
+			msgs := batch(c)
+			refs, err := db.Store(context.Background(), msgs...)
+			results <- stored{msgs, refs, err}
+		}()
 	}
 	wg.Wait()
+	close(results)
+	for r := range results {
+		require.NoError(t, r.err)
+		require.Len(t, r.refs, len(r.msgs))
+		for i, ref := range r.refs {
+			require.NotZero(t, ref.Timestamp, "ref %d", i)
+			require.Equal(t, ds.ShardOf(r.msgs[i].ClientID, db.NShards()), ref.Shard, "ref %d", i)
+		}
+	}
 	m, err := db.Metrics()
 	require.NoError(t, err)
 	tot := m.Totals()

@@ -230,9 +230,7 @@ func TestConcurrentStoreTimestamps(t *testing.T) {
 		for i, m := range r.msgs {
 			ref := r.refs[i]
 			require.Equal(t, ds.ShardOf(m.ClientID, db.NShards()), ref.Shard)
-			if _, dup := want[ref]; dup {
-				t.Fatalf("Ref %v given to two messages", ref)
-			}
+			require.NotContains(t, want, ref, "Ref %v given to two messages", ref)
 			want[ref] = stored(m, ref)
 			if m.ClientID == r.client {
 				require.Greater(t, ref.Timestamp, last, "%s message %d", r.client, i)

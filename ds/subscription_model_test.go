@@ -428,7 +428,7 @@ func (r *smRun) topicFor(filter string) string {
 			return t
 		}
 	}
-	r.t.Fatalf("no topic found for filter %q", filter)
+	require.Failf(r.t, "no topic found", "no topic found for filter %q", filter)
 	return ""
 }
 

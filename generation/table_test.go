@@ -3,8 +3,6 @@ package generation
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
-	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -12,6 +10,7 @@ import (
 
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 var (
@@ -36,16 +35,12 @@ func TestTable(t *testing.T) {
 			t.Helper()
 			prev := tb.Current()
 			g := tb.Add(since, p)
-			if g.ID != wantID || g.Since != since || g.Until != 0 || !g.Current() || g.Layout.String() != p.String() {
-				t.Fatalf("Add(%d) = %v, want id %d", since, g, wantID)
-			}
+			require.True(t, g.ID == wantID && g.Since == since && g.Until == 0 && g.Current() && g.Layout.String() == p.String(),
+				"Add(%d) = %v, want id %d", since, g, wantID)
 			sealed, ok := tb.Get(prev.ID)
-			if !ok || sealed.Until != since || sealed.Current() {
-				t.Fatalf("Add(%d) left the previous generation %v", since, sealed)
-			}
-			if tb.Current().ID != g.ID || tb.NextID != wantID+1 {
-				t.Fatalf("Add(%d): current %v next %d", since, tb.Current(), tb.NextID)
-			}
+			require.True(t, ok && sealed.Until == since && !sealed.Current(), "Add(%d) left the previous generation %v", since, sealed)
+			require.Equal(t, g.ID, tb.Current().ID, "Add(%d): current %v next %d", since, tb.Current(), tb.NextID)
+			require.Equal(t, wantID+1, tb.NextID, "Add(%d): next ID", since)
 		}
 	}
 	drop := func(id stream.GenerationID, want error) op {
@@ -53,26 +48,24 @@ func TestTable(t *testing.T) {
 			t.Helper()
 			before := tb.Clone()
 			err := tb.Drop(id)
-			if !errors.Is(err, want) || (want == nil) != (err == nil) {
-				t.Fatalf("Drop(%d) = %v, want %v", id, err, want)
+			if want == nil {
+				require.NoError(t, err, "Drop(%d)", id)
+			} else {
+				require.ErrorIs(t, err, want, "Drop(%d)", id)
 			}
-			if err != nil && !slices.Equal(ids(before), ids(*tb)) {
-				t.Fatalf("a refused Drop(%d) changed the table to %v", id, ids(*tb))
+			if err != nil {
+				require.Equal(t, ids(before), ids(*tb), "a refused Drop(%d) changed the table", id)
 			}
-			if _, ok := tb.Get(id); err == nil && ok {
-				t.Fatalf("Drop(%d) left it in the table", id)
+			if _, ok := tb.Get(id); err == nil {
+				require.False(t, ok, "Drop(%d) left it in the table", id)
 			}
 		}
 	}
 	expect := func(want ...stream.GenerationID) op {
 		return func(t *testing.T, tb *Table) {
 			t.Helper()
-			if !slices.Equal(ids(*tb), want) {
-				t.Fatalf("generations %v, want %v", ids(*tb), want)
-			}
-			if err := tb.check(); err != nil {
-				t.Fatal(err)
-			}
+			require.Equal(t, want, ids(*tb), "generations")
+			require.NoError(t, tb.check())
 		}
 	}
 	for _, tc := range []struct {
@@ -88,20 +81,15 @@ func TestTable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tb := New(100, lts)
-			if g := tb.Current(); g.ID != 1 || g.Since != 100 || !g.Current() || tb.NextID != 2 {
-				t.Fatalf("New: %v next %d", g, tb.NextID)
-			}
+			g := tb.Current()
+			require.True(t, g.ID == 1 && g.Since == 100 && g.Current() && tb.NextID == 2, "New: %v next %d", g, tb.NextID)
 			for _, o := range tc.ops {
 				o(t, &tb)
 			}
 			// Whatever happened, the table round-trips.
 			got, err := Decode(tb.AppendBinary(nil))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got.AppendBinary(nil), tb.AppendBinary(nil)) {
-				t.Fatalf("round trip changed %v into %v", tb, got)
-			}
+			require.NoError(t, err)
+			require.Equal(t, tb.AppendBinary(nil), got.AppendBinary(nil), "round trip changed %v into %v", tb, got)
 		})
 	}
 }
@@ -111,13 +99,11 @@ func TestCloneIsDeep(t *testing.T) {
 	tb.Add(200, lts)
 	tb.Add(300, lts)
 	c := tb.Clone()
-	if err := c.Drop(1); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.Drop(1))
 	c.Add(400, ref)
-	if !slices.Equal(ids(tb), []stream.GenerationID{1, 2, 3}) || tb.Current().Until != 0 || tb.NextID != 4 {
-		t.Fatalf("changing the clone changed the original: %v next %d", ids(tb), tb.NextID)
-	}
+	require.Equal(t, []stream.GenerationID{1, 2, 3}, ids(tb), "changing the clone changed the original")
+	require.Zero(t, tb.Current().Until, "changing the clone changed the original")
+	require.Equal(t, stream.GenerationID(4), tb.NextID, "changing the clone changed the original")
 }
 
 func TestRotationDue(t *testing.T) {
@@ -136,15 +122,12 @@ func TestRotationDue(t *testing.T) {
 		{1_000_500, time.Millisecond / 2, true},
 		{0, time.Second, false}, // a clock behind since
 	} {
-		if got := tb.RotationDue(tc.now, tc.span); got != tc.want {
-			t.Errorf("RotationDue(%d, %v) = %t, want %t", tc.now, tc.span, got, tc.want)
-		}
+		require.Equal(t, tc.want, tb.RotationDue(tc.now, tc.span), "RotationDue(%d, %v)", tc.now, tc.span)
 	}
 	// After Add, the new current generation's Since counts.
 	tb.Add(5_000_000, lts)
-	if tb.RotationDue(5_500_000, time.Second) || !tb.RotationDue(6_000_000, time.Second) {
-		t.Error("RotationDue does not follow the current generation")
-	}
+	require.False(t, tb.RotationDue(5_500_000, time.Second), "RotationDue does not follow the current generation")
+	require.True(t, tb.RotationDue(6_000_000, time.Second), "RotationDue does not follow the current generation")
 }
 
 func TestExpired(t *testing.T) {
@@ -165,9 +148,8 @@ func TestExpired(t *testing.T) {
 		{1 << 60, -time.Hour, nil},
 		{0, time.Second, nil},
 	} {
-		if got := tb.Expired(tc.now, tc.retention); !slices.Equal(got, tc.want) {
-			t.Errorf("Expired(%d, %v) = %v, want %v", tc.now, tc.retention, got, tc.want)
-		}
+		got := tb.Expired(tc.now, tc.retention)
+		require.True(t, slices.Equal(got, tc.want), "Expired(%d, %v) = %v, want %v", tc.now, tc.retention, got, tc.want)
 	}
 }
 
@@ -179,9 +161,7 @@ func TestInfoString(t *testing.T) {
 		"gen 2 [2023-11-14T22:13:20.500000Z, now) reference",
 	}
 	for i, g := range tb.Gens {
-		if g.String() != want[i] {
-			t.Errorf("String() = %q, want %q", g.String(), want[i])
-		}
+		require.Equal(t, want[i], g.String())
 	}
 }
 
@@ -209,21 +189,14 @@ func TestEncodingRoundTrip(t *testing.T) {
 		tb := randomTable(rng)
 		enc := tb.AppendBinary([]byte("prefix"))[len("prefix"):]
 		got, err := Decode(enc)
-		if err != nil {
-			t.Fatalf("%d: Decode: %v", i, err)
-		}
-		if got.NextID != tb.NextID || len(got.Gens) != len(tb.Gens) {
-			t.Fatalf("%d: decoded %+v, want %+v", i, got, tb)
-		}
+		require.NoError(t, err, "%d: Decode", i)
+		require.True(t, got.NextID == tb.NextID && len(got.Gens) == len(tb.Gens), "%d: decoded %+v, want %+v", i, got, tb)
 		for j := range got.Gens {
 			a, b := got.Gens[j], tb.Gens[j]
-			if a.ID != b.ID || a.Since != b.Since || a.Until != b.Until || a.Layout.String() != b.Layout.String() {
-				t.Fatalf("%d: generation %d decoded as %v, want %v", i, j, a, b)
-			}
+			require.True(t, a.ID == b.ID && a.Since == b.Since && a.Until == b.Until && a.Layout.String() == b.Layout.String(),
+				"%d: generation %d decoded as %v, want %v", i, j, a, b)
 		}
-		if !bytes.Equal(got.AppendBinary(nil), enc) {
-			t.Fatalf("%d: re-encoding differs", i)
-		}
+		require.Equal(t, enc, got.AppendBinary(nil), "%d: re-encoding differs", i)
 	}
 }
 
@@ -243,9 +216,8 @@ func encodeRaw(version byte, next uint64, gens ...[3]uint64) []byte {
 
 func TestDecodeRejects(t *testing.T) {
 	valid := encodeRaw(1, 3, [3]uint64{1, 10, 20}, [3]uint64{2, 20, 0})
-	if _, err := Decode(valid); err != nil {
-		t.Fatalf("valid table: %v", err)
-	}
+	_, err := Decode(valid)
+	require.NoError(t, err, "valid table")
 	for _, tc := range []struct {
 		name string
 		b    []byte
@@ -274,9 +246,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"lts without thresholds", append(encodeRaw(1, 2)[:2], 1, 1, 10, 0, 1, 0)},
 	} {
 		_, err := Decode(tc.b)
-		if !errors.Is(err, ErrCorrupt) {
-			t.Errorf("%s (%x): Decode = %v, want ErrCorrupt", tc.name, tc.b, err)
-		}
+		require.ErrorIs(t, err, ErrCorrupt, "%s (%x)", tc.name, tc.b)
 	}
 }
 
@@ -286,9 +256,8 @@ func TestDecodeTruncated(t *testing.T) {
 	for range 200 {
 		enc := randomTable(rng).AppendBinary(nil)
 		for n := range len(enc) {
-			if _, err := Decode(enc[:n]); !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("Decode of %d of %d bytes (%x) = %v, want ErrCorrupt", n, len(enc), enc[:n], err)
-			}
+			_, err := Decode(enc[:n])
+			require.ErrorIs(t, err, ErrCorrupt, "Decode of %d of %d bytes (%x)", n, len(enc), enc[:n])
 		}
 	}
 }
@@ -303,23 +272,16 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tb, err := Decode(b)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error %v does not wrap ErrCorrupt", err)
-			}
+			require.ErrorIs(t, err, ErrCorrupt)
 			return
 		}
-		if got := tb.AppendBinary(nil); !bytes.Equal(got, b) {
-			t.Fatalf("decoded %+v re-encodes as %x, input %x", tb, got, b)
-		}
-		if err := tb.check(); err != nil {
-			t.Fatal(err)
-		}
+		got := tb.AppendBinary(nil)
+		require.True(t, bytes.Equal(got, b), "decoded %+v re-encodes as %x, input %x", tb, got, b)
+		require.NoError(t, tb.check())
 		// A decoded table is usable.
 		for _, g := range tb.Gens {
 			_ = g.String()
-			if err := g.Layout.Validate(); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, g.Layout.Validate())
 		}
 		_ = tb.Expired(1<<62, time.Hour)
 		_ = tb.RotationDue(1<<62, time.Hour)
@@ -327,9 +289,7 @@ func FuzzDecode(f *testing.F) {
 		c.Add(c.Current().Since+1, lts)
 		sealed := ids(c)
 		for _, id := range sealed[:len(sealed)-1] {
-			if err := c.Drop(id); err != nil {
-				t.Fatal(fmt.Errorf("drop %d: %w", id, err))
-			}
+			require.NoError(t, c.Drop(id), "drop %d", id)
 		}
 	})
 }

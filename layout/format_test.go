@@ -17,6 +17,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // TestFormat pins the on-disk format of package layout (see doc.go) with the script in
@@ -75,7 +76,7 @@ func (e *formatEnv) close() {
 func openMem(t testing.TB) *pebble.DB {
 	t.Helper()
 	db, err := pebble.Open("", &pebble.Options{FS: vfs.NewMem(), Logger: quietLogger{}})
-	must(t, err)
+	require.NoError(t, err)
 	return db
 }
 
@@ -87,9 +88,7 @@ func parseParams(t *testing.T, c *ddCase) Params {
 	if th := c.arg("thresholds", ""); th != "" {
 		for _, s := range strings.Split(th, ",") {
 			v, err := strconv.Atoi(s)
-			if err != nil {
-				c.fatalf(t, "thresholds: %v", err)
-			}
+			require.NoError(t, err, "line %d: %s: thresholds", c.Line, c.Cmd)
 			p.Thresholds = append(p.Thresholds, v)
 		}
 	}
@@ -100,9 +99,7 @@ func (e *formatEnv) gen(t *testing.T, c *ddCase) (stream.GenerationID, Generatio
 	t.Helper()
 	id := stream.GenerationID(c.uint(t, "gen", 1))
 	g, ok := e.gens[id]
-	if !ok {
-		c.fatalf(t, "no generation %d", id)
-	}
+	require.True(t, ok, "line %d: %s: no generation %d", c.Line, c.Cmd, id)
 	return id, g
 }
 
@@ -113,9 +110,7 @@ func (c *ddCase) uint(t *testing.T, key string, def uint64) uint64 {
 		return def
 	}
 	v, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		c.fatalf(t, "%s: %v", key, err)
-	}
+	require.NoError(t, err, "line %d: %s: %s", c.Line, c.Cmd, key)
 	return v
 }
 
@@ -123,9 +118,9 @@ func (c *ddCase) uint(t *testing.T, key string, def uint64) uint64 {
 func (e *formatEnv) commit(t *testing.T, r *recorder) {
 	b := e.db.NewBatch()
 	for _, p := range r.kvs {
-		must(t, b.Set(p.k, p.v, nil))
+		require.NoError(t, b.Set(p.k, p.v, nil))
 	}
-	must(t, b.Commit(pebble.NoSync))
+	require.NoError(t, b.Commit(pebble.NoSync))
 }
 
 func (e *formatEnv) run(t *testing.T, c *ddCase) string {
@@ -136,9 +131,8 @@ func (e *formatEnv) run(t *testing.T, c *ddCase) string {
 		e.levels = map[uint64]string{}
 		e.params = parseParams(t, c)
 		var err error
-		if e.prefix, err = hex.DecodeString(c.arg("prefix", "")); err != nil {
-			c.fatalf(t, "prefix: %v", err)
-		}
+		e.prefix, err = hex.DecodeString(c.arg("prefix", ""))
+		require.NoError(t, err, "line %d: %s: prefix", c.Line, c.Cmd)
 		r := &recorder{}
 		g, err := New(e.params, e.prefix, 1, nil, r)
 		if err != nil {
@@ -165,9 +159,7 @@ func (e *formatEnv) run(t *testing.T, c *ddCase) string {
 				QoS:       byte(mc.uint(t, "qos", 0)),
 				Retain:    mc.has("retain"),
 			}
-			if err := topic.ValidateName(m.Topic); err != nil {
-				c.fatalf(t, "%v", err)
-			}
+			require.NoError(t, topic.ValidateName(m.Topic), "line %d: %s", c.Line, c.Cmd)
 			levels := topic.Split(m.Topic)
 			for _, lv := range levels {
 				e.levels[xxhash.Sum64String(lv)] = lv
@@ -256,13 +248,13 @@ func (e *formatEnv) run(t *testing.T, c *ddCase) string {
 
 	case "scan":
 		it, err := e.db.NewIter(nil)
-		must(t, err)
+		require.NoError(t, err)
 		defer it.Close()
 		var kvs []kv
 		for ok := it.First(); ok; ok = it.Next() {
 			kvs = append(kvs, kv{slices.Clone(it.Key()), slices.Clone(it.Value())})
 		}
-		must(t, it.Error())
+		require.NoError(t, it.Error())
 		return e.describe(kvs)
 
 	default:

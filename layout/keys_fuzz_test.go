@@ -2,8 +2,9 @@ package layout
 
 import (
 	"encoding/binary"
-	"errors"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // FuzzDecodeDataSuffix: whatever bytes follow a stream's data prefix (a damaged key on disk),
@@ -22,17 +23,11 @@ func FuzzDecodeDataSuffix(f *testing.F) {
 		}
 		ts, varying, err := decodeDataSuffix(suffix, n, nil)
 		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error %v does not wrap ErrCorrupt", err)
-			}
+			require.ErrorIs(t, err, ErrCorrupt)
 			return
 		}
-		if len(varying) != n {
-			t.Fatalf("%d levels, want %d", len(varying), n)
-		}
+		require.Len(t, varying, n, "levels")
 		again := keys.appendDataKey(nil, ts, varying)[2:] // base is empty; skip the 0x0000
-		if string(again) != string(suffix) {
-			t.Fatalf("re-encoded %x, decoded from %x", again, suffix)
-		}
+		require.Equal(t, string(suffix), string(again), "re-encoded %x, decoded from %x", again, suffix)
 	})
 }

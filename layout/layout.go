@@ -162,6 +162,10 @@ type Generation interface {
 	Read(r pebble.Reader, req ReadRequest, out []message.Message) ([]message.Message, ReadResult, error)
 	// Dump renders the learned structure as text (ds-info, tests).
 	Dump() string
+
+	// verifyData checks a data keyspace key (body: what follows keyspace | gen) and its value
+	// (Verify).
+	verifyData(body, value []byte) (KeyInfo, error)
 }
 
 // New returns the layout of a new generation and writes its initial records into b. For LTS,

@@ -15,6 +15,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // readFixture is one LTS generation in an in-memory Pebble with everything it holds.
@@ -32,9 +33,9 @@ func (f *readFixture) addAll(t testing.TB, msgs []message.Message, batchSize int
 		b := f.db.NewBatch()
 		for i := range msgs[:n] {
 			_, err := f.gen.Add(b, &msgs[i], topic.Split(msgs[i].Topic))
-			must(t, err)
+			require.NoError(t, err)
 		}
-		must(t, b.Commit(pebble.NoSync))
+		require.NoError(t, b.Commit(pebble.NoSync))
 		f.gen.Commit()
 		f.msgs = append(f.msgs, msgs[:n]...)
 		msgs = msgs[n:]
@@ -49,7 +50,7 @@ func newFixture(t testing.TB, p Params, prefix []byte) *readFixture {
 	db := openMem(t)
 	t.Cleanup(func() { db.Close() })
 	g, err := New(p, prefix, 7, nil, db)
-	must(t, err)
+	require.NoError(t, err)
 	return &readFixture{db: db, gen: g}
 }
 
@@ -126,7 +127,7 @@ func TestReadMatchesBruteForce(t *testing.T) {
 			ref.addAll(t, slices.Clone(msgs), 500)
 			f.addAll(t, msgs, 1+rng.IntN(200))
 			if seed%2 == 1 {
-				must(t, f.db.Flush())
+				require.NoError(t, f.db.Flush())
 			}
 			lo, hi := f.msgs[0].Timestamp, f.msgs[len(f.msgs)-1].Timestamp+1
 			for q := range 200 {
@@ -165,24 +166,18 @@ func checkFilter(t *testing.T, f *readFixture, filter string, from, until uint64
 		var inStream []message.Message
 		next := from
 		for pages := 0; ; pages++ {
-			if pages > len(f.msgs)+2 {
-				t.Fatalf("filter %q stream %s: no progress at %d", filter, s.Pattern, next)
-			}
+			require.LessOrEqual(t, pages, len(f.msgs)+2, "filter %q stream %s: no progress at %d", filter, s.Pattern, next)
 			// A non-empty out must not change what a read returns.
 			out := make([]message.Message, pages%3)
 			out, res, err := f.gen.Read(f.db, ReadRequest{Key: s.Key, Filter: fl, From: next, Until: until, Max: max}, out)
-			must(t, err, fmt.Sprintf("filter %q stream %s", filter, s.Pattern))
+			require.NoError(t, err, "filter %q stream %s", filter, s.Pattern)
 			page := out[pages%3:]
-			if len(page) > max || !res.Exhausted && len(page) != max {
-				t.Fatalf("filter %q stream %s: page of %d with max %d, exhausted %t", filter, s.Pattern, len(page), max, res.Exhausted)
-			}
-			if res.Next < next {
-				t.Fatalf("filter %q: next went back from %d to %d", filter, next, res.Next)
-			}
+			require.False(t, len(page) > max || !res.Exhausted && len(page) != max,
+				"filter %q stream %s: page of %d with max %d, exhausted %t", filter, s.Pattern, len(page), max, res.Exhausted)
+			require.GreaterOrEqual(t, res.Next, next, "filter %q: next went back", filter)
 			for _, m := range page {
-				if m.Timestamp < next || m.Timestamp >= res.Next {
-					t.Fatalf("filter %q: ts %d outside [%d, next %d)", filter, m.Timestamp, next, res.Next)
-				}
+				require.True(t, m.Timestamp >= next && m.Timestamp < res.Next,
+					"filter %q: ts %d outside [%d, next %d)", filter, m.Timestamp, next, res.Next)
 			}
 			inStream = append(inStream, page...)
 			next = res.Next
@@ -190,20 +185,16 @@ func checkFilter(t *testing.T, f *readFixture, filter string, from, until uint64
 				break
 			}
 		}
-		if !slices.IsSortedFunc(inStream, byTimestamp) {
-			t.Fatalf("filter %q stream %s: out of order", filter, s.Pattern)
-		}
+		require.True(t, slices.IsSortedFunc(inStream, byTimestamp), "filter %q stream %s: out of order", filter, s.Pattern)
 		got = append(got, inStream...)
 	}
 	slices.SortFunc(got, byTimestamp)
 	if len(got) != len(want) {
-		t.Fatalf("filter %q [%d, %d) max %d: %d messages, brute force %d\n got %v\nwant %v",
+		require.Failf(t, "wrong message count", "filter %q [%d, %d) max %d: %d messages, brute force %d\n got %v\nwant %v",
 			filter, from, until, max, len(got), len(want), topics(got), topics(want))
 	}
 	for i := range got {
-		if !sameMessage(&got[i], &want[i]) {
-			t.Fatalf("filter %q: message %d is %+v, want %+v", filter, i, got[i], want[i])
-		}
+		require.True(t, sameMessage(&got[i], &want[i]), "filter %q: message %d is %+v, want %+v", filter, i, got[i], want[i])
 	}
 }
 
@@ -228,16 +219,14 @@ func TestReadRechecksTopicOnCollision(t *testing.T) {
 		{Topic: "a/e/c", Timestamp: 13},
 	}, 10)
 	s := f.gen.Streams([]string{"a", "e", "c"})
-	if len(s) != 1 || s[0].Pattern != "a/+/c" {
-		t.Fatalf("streams %v", s)
-	}
+	require.Len(t, s, 1, "streams %v", s)
+	require.Equal(t, "a/+/c", s[0].Pattern, "streams %v", s)
 	keys := newStreamKeys(nil, 7, s[0].Key)
-	must(t, f.db.Set(keys.appendIndexKey(nil, 2, xxhash.Sum64String("e"), 12), nil, nil))
+	require.NoError(t, f.db.Set(keys.appendIndexKey(nil, 2, xxhash.Sum64String("e"), 12), nil, nil))
 	out, res, err := f.gen.Read(f.db, ReadRequest{Key: s[0].Key, Filter: []string{"a", "e", "c"}, Until: 100, Max: 10}, nil)
-	must(t, err)
-	if got := topics(out); !slices.Equal(got, []string{"11:a/e/c", "13:a/e/c"}) || !res.Exhausted {
-		t.Fatalf("read %v %+v", got, res)
-	}
+	require.NoError(t, err)
+	require.Equal(t, []string{"11:a/e/c", "13:a/e/c"}, topics(out), "read %+v", res)
+	require.True(t, res.Exhausted, "read %+v", res)
 }
 
 // countingReader counts the point keys that iterators opened through it surface, via Pebble's
@@ -278,7 +267,7 @@ func TestReadCostFollowsMatches(t *testing.T) {
 			}
 			f.addAll(t, msgs, 10000)
 			if flush {
-				must(t, f.db.Flush())
+				require.NoError(t, f.db.Flush())
 			}
 			streams := f.gen.Streams([]string{"dev", "p500", "temp"})
 			var key uint64
@@ -294,10 +283,10 @@ func TestReadCostFollowsMatches(t *testing.T) {
 				next := uint64(0)
 				for {
 					out, res, err := f.gen.Read(r, ReadRequest{Key: key, Filter: topic.Split(filter), From: next, Until: 1 << 62, Max: max}, nil)
-					must(t, err)
+					require.NoError(t, err)
 					for _, m := range out {
-						if m.Topic != "dev/p500/temp" && filter == "dev/p500/temp" {
-							t.Fatalf("read %s", m.Topic)
+						if filter == "dev/p500/temp" {
+							require.Equal(t, "dev/p500/temp", m.Topic, "read")
 						}
 					}
 					n += len(out)
@@ -309,19 +298,16 @@ func TestReadCostFollowsMatches(t *testing.T) {
 			}
 			n, visited := read("dev/p500/temp", 1000)
 			t.Logf("pinned: %d messages, %d keys visited", n, visited)
-			if n != perPublisher || visited > 4*perPublisher+10 {
-				t.Fatalf("pinned read: %d messages, %d keys visited; want %d messages and O(%d) keys", n, visited, perPublisher, perPublisher)
-			}
+			require.Equal(t, perPublisher, n, "pinned read: messages")
+			require.LessOrEqual(t, visited, int64(4*perPublisher+10), "pinned read: keys visited; want O(%d)", perPublisher)
 			n, visited = read("dev/p500/temp", 7)
 			t.Logf("pinned, pages of 7: %d messages, %d keys visited", n, visited)
-			if n != perPublisher || visited > 4*perPublisher+4*(perPublisher/7+1)+10 {
-				t.Fatalf("paged pinned read: %d messages, %d keys visited", n, visited)
-			}
+			require.Equal(t, perPublisher, n, "paged pinned read: messages")
+			require.LessOrEqual(t, visited, int64(4*perPublisher+4*(perPublisher/7+1)+10), "paged pinned read: keys visited")
 			n, visited = read("dev/+/temp", 1<<20)
 			t.Logf("unpinned control: %d messages, %d keys visited", n, visited)
-			if n != (publishers-1)*perPublisher || visited < int64(n) {
-				t.Fatalf("control: %d messages, %d keys visited", n, visited)
-			}
+			require.Equal(t, (publishers-1)*perPublisher, n, "control: messages")
+			require.GreaterOrEqual(t, visited, int64(n), "control: keys visited")
 		})
 	}
 }

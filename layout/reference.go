@@ -82,16 +82,15 @@ func (l *reference) Read(r pebble.Reader, req ReadRequest, out []message.Message
 		if err != nil {
 			return out, res, err
 		}
-		n, w := binary.Uvarint(v)
-		if w <= 0 || n > uint64(len(v)-w) {
-			return out, res, fmt.Errorf("%w: reference value at ts %d: topic length", ErrCorrupt, ts)
+		name, record, err := decodeReferenceValue(v)
+		if err != nil {
+			return out, res, fmt.Errorf("%w at ts %d", err, ts)
 		}
-		name := string(v[w : w+int(n)])
 		if !topic.Match(filter, name) {
 			continue
 		}
 		m := message.Message{Topic: name, Timestamp: ts}
-		if err := message.DecodeRecord(v[w+int(n):], &m); err != nil {
+		if err := message.DecodeRecord(record, &m); err != nil {
 			return out, res, fmt.Errorf("%w: reference key %x: %w", ErrCorrupt, it.Key(), err)
 		}
 		out = append(out, m)
@@ -101,4 +100,14 @@ func (l *reference) Read(r pebble.Reader, req ReadRequest, out []message.Message
 	}
 	res.Exhausted = true
 	return out, res, it.Error()
+}
+
+// decodeReferenceValue splits a reference data value, uvarint(len(topic)) | topic | message
+// record, into the topic and the record.
+func decodeReferenceValue(v []byte) (name string, record []byte, err error) {
+	n, w := binary.Uvarint(v)
+	if w <= 0 || n > uint64(len(v)-w) {
+		return "", nil, fmt.Errorf("%w: reference value: topic length", ErrCorrupt)
+	}
+	return string(v[w : w+int(n)]), v[w+int(n):], nil
 }

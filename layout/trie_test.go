@@ -3,7 +3,6 @@ package layout
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -15,6 +14,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // trieRecord is one record emitted by the trie.
@@ -86,12 +86,9 @@ func TestTrieFoldsAfterThreshold(t *testing.T) {
 		id, varying := learnTopic(tr, s.topic, nil)
 		tr.commit()
 		n := tr.stream(uint64(id))
-		if n == nil {
-			t.Fatalf("%s: stream %d not found", s.topic, id)
-		}
-		if got := strings.Join(n.pattern, "/"); got != s.pattern || !slices.Equal(varying, s.varying) {
-			t.Errorf("%s: pattern %s varying %v, want %s %v", s.topic, got, varying, s.pattern, s.varying)
-		}
+		require.NotNil(t, n, "%s: stream %d not found", s.topic, id)
+		require.Equal(t, s.pattern, strings.Join(n.pattern, "/"), "%s: pattern", s.topic)
+		require.True(t, slices.Equal(varying, s.varying), "%s: varying %v, want %v", s.topic, varying, s.varying)
 	}
 }
 
@@ -100,9 +97,7 @@ func TestTrieThresholdOfOne(t *testing.T) {
 	for _, s := range [][2]string{{"a/b", "a/b"}, {"x/y", "+/y"}, {"z/w", "+/+"}, {"a/c", "a/+"}, {"q/y", "+/y"}} {
 		id, _ := learnTopic(tr, s[0], nil)
 		tr.commit()
-		if got := strings.Join(tr.stream(uint64(id)).pattern, "/"); got != s[1] {
-			t.Errorf("%s: pattern %s, want %s", s[0], got, s[1])
-		}
+		require.Equal(t, s[1], strings.Join(tr.stream(uint64(id)).pattern, "/"), "%s: pattern", s[0])
 	}
 }
 
@@ -135,9 +130,8 @@ func TestTrieTopicNeverMovesStreams(t *testing.T) {
 		for i, name := range topics {
 			id, varying := learnTopic(tr, name, log)
 			if prev, ok := first[name]; ok {
-				if prev != id || !slices.Equal(varying, firstVarying[name]) {
-					t.Fatalf("seed %d: %q moved from stream %d %v to %d %v", seed, name, prev, firstVarying[name], id, varying)
-				}
+				require.True(t, prev == id && slices.Equal(varying, firstVarying[name]),
+					"seed %d: %q moved from stream %d %v to %d %v", seed, name, prev, firstVarying[name], id, varying)
 			} else {
 				first[name], firstVarying[name] = id, varying
 			}
@@ -149,33 +143,28 @@ func TestTrieTopicNeverMovesStreams(t *testing.T) {
 		// Every topic again, in another order, and after a replay of the records.
 		re := newTrie([]int{2, 1, 3})
 		for _, r := range log.recs {
-			must(t, re.replay(r.seq, r.rec))
+			require.NoError(t, re.replay(r.seq, r.rec))
 		}
 		for _, tt := range []*trie{tr, re} {
 			for _, i := range rng.Perm(len(topics)) {
 				name := topics[i]
 				id, varying := learnTopic(tt, name, nil)
-				if first[name] != id || !slices.Equal(varying, firstVarying[name]) {
-					t.Fatalf("seed %d: %q moved from stream %d to %d", seed, name, first[name], id)
-				}
+				require.True(t, first[name] == id && slices.Equal(varying, firstVarying[name]),
+					"seed %d: %q moved from stream %d to %d", seed, name, first[name], id)
 			}
 		}
 		// The topic's stream pattern matches the topic, with '+' exactly at the varying levels.
 		for name, id := range first {
 			n := tr.stream(uint64(id))
 			levels := topic.Split(name)
-			if !topic.MatchLevels(n.pattern, levels) {
-				t.Fatalf("seed %d: pattern %v does not match %q", seed, n.pattern, name)
-			}
+			require.True(t, topic.MatchLevels(n.pattern, levels), "seed %d: pattern %v does not match %q", seed, n.pattern, name)
 			var plus []int
 			for i, p := range n.pattern {
 				if p == "+" {
 					plus = append(plus, i)
 				}
 			}
-			if !slices.Equal(plus, firstVarying[name]) {
-				t.Fatalf("seed %d: %q: '+' at %v, varying %v", seed, name, plus, firstVarying[name])
-			}
+			require.True(t, slices.Equal(plus, firstVarying[name]), "seed %d: %q: '+' at %v, varying %v", seed, name, plus, firstVarying[name])
 		}
 	}
 }
@@ -201,13 +190,12 @@ func TestTrieMatchAgreesWithTopics(t *testing.T) {
 			got := map[uint32]bool{}
 			for _, n := range tr.match(fl) {
 				got[n.id] = true
-				if (rootOf(n) == sysRootNode) != strings.HasPrefix(fl[0], "$") {
-					t.Fatalf("seed %d: filter %q reached stream %v under the wrong root", seed, f, n.pattern)
-				}
+				require.Equal(t, strings.HasPrefix(fl[0], "$"), rootOf(n) == sysRootNode,
+					"seed %d: filter %q reached stream %v under the wrong root", seed, f, n.pattern)
 			}
 			for name, id := range streamOf {
-				if topic.Match(f, name) && !got[id] {
-					t.Fatalf("seed %d: filter %q matches %q but not its stream %d", seed, f, name, id)
+				if topic.Match(f, name) {
+					require.True(t, got[id], "seed %d: filter %q matches %q but not its stream %d", seed, f, name, id)
 				}
 			}
 		}
@@ -223,20 +211,16 @@ func TestTrieSysRootNeverMatchesFirstLevelWildcards(t *testing.T) {
 	}
 	tr.commit()
 	for _, f := range []string{"#", "+", "+/#", "+/+", "+/+/+", "+/a"} {
-		if got := tr.match(topic.Split(f)); len(got) != 0 {
-			t.Errorf("filter %q matched '$' streams %v", f, patternIDs(got))
-		}
+		got := tr.match(topic.Split(f))
+		require.Empty(t, got, "filter %q matched '$' streams %v", f, patternIDs(got))
 	}
 	for _, f := range []string{"$SYS/#", "$SYS/+", "$other/+/y", "$x", "$x/#"} {
-		if got := tr.match(topic.Split(f)); len(got) == 0 {
-			t.Errorf("filter %q matched nothing", f)
-		}
+		require.NotEmpty(t, tr.match(topic.Split(f)), "filter %q matched nothing", f)
 	}
 	learnTopic(tr, "plain/topic", nil)
 	tr.commit()
-	if got := patternIDs(tr.match([]string{"#"})); len(got) != 1 {
-		t.Errorf("# matched %v, want the one ordinary stream", got)
-	}
+	got := patternIDs(tr.match([]string{"#"}))
+	require.Len(t, got, 1, "# matched %v, want the one ordinary stream", got)
 }
 
 // TestTrieAbort: Abort restores the exact trie of the last commit (same dump) and the record
@@ -254,21 +238,15 @@ func TestTrieAbort(t *testing.T) {
 				learnTopic(tr, name, log)
 			}
 			for i, r := range log.recs {
-				if r.seq != seqBefore+uint32(i) {
-					t.Fatalf("seed %d: record %d has seq %d, want %d", seed, i, r.seq, seqBefore+uint32(i))
-				}
+				require.Equal(t, seqBefore+uint32(i), r.seq, "seed %d: record %d seq", seed, i)
 			}
 			if rng.IntN(3) == 0 {
 				tr.abort()
-				if got := dumpTrie(tr); got != before {
-					t.Fatalf("seed %d batch %d: abort left\n%s\nwant\n%s", seed, batch, got, before)
-				}
-				if tr.records != seqBefore || len(tr.nodes) != nodesBefore {
-					t.Fatalf("seed %d: abort left seq %d nodes %d, want %d %d", seed, tr.records, len(tr.nodes), seqBefore, nodesBefore)
-				}
-				if got := patternIDs(tr.match([]string{"#"})); !slices.Equal(got, streamsBefore) {
-					t.Fatalf("seed %d: streams after abort %v, want %v", seed, got, streamsBefore)
-				}
+				require.Equal(t, before, dumpTrie(tr), "seed %d batch %d: trie after abort", seed, batch)
+				require.Equal(t, seqBefore, tr.records, "seed %d: seq after abort", seed)
+				require.Len(t, tr.nodes, nodesBefore, "seed %d: nodes after abort", seed)
+				got := patternIDs(tr.match([]string{"#"}))
+				require.True(t, slices.Equal(got, streamsBefore), "seed %d: streams after abort %v, want %v", seed, got, streamsBefore)
 				continue
 			}
 			tr.commit()
@@ -276,14 +254,10 @@ func TestTrieAbort(t *testing.T) {
 		}
 		re := newTrie([]int{2, 1})
 		for _, r := range committed {
-			must(t, re.replay(r.seq, r.rec))
+			require.NoError(t, re.replay(r.seq, r.rec))
 		}
-		if a, b := dumpTrie(re), dumpTrie(tr); a != b {
-			t.Fatalf("seed %d: replay gives\n%s\nlive\n%s", seed, a, b)
-		}
-		if re.records != tr.records {
-			t.Fatalf("seed %d: replayed seq %d, live %d", seed, re.records, tr.records)
-		}
+		require.Equal(t, dumpTrie(tr), dumpTrie(re), "seed %d: replayed trie, as the live one", seed)
+		require.Equal(t, tr.records, re.records, "seed %d: replayed seq, as the live one", seed)
 	}
 }
 
@@ -296,26 +270,15 @@ func TestTrieUncommittedInvisible(t *testing.T) {
 	tr.commit()
 	id, _ := learnTopic(tr, "a/b", nil) // node "a/b" exists and is committed; the stream is new
 	learnTopic(tr, "x/y", nil)          // new nodes
-	if got := patternIDs(tr.match([]string{"#"})); !slices.Equal(got, []string{"4:a/b/c"}) {
-		t.Errorf("before commit, # matched %v", got)
-	}
-	if tr.stream(uint64(id)) != nil {
-		t.Errorf("before commit, stream %d is visible", id)
-	}
-	if n, s := tr.size(); n != 5 || s != 1 {
-		t.Errorf("before commit, size %d nodes %d streams", n, s)
-	}
+	require.Equal(t, []string{"4:a/b/c"}, patternIDs(tr.match([]string{"#"})), "before commit, # matched")
+	require.Nil(t, tr.stream(uint64(id)), "before commit, stream %d is visible", id)
+	n, s := tr.size()
+	require.True(t, n == 5 && s == 1, "before commit, size %d nodes %d streams, want 5 and 1", n, s)
 	tr.abort()
-	if got := patternIDs(tr.match([]string{"#"})); !slices.Equal(got, []string{"4:a/b/c"}) {
-		t.Errorf("after abort, # matched %v", got)
-	}
+	require.Equal(t, []string{"4:a/b/c"}, patternIDs(tr.match([]string{"#"})), "after abort, # matched")
 	learnTopic(tr, "a/b", nil)
-	if !tr.commit() {
-		t.Errorf("commit reported no new stream")
-	}
-	if got := patternIDs(tr.match([]string{"#"})); !slices.Equal(got, []string{"3:a/b", "4:a/b/c"}) {
-		t.Errorf("after commit, # matched %v", got)
-	}
+	require.True(t, tr.commit(), "commit reported no new stream")
+	require.Equal(t, []string{"3:a/b", "4:a/b/c"}, patternIDs(tr.match([]string{"#"})), "after commit, # matched")
 }
 
 // TestTrieConcurrentReaders runs readers against a learning writer (for -race).
@@ -411,7 +374,7 @@ func TestTrieInherit(t *testing.T) {
 		// insertion order), must give the same records.
 		replayed := newTrie([]int{2, 1})
 		for _, r := range recs {
-			must(t, replayed.replay(r.seq, r.rec))
+			require.NoError(t, replayed.replay(r.seq, r.rec))
 		}
 		for i := range 10 {
 			src := prev
@@ -425,38 +388,27 @@ func TestTrieInherit(t *testing.T) {
 			if i == 0 {
 				first, firstDump = log.recs, dumpTrie(next)
 				// Only '+' edges and the literal paths to them, all of them, no streams.
-				if got, want := plusPaths(next), plusPaths(prev); !slices.Equal(got, want) {
-					t.Fatalf("seed %d: inherited\n%v\nwant\n%v", seed, got, want)
-				}
+				got, want := plusPaths(next), plusPaths(prev)
+				require.True(t, slices.Equal(got, want), "seed %d: inherited\n%v\nwant\n%v", seed, got, want)
 				for _, n := range next.nodes[2:] {
-					if !n.plus && !hasPlus(n) {
-						t.Fatalf("seed %d: inherited literal node %v without a '+' below", seed, patternOf(n))
-					}
-					if n.stream {
-						t.Fatalf("seed %d: inherited a stream", seed)
-					}
+					require.True(t, n.plus || hasPlus(n), "seed %d: inherited literal node %v without a '+' below", seed, patternOf(n))
+					require.False(t, n.stream, "seed %d: inherited a stream", seed)
 				}
 				for j, r := range log.recs {
-					if r.seq != uint32(j) || r.rec[0] != recordEdge {
-						t.Fatalf("seed %d: record %d: seq %d kind %d", seed, j, r.seq, r.rec[0])
-					}
+					require.True(t, r.seq == uint32(j) && r.rec[0] == recordEdge,
+						"seed %d: record %d: seq %d kind %d, want seq %d kind %d", seed, j, r.seq, r.rec[0], j, recordEdge)
 				}
 				// Replaying the inherited records rebuilds the same trie.
 				re := newTrie([]int{2, 1})
 				for _, r := range log.recs {
-					must(t, re.replay(r.seq, r.rec))
+					require.NoError(t, re.replay(r.seq, r.rec))
 				}
-				if dumpTrie(re) != firstDump {
-					t.Fatalf("seed %d: replay of inherited records differs", seed)
-				}
+				require.Equal(t, firstDump, dumpTrie(re), "seed %d: replay of inherited records differs", seed)
 				continue
 			}
-			if !slices.EqualFunc(log.recs, first, func(a, b trieRecord) bool { return a.seq == b.seq && bytes.Equal(a.rec, b.rec) }) {
-				t.Fatalf("seed %d: inheritance %d wrote other records", seed, i)
-			}
-			if dumpTrie(next) != firstDump {
-				t.Fatalf("seed %d: inheritance %d built another trie", seed, i)
-			}
+			require.True(t, slices.EqualFunc(log.recs, first, func(a, b trieRecord) bool { return a.seq == b.seq && bytes.Equal(a.rec, b.rec) }),
+				"seed %d: inheritance %d wrote other records", seed, i)
+			require.Equal(t, firstDump, dumpTrie(next), "seed %d: inheritance %d built another trie", seed, i)
 		}
 	}
 }
@@ -468,9 +420,7 @@ func TestTrieInheritPlusOnlyExample(t *testing.T) {
 	next := newTrie([]int{1})
 	next.inheritFrom(prev, nil)
 	want := "root\n  \"a\" #3\n    + #4\n  + #2\n$root\n  \"$SYS\" #5\n    + #6\n"
-	if got := dumpTrie(next); got != want {
-		t.Fatalf("inherited\n%s\nwant\n%s\nfrom\n%s", got, want, dumpTrie(prev))
-	}
+	require.Equal(t, want, dumpTrie(next), "inherited from\n%s", dumpTrie(prev))
 }
 
 // validRecords returns the records of a random trie, for fuzz seeds.
@@ -520,9 +470,7 @@ func FuzzTrieReplay(f *testing.F) {
 				seq += uint32(seqSkew)
 			}
 			if err := tr.replay(seq, rec); err != nil {
-				if !errors.Is(err, ErrCorrupt) {
-					t.Fatalf("record %d: error %v does not wrap ErrCorrupt", i, err)
-				}
+				require.ErrorIs(t, err, ErrCorrupt, "record %d", i)
 				break
 			}
 			ok = append(ok, trieRecord{seq, slices.Clone(rec)})
@@ -534,22 +482,16 @@ func FuzzTrieReplay(f *testing.F) {
 		// The replayed trie rebuilds identically, and stays usable.
 		re := newTrie([]int{2, 1})
 		for _, r := range ok {
-			if err := re.replay(r.seq, r.rec); err != nil {
-				t.Fatalf("second replay: %v", err)
-			}
+			require.NoError(t, re.replay(r.seq, r.rec), "second replay")
 		}
-		if dumpTrie(re) != d {
-			t.Fatal("second replay built another trie")
-		}
+		require.Equal(t, d, dumpTrie(re), "second replay built another trie")
 		next := newTrie([]int{2, 1})
 		next.inheritFrom(tr, nil)
 		for _, name := range []string{"a/b", "a/b/c", "$SYS/x", "", "/"} {
 			learnTopic(tr, name, nil)
 		}
 		tr.abort()
-		if dumpTrie(tr) != d {
-			t.Fatal("abort after learning on a replayed trie changed it")
-		}
+		require.Equal(t, d, dumpTrie(tr), "abort after learning on a replayed trie changed it")
 	})
 }
 
@@ -578,21 +520,19 @@ func TestLoadCorrupt(t *testing.T) {
 			db := openMem(t)
 			defer db.Close()
 			g, err := New(p, nil, 1, nil, db)
-			must(t, err)
+			require.NoError(t, err)
 			b := db.NewBatch()
 			for _, name := range []string{"a/b", "c/d", "a/e"} {
 				_, err := g.Add(b, &message.Message{Topic: name, Timestamp: 1}, topic.Split(name))
-				must(t, err)
+				require.NoError(t, err)
 			}
-			must(t, b.Commit(pebble.NoSync))
+			require.NoError(t, b.Commit(pebble.NoSync))
 			g.Commit()
-			if _, err := Load(db, p, nil, 1); err != nil {
-				t.Fatalf("undamaged: %v", err)
-			}
-			must(t, tc.damage(db))
-			if _, err := Load(db, p, nil, 1); !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("Load = %v, want ErrCorrupt", err)
-			}
+			_, err = Load(db, p, nil, 1)
+			require.NoError(t, err, "undamaged")
+			require.NoError(t, tc.damage(db))
+			_, err = Load(db, p, nil, 1)
+			require.ErrorIs(t, err, ErrCorrupt, "Load")
 		})
 	}
 }

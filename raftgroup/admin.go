@@ -28,14 +28,30 @@ func (s *Site) SetReplicationFactor(ctx context.Context, rf int) error {
 	return s.proposeMeta(ctx, &metaCmd{Op: opSetRF, RF: rf})
 }
 
-// GroupStatus is one Raft group as this site sees it.
+// GroupStatus is one Raft group as this site sees it: its leader and this site's replica.
+// Groups fills the fields up to LeaderHere; Cluster (GET /v1/cluster, ds-info cluster) fills the
+// rest too. cmd/ds-node's status serves the same type.
 type GroupStatus struct {
-	Group   uint64
-	Shard   stream.ShardID // for shard groups
-	Meta    bool
-	Leader  uint64 // replica ID of the leader; 0 if unknown
-	Term    uint64
-	Replica uint64 // this site's replica, 0 if none runs here
+	Group   uint64         `json:"group"`
+	Meta    bool           `json:"meta"`
+	Shard   stream.ShardID `json:"shard"`  // for shard groups
+	Leader  uint64         `json:"leader"` // replica ID of the leader; 0 if unknown
+	Term    uint64         `json:"term"`
+	Replica uint64         `json:"replica"` // this site's replica, 0 if none runs here
+	// LeaderHere: this site's replica leads the group.
+	LeaderHere bool `json:"leader_here"`
+
+	LeaderSlot int    `json:"leader_slot"` // the site holding the leader; 0 if unknown
+	Applied    uint64 `json:"applied"`     // this site's replica's applied index (shards)
+	// LastIndex is the last entry in this site's replica's Raft log (persisted; the newest
+	// may not be committed yet). ApplyLag counts the store entries after Applied in that log:
+	// persisted, not applied yet, possibly not committed (a leader without quorum holds
+	// proposals that may be truncated later). Raft's own entries, such as a new leader's empty
+	// entry, never reach the store and are not counted. dragonboat v4 exposes no live commit
+	// index. A replica cut off from the leader receives no new entries: compare Applied across
+	// sites for its replication lag.
+	LastIndex uint64 `json:"last_index"`
+	ApplyLag  uint64 `json:"apply_lag"`
 }
 
 // Groups returns the leader of every group as this site knows it.
@@ -56,6 +72,7 @@ func (s *Site) Groups() []GroupStatus {
 		if l, t, ok, err := s.nh.GetLeaderID(g); err == nil && ok {
 			gs.Leader, gs.Term = l, t
 		}
+		gs.LeaderHere = gs.Replica != 0 && gs.Leader == gs.Replica
 		out = append(out, gs)
 	}
 	return out

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-mq/strata/ds"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strata-mq/strata/inspect"
+	"github.com/stretchr/testify/require"
 )
 
 // TestSiteAdminHandler: every site's /v1/cluster names the same leaders and shows every site
@@ -29,28 +31,20 @@ func TestSiteAdminHandler(t *testing.T) {
 	storeN(t, c.db(0), "a", 20)
 	servers := make([]*httptest.Server, 3)
 	for i, s := range c.sites {
-		// A broker's own metrics (e.g. a session Store's) come after the Raft metrics.
-		h, err := s.AdminHandler(ds.AdminPayloads(nil), ds.AdminMetrics(func(w io.Writer) error {
-			_, err := io.WriteString(w, "broker_extra_metric 7\n")
-			return err
-		}))
-		if err != nil {
-			t.Fatal(err)
-		}
+		// A broker's own metrics (e.g. a session Store's) are served beside the Raft metrics.
+		extra := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "broker_extra_metric", Help: "A broker's."}, func() float64 { return 7 })
+		h, err := s.AdminHandler(inspect.WithPayloads(nil), inspect.WithCollectors(extra))
+		require.NoError(t, err)
 		servers[i] = httptest.NewServer(h)
 		defer servers[i].Close()
 	}
 	view := func(i int) ClusterView {
 		t.Helper()
 		resp, err := http.Get(servers[i].URL + "/v1/cluster")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer resp.Body.Close()
 		var v ClusterView
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&v))
 		return v
 	}
 	leaders := func(v ClusterView) map[uint64]int {
@@ -80,48 +74,41 @@ func TestSiteAdminHandler(t *testing.T) {
 	get := func(i int, path string) (int, string) {
 		t.Helper()
 		resp, err := http.Get(servers[i].URL + path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(body)
 	}
 	for _, path := range []string{"/v1/streams", "/v1/messages?filter=%23&limit=100"} {
 		code, want := get(0, path)
-		if code != http.StatusOK || !strings.Contains(want, "t/") {
-			t.Fatalf("site 0 %s: %d %s", path, code, want)
-		}
+		require.Equal(t, http.StatusOK, code, "site 0 %s: %d %s", path, code, want)
+		require.Contains(t, want, "t/", "site 0 %s: %d %s", path, code, want)
 		for i := 1; i < 3; i++ {
-			if code, got := get(i, path); code != http.StatusOK || got != want {
-				t.Errorf("site %d %s: %d\n%s\nsite 0:\n%s", i, path, code, got, want)
-			}
+			code, got := get(i, path)
+			require.Equal(t, http.StatusOK, code, "site %d %s: %d\n%s\nsite 0:\n%s", i, path, code, got, want)
+			require.Equal(t, want, got, "site %d %s: %d\n%s\nsite 0:\n%s", i, path, code, got, want)
 		}
 	}
-	if _, body := get(2, "/v1/messages?filter=%23&limit=100"); strings.Count(body, `"topic"`) != 20 {
-		t.Errorf("messages view lists %d messages, want 20:\n%s", strings.Count(body, `"topic"`), body)
-	}
+	_, body := get(2, "/v1/messages?filter=%23&limit=100")
+	require.Equal(t, 20, strings.Count(body, `"topic"`), "messages view lists %d messages, want 20:\n%s", strings.Count(body, `"topic"`), body)
 	v := view(1)
 	for _, si := range v.Sites {
-		if !si.Reachable || si.Health != HealthUp || si.DownSince != nil {
-			t.Errorf("site %d while up: reachable %v, health %q, down since %v", si.Slot, si.Reachable, si.Health, si.DownSince)
-		}
+		require.True(t, si.Reachable, "site %d while up: reachable %v, health %q, down since %v", si.Slot, si.Reachable, si.Health, si.DownSince)
+		require.Equal(t, HealthUp, si.Health, "site %d while up: reachable %v, health %q, down since %v", si.Slot, si.Reachable, si.Health, si.DownSince)
+		require.Nil(t, si.DownSince, "site %d while up: reachable %v, health %q, down since %v", si.Slot, si.Reachable, si.Health, si.DownSince)
 	}
 	for _, g := range v.Groups {
-		if g.LastIndex == 0 || !g.Meta && (g.Applied == 0 || g.Applied > g.LastIndex) {
-			t.Errorf("group %d: last index %d, applied %d", g.Group, g.LastIndex, g.Applied)
-		}
+		require.NotZero(t, g.LastIndex, "group %d: last index %d, applied %d", g.Group, g.LastIndex, g.Applied)
+		require.False(t, !g.Meta && (g.Applied == 0 || g.Applied > g.LastIndex), "group %d: last index %d, applied %d", g.Group, g.LastIndex, g.Applied)
 	}
-	if !v.MetaFresh || len(v.Sites) != 3 || len(v.Replicas) != 3*(nShards+1) {
-		t.Fatalf("cluster view: fresh %v, %d sites, %d replicas", v.MetaFresh, len(v.Sites), len(v.Replicas))
-	}
+	require.True(t, v.MetaFresh, "cluster view: fresh %v, %d sites, %d replicas", v.MetaFresh, len(v.Sites), len(v.Replicas))
+	require.Len(t, v.Sites, 3, "cluster view: fresh %v, %d sites, %d replicas", v.MetaFresh, len(v.Sites), len(v.Replicas))
+	require.Len(t, v.Replicas, 3*(nShards+1), "cluster view: fresh %v, %d sites, %d replicas", v.MetaFresh, len(v.Sites), len(v.Replicas))
 	// Metrics: exactly one leader per shard over the three sites.
 	leadersPerShard := map[string]int{}
 	for i := range servers {
 		resp, err := http.Get(servers[i].URL + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(body), "\n") {
@@ -130,17 +117,12 @@ func TestSiteAdminHandler(t *testing.T) {
 			}
 		}
 		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{", "broker_extra_metric 7"} {
-			if !strings.Contains(string(body), series) {
-				t.Fatalf("site %d metrics lack %s:\n%s", i, series, body)
-			}
+			require.Contains(t, string(body), series, "site %d metrics lack %s:\n%s", i, series, body)
 		}
-		if n := strings.Count(string(body), "strata_raft_peer_unreachable_seconds{"); n != 2 {
-			t.Errorf("site %d: %d peer series, want 2:\n%s", i, n, body)
-		}
+		n := strings.Count(string(body), "strata_raft_peer_unreachable_seconds{")
+		require.Equal(t, 2, n, "site %d: %d peer series, want 2:\n%s", i, n, body)
 	}
-	if len(leadersPerShard) != nShards {
-		t.Fatalf("leaders per shard over the sites: %v", leadersPerShard)
-	}
+	require.Len(t, leadersPerShard, nShards, "leaders per shard over the sites: %v", leadersPerShard)
 
 	victim := c.leaderSite()
 	victimSlot := slotOfSite(c, victim)
@@ -186,7 +168,7 @@ func TestSiteAdminHandler(t *testing.T) {
 	})
 	// The metrics say so too, from the site's own prober, whether or not it has Raft
 	// messages for the closed site (it may lead nothing).
-	connected := fmt.Sprintf("strata_raft_peer_reachable{slot=\"%d\",address=%q} 0", victimSlot, victimAddr)
+	connected := fmt.Sprintf("strata_raft_peer_reachable{address=%q,slot=\"%d\"} 0", victimAddr, victimSlot)
 	eventually(t, 15*time.Second, "metrics report the closed site", func() error {
 		resp, err := http.Get(servers[other].URL + "/metrics")
 		if err != nil {
@@ -206,8 +188,6 @@ func TestSiteAdminHandler(t *testing.T) {
 		if si.Slot == victimSlot {
 			want = HealthLost
 		}
-		if si.Health != want {
-			t.Errorf("after LostAfter: site %d is %q, want %q", si.Slot, si.Health, want)
-		}
+		require.Equal(t, want, si.Health, "after LostAfter: site %d is %q, want %q", si.Slot, si.Health, want)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterDuplicateProposal: the same proposal (same proposer and sequence) committed
@@ -32,22 +33,20 @@ func TestClusterDuplicateProposal(t *testing.T) {
 				time.Sleep(20 * time.Millisecond) // no leader elected yet
 				continue
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			return res.Value, firstTS(t, res.Value, res.Data)
 		}
 	}
 	v1, ts1 := propose(pid, 7)
 	v2, ts2 := propose(pid, 7) // the retry, committed as a second entry
-	if v1 != resultStored || v2 != resultDuplicate || ts1 != ts2 || ts1 == 0 {
-		t.Fatalf("first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
-	}
+	require.Equal(t, uint64(resultStored), v1, "first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
+	require.Equal(t, uint64(resultDuplicate), v2, "first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
+	require.Equal(t, ts2, ts1, "first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
+	require.NotZero(t, ts1, "first %d@%d, second %d@%d; want stored, then duplicate with the same timestamp", v1, ts1, v2, ts2)
 	var other shard.ProposerID
 	copy(other[:], "test-proposer-02")
-	if v, _ := propose(other, 7); v != resultStored {
-		t.Fatalf("another proposer's sequence 7: result %d", v)
-	}
+	v, _ := propose(other, 7)
+	require.Equal(t, uint64(resultStored), v, "another proposer's sequence 7: result %d", v)
 	eventually(t, 10*time.Second, "every site reads the message twice (once per proposer)", func() error {
 		for i := range c.sites {
 			got, err := readAll(c.db(i))
@@ -62,16 +61,13 @@ func TestClusterDuplicateProposal(t *testing.T) {
 	})
 	c.waitConverged(1, 10*time.Second)
 	d, _ := c.sites[0].Digest(stream.ShardID(0))
-	if d.Applied == 0 || d.Keys == 0 {
-		t.Fatalf("digest %+v", d)
-	}
+	require.NotZero(t, d.Applied, "digest %+v", d)
+	require.NotZero(t, d.Keys, "digest %+v", d)
 }
 
 func firstTS(t testing.TB, value uint64, data []byte) uint64 {
 	t.Helper()
 	ts, _, _, err := decodeResult(value, data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return ts
 }

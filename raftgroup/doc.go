@@ -95,4 +95,10 @@
 //     log's preallocated files (seen with a 40 MiB filesystem). Nothing acknowledged is lost
 //     (a quorum holds it); free space and restart. Keep StorageQuota well below the free
 //     space so that the quota, not the disk, is what stops writes.
+//
+// # Testing
+//
+// Package raftgroup/clustertest starts a local cluster (every site in one process, on
+// 127.0.0.1) for tests and benchmarks; this package's own tests keep a small in-package
+// equivalent (cluster_test.go) because they reach unexported state, which an importer cannot.
 package raftgroup

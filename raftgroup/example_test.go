@@ -15,7 +15,8 @@ import (
 
 // Three sites of one cluster, here in one process (normally one per machine): each is given
 // the same InitialSites, and each offers the same *ds.DB API. A Store on any site returns once
-// a quorum of the shard's replicas holds the message; every site reads it locally.
+// a quorum of the shard's replicas holds the message; every site reads it locally. (Tests
+// that need such a local cluster can start one with raftgroup/clustertest.)
 func Example() {
 	root, _ := os.MkdirTemp("", "strata-example-")
 	defer os.RemoveAll(root)

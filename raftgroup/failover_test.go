@@ -47,7 +47,7 @@ func startWriter(t testing.TB, dbs func() []*ds.DB, goroutines int) *writer {
 				if err != nil {
 					w.failed.Add(1)
 					if !errors.Is(err, ds.ErrClosed) && !ds.IsRetryable(err) {
-						t.Errorf("store: unexpected error %v", err)
+						t.Errorf("store: unexpected error %v", err) // not require: a writer goroutine
 					}
 					continue
 				}

@@ -23,6 +23,7 @@ import (
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // Fuzz targets for what a site decodes from its peers: Raft entries (proposals), their results,
@@ -74,16 +75,15 @@ func proposalBody(b []byte) ([]byte, bool) {
 
 func sameEntry(t *testing.T, got, want shard.Entry) {
 	t.Helper()
-	if got.Index != want.Index || got.Proposer != want.Proposer || got.Seq != want.Seq || got.Floor != want.Floor || got.IfCurrent != want.IfCurrent {
-		t.Fatalf("entry header %d %v seq %d floor %d if %d, want %d %v seq %d floor %d if %d",
-			got.Index, got.Proposer, got.Seq, got.Floor, got.IfCurrent, want.Index, want.Proposer, want.Seq, want.Floor, want.IfCurrent)
-	}
-	if (got.Cmd == nil) != (want.Cmd == nil) {
-		t.Fatalf("command %v, want %v", got.Cmd, want.Cmd)
-	}
-	if got.Cmd != nil && !bytes.Equal(got.Cmd.AppendBinary(nil), want.Cmd.AppendBinary(nil)) {
-		t.Fatalf("command %+v, want %+v", got.Cmd, want.Cmd)
-	}
+	header := []any{"entry header %d %v seq %d floor %d if %d, want %d %v seq %d floor %d if %d",
+		got.Index, got.Proposer, got.Seq, got.Floor, got.IfCurrent, want.Index, want.Proposer, want.Seq, want.Floor, want.IfCurrent}
+	require.Equal(t, want.Index, got.Index, header...)
+	require.Equal(t, want.Proposer, got.Proposer, header...)
+	require.Equal(t, want.Seq, got.Seq, header...)
+	require.Equal(t, want.Floor, got.Floor, header...)
+	require.Equal(t, want.IfCurrent, got.IfCurrent, header...)
+	require.Equal(t, want.Cmd == nil, got.Cmd == nil, "command %v, want %v", got.Cmd, want.Cmd)
+	require.False(t, got.Cmd != nil && !bytes.Equal(got.Cmd.AppendBinary(nil), want.Cmd.AppendBinary(nil)), "command %+v, want %+v", got.Cmd, want.Cmd)
 }
 
 // FuzzDecodeProposal: a Raft entry from a peer never panics the replica. It is refused with an
@@ -112,39 +112,25 @@ func FuzzDecodeProposal(f *testing.F) {
 		orig := bytes.Clone(b)
 		const index = 1234
 		e, err := decodeProposal(index, b)
-		if !bytes.Equal(orig, b) {
-			t.Fatal("decodeProposal modified its input")
-		}
-		if e.Index != index {
-			t.Fatalf("index %d, want %d", e.Index, index)
-		}
+		require.Equal(t, b, orig, "decodeProposal modified its input")
+		require.Equal(t, uint64(index), e.Index, "index %d, want %d", e.Index, index)
 		if err != nil {
-			if !errors.Is(err, errInvalidProposal) {
-				t.Fatalf("error %v does not wrap errInvalidProposal", err)
-			}
+			require.ErrorIs(t, err, errInvalidProposal, "error %v does not wrap errInvalidProposal", err)
 			return
 		}
-		if e.Cmd == nil || e.RejectReason != nil {
-			t.Fatalf("accepted entry without a command: %+v", e)
-		}
+		require.NotNil(t, e.Cmd, "accepted entry without a command: %+v", e)
+		require.NoError(t, e.RejectReason, "accepted entry without a command: %+v", e)
 		for i, m := range e.Cmd.Messages {
-			if err := topic.ValidateName(m.Topic); err != nil {
-				t.Fatalf("message %d: accepted invalid topic: %v", i, err)
-			}
+			require.NoError(t, topic.ValidateName(m.Topic), "message %d: accepted invalid topic", i)
 		}
 		body, ok := proposalBody(b)
-		if !ok {
-			t.Fatalf("accepted %x whose header does not parse", b)
-		}
-		if enc := e.Cmd.AppendBinary(nil); !bytes.Equal(enc, body) {
-			t.Fatalf("command re-encodes as %x, entry carries %x", enc, body)
-		}
+		require.True(t, ok, "accepted %x whose header does not parse", b)
+		enc := e.Cmd.AppendBinary(nil)
+		require.Equal(t, body, enc, "command re-encodes as %x, entry carries %x", enc, body)
 		p := newProposal(e.Proposer, e.Seq, e.IfCurrent, e.Cmd.AppendBinary(nil))
 		p.floor = e.Floor
 		again, err := decodeProposal(index, p.appendBinary(nil))
-		if err != nil {
-			t.Fatalf("re-encoded entry: %v", err)
-		}
+		require.NoError(t, err, "re-encoded entry")
 		sameEntry(t, again, e)
 	})
 }
@@ -172,23 +158,18 @@ func FuzzProposalRoundTrip(f *testing.F) {
 		body := cmd.AppendBinary(nil)
 		p := newProposal(pid, seq, stream.GenerationID(ifCurrent), body)
 		p.floor = floor
-		if p.flags == 0 && !bytes.Equal(p.body, body) || p.flags == flagS2 && len(body) <= compressAbove {
-			t.Fatalf("proposal body %x flags %d of command %x", p.body, p.flags, body)
-		}
+		require.False(t, p.flags == 0 && !bytes.Equal(p.body, body), "proposal body %x flags %d of command %x", p.body, p.flags, body)
+		require.False(t, p.flags == flagS2 && len(body) <= compressAbove, "proposal body %x flags %d of command %x", p.body, p.flags, body)
 		e, err := decodeProposal(9, p.appendBinary(nil))
 		if len(cmd.Messages) > 0 && topic.ValidateName(topicName) != nil {
-			if !errors.Is(err, errInvalidProposal) || !errors.Is(err, topic.ErrInvalidTopic) {
-				t.Fatalf("topic %q: error %v, want invalid proposal and topic", topicName, err)
-			}
+			require.ErrorIs(t, err, errInvalidProposal, "topic %q: error %v, want invalid proposal and topic", topicName, err)
+			require.ErrorIs(t, err, topic.ErrInvalidTopic, "topic %q: error %v, want invalid proposal and topic", topicName, err)
 			return
 		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		sameEntry(t, e, shard.Entry{Index: 9, Proposer: pid, Seq: seq, Floor: floor, IfCurrent: stream.GenerationID(ifCurrent), Cmd: cmd})
-		if enc := e.Cmd.AppendBinary(nil); !bytes.Equal(enc, body) {
-			t.Fatalf("command %x, want %x", enc, body)
-		}
+		enc := e.Cmd.AppendBinary(nil)
+		require.Equal(t, body, enc, "command %x, want %x", enc, body)
 	})
 }
 
@@ -213,23 +194,19 @@ func checkResult(t *testing.T, r shard.EntryResult) {
 	ts, _, skipped, err := decodeResult(value, data)
 	switch {
 	case r.Err != nil:
-		if err == nil || skipped || ts != 0 {
-			t.Fatalf("rejection %v decodes as ts %d skipped %v err %v", r.Err, ts, skipped, err)
-		}
-		if sentinelOf(err) != sentinelOf(r.Err) {
-			t.Fatalf("rejection %v decodes as %v: sentinel %v, want %v", r.Err, err, sentinelOf(err), sentinelOf(r.Err))
-		}
-		if !strings.Contains(err.Error(), r.Err.Error()) {
-			t.Fatalf("rejection %q decodes as %q", r.Err, err)
-		}
+		require.Error(t, err, "rejection %v decodes as ts %d skipped %v err %v", r.Err, ts, skipped, err)
+		require.False(t, skipped, "rejection %v decodes as ts %d skipped %v err %v", r.Err, ts, skipped, err)
+		require.Equal(t, uint64(0), ts, "rejection %v decodes as ts %d skipped %v err %v", r.Err, ts, skipped, err)
+		require.Equal(t, sentinelOf(r.Err), sentinelOf(err), "rejection %v decodes as %v: sentinel %v, want %v", r.Err, err, sentinelOf(err), sentinelOf(r.Err))
+		require.Contains(t, err.Error(), r.Err.Error(), "rejection %q decodes as %q", r.Err, err)
 	case r.Skipped:
-		if err != nil || !skipped || ts != 0 {
-			t.Fatalf("skip decodes as ts %d skipped %v err %v", ts, skipped, err)
-		}
+		require.NoError(t, err, "skip decodes as ts %d skipped %v err %v", ts, skipped, err)
+		require.True(t, skipped, "skip decodes as ts %d skipped %v err %v", ts, skipped, err)
+		require.Equal(t, uint64(0), ts, "skip decodes as ts %d skipped %v err %v", ts, skipped, err)
 	default:
-		if err != nil || skipped || ts != r.FirstTS {
-			t.Fatalf("result %+v decodes as ts %d skipped %v err %v", r, ts, skipped, err)
-		}
+		require.NoError(t, err, "result %+v decodes as ts %d skipped %v err %v", r, ts, skipped, err)
+		require.False(t, skipped, "result %+v decodes as ts %d skipped %v err %v", r, ts, skipped, err)
+		require.Equal(t, r.FirstTS, ts, "result %+v decodes as ts %d skipped %v err %v", r, ts, skipped, err)
 	}
 }
 
@@ -285,42 +262,35 @@ func FuzzDecodeResult(f *testing.F) {
 	f.Fuzz(func(t *testing.T, value uint64, data []byte) {
 		orig := bytes.Clone(data)
 		ts, _, skipped, err := decodeResult(value, data)
-		if !bytes.Equal(orig, data) {
-			t.Fatal("decodeResult modified its input")
-		}
+		require.Equal(t, data, orig, "decodeResult modified its input")
 		switch value {
 		case resultStored, resultDuplicate:
-			if (err == nil) != (len(data) == 8) || skipped {
-				t.Fatalf("%d bytes: ts %d skipped %v err %v", len(data), ts, skipped, err)
-			}
+			require.Equal(t, (len(data) == 8), (err == nil), "%d bytes: ts %d skipped %v err %v", len(data), ts, skipped, err)
+			require.False(t, skipped, "%d bytes: ts %d skipped %v err %v", len(data), ts, skipped, err)
 			if err == nil {
 				checkResult(t, shard.EntryResult{FirstTS: ts, Duplicate: value == resultDuplicate})
-				if v, d := encodeResult(shard.EntryResult{FirstTS: ts, Duplicate: value == resultDuplicate}); v != value || !bytes.Equal(d, data) {
-					t.Fatalf("re-encoded as %d %x, decoded %d %x", v, d, value, data)
-				}
+				v, d := encodeResult(shard.EntryResult{FirstTS: ts, Duplicate: value == resultDuplicate})
+				require.Equal(t, value, v, "re-encoded as %d %x, decoded %d %x", v, d, value, data)
+				require.Equal(t, data, d, "re-encoded as %d %x, decoded %d %x", v, d, value, data)
 			}
 		case resultSkipped:
-			if err != nil || !skipped || ts != 0 {
-				t.Fatalf("skip: ts %d skipped %v err %v", ts, skipped, err)
-			}
+			require.NoError(t, err, "skip: ts %d skipped %v err %v", ts, skipped, err)
+			require.True(t, skipped, "skip: ts %d skipped %v err %v", ts, skipped, err)
+			require.Equal(t, uint64(0), ts, "skip: ts %d skipped %v err %v", ts, skipped, err)
 		case resultRejected:
-			if err == nil || skipped || ts != 0 {
-				t.Fatalf("rejection: ts %d skipped %v err %v", ts, skipped, err)
-			}
+			require.Error(t, err, "rejection: ts %d skipped %v err %v", ts, skipped, err)
+			require.False(t, skipped, "rejection: ts %d skipped %v err %v", ts, skipped, err)
+			require.Equal(t, uint64(0), ts, "rejection: ts %d skipped %v err %v", ts, skipped, err)
 			if len(data) > 0 {
 				want := error(nil)
 				if i := int(data[0]) - 1; i >= 0 && i < len(resultSentinels) {
 					want = resultSentinels[i] // reasonCurrentGeneration… are 1…
 				}
-				if sentinelOf(err) != want {
-					t.Fatalf("reason %d decodes as %v", data[0], err)
-				}
+				require.Equal(t, want, sentinelOf(err), "reason %d decodes as %v", data[0], err)
 			}
 			checkResult(t, shard.EntryResult{Err: err})
 		default:
-			if err == nil {
-				t.Fatalf("unknown result %d accepted", value)
-			}
+			require.Error(t, err, "unknown result %d accepted", value)
 		}
 	})
 }
@@ -412,27 +382,21 @@ func snapshotFiles(t *testing.T, dir string, complete bool) map[string][]byte {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	names := slices.Collect(maps.Keys(files))
 	for _, d := range dirs {
-		if complete && !slices.ContainsFunc(names, func(f string) bool { return strings.HasPrefix(f, d) }) {
-			t.Fatalf("directory %s holds no file", d)
-		}
+		require.False(t, complete && !slices.ContainsFunc(names, func(f string) bool { return strings.HasPrefix(f, d) }), "directory %s holds no file", d)
 	}
 	return files
 }
 
 func sameFiles(t *testing.T, got, want map[string][]byte) {
 	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%d files, want %d", len(got), len(want))
-	}
+	require.Len(t, got, len(want), "%d files, want %d", len(got), len(want))
 	for name, b := range want {
-		if g, ok := got[name]; !ok || !bytes.Equal(g, b) {
-			t.Fatalf("file %s: %d bytes (present %v), want %d", name, len(g), ok, len(b))
-		}
+		g, ok := got[name]
+		require.True(t, ok, "file %s: %d bytes (present %v), want %d", name, len(g), ok, len(b))
+		require.Equal(t, b, g, "file %s: %d bytes (present %v), want %d", name, len(g), ok, len(b))
 	}
 }
 
@@ -444,17 +408,11 @@ func realSnapshot(tb testing.TB, dir string) []byte {
 		"sub/deeper/x": "x", "sub/y": "yy",
 	} {
 		p := filepath.Join(dir, filepath.FromSlash(name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			tb.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			tb.Fatal(err)
-		}
+		require.NoError(tb, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(tb, os.WriteFile(p, []byte(data), 0o644))
 	}
 	var buf bytes.Buffer
-	if err := writeSnapshot(dir, &buf, nil); err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, writeSnapshot(dir, &buf, nil))
 	return buf.Bytes()
 }
 
@@ -470,9 +428,7 @@ func unzstd(b []byte) ([]byte, error) {
 
 func zstdFrame(tb testing.TB, payload []byte) []byte {
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
-	if err != nil {
-		tb.Fatal(err)
-	}
+	require.NoError(tb, err)
 	defer enc.Close()
 	return enc.EncodeAll(payload, nil)
 }
@@ -529,17 +485,14 @@ func FuzzReadSnapshot(f *testing.F) {
 		// dir is a few levels down root, so that an escape by "..", up to root, shows.
 		root := t.TempDir()
 		nest := filepath.Join(root, "1", "2", "3")
-		if err := os.MkdirAll(nest, 0o755); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.MkdirAll(nest, 0o755))
 		dir := filepath.Join(nest, "snap")
 		var m0, m1 runtime.MemStats
 		runtime.ReadMemStats(&m0)
 		err := readSnapshot(bytes.NewReader(in), dir, nil)
 		runtime.ReadMemStats(&m1)
-		if a := m1.TotalAlloc - m0.TotalAlloc; a > maxSnapshotAlloc {
-			t.Fatalf("readSnapshot allocated %d MiB (err %v)", a>>20, err)
-		}
+		a := m1.TotalAlloc - m0.TotalAlloc
+		require.LessOrEqual(t, a, uint64(maxSnapshotAlloc), "readSnapshot allocated %d MiB (err %v)", a>>20, err)
 		made := false
 		werr := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			switch {
@@ -553,9 +506,7 @@ func FuzzReadSnapshot(f *testing.F) {
 			}
 			return nil
 		})
-		if werr != nil {
-			t.Fatalf("%v (readSnapshot: %v)", werr, err)
-		}
+		require.NoError(t, werr, "%v (readSnapshot: %v)", werr, err)
 		if err != nil {
 			if made {
 				snapshotFiles(t, dir, false) // no symlink even part-way
@@ -566,32 +517,20 @@ func FuzzReadSnapshot(f *testing.F) {
 		if raw {
 			// Decompress as the receiver does (within its bounds) for the test's reading.
 			zr, zerr := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(snapshotMaxWindow))
-			if zerr != nil {
-				t.Fatal(zerr)
-			}
+			require.NoError(t, zerr)
 			data, zerr = io.ReadAll(io.LimitReader(zr, 1<<30))
 			zr.Close()
-			if zerr != nil {
-				t.Fatalf("accepted a stream that does not decompress: %v", zerr)
-			}
+			require.NoError(t, zerr, "accepted a stream that does not decompress")
 		}
 		files, n, ok := parseSnapshotPayload(data)
-		if !ok {
-			t.Fatalf("accepted a malformed stream %q", data)
-		}
-		if n != len(got) {
-			t.Fatalf("accepted %d entries, wrote %d files", n, len(got))
-		}
+		require.True(t, ok, "accepted a malformed stream %q", data)
+		require.Equal(t, len(got), n, "accepted %d entries, wrote %d files", n, len(got))
 		sameFiles(t, got, files)
 		// What was received streams again to the same files.
 		var buf bytes.Buffer
-		if err := writeSnapshot(dir, &buf, nil); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, writeSnapshot(dir, &buf, nil))
 		dir2 := filepath.Join(t.TempDir(), "again")
-		if err := readSnapshot(&buf, dir2, nil); err != nil {
-			t.Fatalf("re-streamed snapshot: %v", err)
-		}
+		require.NoError(t, readSnapshot(&buf, dir2, nil), "re-streamed snapshot")
 		sameFiles(t, snapshotFiles(t, dir2, true), files)
 	})
 }
@@ -602,28 +541,20 @@ func FuzzReadSnapshot(f *testing.F) {
 func TestReadSnapshotDamaged(t *testing.T) {
 	sent := realSnapshot(t, t.TempDir())
 	payload, err := unzstd(sent)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	want, _, ok := parseSnapshotPayload(payload)
-	if !ok {
-		t.Fatal("own stream does not parse")
-	}
+	require.True(t, ok, "own stream does not parse")
 	root := t.TempDir()
 	try := func(what string, b []byte, mayPass bool) {
 		dir := filepath.Join(root, "snap")
 		if err := readSnapshot(bytes.NewReader(b), dir, nil); err == nil {
-			if !mayPass {
-				t.Fatalf("%s accepted", what)
-			}
+			require.True(t, mayPass, "%s accepted", what)
 			sameFiles(t, snapshotFiles(t, dir, true), want)
 		}
-		if ents, _ := os.ReadDir(root); len(ents) > 1 || len(ents) == 1 && ents[0].Name() != "snap" {
-			t.Fatalf("%s: wrote outside the snapshot directory: %v", what, ents)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Fatal(err)
-		}
+		ents, _ := os.ReadDir(root)
+		require.LessOrEqual(t, len(ents), 1, "%s: wrote outside the snapshot directory: %v", what, ents)
+		require.False(t, len(ents) == 1 && ents[0].Name() != "snap", "%s: wrote outside the snapshot directory: %v", what, ents)
+		require.NoError(t, os.RemoveAll(dir))
 	}
 	try("the stream as sent", sent, true)
 	for i := range len(sent) {

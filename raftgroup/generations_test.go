@@ -2,13 +2,13 @@ package raftgroup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterGenerations: generation add and drop are Raft entries, so every replica holds
@@ -21,9 +21,7 @@ func TestClusterGenerations(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	acked := storeN(t, c.db(0), "g1", 20)
-	if err := c.db(1).AddGeneration(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.db(1).AddGeneration(ctx))
 	acked = append(acked, storeN(t, c.db(2), "g2", 20)...)
 	for i := range c.sites {
 		eventually(t, 10*time.Second, "generations everywhere", func() error {
@@ -38,26 +36,19 @@ func TestClusterGenerations(t *testing.T) {
 		})
 	}
 	err := c.db(0).DropGeneration(ctx, 0, 2)
-	if !errors.Is(err, ds.ErrCurrentGeneration) {
-		t.Fatalf("drop of the current generation: %v", err)
-	}
-	if err := c.db(2).DropGeneration(ctx, 0, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.db(1).DropGeneration(ctx, 0, 1); !errors.Is(err, ds.ErrGenerationNotFound) {
-		t.Fatalf("second drop: %v", err)
-	}
+	require.ErrorIs(t, err, ds.ErrCurrentGeneration, "drop of the current generation: %v", err)
+	require.NoError(t, c.db(2).DropGeneration(ctx, 0, 1))
+	err = c.db(1).DropGeneration(ctx, 0, 1)
+	require.ErrorIs(t, err, ds.ErrGenerationNotFound, "second drop: %v", err)
 	c.waitConverged(2, 10*time.Second)
 	for i := range c.sites {
 		gens, _ := c.db(i).Generations()
-		if len(gens) != 3 || gens[0].Shard != 0 || gens[0].ID != 2 {
-			t.Fatalf("site %d: generations after the drop %+v", i, gens)
-		}
+		require.Len(t, gens, 3, "site %d: generations after the drop %+v", i, gens)
+		require.Equal(t, stream.ShardID(0), gens[0].Shard, "site %d: generations after the drop %+v", i, gens)
+		require.Equal(t, stream.GenerationID(2), gens[0].ID, "site %d: generations after the drop %+v", i, gens)
 		// A cursor into the dropped generation is told so on every site.
 		_, _, err := c.db(i).Next(ctx, ds.Iterator{Stream: ds.Stream{Shard: 0, Generation: 1, Layout: stream.LayoutLTS, Key: 1}, Filter: "#"}, 10)
-		if !errors.Is(err, ds.ErrGenerationNotFound) {
-			t.Fatalf("site %d: read of the dropped generation: %v", i, err)
-		}
+		require.ErrorIs(t, err, ds.ErrGenerationNotFound, "site %d: read of the dropped generation: %v", i, err)
 	}
 	_ = acked
 }
@@ -85,8 +76,7 @@ func TestClusterRotationAndRetention(t *testing.T) {
 	c.waitConverged(1, 10*time.Second)
 	gens, _ := c.db(1).Generations()
 	for i := 1; i < len(gens); i++ {
-		if d := time.Duration(gens[i].Since-gens[i-1].Since) * time.Microsecond; d < 150*time.Millisecond {
-			t.Errorf("generations %d and %d only %v apart: a rotation applied twice?", gens[i-1].ID, gens[i].ID, d)
-		}
+		d := time.Duration(gens[i].Since-gens[i-1].Since) * time.Microsecond
+		require.GreaterOrEqual(t, d, 150*time.Millisecond, "generations %d and %d only %v apart: a rotation applied twice?", gens[i-1].ID, gens[i].ID, d)
 	}
 }

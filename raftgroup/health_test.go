@@ -3,6 +3,8 @@ package raftgroup
 import (
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestPeerHealth: down counts from the first failure after a success; a success in between
@@ -17,33 +19,30 @@ func TestPeerHealth(t *testing.T) {
 	check := func(reachable bool, want Health, wantSince time.Time) {
 		t.Helper()
 		got, since := h.health(site, reachable, lostAfter)
-		switch {
-		case got != want:
-			t.Fatalf("at %v: health %q, want %q", now.Sub(t0), got, want)
-		case wantSince.IsZero() && since != nil:
-			t.Fatalf("at %v: down since %v, want none", now.Sub(t0), since)
-		case !wantSince.IsZero() && (since == nil || !since.Equal(wantSince)):
-			t.Fatalf("at %v: down since %v, want %v", now.Sub(t0), since, wantSince)
+		require.Equal(t, want, got, "at %v: health %q, want %q", now.Sub(t0), got, want)
+		if wantSince.IsZero() {
+			require.Nil(t, since, "at %v: down since %v, want none", now.Sub(t0), since)
+		} else {
+			require.NotNil(t, since, "at %v: down since %v, want %v", now.Sub(t0), since, wantSince)
+			require.True(t, since.Equal(wantSince), "at %v: down since %v, want %v", now.Sub(t0), since, wantSince)
 		}
 	}
-	if _, ok := h.lastReached(site.Addr); ok {
-		t.Fatal("an observation before any")
-	}
+	_, ok := h.lastReached(site.Addr)
+	require.False(t, ok, "an observation before any")
 	h.failed(site.Addr) // the transport's failed send
 	now = now.Add(time.Minute)
 	check(false, HealthDown, t0)
 	h.reached(site.Addr) // the prober reaches it: back
 	check(true, HealthUp, time.Time{})
-	if r, ok := h.lastReached(site.Addr); !ok || !r {
-		t.Fatal("last observation not a success")
-	}
+	r, ok := h.lastReached(site.Addr)
+	require.True(t, ok, "last observation not a success")
+	require.True(t, r, "last observation not a success")
 	now = t0.Add(time.Hour) // a new, short outage an hour later
 	h.failed(site.Addr)
 	now = now.Add(10 * time.Second)
 	check(false, HealthDown, t0.Add(time.Hour))
-	if d := h.unreachableFor(site.Addr); d != 10*time.Second {
-		t.Fatalf("unreachable for %v, want 10s", d)
-	}
+	d := h.unreachableFor(site.Addr)
+	require.Equal(t, 10*time.Second, d, "unreachable for %v, want 10s", d)
 	now = now.Add(lostAfter) // still unreachable LostAfter later
 	check(false, HealthLost, t0.Add(time.Hour))
 	site.State = SiteLeft

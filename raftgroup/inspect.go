@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 )
 
 // This file is the read-only inspection of a stopped site's directory, for operators' tools
@@ -23,16 +24,16 @@ import (
 //	                              db-000002/ the live Pebble: shard 3, no shard key prefix
 //
 // Inspect picks one replica directory per shard, follows its CURRENT and opens the stores
-// through ds.InspectReplicas, which opens Pebble read-only over a filesystem that refuses
+// through inspect.OpenReplicas, which opens Pebble read-only over a filesystem that refuses
 // writes: nothing in the directory changes, and a running site (which holds its stores'
-// Pebble locks) is refused with ds.ErrInUse.
+// Pebble locks) is refused with inspect.ErrInUse.
 
 // SiteInspector is a read-only view of a stopped site's directory: every method of
-// ds.Inspector (generations, streams, tries, messages, Check) reads the shard replicas the
+// inspect.Inspector (generations, streams, tries, messages, Check) reads the shard replicas the
 // site holds, and Replicas says which replica directory each shard was read from. Close
 // releases the stores. It is not safe for concurrent use.
 type SiteInspector struct {
-	*ds.Inspector
+	*inspect.Inspector
 	Dir         string // the site's directory, as given to Inspect
 	Site        SiteID
 	RaftAddress string
@@ -98,8 +99,8 @@ func IsSiteDir(dir string) bool {
 // receiving its replicas, or one that left) is listed as not loaded (its error wraps
 // ds.ErrShardNotFound). A replica directory of a shard beyond NShards is an error.
 //
-// The guarantees are ds.InspectReplicas': nothing in dir is written, and a store whose Pebble
-// lock is held — the site is running — fails the call with ds.ErrInUse.
+// The guarantees are inspect.OpenReplicas': nothing in dir is written, and a store whose Pebble
+// lock is held — the site is running — fails the call with inspect.ErrInUse.
 func Inspect(dir string) (*SiteInspector, error) {
 	f, err := readSiteFile(dir)
 	if err != nil {
@@ -116,7 +117,7 @@ func Inspect(dir string) (*SiteInspector, error) {
 		nShards = f.NShards
 	}
 	si := &SiteInspector{Dir: dir, Site: f.ID, RaftAddress: f.RaftAddress, Replicas: make([]InspectedReplica, nShards)}
-	var stores []ds.ReplicaStore
+	var stores []inspect.ReplicaStore
 	for sh := range nShards {
 		r, err := chooseReplica(ds.ShardID(sh), cands[ds.ShardID(sh)])
 		if err != nil {
@@ -124,10 +125,10 @@ func Inspect(dir string) (*SiteInspector, error) {
 		}
 		si.Replicas[sh] = r
 		if r.ReplicaID != 0 {
-			stores = append(stores, ds.ReplicaStore{Shard: r.Shard, Path: filepath.Join(r.Dir, r.Store)})
+			stores = append(stores, inspect.ReplicaStore{Shard: r.Shard, Path: filepath.Join(r.Dir, r.Store)})
 		}
 	}
-	in, err := ds.InspectReplicas(nShards, stores)
+	in, err := inspect.OpenReplicas(nShards, stores)
 	if err != nil {
 		return nil, fmt.Errorf("site %s: %w", dir, err)
 	}
@@ -268,7 +269,7 @@ func chooseReplica(sh ds.ShardID, cands []replicaCandidate) (InspectedReplica, e
 		for _, o := range ok {
 			a, err := appliedIndexOf(sh, filepath.Join(o.dir, o.store))
 			switch {
-			case errors.Is(err, ds.ErrInUse):
+			case errors.Is(err, inspect.ErrInUse):
 				return InspectedReplica{}, err
 			case err != nil:
 				ignored = append(ignored, IgnoredReplica{ReplicaID: o.replica, Dir: o.dir, Reason: "its store does not open", Err: err})
@@ -301,7 +302,7 @@ func chooseReplica(sh ds.ShardID, cands []replicaCandidate) (InspectedReplica, e
 // appliedIndexOf opens one replica store read-only and returns its applied index; an index
 // that does not decode counts as 0 (Check reports it if the store is the one chosen).
 func appliedIndexOf(sh ds.ShardID, path string) (uint64, error) {
-	in, err := ds.InspectReplicas(int(sh)+1, []ds.ReplicaStore{{Shard: sh, Path: path}})
+	in, err := inspect.OpenReplicas(int(sh)+1, []inspect.ReplicaStore{{Shard: sh, Path: path}})
 	if err != nil {
 		return 0, fmt.Errorf("shard %d: %w", sh, err)
 	}
@@ -310,9 +311,9 @@ func appliedIndexOf(sh ds.ShardID, path string) (uint64, error) {
 	return a, nil
 }
 
-// Check runs ds.Inspector.Check over the stores read, and reports as well every ignored
+// Check runs inspect.Inspector.Check over the stores read, and reports as well every ignored
 // replica directory whose CURRENT is damaged (IgnoredReplica.Err).
-func (si *SiteInspector) Check(maxProblems int) *ds.CheckReport {
+func (si *SiteInspector) Check(maxProblems int) *inspect.CheckReport {
 	if maxProblems <= 0 {
 		maxProblems = 100
 	}
@@ -320,7 +321,7 @@ func (si *SiteInspector) Check(maxProblems int) *ds.CheckReport {
 	for _, rep := range si.Replicas {
 		for _, ig := range rep.Ignored {
 			if ig.Err != nil && len(r.Problems) < maxProblems {
-				r.Problems = append(r.Problems, ds.CheckProblem{Shard: int(rep.Shard), Path: ig.Dir, Err: ig.Err})
+				r.Problems = append(r.Problems, inspect.CheckProblem{Shard: int(rep.Shard), Path: ig.Dir, Err: ig.Err})
 			}
 		}
 	}

@@ -1,7 +1,6 @@
 package raftgroup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,12 +13,14 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 var quietPebble = pebbleopts.Config{Logger: pebbleopts.SlogLogger{L: slog.New(slog.DiscardHandler)}}
@@ -36,116 +37,90 @@ func messageKeys(msgs []ds.Message) []string {
 // the sites are closed, one site's directory inspected read-only shows the generations,
 // streams and messages that site's DB served, Check passes (the replicas' applied indexes
 // and de-duplication records included), and nothing in the directory changed. A running
-// site is refused with ds.ErrInUse. A flipped byte in a replica's sstable is an
+// site is refused with inspect.ErrInUse. A flipped byte in a replica's sstable is an
 // ErrCorruption naming the file, not a panic.
 func TestInspectSiteDirectory(t *testing.T) {
 	const nShards = 2
 	c := newTestCluster(t, 3, nShards, nil)
 	ctx := context.Background()
 	n := len(storeN(t, c.db(0), "a", 30))
-	if err := c.db(1).AddGeneration(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.db(1).AddGeneration(ctx))
 	n += len(storeN(t, c.db(2), "b", 30))
 	c.waitConverged(nShards, 20*time.Second)
 
 	dir := c.sites[0].cfg.Dir
-	if _, err := Inspect(dir); !errors.Is(err, ds.ErrInUse) {
-		t.Fatalf("Inspect of a running site: %v, want ds.ErrInUse", err)
-	}
+	_, err := Inspect(dir)
+	require.ErrorIs(t, err, inspect.ErrInUse, "Inspect of a running site: %v, want inspect.ErrInUse", err)
 	db := c.db(0)
 	wantGens, err := db.Generations()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	wantStreams, err := db.Streams("#", time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	wantMsgs, err := db.Messages("#", time.Time{}, 0)
-	if err != nil || len(wantMsgs) != n {
-		t.Fatalf("the DB serves %d messages (%v), %d stored", len(wantMsgs), err, n)
-	}
+	require.NoError(t, err, "the DB serves %d messages (%v), %d stored", len(wantMsgs), err, n)
+	require.Len(t, wantMsgs, n, "the DB serves %d messages (%v), %d stored", len(wantMsgs), err, n)
 	id := c.sites[0].ID()
 	c.closeAll()
 
 	before := testutil.FileHashes(t, dir)
 	si, err := Inspect(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if si.Site != id || si.NShards() != nShards || !si.Replicated() || len(si.Replicas) != nShards {
-		t.Fatalf("site %s, %d shards, replicated %v, replicas %+v", si.Site, si.NShards(), si.Replicated(), si.Replicas)
-	}
+	require.NoError(t, err)
+	require.Equal(t, id, si.Site, "site %s, %d shards, replicated %v, replicas %+v", si.Site, si.NShards(), si.Replicated(), si.Replicas)
+	require.Equal(t, nShards, si.NShards(), "site %s, %d shards, replicated %v, replicas %+v", si.Site, si.NShards(), si.Replicated(), si.Replicas)
+	require.True(t, si.Replicated(), "site %s, %d shards, replicated %v, replicas %+v", si.Site, si.NShards(), si.Replicated(), si.Replicas)
+	require.Len(t, si.Replicas, nShards, "site %s, %d shards, replicated %v, replicas %+v", si.Site, si.NShards(), si.Replicated(), si.Replicas)
 	for sh, r := range si.Replicas {
-		if r.Shard != ds.ShardID(sh) || r.ReplicaID == 0 || r.Applied == 0 || len(r.Ignored) != 0 ||
-			!strings.HasPrefix(r.Dir, strings.TrimSuffix(replicaDir(dir, ds.ShardID(sh), 1), "1")) || !strings.HasPrefix(r.Store, "db-") {
-			t.Errorf("shard %d read from %+v", sh, r)
-		}
+		require.Equal(t, ds.ShardID(sh), r.Shard, "shard %d read from %+v", sh, r)
+		require.NotZero(t, r.ReplicaID, "shard %d read from %+v", sh, r)
+		require.NotZero(t, r.Applied, "shard %d read from %+v", sh, r)
+		require.Empty(t, r.Ignored, "shard %d read from %+v", sh, r)
+		require.True(t, strings.HasPrefix(r.Dir, strings.TrimSuffix(replicaDir(dir, ds.ShardID(sh), 1), "1")), "shard %d read from %+v", sh, r)
+		require.True(t, strings.HasPrefix(r.Store, "db-"), "shard %d read from %+v", sh, r)
 	}
 	gotGens, err := si.Generations()
-	if err != nil || len(gotGens) != len(wantGens) || len(gotGens) != 2*nShards {
-		t.Fatalf("Generations %v %v, want %v", gotGens, err, wantGens)
-	}
+	require.NoError(t, err, "Generations %v %v, want %v", gotGens, err, wantGens)
+	require.Len(t, gotGens, len(wantGens), "Generations %v %v, want %v", gotGens, err, wantGens)
+	require.Len(t, gotGens, 2*nShards, "Generations %v %v, want %v", gotGens, err, wantGens)
 	for i := range wantGens {
-		if gotGens[i].Shard != wantGens[i].Shard || gotGens[i].Info.String() != wantGens[i].Info.String() {
-			t.Errorf("generation %d: %v, want %v", i, gotGens[i], wantGens[i])
-		}
+		require.Equal(t, wantGens[i].Shard, gotGens[i].Shard, "generation %d: %v, want %v", i, gotGens[i], wantGens[i])
+		require.Equal(t, wantGens[i].Info.String(), gotGens[i].Info.String(), "generation %d: %v, want %v", i, gotGens[i], wantGens[i])
 	}
 	gotStreams, err := si.Streams("#", time.Time{})
-	if err != nil || fmt.Sprint(gotStreams) != fmt.Sprint(wantStreams) {
-		t.Errorf("Streams %v %v, want %v", gotStreams, err, wantStreams)
-	}
+	require.NoError(t, err, "Streams %v %v, want %v", gotStreams, err, wantStreams)
+	require.Equal(t, fmt.Sprint(wantStreams), fmt.Sprint(gotStreams), "Streams %v %v, want %v", gotStreams, err, wantStreams)
 	gotMsgs, err := si.Messages("#", time.Time{}, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := messageKeys(gotMsgs), messageKeys(wantMsgs); fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("Messages:\n%q\nwant\n%q", got, want)
-	}
+	require.NoError(t, err)
+	got, want := messageKeys(gotMsgs), messageKeys(wantMsgs)
+	require.Equal(t, fmt.Sprint(want), fmt.Sprint(got), "Messages:\n%q\nwant\n%q", got, want)
 	r := si.Check(0)
-	if !r.OK() || r.Messages != uint64(n) || r.ReplicaRecords < 2*nShards {
-		t.Errorf("Check: %+v", r)
-	}
-	if err := si.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if after := testutil.FileHashes(t, dir); after != before {
-		t.Fatalf("inspection changed the site's directory:\n%s\nwant\n%s", after, before)
-	}
+	require.True(t, r.OK(), "Check: %+v", r)
+	require.Equal(t, uint64(n), r.Messages, "Check: %+v", r)
+	require.GreaterOrEqual(t, r.ReplicaRecords, uint64(2*nShards), "Check: %+v", r)
+	require.NoError(t, si.Close())
+	after := testutil.FileHashes(t, dir)
+	require.Equal(t, before, after, "inspection changed the site's directory:\n%s\nwant\n%s", after, before)
 
 	// Damage shard 1's replica: its data into an sstable (a flush, as Pebble does in time),
 	// then bytes flipped in the middle of it.
 	store := filepath.Join(si.Replicas[1].Dir, si.Replicas[1].Store)
 	p, err := pebble.Open(store, pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, p.Flush())
+	require.NoError(t, p.Close())
 	ssts, _ := filepath.Glob(filepath.Join(store, "*.sst"))
-	if len(ssts) == 0 {
-		t.Fatalf("no sstable in %s", store)
-	}
+	require.NotEmpty(t, ssts, "no sstable in %s", store)
 	flipMiddle(t, ssts[0])
 	file := strings.TrimSuffix(filepath.Base(ssts[0]), ".sst")
 	si, err = Inspect(dir)
 	if err != nil {
 		// Pebble may find the damage at open already; then the open says so.
-		if !errors.Is(err, ds.ErrCorruption) || !strings.Contains(err.Error(), file) {
-			t.Fatalf("Inspect of a damaged replica: %v, want ErrCorruption naming %s", err, file)
-		}
+		require.ErrorIs(t, err, ds.ErrCorruption, "Inspect of a damaged replica: %v, want ErrCorruption naming %s", err, file)
+		require.Contains(t, err.Error(), file, "Inspect of a damaged replica: %v, want ErrCorruption naming %s", err, file)
 		return
 	}
 	defer si.Close()
 	r = si.Check(0)
-	if r.OK() {
-		t.Fatalf("Check of a damaged replica passed: %+v", r)
-	}
+	require.False(t, r.OK(), "Check of a damaged replica passed: %+v", r)
 	found := false
 	for _, p := range r.Problems {
 		t.Log(p)
@@ -153,23 +128,17 @@ func TestInspectSiteDirectory(t *testing.T) {
 			found = true
 		}
 	}
-	if !found {
-		t.Errorf("no problem is an ErrCorruption naming %s in %s", file, store)
-	}
+	require.True(t, found, "no problem is an ErrCorruption naming %s in %s", file, store)
 }
 
 func flipMiddle(t *testing.T, path string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := len(b)/2 - 8; i < len(b)/2+8; i++ {
 		b[i] ^= 0x5a
 	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, b, 0o644))
 }
 
 // fakeSite is a site directory built without running a site: a SITE file and replica
@@ -183,13 +152,9 @@ type fakeSite struct {
 func newFakeSite(t *testing.T) *fakeSite {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "site")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.MkdirAll(dir, 0o755))
 	f := siteFile{ID: SiteID{1, 2, 3, 4, 5, 6, 7, 8}, DeploymentID: 1, RaftAddress: "127.0.0.1:1", MetaReplica: 1}
-	if err := writeSiteFile(dir, f); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, writeSiteFile(dir, f))
 	return &fakeSite{t, dir}
 }
 
@@ -200,13 +165,9 @@ func (s *fakeSite) replica(sh stream.ShardID, id uint64, applied int, current st
 	t.Helper()
 	dir := replicaDir(s.dir, ds.ShardID(sh), id)
 	p, err := pebble.Open(filepath.Join(dir, "db-000001"), pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r, _, err := shard.OpenReplica(shard.ReplicaConfig{ID: sh, DB: p, Logger: discardLogger(), Layout: layout.Params{Kind: stream.LayoutLTS}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var pid shard.ProposerID
 	copy(pid[:], "fake-proposer-01")
 	var es []shard.Entry
@@ -215,20 +176,14 @@ func (s *fakeSite) replica(sh stream.ShardID, id uint64, applied int, current st
 			{ClientID: "c", Topic: fmt.Sprintf("r%d/t", id), Payload: []byte(fmt.Sprint(i))}}}
 		es = append(es, shard.Entry{Index: uint64(i), Proposer: pid, Seq: uint64(i), Cmd: cmd})
 	}
-	if err := r.ApplyEntries(es); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, r.ApplyEntries(es))
 	r.Close()
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.Close())
 	if current == "" {
 		current = "db-000001\n"
 	}
 	if current != "-" {
-		if err := os.WriteFile(filepath.Join(dir, "CURRENT"), []byte(current), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "CURRENT"), []byte(current), 0o644))
 	}
 	return dir
 }
@@ -250,19 +205,14 @@ func TestInspectSiteChoosesReplica(t *testing.T) {
 	s.replica(4, 9, 1, "")
 	// A leftover whose CURRENT names a directory that holds no store: it does not open.
 	broken := s.replica(4, 10, 0, "db-000002\n")
-	if err := os.Mkdir(filepath.Join(broken, "db-000002"), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.Mkdir(filepath.Join(broken, "db-000002"), 0o755))
 	before := testutil.FileHashes(t, s.dir)
 
 	si, err := Inspect(s.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer si.Close()
-	if si.NShards() != 5 || si.Site.String() != "0102030405060708" {
-		t.Fatalf("%d shards, site %s", si.NShards(), si.Site)
-	}
+	require.Equal(t, 5, si.NShards(), "%d shards, site %s", si.NShards(), si.Site)
+	require.Equal(t, "0102030405060708", si.Site.String(), "%d shards, site %s", si.NShards(), si.Site)
 	type pick struct {
 		replica, applied uint64
 		ignored          string
@@ -275,35 +225,29 @@ func TestInspectSiteChoosesReplica(t *testing.T) {
 			ig = append(ig, fmt.Sprint(i.ReplicaID))
 		}
 		got := pick{r.ReplicaID, r.Applied, strings.Join(ig, " ")}
-		if got != w {
-			t.Errorf("shard %d: read %+v, want %+v (%+v)", sh, got, w, r)
-		}
+		require.Equal(t, w, got, "shard %d: read %+v, want %+v (%+v)", sh, got, w, r)
 	}
-	if ig := si.Replicas[2].Ignored[0]; !errors.Is(ig.Err, ds.ErrCorruption) {
-		t.Errorf("the damaged directory: %+v", ig)
-	}
+	ig := si.Replicas[2].Ignored[0]
+	require.ErrorIs(t, ig.Err, ds.ErrCorruption, "the damaged directory: %+v", ig)
 	msgs, err := si.Messages("#", time.Time{}, 0)
-	if !errors.Is(err, ds.ErrShardNotFound) || len(msgs) != 5+2+1+1 {
-		t.Errorf("Messages: %d, %v", len(msgs), err)
-	}
+	require.ErrorIs(t, err, ds.ErrShardNotFound, "Messages: %d, %v", len(msgs), err)
+	require.Len(t, msgs, 5+2+1+1, "Messages: %d, %v", len(msgs), err)
 	for _, m := range msgs {
-		if m.Shard == 1 && m.Topic != "r6/t" {
-			t.Errorf("shard 1 message %q read from another replica than r6", m.Topic)
-		}
+		require.False(t, m.Shard == 1 && m.Topic != "r6/t", "shard 1 message %q read from another replica than r6", m.Topic)
 	}
 	r := si.Check(0)
 	var problems []string
 	for _, p := range r.Problems {
 		problems = append(problems, p.String())
 	}
-	if len(r.Problems) != 3 || !strings.Contains(problems[0], "shard 3") ||
-		r.Problems[1].Path != damaged || !errors.Is(r.Problems[1].Err, ds.ErrCorruption) || r.Problems[2].Path != broken {
-		t.Errorf("Check problems:\n%s", strings.Join(problems, "\n"))
-	}
+	require.Len(t, r.Problems, 3, "Check problems:\n%s", strings.Join(problems, "\n"))
+	require.Contains(t, problems[0], "shard 3", "Check problems:\n%s", strings.Join(problems, "\n"))
+	require.Equal(t, damaged, r.Problems[1].Path, "Check problems:\n%s", strings.Join(problems, "\n"))
+	require.ErrorIs(t, r.Problems[1].Err, ds.ErrCorruption, "Check problems:\n%s", strings.Join(problems, "\n"))
+	require.Equal(t, broken, r.Problems[2].Path, "Check problems:\n%s", strings.Join(problems, "\n"))
 	si.Close()
-	if after := testutil.FileHashes(t, s.dir); after != before {
-		t.Errorf("inspection changed the directory")
-	}
+	after := testutil.FileHashes(t, s.dir)
+	require.Equal(t, before, after, "inspection changed the directory")
 }
 
 // TestInspectSiteErrors: what is not an inspectable site's directory fails with a clear,
@@ -316,27 +260,22 @@ func TestInspectSiteErrors(t *testing.T) {
 		if err == nil {
 			si.Close()
 		}
-		if !errors.Is(err, target) || !strings.Contains(err.Error(), text) {
-			t.Errorf("%s: %v, want %v and %q", name, err, target, text)
-		}
-		if after := testutil.FileHashes(t, filepath.Dir(dir)); after != before {
-			t.Errorf("%s: the directory changed", name)
-		}
+		require.ErrorIs(t, err, target, "%s: %v, want %v and %q", name, err, target, text)
+		require.Contains(t, err.Error(), text, "%s: %v, want %v and %q", name, err, target, text)
+		after := testutil.FileHashes(t, filepath.Dir(dir))
+		require.Equal(t, before, after, "%s: the directory changed", name)
 	}
 	check("no directory", filepath.Join(t.TempDir(), "nope"), os.ErrNotExist, "no SITE file")
 	check("no SITE", t.TempDir(), os.ErrNotExist, "not a replicated site's directory")
 
 	s := newFakeSite(t)
-	if err := os.WriteFile(filepath.Join(s.dir, siteFileName), []byte("{not json"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(filepath.Join(s.dir, siteFileName), []byte("{not json"), 0o644))
 	check("bad SITE", s.dir, ds.ErrCorruption, "SITE")
 
 	s = newFakeSite(t)
 	check("no replicas", s.dir, os.ErrNotExist, "holds no shard replica")
-	if IsSiteDir(filepath.Dir(s.dir)) || !IsSiteDir(s.dir) {
-		t.Errorf("IsSiteDir")
-	}
+	require.False(t, IsSiteDir(filepath.Dir(s.dir)), "IsSiteDir")
+	require.True(t, IsSiteDir(s.dir), "IsSiteDir")
 
 	s = newFakeSite(t)
 	s.replica(0, 1, 1, "-")
@@ -355,17 +294,14 @@ func TestInspectSiteErrors(t *testing.T) {
 	dir := s.replica(0, 1, 1, "")
 	markers, _ := filepath.Glob(filepath.Join(dir, "db-000001", "MANIFEST-*"))
 	for _, m := range markers {
-		if err := os.Remove(m); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.Remove(m))
 	}
 	si, err := Inspect(s.dir)
 	if err == nil {
 		si.Close()
-		t.Errorf("a store without its MANIFEST opened")
-	} else if bytes.Contains([]byte(err.Error()), []byte("internal error")) {
-		t.Errorf("%v", err)
 	}
+	require.Error(t, err, "a store without its MANIFEST opened")
+	require.NotContains(t, err.Error(), "internal error")
 }
 
 // TestInspectSiteRecordedShards: a site records the cluster's NShards in its SITE file once it
@@ -374,31 +310,23 @@ func TestInspectSiteErrors(t *testing.T) {
 func TestInspectSiteRecordedShards(t *testing.T) {
 	s := newFakeSite(t)
 	f, err := readSiteFile(s.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	f.NShards = 4
-	if err := writeSiteFile(s.dir, f); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, writeSiteFile(s.dir, f))
 	s.replica(0, 1, 2, "")
 	s.replica(1, 2, 1, "")
 	si, err := Inspect(s.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if si.NShards() != 4 || len(si.Replicas) != 4 || si.Replicas[3].ReplicaID != 0 {
-		t.Errorf("%d shards, replicas %+v", si.NShards(), si.Replicas)
-	}
-	if _, err := si.StreamCount(3, 1); !errors.Is(err, ds.ErrShardNotFound) {
-		t.Errorf("shard 3 without a replica: %v", err)
-	}
+	require.NoError(t, err)
+	require.Equal(t, 4, si.NShards(), "%d shards, replicas %+v", si.NShards(), si.Replicas)
+	require.Len(t, si.Replicas, 4, "%d shards, replicas %+v", si.NShards(), si.Replicas)
+	require.Equal(t, uint64(0), si.Replicas[3].ReplicaID, "%d shards, replicas %+v", si.NShards(), si.Replicas)
+	_, err = si.StreamCount(3, 1)
+	require.ErrorIs(t, err, ds.ErrShardNotFound, "shard 3 without a replica: %v", err)
 	si.Close()
 	s.replica(4, 3, 1, "")
-	if si, err := Inspect(s.dir); !errors.Is(err, ds.ErrCorruption) {
-		if err == nil {
-			si.Close()
-		}
-		t.Errorf("a replica of shard 4 in a 4-shard cluster: %v", err)
+	si, err = Inspect(s.dir)
+	if err == nil {
+		si.Close()
 	}
+	require.ErrorIs(t, err, ds.ErrCorruption, "a replica of shard 4 in a 4-shard cluster: %v", err)
 }

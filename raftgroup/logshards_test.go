@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestLogShardsFixedAtCreation: the number of Raft log writers a site was created with is
@@ -17,9 +19,9 @@ func TestLogShardsFixedAtCreation(t *testing.T) {
 	storeN(t, c.db(0), "a", 10)
 	dir := c.sites[0].cfg.Dir
 	f, err := readSiteFile(dir)
-	if err != nil || f.LogShards != 4 || f.logShards() != 4 {
-		t.Fatalf("SITE file: %+v, %v; want log shards 4", f, err)
-	}
+	require.NoError(t, err, "SITE file: %+v, %v; want log shards 4", f, err)
+	require.Equal(t, 4, f.LogShards, "SITE file: %+v, %v; want log shards 4", f, err)
+	require.Equal(t, 4, f.logShards(), "SITE file: %+v, %v; want log shards 4", f, err)
 	c.close(0)
 	logShards = 1 // ignored: the site keeps 4
 	c.restart(0)
@@ -33,15 +35,9 @@ func TestLogShardsFixedAtCreation(t *testing.T) {
 	ldir := legacy.sites[0].cfg.Dir
 	legacy.close(0)
 	b, err := os.ReadFile(filepath.Join(ldir, siteFileName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(string(b), `"log_shards": 16`) {
-		t.Fatalf("SITE file without log_shards 16:\n%s", b)
-	}
-	if err := os.WriteFile(filepath.Join(ldir, siteFileName), []byte(strings.Replace(string(b), `"log_shards": 16`, `"log_shards": 0`, 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"log_shards": 16`, "SITE file without log_shards 16:\n%s", b)
+	require.NoError(t, os.WriteFile(filepath.Join(ldir, siteFileName), []byte(strings.Replace(string(b), `"log_shards": 16`, `"log_shards": 0`, 1)), 0o644))
 	legacyShards = 1
 	legacy.restart(0) // Config.LogShards 1, but the SITE file says nothing: opens with 16
 	storeN(t, legacy.db(0), "b", 10)

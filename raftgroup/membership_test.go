@@ -3,7 +3,6 @@ package raftgroup
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,7 +14,9 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // join adds a new site (index len(c.sites)) through member: PrepareSite gives its ID, AddSite
@@ -27,17 +28,11 @@ func (c *testCluster) join(member int) int {
 	c.sites = append(c.sites, nil)
 	cfg := c.config(i, nil, true, 0)
 	id, err := PrepareSite(cfg)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	require.NoError(c.t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.sites[member].AddSite(ctx, id, c.addrs[i]); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := c.openSite(i, nil, true, 0); err != nil {
-		c.t.Fatal(err)
-	}
+	require.NoError(c.t, c.sites[member].AddSite(ctx, id, c.addrs[i]))
+	require.NoError(c.t, c.openSite(i, nil, true, 0))
 	return i
 }
 
@@ -87,14 +82,11 @@ func TestClusterJoinAndLeave(t *testing.T) {
 		for _, r := range st.GroupReplicas(g) {
 			if r.Slot == jslot {
 				found = true
-				if r.Voter || r.Member != memberNonVoting {
-					t.Errorf("group %d: the joiner's replica %+v, want a non-voting member (RF 3 is met)", g, r)
-				}
+				require.False(t, r.Voter, "group %d: the joiner's replica %+v, want a non-voting member (RF 3 is met)", g, r)
+				require.Equal(t, memberNonVoting, r.Member, "group %d: the joiner's replica %+v, want a non-voting member (RF 3 is met)", g, r)
 			}
 		}
-		if !found {
-			t.Errorf("group %d has no replica on the joiner", g)
-		}
+		require.True(t, found, "group %d has no replica on the joiner", g)
 	}
 	// Every shard reached the joiner by snapshot: its replica runs on a recovered store.
 	eventually(t, 30*time.Second, "joiner's replicas recovered from snapshots", func() error {
@@ -121,30 +113,22 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	// Site 0 leaves.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.sites[1].RemoveSite(ctx, c.sites[0].ID()); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.sites[1].RemoveSite(ctx, c.sites[0].ID()))
 	mu.Lock()
 	live = []*ds.DB{c.db(1), c.db(2), c.db(j)}
 	mu.Unlock()
 	st = c.waitPlanDone(1, 60*time.Second)
 	leaver, _ := st.SiteByID(c.sites[0].ID())
-	if leaver.State != SiteLeft {
-		t.Fatalf("leaver is %s", leaver.State)
-	}
+	require.Equal(t, SiteLeft, leaver.State, "leaver is %s", leaver.State)
 	for _, g := range st.groups() {
 		voters := 0
 		for _, r := range st.GroupReplicas(g) {
-			if r.Slot == leaver.Slot {
-				t.Errorf("group %d still has replica %+v on the leaver", g, r)
-			}
+			require.NotEqual(t, leaver.Slot, r.Slot, "group %d still has replica %+v on the leaver", g, r)
 			if r.Member == memberVoter {
 				voters++
 			}
 		}
-		if voters != 3 {
-			t.Errorf("group %d has %d voters, want 3", g, voters)
-		}
+		require.Equal(t, 3, voters, "group %d has %d voters, want 3", g, voters)
 	}
 	// The leaver stops its shard replicas and deletes their data.
 	eventually(t, 20*time.Second, "leaver's replicas stopped", func() error {
@@ -157,26 +141,23 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	})
 	// The leaver's admin views have no replica to read: 503 (ErrUnavailable), a JSON error,
 	// never an empty list that looks like "no data"; its metrics say so per shard.
-	h, err := c.sites[0].AdminHandler(ds.AdminPayloads(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, err := c.sites[0].AdminHandler(inspect.WithPayloads(nil))
+	require.NoError(t, err)
 	for _, path := range []string{"/v1/generations", "/v1/messages?filter=%23"} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
-		var e ds.AdminError
-		if err := json.Unmarshal(rec.Body.Bytes(), &e); rec.Code != http.StatusServiceUnavailable || err != nil || !strings.Contains(e.Error, "no replica of shard") {
-			t.Errorf("leaver's %s: %d %s", path, rec.Code, rec.Body)
-		}
+		var e inspect.ErrorBody
+		err := json.Unmarshal(rec.Body.Bytes(), &e)
+		require.Equal(t, http.StatusServiceUnavailable, rec.Code, "leaver's %s: %d %s", path, rec.Code, rec.Body)
+		require.NoError(t, err, "leaver's %s: %d %s", path, rec.Code, rec.Body)
+		require.Contains(t, e.Error, "no replica of shard", "leaver's %s: %d %s", path, rec.Code, rec.Body)
 	}
-	if _, err := c.db(0).Streams("#", time.Time{}); !errors.Is(err, ds.ErrUnavailable) || !ds.IsRetryable(err) {
-		t.Errorf("leaver's Streams: %v, want retryable ErrUnavailable", err)
-	}
+	_, err = c.db(0).Streams("#", time.Time{})
+	require.ErrorIs(t, err, ds.ErrUnavailable, "leaver's Streams: %v, want retryable ErrUnavailable", err)
+	require.True(t, ds.IsRetryable(err), "leaver's Streams: %v, want retryable ErrUnavailable", err)
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	if !strings.Contains(rec.Body.String(), `strata_shard_available{shard="0"} 0`) {
-		t.Errorf("leaver's metrics do not show shard 0 unavailable:\n%s", rec.Body)
-	}
+	require.Contains(t, rec.Body.String(), `strata_shard_available{shard="0"} 0`, "leaver's metrics do not show shard 0 unavailable:\n%s", rec.Body)
 	w.waitAcked(t, 200, "writes after the leave")
 	acked := w.finish()
 	c.close(0)
@@ -206,37 +187,28 @@ func TestClusterReplicationFactor(t *testing.T) {
 	}
 	// RF 1: two voters per shard leave at once in the plan; each keeps running until the group
 	// removed it, so the group never loses its quorum on the way.
-	if err := c.sites[2].SetReplicationFactor(ctx, 1); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.sites[2].SetReplicationFactor(ctx, 1))
 	st := c.waitPlanDone(0, 30*time.Second)
 	for _, g := range st.groups() {
 		want := 1
 		if g == metaGroup {
 			want = 3 // the meta group never demotes
 		}
-		if n := voters(st, g); n != want {
-			t.Errorf("RF 1: group %d has %d voters, want %d", g, n, want)
-		}
-		if n := len(st.GroupReplicas(g)); n != 3 {
-			t.Errorf("RF 1: group %d has %d replicas, want one per site", g, n)
-		}
+		n := voters(st, g)
+		require.Equal(t, want, n, "RF 1: group %d has %d voters, want %d", g, n, want)
+		n = len(st.GroupReplicas(g))
+		require.Equal(t, 3, n, "RF 1: group %d has %d replicas, want one per site", g, n)
 	}
 	w.waitAcked(t, 100, "writes at RF 1")
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.sites[1].SetReplicationFactor(ctx, 3); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.sites[1].SetReplicationFactor(ctx, 3))
 	st = c.waitPlanDone(0, 30*time.Second)
 	for _, g := range st.groups() {
-		if n := voters(st, g); n != 3 {
-			t.Errorf("RF 3: group %d has %d voters, want 3", g, n)
-		}
+		n := voters(st, g)
+		require.Equal(t, 3, n, "RF 3: group %d has %d voters, want 3", g, n)
 	}
-	if st.NextReplicaID <= 4 {
-		t.Errorf("next replica ID %d: the demoted voters' new non-voting replicas should have new IDs", st.NextReplicaID)
-	}
+	require.Greater(t, st.NextReplicaID, uint64(4), "next replica ID %d: the demoted voters' new non-voting replicas should have new IDs", st.NextReplicaID)
 	w.waitAcked(t, 100, "writes at RF 3 again")
 	acked := w.finish()
 	c.requireAllRead(acked, 30*time.Second)

@@ -16,6 +16,7 @@ import (
 	"github.com/lni/dragonboat/v4/raftio"
 	pb "github.com/lni/dragonboat/v4/raftpb"
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // newTCPTransport is dragonboat's default transport (the one a NodeHost uses when
@@ -259,6 +260,7 @@ func storeEveryShardExpectingFailure(t *testing.T, c *testCluster, prefix string
 	wg.Wait()
 	limit := partitionProposalTimeout + 3*time.Second
 	for _, f := range out {
+		// t.Errorf, not require: this may run outside the test's goroutine.
 		switch {
 		case f.err == nil:
 			t.Errorf("site %d shard %d: Store succeeded without a quorum", f.site, f.shard)
@@ -367,9 +369,7 @@ func requireFailedStores(t *testing.T, c *testCluster, failed []failedStore) {
 	t.Helper()
 	for i := range c.sites {
 		got, err := readAll(c.db(i))
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		count := map[string]int{}
 		for _, m := range got {
 			count[m]++
@@ -380,12 +380,8 @@ func requireFailedStores(t *testing.T, c *testCluster, failed []failedStore) {
 			if n > 0 {
 				present++
 			}
-			if n > 1 {
-				t.Errorf("site %d: failed Store %q present %d times", i, f.msg, n)
-			}
-			if n > 0 && !strings.Contains(f.err.Error(), "outcome unknown") {
-				t.Errorf("site %d: Store %q failed with %q (not an unknown outcome) but is present", i, f.msg, f.err)
-			}
+			require.LessOrEqual(t, n, 1, "site %d: failed Store %q present %d times", i, f.msg, n)
+			require.False(t, n > 0 && !strings.Contains(f.err.Error(), "outcome unknown"), "site %d: Store %q failed with %q (not an unknown outcome) but is present", i, f.msg, f.err)
 		}
 		if i == 0 {
 			t.Logf("%d of %d failed Stores ended up stored (unknown outcome)", present, len(failed))
@@ -399,9 +395,8 @@ func requireFailedStores(t *testing.T, c *testCluster, failed []failedStore) {
 func TestPartitionTransportIsTCP(t *testing.T) {
 	f := faultyTransportFactory{newPartitionTable()}
 	tr := f.Create(config.NodeHostConfig{RaftAddress: "127.0.0.1:1"}, func(pb.MessageBatch) {}, func(pb.Chunk) bool { return true })
-	if got := tr.Name(); got != "faulty-go-tcp-transport" {
-		t.Fatalf("transport %q", got)
-	}
+	got := tr.Name()
+	require.Equal(t, "faulty-go-tcp-transport", got, "transport %q", got)
 }
 
 // TestPartitionMinority: one site is cut off from the other two (the site leading shard 0's
@@ -419,16 +414,13 @@ func TestPartitionMinority(t *testing.T) {
 	iso := -1
 	for i, s := range c.sites {
 		g := s.Groups()[1+0] // shard 0 (index 0 is the meta group)
-		if g.Shard != 0 || g.Meta {
-			t.Fatalf("Groups()[1] is %+v", g)
-		}
+		require.Equal(t, ds.ShardID(0), g.Shard, "Groups()[1] is %+v", g)
+		require.False(t, g.Meta, "Groups()[1] is %+v", g)
 		if g.Leader != 0 && g.Leader == g.Replica {
 			iso = i
 		}
 	}
-	if iso < 0 {
-		t.Fatal("shard 0 has no leader")
-	}
+	require.GreaterOrEqual(t, iso, 0, "shard 0 has no leader")
 	var majority []int
 	var majorityAddrs []string
 	for i := range c.sites {
@@ -455,9 +447,7 @@ func TestPartitionMinority(t *testing.T) {
 	}
 	<-done
 	waitLeadsNothing(t, c, iso, 5*time.Second)
-	if table.dropped.Load() == 0 {
-		t.Fatal("the partition dropped nothing")
-	}
+	require.NotZero(t, table.dropped.Load(), "the partition dropped nothing")
 
 	table.heal()
 	healed := time.Now()
@@ -518,9 +508,7 @@ func TestPartitionStoreRightAfterHeal(t *testing.T) {
 			leader = i
 		}
 	}
-	if leader < 0 {
-		t.Fatal("shard 0 has no leader")
-	}
+	require.GreaterOrEqual(t, leader, 0, "shard 0 has no leader")
 	x := (leader + 1) % 3
 	table.block(c.addrs[x], c.addrs[leader])
 	// Heal right after a refused send: the breaker has just tripped.
@@ -537,8 +525,7 @@ func TestPartitionStoreRightAfterHeal(t *testing.T) {
 	defer cancel()
 	_, err := c.db(x).Store(ctx, ds.Message{ClientID: "right-after-heal", Topic: "t/x", Payload: []byte("p")})
 	took := time.Since(start)
-	if err != nil || took > 2500*time.Millisecond {
-		t.Fatalf("Store through site %d (leader: site %d) right after the heal: %v after %v", x, leader, err, took.Round(time.Millisecond))
-	}
+	require.NoError(t, err, "Store through site %d (leader: site %d) right after the heal: %v after %v", x, leader, err, took.Round(time.Millisecond))
+	require.LessOrEqual(t, took, 2500*time.Millisecond, "Store through site %d (leader: site %d) right after the heal: %v after %v", x, leader, err, took.Round(time.Millisecond))
 	t.Logf("Store through site %d right after the heal took %v", x, took.Round(time.Millisecond))
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterStorageQuota: in replicated mode StorageQuota is admission control per site:
@@ -38,9 +39,9 @@ func TestClusterStorageQuota(t *testing.T) {
 		}
 		acked = append(acked, fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload))
 	}
-	if !errors.Is(quotaErr, ds.ErrQuotaExceeded) || !ds.IsRetryable(quotaErr) || len(acked) == 0 {
-		t.Fatalf("after %d messages: %v, want a retryable ErrQuotaExceeded", len(acked), quotaErr)
-	}
+	require.ErrorIs(t, quotaErr, ds.ErrQuotaExceeded, "after %d messages: %v, want a retryable ErrQuotaExceeded", len(acked), quotaErr)
+	require.True(t, ds.IsRetryable(quotaErr), "after %d messages: %v, want a retryable ErrQuotaExceeded", len(acked), quotaErr)
+	require.NotEmpty(t, acked, "after %d messages: %v, want a retryable ErrQuotaExceeded", len(acked), quotaErr)
 	t.Logf("refused after %d messages: %v", len(acked), quotaErr)
 	// The other sites hold the same data: they refuse too, once they applied it. (A Store
 	// that lands meanwhile is acknowledged like any other: each attempt is a new message.)
@@ -65,13 +66,9 @@ func TestClusterStorageQuota(t *testing.T) {
 	// Rotate and drop the old generations: the writes come back once the space is reclaimed.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := c.db(1).AddGeneration(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.db(1).AddGeneration(ctx))
 	for sh := range ds.ShardID(nShards) {
-		if err := c.db(2).DropGeneration(ctx, sh, 1); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.db(2).DropGeneration(ctx, sh, 1))
 	}
 	eventually(t, 20*time.Second, "writes come back on every site", func() error {
 		for i := range 3 {

@@ -1,6 +1,10 @@
 package raftgroup
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
 
 // TestMembershipChangeNotThroughRemovedReplica: a membership change is made, and its outcome
 // checked, through a local replica that stays in the group. A replica being removed does not
@@ -37,25 +41,17 @@ func TestMembershipChangeNotThroughRemovedReplica(t *testing.T) {
 		s.mu.running = map[uint64]uint64{1000: running}
 		return s
 	}
-	if !site(1).memberHere(st, 1, 1000) {
-		t.Error("slot 1's staying voter cannot make changes")
-	}
-	if site(3).memberHere(st, 3, 1000) {
-		t.Error("slot 3's replica being removed is used to make changes")
-	}
-	if site(7).memberHere(st, 3, 1000) {
-		t.Error("slot 3's replacement, not a member yet, is used to make changes")
-	}
+	require.True(t, site(1).memberHere(st, 1, 1000), "slot 1's staying voter cannot make changes")
+	require.False(t, site(3).memberHere(st, 3, 1000), "slot 3's replica being removed is used to make changes")
+	require.False(t, site(7).memberHere(st, 3, 1000), "slot 3's replacement, not a member yet, is used to make changes")
 	// Slot 3 leads the meta group and is stuck on group 1000. Slot 2 holds member replicas
 	// of both stuck groups, but both are being removed: slot 1 it is.
 	stuck := []uint64{1000, 1001}
-	if got := handOverTarget(st, ids[3], stuck); got != 1 {
-		t.Errorf("hand-over to meta replica %d, want 1", got)
-	}
+	got := handOverTarget(st, ids[3], stuck)
+	require.Equal(t, uint64(1), got, "hand-over to meta replica %d, want 1", got)
 	// Slot 1 leaving and slot 2's meta replica being removed: no site qualifies.
 	st.Sites[0].State = SiteLeaving
 	st.Replicas[1].Remove = true
-	if got := handOverTarget(st, ids[3], stuck); got != 0 {
-		t.Errorf("hand-over to meta replica %d, want none", got)
-	}
+	got = handOverTarget(st, ids[3], stuck)
+	require.Equal(t, uint64(0), got, "hand-over to meta replica %d, want none", got)
 }

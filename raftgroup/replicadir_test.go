@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // The replica directory and store names decode to what encoded them, and nothing else decodes.
@@ -15,25 +16,23 @@ func TestReplicaDirNames(t *testing.T) {
 	}{{0, 1}, {7, 42}, {ds.MaxShards - 1, 1<<64 - 1}} {
 		name := filepath.Base(replicaDir("/site", c.id, c.replica))
 		id, replica, ok := parseReplicaDir(name)
-		if !ok || id != c.id || replica != c.replica {
-			t.Errorf("%s decodes to %d, %d, %v", name, id, replica, ok)
-		}
+		require.True(t, ok, "%s decodes to %d, %d, %v", name, id, replica, ok)
+		require.Equal(t, c.id, id, "%s decodes to %d, %d, %v", name, id, replica, ok)
+		require.Equal(t, c.replica, replica, "%s decodes to %d, %d, %v", name, id, replica, ok)
 	}
 	for _, bad := range []string{"", "shard-", "shard-0001", "shard-001-r1", "shard-0001-r0", "shard-0001-r", "shard-00a1-r1",
 		"shard-99999-r1", "shard-0001-r1x", "xshard-0001-r1", "shard-0001-r123456789012345678901"} {
-		if _, _, ok := parseReplicaDir(bad); ok {
-			t.Errorf("%q decodes", bad)
-		}
+		_, _, ok := parseReplicaDir(bad)
+		require.False(t, ok, "%q decodes", bad)
 	}
 	for _, seq := range []int{1, 2, 999999, 1234567} {
-		if got, ok := parseStoreName(storeName(seq)); !ok || got != seq {
-			t.Errorf("%s decodes to %d, %v", storeName(seq), got, ok)
-		}
+		got, ok := parseStoreName(storeName(seq))
+		require.True(t, ok, "%s decodes to %d, %v", storeName(seq), got, ok)
+		require.Equal(t, seq, got, "%s decodes to %d, %v", storeName(seq), got, ok)
 	}
 	for _, bad := range []string{"", "db-", "db-1", "db-00001", "db-00000a", "xdb-000001", "db-000001 "} {
-		if _, ok := parseStoreName(bad); ok {
-			t.Errorf("%q decodes", bad)
-		}
+		_, ok := parseStoreName(bad)
+		require.False(t, ok, "%q decodes", bad)
 	}
 }
 
@@ -44,14 +43,14 @@ func FuzzParseReplicaDir(f *testing.F) {
 		// Whatever decodes holds values that encode to a name decoding to the same values.
 		if id, replica, ok := parseReplicaDir(name); ok {
 			id2, replica2, ok2 := parseReplicaDir(filepath.Base(replicaDir("/", id, replica)))
-			if !ok2 || id2 != id || replica2 != replica {
-				t.Fatalf("%q decodes to %d, %d, which do not round-trip", name, id, replica)
-			}
+			require.True(t, ok2, "%q decodes to %d, %d, which do not round-trip", name, id, replica)
+			require.Equal(t, id, id2, "%q decodes to %d, %d, which do not round-trip", name, id, replica)
+			require.Equal(t, replica, replica2, "%q decodes to %d, %d, which do not round-trip", name, id, replica)
 		}
 		if seq, ok := parseStoreName(name); ok {
-			if seq2, ok2 := parseStoreName(storeName(seq)); !ok2 || seq2 != seq {
-				t.Fatalf("%q decodes to %d, which does not round-trip", name, seq)
-			}
+			seq2, ok2 := parseStoreName(storeName(seq))
+			require.True(t, ok2, "%q decodes to %d, which does not round-trip", name, seq)
+			require.Equal(t, seq, seq2, "%q decodes to %d, which does not round-trip", name, seq)
 		}
 	})
 }

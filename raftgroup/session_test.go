@@ -15,6 +15,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/session"
 	"github.com/strata-mq/strata/shard"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterSession runs package session over three real sites: a session connected on site
@@ -29,13 +30,9 @@ func TestClusterSession(t *testing.T) {
 	open := func(i int, owner string) *session.Store {
 		t.Helper()
 		st, err := session.Open(ctx, c.db(i), &session.Options{Owner: owner, CheckpointInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatalf("session store on site %d: %v", i, err)
-		}
+		require.NoError(t, err, "session store on site %d", i)
 		t.Cleanup(func() {
-			if err := st.Close(); err != nil {
-				t.Errorf("close session store %s: %v", owner, err)
-			}
+			require.NoError(t, st.Close(), "close session store %s", owner)
 		})
 		return st
 	}
@@ -44,15 +41,10 @@ func TestClusterSession(t *testing.T) {
 
 	const client = "dev-1"
 	sA, present, err := stA.Connect(ctx, client, session.ConnectOptions{Expiry: time.Hour})
-	if err != nil || present {
-		t.Fatalf("connect on A: present %v, %v", present, err)
-	}
-	if err := sA.Subscribe(ctx, "q1/#", session.SubscribeOptions{QoS: 1, SubscriptionID: 11}); err != nil {
-		t.Fatal(err)
-	}
-	if err := sA.Subscribe(ctx, "q2/+/x", session.SubscribeOptions{QoS: 2}); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "connect on A: present %v, %v", present, err)
+	require.False(t, present, "connect on A: present %v, %v", present, err)
+	require.NoError(t, sA.Subscribe(ctx, "q1/#", session.SubscribeOptions{QoS: 1, SubscriptionID: 11}))
+	require.NoError(t, sA.Subscribe(ctx, "q2/+/x", session.SubscribeOptions{QoS: 2}))
 
 	t.Run("Wanted", func(t *testing.T) {
 		for name, st := range map[string]*session.Store{"B": stB, "C": stC} {
@@ -62,13 +54,14 @@ func TestClusterSession(t *testing.T) {
 				}
 				return nil
 			})
-			if st.Wanted("q2/a/y") || st.Wanted("other") {
-				t.Fatalf("site %s wants what no session subscribed to", name)
-			}
+			require.False(t, st.Wanted("q2/a/y"), "site %s wants what no session subscribed to", name)
+			require.False(t, st.Wanted("other"), "site %s wants what no session subscribed to", name)
 			l := st.List()
-			if len(l) != 1 || l[0].ClientID != client || l[0].Owner != "A" || !l[0].Connected || len(l[0].Subscriptions) != 2 {
-				t.Fatalf("site %s lists %+v", name, l)
-			}
+			require.Len(t, l, 1, "site %s lists %+v", name, l)
+			require.Equal(t, client, l[0].ClientID, "site %s lists %+v", name, l)
+			require.Equal(t, "A", l[0].Owner, "site %s lists %+v", name, l)
+			require.True(t, l[0].Connected, "site %s lists %+v", name, l)
+			require.Len(t, l[0].Subscriptions, 2, "site %s lists %+v", name, l)
 		}
 	})
 
@@ -86,9 +79,8 @@ func TestClusterSession(t *testing.T) {
 			if i%3 == 0 {
 				m.QoS, m.Topic = 2, fmt.Sprintf("q2/%s/x", p.site)
 			}
-			if _, err := p.db.Store(ctx, m); err != nil {
-				t.Fatalf("store %s through %s: %v", m.Payload, p.site, err)
-			}
+			_, err := p.db.Store(ctx, m)
+			require.NoError(t, err, "store %s through %s", m.Payload, p.site)
 			msgs = append(msgs, m)
 		}
 
@@ -98,17 +90,15 @@ func TestClusterSession(t *testing.T) {
 		var order []string
 		for len(got) < len(msgs) {
 			batch, err := sA.Next(ctx, 100)
-			if err != nil {
-				t.Fatalf("next on A after %d of %d: %v", len(got), len(msgs), err)
-			}
+			require.NoError(t, err, "next on A after %d of %d", len(got), len(msgs))
 			for _, d := range batch {
 				k := string(d.Message.Payload)
-				if _, dup := got[k]; dup || d.Dup || d.Release {
-					t.Fatalf("A: delivery %+v again, or marked dup/release", d)
-				}
-				if pids[d.PacketID] || d.PacketID == 0 {
-					t.Fatalf("A: packet ID %d reused or zero", d.PacketID)
-				}
+				_, dup := got[k]
+				require.False(t, dup, "A: delivery %+v again, or marked dup/release", d)
+				require.False(t, d.Dup, "A: delivery %+v again, or marked dup/release", d)
+				require.False(t, d.Release, "A: delivery %+v again, or marked dup/release", d)
+				require.False(t, pids[d.PacketID], "A: packet ID %d reused or zero", d.PacketID)
+				require.NotZero(t, d.PacketID, "A: packet ID %d reused or zero", d.PacketID)
 				pids[d.PacketID] = true
 				got[k] = d
 				order = append(order, k)
@@ -116,12 +106,8 @@ func TestClusterSession(t *testing.T) {
 		}
 		for _, m := range msgs {
 			d := got[string(m.Payload)]
-			if d.QoS != m.QoS {
-				t.Fatalf("%s: delivered at QoS %d, published %d", m.Payload, d.QoS, m.QoS)
-			}
-			if m.QoS == 1 && (len(d.SubIDs) != 1 || d.SubIDs[0] != 11) {
-				t.Fatalf("%s: subscription IDs %v", m.Payload, d.SubIDs)
-			}
+			require.Equal(t, m.QoS, d.QoS, "%s: delivered at QoS %d, published %d", m.Payload, d.QoS, m.QoS)
+			require.False(t, m.QoS == 1 && (len(d.SubIDs) != 1 || d.SubIDs[0] != 11), "%s: subscription IDs %v", m.Payload, d.SubIDs)
 		}
 
 		// Acknowledge some: every other QoS 1; of the QoS 2, one in three stays unanswered,
@@ -137,53 +123,39 @@ func TestClusterSession(t *testing.T) {
 			switch d.QoS {
 			case 1:
 				if n1++; n1%2 == 0 {
-					if err := sA.Ack(d.PacketID); err != nil {
-						t.Fatal(err)
-					}
+					require.NoError(t, sA.Ack(d.PacketID))
 					fate[k] = done
 				}
 			case 2:
 				switch n2++; n2 % 3 {
 				case 1:
-					if err := sA.Received(ctx, d.PacketID); err != nil {
-						t.Fatal(err)
-					}
+					require.NoError(t, sA.Received(ctx, d.PacketID))
 					fate[k] = released
 				case 2:
-					if err := sA.Received(ctx, d.PacketID); err != nil {
-						t.Fatal(err)
-					}
-					if err := sA.Complete(d.PacketID); err != nil {
-						t.Fatal(err)
-					}
+					require.NoError(t, sA.Received(ctx, d.PacketID))
+					require.NoError(t, sA.Complete(d.PacketID))
 					fate[k] = done
 				}
 			}
 		}
-		if err := sA.Checkpoint(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, sA.Checkpoint(ctx))
 
 		// Resume on B.
 		sB, present, err := stB.Connect(ctx, client, session.ConnectOptions{Expiry: time.Hour})
-		if err != nil || !present {
-			t.Fatalf("resume on B: present %v, %v", present, err)
-		}
-		if subs := sB.Subscriptions(); len(subs) != 2 {
-			t.Fatalf("resumed with subscriptions %+v", subs)
-		}
+		require.NoError(t, err, "resume on B: present %v, %v", present, err)
+		require.True(t, present, "resume on B: present %v, %v", present, err)
+		subs := sB.Subscriptions()
+		require.Len(t, subs, 2, "resumed with subscriptions %+v", subs)
 		// The old Session is fenced: by the record watch (asynchronously) or by its own
 		// failed write.
-		if err := sA.Subscribe(ctx, "late/#", session.SubscribeOptions{QoS: 1}); !errors.Is(err, session.ErrTakenOver) {
-			t.Fatalf("subscribe on the old session: %v, want ErrTakenOver", err)
-		}
-		if err := sA.Checkpoint(ctx); !errors.Is(err, session.ErrTakenOver) {
-			t.Fatalf("checkpoint on the old session: %v, want ErrTakenOver", err)
-		}
-		if l := stA.List(); len(l) != 1 || l[0].Owner != "B" {
-			// The record watch on A saw B's write before A's failed write returned.
-			t.Fatalf("A lists %+v", l)
-		}
+		err = sA.Subscribe(ctx, "late/#", session.SubscribeOptions{QoS: 1})
+		require.ErrorIs(t, err, session.ErrTakenOver, "subscribe on the old session: %v, want ErrTakenOver", err)
+		err = sA.Checkpoint(ctx)
+		require.ErrorIs(t, err, session.ErrTakenOver, "checkpoint on the old session: %v, want ErrTakenOver", err)
+		// The record watch on A saw B's write before A's failed write returned.
+		l := stA.List()
+		require.Len(t, l, 1, "A lists %+v", l)
+		require.Equal(t, "B", l[0].Owner, "A lists %+v", l)
 
 		// Every message not acknowledged comes again: QoS 2 ones with their packet IDs,
 		// PUBRELs for those PUBREC'd.
@@ -217,16 +189,13 @@ func TestClusterSession(t *testing.T) {
 			batch, err := sB.Next(ctx, 100)
 			for _, d := range batch {
 				if d.Release {
-					if releases[d.PacketID] {
-						t.Fatalf("B: PUBREL %d twice", d.PacketID)
-					}
+					require.False(t, releases[d.PacketID], "B: PUBREL %d twice", d.PacketID)
 					releases[d.PacketID] = true
 					continue
 				}
 				k := string(d.Message.Payload)
-				if _, dup := again[k]; dup {
-					t.Fatalf("B: %s delivered twice", k)
-				}
+				_, dup := again[k]
+				require.False(t, dup, "B: %s delivered twice", k)
 				again[k] = d
 				if f, acked := fate[k]; acked && f == done {
 					extra = append(extra, fmt.Sprintf("%s(QoS %d)", k, d.QoS))
@@ -235,9 +204,7 @@ func TestClusterSession(t *testing.T) {
 			return err
 		}
 		for have() < want {
-			if err := take(ctx); err != nil {
-				t.Fatalf("B: %d of %d unacknowledged messages: %v", have(), want, err)
-			}
+			require.NoError(t, take(ctx), "B: %d of %d unacknowledged messages", have(), want)
 		}
 		// Take what else comes (acknowledged ones after an unacknowledged one of their shard).
 		for {
@@ -247,9 +214,7 @@ func TestClusterSession(t *testing.T) {
 			if errors.Is(err, context.DeadlineExceeded) {
 				break
 			}
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 		}
 		var redone2 []string
 		for _, m := range msgs {
@@ -258,30 +223,25 @@ func TestClusterSession(t *testing.T) {
 			d, ok := again[k]
 			switch {
 			case acked && f == released:
-				if ok {
-					t.Fatalf("%s: PUBREC'd on A, sent again as a PUBLISH on B (%+v)", k, d)
-				}
+				require.False(t, ok, "%s: PUBREC'd on A, sent again as a PUBLISH on B (%+v)", k, d)
 			case acked:
 				if ok && m.QoS == 2 {
 					redone2 = append(redone2, fmt.Sprintf("%s: pid %d on A, %d on B", k, got[k].PacketID, d.PacketID))
 				}
 			case m.QoS == 2:
-				if d.PacketID != got[k].PacketID || !d.Dup || d.QoS != 2 {
-					t.Fatalf("%s: resent as %+v, first sent with packet ID %d", k, d, got[k].PacketID)
-				}
+				require.Equal(t, got[k].PacketID, d.PacketID, "%s: resent as %+v, first sent with packet ID %d", k, d, got[k].PacketID)
+				require.True(t, d.Dup, "%s: resent as %+v, first sent with packet ID %d", k, d, got[k].PacketID)
+				require.Equal(t, byte(2), d.QoS, "%s: resent as %+v, first sent with packet ID %d", k, d, got[k].PacketID)
 			default:
-				if d.QoS != 1 || d.PacketID == 0 {
-					t.Fatalf("%s: resent as %+v", k, d)
-				}
+				require.Equal(t, uint8(1), d.QoS, "%s: resent as %+v", k, d)
+				require.NotZero(t, d.PacketID, "%s: resent as %+v", k, d)
 			}
 		}
 		t.Logf("%d messages on A: %d acknowledged; on B %d redelivered (%d expected), %d PUBRELs; acknowledged ones again: %v",
 			len(msgs), len(fate), len(again), want-len(releases), len(releases), extra)
-		if len(redone2) > 0 {
-			// A completed (PUBCOMP'd, checkpointed) QoS 2 delivery is a new PUBLISH on B,
-			// with a new packet ID: the client receives the message twice.
-			t.Errorf("completed QoS 2 deliveries sent again after the resume: %v", redone2)
-		}
+		// A completed (PUBCOMP'd, checkpointed) QoS 2 delivery is a new PUBLISH on B,
+		// with a new packet ID: the client receives the message twice.
+		require.Empty(t, redone2, "completed QoS 2 deliveries sent again after the resume: %v", redone2)
 
 		// B finishes every delivery; the session's state then lists no QoS 2 in flight.
 		for _, d := range again {
@@ -294,18 +254,12 @@ func TestClusterSession(t *testing.T) {
 					err = sB.Complete(d.PacketID)
 				}
 			}
-			if err != nil {
-				t.Fatalf("B: ack %+v: %v", d, err)
-			}
+			require.NoError(t, err, "B: ack %+v", d)
 		}
 		for pid := range releases {
-			if err := sB.Complete(pid); err != nil {
-				t.Fatalf("B: PUBCOMP %d: %v", pid, err)
-			}
+			require.NoError(t, sB.Complete(pid), "B: PUBCOMP %d", pid)
 		}
-		if err := sB.Checkpoint(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, sB.Checkpoint(ctx))
 		eventually(t, 10*time.Second, "C sees the session on B with nothing in flight", func() error {
 			l := stC.List()
 			if len(l) != 1 || l[0].Owner != "B" || l[0].InflightQoS2 != 0 || !l[0].Connected {
@@ -313,18 +267,14 @@ func TestClusterSession(t *testing.T) {
 			}
 			return nil
 		})
-		if err := sB.Disconnect(ctx); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, sB.Disconnect(ctx))
 	})
 
 	t.Run("InboundQoS2Once", func(t *testing.T) {
 		m := ds.Message{ClientID: "pubq", Topic: "in/x", QoS: 2, Payload: []byte("once")}
 		count := func(db *ds.DB) int {
 			all, err := readAll(db)
-			if err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, err)
 			n := 0
 			for _, s := range all {
 				if s == "pubq in/x once" {
@@ -335,37 +285,31 @@ func TestClusterSession(t *testing.T) {
 		}
 		for i, want := range []bool{true, false} {
 			stored, err := stB.StoreQoS2(ctx, m, 9)
-			if err != nil || stored != want {
-				t.Fatalf("StoreQoS2 #%d through B: stored %v, %v; want %v", i, stored, err, want)
-			}
+			require.NoError(t, err, "StoreQoS2 #%d through B: stored %v, %v; want %v", i, stored, err, want)
+			require.Equal(t, want, stored, "StoreQoS2 #%d through B: stored %v, %v; want %v", i, stored, err, want)
 		}
-		if n := count(c.db(1)); n != 1 {
-			t.Fatalf("B holds the message %d times", n)
-		}
+		n := count(c.db(1))
+		require.Equal(t, 1, n, "B holds the message %d times", n)
 		// Through another site: the packet ID is known there too (the condition is decided
 		// by the group's apply, not by the local replica).
-		if stored, err := stC.StoreQoS2(ctx, m, 9); err != nil || stored {
-			t.Fatalf("StoreQoS2 through C: stored %v, %v", stored, err)
-		}
+		stored, err := stC.StoreQoS2(ctx, m, 9)
+		require.NoError(t, err, "StoreQoS2 through C: stored %v, %v", stored, err)
+		require.False(t, stored, "StoreQoS2 through C: stored %v, %v", stored, err)
 		eventually(t, 10*time.Second, "C holds the message once", func() error {
 			if n := count(c.db(2)); n != 1 {
 				return fmt.Errorf("%d times", n)
 			}
 			return nil
 		})
-		if err := stB.ReleaseQoS2(ctx, "pubq", 9); err != nil {
-			t.Fatal(err)
-		}
-		if err := stB.ReleaseQoS2(ctx, "pubq", 9); !errors.Is(err, session.ErrUnknownPacketID) {
-			t.Fatalf("second release: %v", err)
-		}
+		require.NoError(t, stB.ReleaseQoS2(ctx, "pubq", 9))
+		err = stB.ReleaseQoS2(ctx, "pubq", 9)
+		require.ErrorIs(t, err, session.ErrUnknownPacketID, "second release: %v", err)
 		// Released: the packet ID may carry a new message.
-		if stored, err := stB.StoreQoS2(ctx, m, 9); err != nil || !stored {
-			t.Fatalf("StoreQoS2 after the release: stored %v, %v", stored, err)
-		}
-		if n := count(c.db(1)); n != 2 {
-			t.Fatalf("B holds the message %d times after a release and a new send", n)
-		}
+		stored, err = stB.StoreQoS2(ctx, m, 9)
+		require.NoError(t, err, "StoreQoS2 after the release: stored %v, %v", stored, err)
+		require.True(t, stored, "StoreQoS2 after the release: stored %v, %v", stored, err)
+		n = count(c.db(1))
+		require.Equal(t, 2, n, "B holds the message %d times after a release and a new send", n)
 	})
 
 	t.Run("DuplicateTxnProposal", func(t *testing.T) {
@@ -385,20 +329,18 @@ func TestClusterSession(t *testing.T) {
 			return store, txn
 		}
 		s1, t1 := round()
-		if s1.err != nil || t1.err != nil || t1.txns[0].Err() != nil || t1.txns[0].Writes[0].Version == 0 || s1.msgs[0].Timestamp == 0 {
-			t.Fatalf("first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
-		}
+		require.NoError(t, s1.err, "first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
+		require.NoError(t, t1.err, "first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
+		require.NoError(t, t1.txns[0].Err(), "first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
+		require.NotZero(t, t1.txns[0].Writes[0].Version, "first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
+		require.NotZero(t, s1.msgs[0].Timestamp, "first: store %v, txn %v (%+v)", s1.err, t1.err, t1.txns[0].Result)
 		s2, t2 := round()
-		if s2.err != nil || s2.msgs[0].Timestamp != s1.msgs[0].Timestamp {
-			t.Fatalf("the Store of the duplicate: %v, timestamp %d, first %d", s2.err, s2.msgs[0].Timestamp, s1.msgs[0].Timestamp)
-		}
-		if !errors.Is(t2.err, shard.ErrOutcomeUnknown) {
-			t.Fatalf("the Txn of the duplicate: %v, want ErrOutcomeUnknown", t2.err)
-		}
+		require.NoError(t, s2.err, "the Store of the duplicate: %v, timestamp %d, first %d", s2.err, s2.msgs[0].Timestamp, s1.msgs[0].Timestamp)
+		require.Equal(t, s1.msgs[0].Timestamp, s2.msgs[0].Timestamp, "the Store of the duplicate: %v, timestamp %d, first %d", s2.err, s2.msgs[0].Timestamp, s1.msgs[0].Timestamp)
+		require.ErrorIs(t, t2.err, shard.ErrOutcomeUnknown, "the Txn of the duplicate: %v, want ErrOutcomeUnknown", t2.err)
 		_, v, err := c.db(0).Record(ctx, 0, []byte("dupkey"))
-		if err != nil || v != t1.txns[0].Writes[0].Version {
-			t.Fatalf("record at version %d (%v), written at %d", v, err, t1.txns[0].Writes[0].Version)
-		}
+		require.NoError(t, err, "record at version %d (%v), written at %d", v, err, t1.txns[0].Writes[0].Version)
+		require.Equal(t, t1.txns[0].Writes[0].Version, v, "record at version %d (%v), written at %d", v, err, t1.txns[0].Writes[0].Version)
 	})
 }
 
@@ -417,13 +359,9 @@ func TestClusterSessionStoreAcrossSnapshot(t *testing.T) {
 	open := func(i int, owner string) *session.Store {
 		t.Helper()
 		st, err := session.Open(ctx, c.db(i), &session.Options{Owner: owner, CheckpointInterval: 20 * time.Millisecond})
-		if err != nil {
-			t.Fatalf("session store on site %d: %v", i, err)
-		}
+		require.NoError(t, err, "session store on site %d", i)
 		t.Cleanup(func() {
-			if err := st.Close(); err != nil {
-				t.Errorf("close session store %s: %v", owner, err)
-			}
+			require.NoError(t, st.Close(), "close session store %s", owner)
 		})
 		return st
 	}
@@ -431,19 +369,11 @@ func TestClusterSessionStoreAcrossSnapshot(t *testing.T) {
 
 	// Before the cut: two sessions on A, known on C.
 	kept, _, err := stA.Connect(ctx, "kept", session.ConnectOptions{Expiry: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kept.Subscribe(ctx, "keep/#", session.SubscribeOptions{QoS: 1}); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, kept.Subscribe(ctx, "keep/#", session.SubscribeOptions{QoS: 1}))
 	gone, _, err := stA.Connect(ctx, "gone", session.ConnectOptions{}) // expiry 0: deleted at Disconnect
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gone.Subscribe(ctx, "gone/#", session.SubscribeOptions{QoS: 1}); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, gone.Subscribe(ctx, "gone/#", session.SubscribeOptions{QoS: 1}))
 	eventually(t, 10*time.Second, "C knows the sessions made before the cut", func() error {
 		if l := stC.List(); len(l) != 2 || !stC.Wanted("gone/x") || !stC.Wanted("keep/x") {
 			return fmt.Errorf("%+v", l)
@@ -467,22 +397,15 @@ func TestClusterSessionStoreAcrossSnapshot(t *testing.T) {
 	// gone deleted; then more entries than a log keeps (SnapshotEntries 200 +
 	// CompactionOverhead 100), so that C cannot catch up from the log.
 	fresh, present, err := stA.Connect(ctx, "fresh", session.ConnectOptions{Expiry: time.Hour})
-	if err != nil || present {
-		t.Fatalf("connect fresh: present %v, %v", present, err)
-	}
-	if err := fresh.Subscribe(ctx, "snap/+/x", session.SubscribeOptions{QoS: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if err := kept.Subscribe(ctx, "more/#", session.SubscribeOptions{QoS: 1}); err != nil {
-		t.Fatal(err)
-	}
-	if err := gone.Disconnect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "connect fresh: present %v, %v", present, err)
+	require.False(t, present, "connect fresh: present %v, %v", present, err)
+	require.NoError(t, fresh.Subscribe(ctx, "snap/+/x", session.SubscribeOptions{QoS: 1}))
+	require.NoError(t, kept.Subscribe(ctx, "more/#", session.SubscribeOptions{QoS: 1}))
+	require.NoError(t, gone.Disconnect(ctx))
 	storeN(t, c.db(majority[0]), "cut", 600)
-	if stC.Wanted("snap/a/x") || stC.Wanted("more/x") || !stC.Wanted("gone/x") {
-		t.Fatalf("C learned the writes made while it was cut off before the heal: %+v", stC.List())
-	}
+	require.False(t, stC.Wanted("snap/a/x"), "C learned the writes made while it was cut off before the heal: %+v", stC.List())
+	require.False(t, stC.Wanted("more/x"), "C learned the writes made while it was cut off before the heal: %+v", stC.List())
+	require.True(t, stC.Wanted("gone/x"), "C learned the writes made while it was cut off before the heal: %+v", stC.List())
 
 	table.heal()
 	start := time.Now()
@@ -508,19 +431,16 @@ func TestClusterSessionStoreAcrossSnapshot(t *testing.T) {
 		return nil
 	})
 	t.Logf("C caught up %v after the heal", time.Since(start).Round(time.Millisecond))
-	if stC.Wanted("snap/a/y") || stC.Wanted("other") {
-		t.Fatalf("C wants what no session subscribed to: %+v", stC.List())
-	}
-	if m := stC.Metrics(); m.Sessions != 2 || m.Connected != 2 || m.DurableFilters != 3 || m.Open != 0 {
-		t.Fatalf("C's metrics: %+v", m)
-	}
+	require.False(t, stC.Wanted("snap/a/y"), "C wants what no session subscribed to: %+v", stC.List())
+	require.False(t, stC.Wanted("other"), "C wants what no session subscribed to: %+v", stC.List())
+	m := stC.Metrics()
+	require.Equal(t, 2, m.Sessions, "C's metrics: %+v", m)
+	require.Equal(t, 2, m.Connected, "C's metrics: %+v", m)
+	require.Equal(t, 3, m.DurableFilters, "C's metrics: %+v", m)
+	require.Equal(t, 0, m.Open, "C's metrics: %+v", m)
 
 	sm := c.sites[iso].shardSM(0)
 	cur, err := os.ReadFile(filepath.Join(sm.dir, "CURRENT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.TrimSpace(string(cur)) == "db-000001" {
-		t.Fatal("the cut-off site caught up from the log, not by snapshot: the test did not test what it should")
-	}
+	require.NoError(t, err)
+	require.NotEqual(t, "db-000001", strings.TrimSpace(string(cur)), "the cut-off site caught up from the log, not by snapshot: the test did not test what it should")
 }

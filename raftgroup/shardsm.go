@@ -173,7 +173,7 @@ func (s *shardSM) digest() (digestResult, error) {
 			if err != nil {
 				return err
 			}
-			if string(k) == string(appliedKey) {
+			if shard.IsAppliedIndexKey(k) {
 				d.Applied = binary.BigEndian.Uint64(v)
 			}
 			h.Write(binary.BigEndian.AppendUint32(n[:0], uint32(len(k))))
@@ -187,9 +187,6 @@ func (s *shardSM) digest() (digestResult, error) {
 	})
 	return d, err
 }
-
-// appliedKey is shard.Replica's applied-index key (no prefix: one Pebble per replica).
-var appliedKey = []byte{layout.KeyspaceMeta, 'a'}
 
 // withReplica runs f with the live store, which stays open until f returns.
 func (s *shardSM) withReplica(f func(*replicaStore) error) error {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterSubscriptionWokenByOtherSite: a subscription on one site, parked at the tail, is
@@ -23,18 +24,12 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 
 	tailDB := c.db(1)
 	pos, err := tailDB.TailPosition()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	tail, err := tailDB.Subscribe("t/+/x", pos, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer tail.Close()
 	history, err := c.db(2).Subscribe("t/#", c.db(2).StartPosition(time.Time{}), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer history.Close()
 
 	// Park a Next at the tail before the Stores.
@@ -54,21 +49,15 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 	// checked below, by payload.
 	late := storeN(t, c.db(0), "late", 40)
 	r := <-parked
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	if len(r.msgs) == 0 {
-		t.Fatal("woken without messages")
-	}
+	require.NoError(t, r.err)
+	require.NotEmpty(t, r.msgs, "woken without messages")
 
 	got := map[string]bool{}
 	lastByClient := map[string]string{}
 	check := func(msgs []ds.Message, sub *ds.Subscription) {
 		for _, m := range msgs {
 			key := fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload)
-			if got[key] {
-				t.Fatalf("%s delivered twice", key)
-			}
+			require.False(t, got[key], "%s delivered twice", key)
 			got[key] = true
 			lastByClient[m.ClientID] = key
 		}
@@ -76,9 +65,7 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 		for i, m := range msgs {
 			refs[i] = ds.RefOf(m)
 		}
-		if err := sub.Ack(refs...); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, sub.Ack(refs...))
 	}
 	check(r.msgs, tail)
 	want := func(keys []string) int {
@@ -92,9 +79,7 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 	}
 	for want(late) > 0 {
 		msgs, err := tail.Next(ctx, 1000)
-		if err != nil {
-			t.Fatalf("%d of %d late messages: %v", len(late)-want(late), len(late), err)
-		}
+		require.NoError(t, err, "%d of %d late messages", len(late)-want(late), len(late))
 		check(msgs, tail)
 	}
 
@@ -103,17 +88,15 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 	var order []string
 	for len(order) < len(early)+len(late) {
 		msgs, err := history.Next(ctx, 7)
-		if err != nil {
-			t.Fatalf("history: %d of %d: %v", len(order), len(early)+len(late), err)
-		}
+		require.NoError(t, err, "history: %d of %d", len(order), len(early)+len(late))
 		for _, m := range msgs {
 			order = append(order, fmt.Sprintf("%s %s %s", m.ClientID, m.Topic, m.Payload))
 		}
 		check(msgs, history)
 	}
-	if missing, dups := diff(append(append([]string(nil), early...), late...), order); len(missing) > 0 || len(dups) > 0 {
-		t.Fatalf("history: missing %v, dups %v", missing, dups)
-	}
+	missing, dups := diff(append(append([]string(nil), early...), late...), order)
+	require.Empty(t, missing, "history: missing %v, dups %v", missing, dups)
+	require.Empty(t, dups, "history: missing %v, dups %v", missing, dups)
 	// Publisher order: storeN numbers each client's messages in increasing order.
 	pub := map[string][]string{}
 	for _, k := range append(append([]string(nil), early...), late...) {
@@ -128,17 +111,11 @@ func TestClusterSubscriptionWokenByOtherSite(t *testing.T) {
 		seen[client] = append(seen[client], k)
 	}
 	for client, keys := range pub {
-		if fmt.Sprint(keys) != fmt.Sprint(seen[client]) {
-			t.Fatalf("client %s: delivered %v, stored %v", client, seen[client], keys)
-		}
+		require.Equal(t, fmt.Sprint(seen[client]), fmt.Sprint(keys), "client %s: delivered %v, stored %v", client, seen[client], keys)
 	}
 	m, err := c.db(2).Metrics()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m.Subscriptions.Delivered != uint64(len(order)) {
-		t.Fatalf("site 2 metrics: %+v, delivered %d", m.Subscriptions, len(order))
-	}
+	require.NoError(t, err)
+	require.Equal(t, uint64(len(order)), m.Subscriptions.Delivered, "site 2 metrics: %+v, delivered %d", m.Subscriptions, len(order))
 }
 
 // TestClusterSubscriptionAcrossSnapshot: a site cut off while the others store more than
@@ -160,13 +137,9 @@ func TestClusterSubscriptionAcrossSnapshot(t *testing.T) {
 	}
 	db := c.db(iso)
 	pos, err := db.TailPosition()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	sub, err := db.Subscribe("t/#", pos, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer sub.Close()
 
 	table.split([]string{c.addrs[iso]}, majorityAddrs)
@@ -196,20 +169,15 @@ func TestClusterSubscriptionAcrossSnapshot(t *testing.T) {
 		done <- nil
 	}()
 	table.heal()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if missing, _ := diff(acked, keys(got)); len(missing) > 0 {
-		t.Fatalf("missing %d, first %s", len(missing), missing[0])
+	require.NoError(t, <-done)
+	missing, _ := diff(acked, keys(got))
+	if len(missing) > 0 {
+		require.Failf(t, "acknowledged messages missing", "missing %d, first %s", len(missing), missing[0])
 	}
 	sm := c.sites[iso].shardSM(0)
 	cur, err := os.ReadFile(filepath.Join(sm.dir, "CURRENT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.TrimSpace(string(cur)) == "db-000001" {
-		t.Fatal("the cut-off site caught up from the log, not by snapshot: the test did not test what it should")
-	}
+	require.NoError(t, err)
+	require.NotEqual(t, "db-000001", strings.TrimSpace(string(cur)), "the cut-off site caught up from the log, not by snapshot: the test did not test what it should")
 }
 
 func keys(m map[string]bool) []string {

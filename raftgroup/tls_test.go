@@ -2,17 +2,11 @@ package raftgroup
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -22,85 +16,14 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/testutil"
+	"github.com/stretchr/testify/require"
 )
 
-// tlsCA is a certificate authority made up for one test: its certificate and the site
-// certificates it issues are PEM files in a temporary directory.
-type tlsCA struct {
-	t      testing.TB
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	caFile string
-}
-
-func tlsSerial(t testing.TB) *big.Int {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func newTLSCA(t testing.TB, name string) *tlsCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: tlsSerial(t), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &tlsCA{t: t, dir: t.TempDir(), cert: cert, key: key}
-	ca.caFile = ca.write(name+"-ca.pem", "CERTIFICATE", der)
-	return ca
-}
-
-func (ca *tlsCA) write(name, typ string, der []byte) string {
-	ca.t.Helper()
-	path := filepath.Join(ca.dir, name)
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		ca.t.Fatal(err)
-	}
-	return path
-}
-
-// issue makes a site certificate for 127.0.0.1 and localhost, good for both ends of mutual
-// TLS (server and client), and returns the site's TLS configuration (this CA's file).
-func (ca *tlsCA) issue(name string) *TLS {
-	ca.t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		ca.t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: tlsSerial(ca.t), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		ca.t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		ca.t.Fatal(err)
-	}
-	return &TLS{CAFile: ca.caFile, CertFile: ca.write(name+".pem", "CERTIFICATE", der),
-		KeyFile: ca.write(name+"-key.pem", "PRIVATE KEY", keyDER)}
+// issueTLS issues a site certificate from ca and returns the site's TLS configuration.
+func issueTLS(ca *testutil.CA, name string) *TLS {
+	cert, key := ca.Issue(name)
+	return &TLS{CAFile: ca.File, CertFile: cert, KeyFile: key}
 }
 
 // capturedLogs is a slog handler that keeps the distinct messages at Debug and above
@@ -167,9 +90,7 @@ func (c *testCluster) startJoinAsync(member int, timeout time.Duration, adjust f
 		adjust(&cfg)
 	}
 	id, err := PrepareSite(cfg)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	require.NoError(c.t, err)
 	j := &pendingJoin{i: i, id: id, addr: cfg.RaftAddress, done: make(chan struct{})}
 	start := time.Now()
 	go func() {
@@ -187,9 +108,7 @@ func (c *testCluster) startJoinAsync(member int, timeout time.Duration, adjust f
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.sites[member].AddSite(ctx, id, j.addr); err != nil {
-		c.t.Fatalf("AddSite %s %s: %v", id, j.addr, err)
-	}
+	require.NoError(c.t, c.sites[member].AddSite(ctx, id, j.addr), "AddSite %s %s", id, j.addr)
 	return j
 }
 
@@ -259,23 +178,19 @@ func testRefusedJoiner(t *testing.T, clusterTLS func(i int) *TLS, adjust func(*C
 	// The cluster keeps working while it cannot reach the new member.
 	acked = append(acked, storeN(t, c.db(2), "during", 30)...)
 
-	if !j.wait(refusedJoinWait + 15*time.Second) {
-		t.Fatalf("the refused site's Open did not return %v after its ctx ended", 15*time.Second)
-	}
+	require.True(t, j.wait(refusedJoinWait+15*time.Second), "the refused site's Open did not return %v after its ctx ended", 15*time.Second)
 	if j.err == nil {
-		c.sites[j.i] = j.site
-		t.Fatalf("the refused site joined after %v", j.took)
+		c.sites[j.i] = j.site // closed by the cluster's cleanup
 	}
-	if !errors.Is(j.err, ds.ErrUnavailable) || !errors.Is(j.err, context.DeadlineExceeded) || j.took < refusedJoinWait-time.Second {
-		t.Fatalf("the refused site's Open failed after %v with %v; want ErrUnavailable after its ctx (%v) ended", j.took, j.err, refusedJoinWait)
-	}
+	require.Error(t, j.err, "the refused site joined after %v", j.took)
+	require.ErrorIs(t, j.err, ds.ErrUnavailable, "the refused site's Open failed after %v with %v; want ErrUnavailable after its ctx (%v) ended", j.took, j.err, refusedJoinWait)
+	require.ErrorIs(t, j.err, context.DeadlineExceeded, "the refused site's Open failed after %v with %v; want ErrUnavailable after its ctx (%v) ended", j.took, j.err, refusedJoinWait)
+	require.GreaterOrEqual(t, j.took, refusedJoinWait-time.Second, "the refused site's Open failed after %v with %v; want ErrUnavailable after its ctx (%v) ended", j.took, j.err, refusedJoinWait)
 	t.Logf("refused site's Open: after %v: %v", j.took.Round(time.Millisecond), j.err)
 	if wantLog != "" {
-		if got := logs.grep(wantLog, 3); len(got) == 0 {
-			t.Errorf("dragonboat did not log %q; it logged e.g. %q", wantLog, logs.grep("", 20))
-		} else {
-			t.Logf("dragonboat logged: %q", got)
-		}
+		got := logs.grep(wantLog, 3)
+		require.NotEmpty(t, got, "dragonboat did not log %q; it logged e.g. %q", wantLog, logs.grep("", 20))
+		t.Logf("dragonboat logged: %q", got)
 	} else {
 		t.Logf("dragonboat logged: %q", logs.grep("failed", 3))
 	}
@@ -283,18 +198,14 @@ func testRefusedJoiner(t *testing.T, clusterTLS func(i int) *TLS, adjust func(*C
 	// Take it out again. The cluster goes on taking writes and its three sites converge.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.sites[0].RemoveSite(ctx, j.id); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, c.sites[0].RemoveSite(ctx, j.id))
 	acked = append(acked, storeN(t, c.db(1), "after", 30)...)
 	c.requireAllRead(acked, 20*time.Second)
 	c.waitConverged(nShards, 20*time.Second)
 	// The removal completes: the site is "left" and holds no replica.
 	st := waitRemoved(t, c, j.id, 20*time.Second)
 	for _, r := range st.Replicas {
-		if r.Slot > 3 {
-			t.Fatalf("replica %+v left on the removed site", r)
-		}
+		require.LessOrEqual(t, r.Slot, 3, "replica %+v left on the removed site", r)
 	}
 }
 
@@ -326,10 +237,10 @@ func waitRemoved(t *testing.T, c *testCluster, id SiteID, timeout time.Duration)
 }
 
 // tlsSites issues certificates for sites 0..n-1 from ca.
-func tlsSites(ca *tlsCA, n int) []*TLS {
+func tlsSites(ca *testutil.CA, n int) []*TLS {
 	out := make([]*TLS, n)
 	for i := range out {
-		out[i] = ca.issue(fmt.Sprintf("site-%d", i))
+		out[i] = issueTLS(ca, fmt.Sprintf("site-%d", i))
 	}
 	return out
 }
@@ -339,7 +250,7 @@ func tlsSites(ca *tlsCA, n int) []*TLS {
 // once, and the replicas converge.
 func TestTLSClusterStoreAndReadEverywhere(t *testing.T) {
 	const nShards = 4
-	certs := tlsSites(newTLSCA(t, "strata"), 3)
+	certs := tlsSites(testutil.NewCA(t, "strata"), 3)
 	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) { cfg.TLS = certs[i] })
 	var acked []string
 	for i := range c.sites {
@@ -355,15 +266,11 @@ func TestTLSClusterStoreAndReadEverywhere(t *testing.T) {
 func requireMutualTLS(t *testing.T, addr string, good *TLS) {
 	t.Helper()
 	caPEM, err := os.ReadFile(good.CAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(caPEM)
 	cert, err := tls.LoadX509KeyPair(good.CertFile, good.KeyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	host, _, _ := net.SplitHostPort(addr)
 	dial := func(certs []tls.Certificate) error {
 		d := &net.Dialer{Timeout: 5 * time.Second}
@@ -381,14 +288,10 @@ func requireMutualTLS(t *testing.T, addr string, good *TLS) {
 		}
 		return err
 	}
-	if err := dial([]tls.Certificate{cert}); err != nil {
-		t.Errorf("TLS with a valid client certificate: %v", err)
-	}
-	if err := dial(nil); err == nil {
-		t.Errorf("TLS without a client certificate was accepted")
-	} else {
-		t.Logf("TLS without a client certificate: %v", err)
-	}
+	require.NoError(t, dial([]tls.Certificate{cert}), "TLS with a valid client certificate")
+	err = dial(nil)
+	require.Error(t, err, "TLS without a client certificate was accepted")
+	t.Logf("TLS without a client certificate: %v", err)
 }
 
 // TestTLSJoinWithValidCertificate is the control of the refused-site tests below: a fourth
@@ -396,16 +299,12 @@ func requireMutualTLS(t *testing.T, addr string, good *TLS) {
 // and takes writes.
 func TestTLSJoinWithValidCertificate(t *testing.T) {
 	const nShards = 3
-	certs := tlsSites(newTLSCA(t, "strata"), 4)
+	certs := tlsSites(testutil.NewCA(t, "strata"), 4)
 	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) { cfg.TLS = certs[i] })
 	acked := storeN(t, c.db(0), "before", 30)
 	j := c.startJoinAsync(1, 30*time.Second, nil)
-	if !j.wait(45 * time.Second) {
-		t.Fatal("the joiner's Open did not return")
-	}
-	if j.err != nil {
-		t.Fatalf("the joiner's Open: %v", j.err)
-	}
+	require.True(t, j.wait(45*time.Second), "the joiner's Open did not return")
+	require.NoError(t, j.err, "the joiner's Open")
 	c.sites[j.i] = j.site
 	t.Logf("joined over mutual TLS in %v", j.took.Round(time.Millisecond))
 	c.waitPlanDone(0, 20*time.Second)
@@ -417,8 +316,8 @@ func TestTLSJoinWithValidCertificate(t *testing.T) {
 // TestTLSRefusesSiteOfAnotherCA: a site whose certificate (and CA file) come from another CA
 // cannot take part: the members do not accept its certificate and it does not accept theirs.
 func TestTLSRefusesSiteOfAnotherCA(t *testing.T) {
-	certs := tlsSites(newTLSCA(t, "strata"), 3)
-	intruder := newTLSCA(t, "intruder").issue("site-3")
+	certs := tlsSites(testutil.NewCA(t, "strata"), 3)
+	intruder := issueTLS(testutil.NewCA(t, "intruder"), "site-3")
 	testRefusedJoiner(t, func(i int) *TLS { return certs[i%3] },
 		func(cfg *Config) { cfg.TLS = intruder },
 		"certificate signed by unknown authority")
@@ -427,7 +326,7 @@ func TestTLSRefusesSiteOfAnotherCA(t *testing.T) {
 // TestTLSRefusesOtherDeploymentID: a site with the cluster's certificates but another
 // DeploymentID: the connections are made, but dragonboat drops every message between them.
 func TestTLSRefusesOtherDeploymentID(t *testing.T) {
-	certs := tlsSites(newTLSCA(t, "strata"), 4)
+	certs := tlsSites(testutil.NewCA(t, "strata"), 4)
 	testRefusedJoiner(t, func(i int) *TLS { return certs[i] },
 		func(cfg *Config) { cfg.DeploymentID = 2 },
 		"deployment id does not match")
@@ -435,7 +334,7 @@ func TestTLSRefusesOtherDeploymentID(t *testing.T) {
 
 // TestTLSRefusesPlainSite: a site without TLS cannot take part in a cluster with mutual TLS.
 func TestTLSRefusesPlainSite(t *testing.T) {
-	certs := tlsSites(newTLSCA(t, "strata"), 3)
+	certs := tlsSites(testutil.NewCA(t, "strata"), 3)
 	testRefusedJoiner(t, func(i int) *TLS { return certs[i%3] },
 		func(cfg *Config) { cfg.TLS = nil }, "")
 }
@@ -443,7 +342,7 @@ func TestTLSRefusesPlainSite(t *testing.T) {
 // TestTLSSiteRefusedByPlainCluster: the mirror image: a site with mutual TLS (and a valid
 // certificate) cannot take part in a cluster on plain TCP.
 func TestTLSSiteRefusedByPlainCluster(t *testing.T) {
-	cert := newTLSCA(t, "strata").issue("site-3")
+	cert := issueTLS(testutil.NewCA(t, "strata"), "site-3")
 	testRefusedJoiner(t, func(int) *TLS { return nil },
 		func(cfg *Config) { cfg.TLS = cert }, "")
 }
@@ -453,12 +352,10 @@ func TestTLSSiteRefusedByPlainCluster(t *testing.T) {
 // missing or does not hold what it should; the same directory then starts fine with good
 // files and takes writes.
 func TestTLSOpenFailsOnBadCertificateFiles(t *testing.T) {
-	ca := newTLSCA(t, "strata")
-	good, other := ca.issue("site"), ca.issue("other")
+	ca := testutil.NewCA(t, "strata")
+	good, other := issueTLS(ca, "site"), issueTLS(ca, "other")
 	garbage := filepath.Join(t.TempDir(), "garbage.pem")
-	if err := os.WriteFile(garbage, []byte("not a PEM file\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(garbage, []byte("not a PEM file\n"), 0o600))
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	addr := freeAddr(t)
 	dir := t.TempDir()
@@ -489,32 +386,26 @@ func TestTLSOpenFailsOnBadCertificateFiles(t *testing.T) {
 		cancel()
 		if err == nil {
 			s.Close()
-			t.Fatalf("%s: Open succeeded", tc.name)
 		}
+		require.Error(t, err, "%s: Open succeeded", tc.name)
 		took := time.Since(start)
-		if !strings.Contains(err.Error(), tc.want) || errors.Is(err, ErrInvalidConfig) != tc.invalid || took > 5*time.Second {
-			t.Errorf("%s: Open failed after %v with %q; want %q (ErrInvalidConfig %v) at once", tc.name, took, err, tc.want, tc.invalid)
-		} else {
-			t.Logf("%s: %v", tc.name, err)
-		}
+		require.Contains(t, err.Error(), tc.want, "%s: Open failed after %v with %q; want %q (ErrInvalidConfig %v) at once", tc.name, took, err, tc.want, tc.invalid)
+		require.Equal(t, tc.invalid, errors.Is(err, ErrInvalidConfig), "%s: Open failed after %v with %q; want %q (ErrInvalidConfig %v) at once", tc.name, took, err, tc.want, tc.invalid)
+		require.LessOrEqual(t, took, 5*time.Second, "%s: Open failed after %v with %q; want %q (ErrInvalidConfig %v) at once", tc.name, took, err, tc.want, tc.invalid)
+		t.Logf("%s: %v", tc.name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := Open(ctx, config(*good))
-	if err != nil {
-		t.Fatalf("Open with good files after failed attempts: %v", err)
-	}
+	require.NoError(t, err, "Open with good files after failed attempts")
 	defer s.Close()
 	db, err := s.DB()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	acked := storeN(t, db, "ok", 20)
 	got, err := readAll(db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if missing, dups := diff(acked, got); len(missing) > 0 || len(dups) > 0 || len(got) != len(acked) {
-		t.Fatalf("read %d of %d: missing %q, dups %q", len(got), len(acked), missing, dups)
-	}
+	require.NoError(t, err)
+	lost, dups := diff(acked, got)
+	require.Empty(t, lost, "read %d of %d: missing %q, dups %q", len(got), len(acked), lost, dups)
+	require.Empty(t, dups, "read %d of %d: missing %q, dups %q", len(got), len(acked), lost, dups)
+	require.Len(t, got, len(acked), "read %d of %d: missing %q, dups %q", len(got), len(acked), lost, dups)
 }

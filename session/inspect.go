@@ -9,15 +9,16 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 )
 
 // This file decodes the session records for operators' tools (ds-info sessions), which read
-// them with ds.Inspector.ScanRecords from a stopped node's directory, or with
+// them with inspect.Inspector.ScanRecords from a stopped node's directory, or with
 // ds.DB.ScanRecords from a running DB. Package ds cannot import this package (it imports ds),
 // so the tool passes the scan in.
 
 // RecordScan reads the records of one shard whose key starts with prefix, in key order, as
-// ds.Inspector.ScanRecords and (with a context) ds.DB.ScanRecords do.
+// inspect.Inspector.ScanRecords and (with a context) ds.DB.ScanRecords do.
 type RecordScan func(sh ds.ShardID, prefix []byte, f func(key, value []byte, version uint64) bool) error
 
 // SessionView is one durable session as its records show it (InspectSessions; ds-info
@@ -171,7 +172,7 @@ func InspectSessions(nShards int, scan RecordScan) ([]SessionView, error) {
 				v.Version, v.Error = version, err.Error()
 			default:
 				bad++
-				v := get(ds.EscapeBytes(key))
+				v := get(inspect.EscapeBytes(key))
 				v.Error = err.Error()
 			}
 			return true

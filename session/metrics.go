@@ -1,15 +1,11 @@
 package session
 
-import (
-	"fmt"
-	"io"
-	"strconv"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
-// Prometheus metrics of a Store, in the text exposition format (version 0.0.4), without
-// labels; to be served beside package ds's:
+// Collector returns a prometheus.Collector of st.Metrics(), without labels, for a broker to
+// register in its own registry, or to serve beside package ds's metrics:
 //
-//	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminMetrics(st.WriteMetrics))))
+//	mux.Handle("/strata/", http.StripPrefix("/strata", inspect.Handler(db, inspect.WithCollectors(st.Collector()))))
 //
 //	strata_session_sessions             gauge     durable sessions of the DB (every Store's)
 //	strata_session_connected            gauge     of them recorded as connected, through any Store
@@ -24,31 +20,52 @@ import (
 //	                                              session read them
 //
 // Counters count since the Store was opened. These names are stable.
+func (st *Store) Collector() prometheus.Collector { return storeCollector{st} }
 
-// WriteMetrics writes st.Metrics() to w in the Prometheus text exposition format.
-func (st *Store) WriteMetrics(w io.Writer) error { return st.Metrics().WritePrometheus(w) }
+type storeCollector struct{ st *Store }
 
-// WritePrometheus writes m to w in the Prometheus text exposition format, with the names
-// documented with Store.WriteMetrics.
-func (m Metrics) WritePrometheus(w io.Writer) error {
-	var b []byte
-	for _, g := range []struct {
-		name, kind, help string
-		v                uint64
-	}{
-		{"strata_session_sessions", "gauge", "Durable sessions of the DB.", uint64(m.Sessions)},
-		{"strata_session_connected", "gauge", "Durable sessions recorded as connected, through any Store.", uint64(m.Connected)},
-		{"strata_session_open", "gauge", "Sessions open in this Store.", uint64(m.Open)},
-		{"strata_session_durable_filters", "gauge", "Distinct filters of every durable subscription.", uint64(m.DurableFilters)},
-		{"strata_session_deliveries_total", "counter", "Deliveries returned by Session.Next.", m.Deliveries},
-		{"strata_session_state_writes_total", "counter", "Session record writes by this Store.", m.StateWrites},
-		{"strata_session_checkpoints_total", "counter", "Session record writes made by the checkpoint interval.", m.Checkpoints},
-		{"strata_session_expired_total", "counter", "Sessions deleted by expiry.", m.Expired},
-		{"strata_session_fenced_total", "counter", "Sessions of this Store taken over by another connection.", m.Fenced},
-		{"strata_session_lost_total", "counter", "Messages dropped by retention before a session read them.", m.Lost},
-	} {
-		b = fmt.Appendf(b, "# HELP %s %s\n# TYPE %s %s\n%s %s\n", g.name, g.help, g.name, g.kind, g.name, strconv.FormatUint(g.v, 10))
+type collectedMetric struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(Metrics) float64
+}
+
+func newCollectedMetric(name, help string, kind prometheus.ValueType, value func(Metrics) float64) collectedMetric {
+	return collectedMetric{prometheus.NewDesc(name, help, nil, nil), kind, value}
+}
+
+var collectedMetrics = []collectedMetric{
+	newCollectedMetric("strata_session_sessions", "Durable sessions of the DB.", prometheus.GaugeValue,
+		func(m Metrics) float64 { return float64(m.Sessions) }),
+	newCollectedMetric("strata_session_connected", "Durable sessions recorded as connected, through any Store.", prometheus.GaugeValue,
+		func(m Metrics) float64 { return float64(m.Connected) }),
+	newCollectedMetric("strata_session_open", "Sessions open in this Store.", prometheus.GaugeValue,
+		func(m Metrics) float64 { return float64(m.Open) }),
+	newCollectedMetric("strata_session_durable_filters", "Distinct filters of every durable subscription.", prometheus.GaugeValue,
+		func(m Metrics) float64 { return float64(m.DurableFilters) }),
+	newCollectedMetric("strata_session_deliveries_total", "Deliveries returned by Session.Next.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.Deliveries) }),
+	newCollectedMetric("strata_session_state_writes_total", "Session record writes by this Store.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.StateWrites) }),
+	newCollectedMetric("strata_session_checkpoints_total", "Session record writes made by the checkpoint interval.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.Checkpoints) }),
+	newCollectedMetric("strata_session_expired_total", "Sessions deleted by expiry.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.Expired) }),
+	newCollectedMetric("strata_session_fenced_total", "Sessions of this Store taken over by another connection.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.Fenced) }),
+	newCollectedMetric("strata_session_lost_total", "Messages dropped by retention before a session read them.", prometheus.CounterValue,
+		func(m Metrics) float64 { return float64(m.Lost) }),
+}
+
+func (c storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range collectedMetrics {
+		ch <- m.desc
 	}
-	_, err := w.Write(b)
-	return err
+}
+
+func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.st.Metrics()
+	for _, sm := range collectedMetrics {
+		ch <- prometheus.MustNewConstMetric(sm.desc, sm.kind, sm.value(m))
+	}
 }

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/strata-mq/strata/ds"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/session"
 	"github.com/stretchr/testify/require"
 )
@@ -40,7 +42,7 @@ func parseMetrics(t *testing.T, text string) (types map[string]string, values ma
 	return types, values
 }
 
-func TestWriteMetrics(t *testing.T) {
+func TestCollector(t *testing.T) {
 	ctx := context.Background()
 	db := openDB(t, t.TempDir())
 	defer db.Close()
@@ -55,8 +57,15 @@ func TestWriteMetrics(t *testing.T) {
 	_, _, err = st.Connect(ctx, "other", session.ConnectOptions{Expiry: time.Hour})
 	require.NoError(t, err)
 
+	reg := prometheus.NewPedanticRegistry()
+	require.NoError(t, reg.Register(st.Collector()))
+	families, err := reg.Gather()
+	require.NoError(t, err)
 	var b strings.Builder
-	require.NoError(t, st.WriteMetrics(&b))
+	for _, f := range families {
+		_, err := expfmt.MetricFamilyToText(&b, f)
+		require.NoError(t, err)
+	}
 	types, values := parseMetrics(t, b.String())
 	require.Equal(t, map[string]string{
 		"strata_session_sessions":           "gauge",
@@ -78,7 +87,7 @@ func TestWriteMetrics(t *testing.T) {
 
 	// Beside ds's metrics, in one exposition.
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminMetrics(st.WriteMetrics))))
+	mux.Handle("/strata/", http.StripPrefix("/strata", inspect.Handler(db, inspect.WithCollectors(st.Collector()))))
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/strata/metrics")

@@ -16,6 +16,7 @@ import (
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/session"
+	"github.com/stretchr/testify/require"
 )
 
 // The model test drives a session (and the DB and Stores under it) with random operations and
@@ -167,19 +168,17 @@ func runSessionModel(t *testing.T, seed uint64, nops int) {
 	m.connect(false)
 	for i := range nops {
 		m.step(i)
-		if t.Failed() {
-			t.Fatalf("seed %d: failed at operation %d", seed, i)
-		}
+		require.False(t, t.Failed(), "seed %d: failed at operation %d", seed, i)
 	}
 	// Everything required must come.
 	m.drain()
 	t.Logf("ops %v; %d messages, %d deliveries", m.ops, len(m.msgs), m.deliv)
 }
 
+// fatalf fails the test with the model's last operations, so that a failure can be replayed.
 func (m *sessionModel) fatalf(format string, args ...any) {
 	m.t.Helper()
-	m.t.Logf("last operations:\n  %s", strings.Join(m.trace, "\n  "))
-	m.t.Fatalf(format, args...)
+	require.Failf(m.t, fmt.Sprintf(format, args...), "last operations:\n  %s", strings.Join(m.trace, "\n  "))
 }
 
 func (m *sessionModel) openAll() {

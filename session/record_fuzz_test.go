@@ -3,15 +3,14 @@ package session
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
-	"reflect"
 	"testing"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // randomState returns a state that appendState can write and decodeState must accept.
@@ -76,23 +75,18 @@ func fixCRC(b []byte) []byte {
 func checkState(t *testing.T, b []byte) {
 	s, err := decodeState(b)
 	if err != nil {
-		if !errors.Is(err, ErrCorruptState) {
-			t.Fatalf("error %v does not wrap ErrCorruptState", err)
-		}
+		require.ErrorIs(t, err, ErrCorruptState)
 		return
 	}
-	if again := appendState(nil, s); !bytes.Equal(again, b) {
-		t.Fatalf("re-encoded\n%x\nfrom\n%x", again, b)
-	}
+	again := appendState(nil, s)
+	require.True(t, bytes.Equal(again, b), "re-encoded\n%x\nfrom\n%x", again, b)
 	for i, e := range s.Window {
-		if e.Seq == 0 || e.Seq >= s.NextSeq || e.Sub < 0 || e.Sub > len(s.Subs) || e.Received && e.Msg != nil {
-			t.Fatalf("window entry %d: %+v (next seq %d, %d subs)", i, e, s.NextSeq, len(s.Subs))
-		}
+		require.False(t, e.Seq == 0 || e.Seq >= s.NextSeq || e.Sub < 0 || e.Sub > len(s.Subs) || e.Received && e.Msg != nil,
+			"window entry %d: %+v (next seq %d, %d subs)", i, e, s.NextSeq, len(s.Subs))
 	}
 	for i, sb := range s.Subs {
-		if sb.QoS > 2 || sb.SubscriptionID > maxSubscriptionID || sb.Position.NShards() == 0 || sb.Sent.NShards() == 0 {
-			t.Fatalf("subscription %d: %+v", i, sb)
-		}
+		require.False(t, sb.QoS > 2 || sb.SubscriptionID > maxSubscriptionID || sb.Position.NShards() == 0 || sb.Sent.NShards() == 0,
+			"subscription %d: %+v", i, sb)
 	}
 }
 
@@ -105,28 +99,21 @@ func TestStateRoundTrip(t *testing.T) {
 		s := randomState(rng)
 		enc := appendState(nil, s)
 		got, err := decodeState(enc)
-		if err != nil {
-			t.Fatalf("%v: %+v", err, s)
-		}
-		if !reflect.DeepEqual(got, s) {
-			t.Fatalf("decoded\n%+v\nwant\n%+v", got, s)
-		}
+		require.NoError(t, err, "%+v", s)
+		require.Equal(t, s, got, "decoded")
 		// appendState appends: a prefix in dst is kept, and not covered by the checksum.
-		if withPrefix := appendState([]byte("xyz"), s); !bytes.Equal(withPrefix[3:], enc) {
-			t.Fatal("appendState with a prefix in dst differs")
-		}
+		withPrefix := appendState([]byte("xyz"), s)
+		require.True(t, bytes.Equal(withPrefix[3:], enc), "appendState with a prefix in dst differs")
 		for i := range enc {
-			if _, err := decodeState(enc[:i]); !errors.Is(err, ErrCorruptState) {
-				t.Fatalf("truncation to %d of %d: %v", i, len(enc), err)
-			}
+			_, err := decodeState(enc[:i])
+			require.ErrorIs(t, err, ErrCorruptState, "truncation to %d of %d", i, len(enc))
 		}
 		for range 20 {
 			b := bytes.Clone(enc)
 			i := rng.IntN(len(b))
 			b[i] ^= byte(1 + rng.IntN(255))
-			if _, err := decodeState(b); !errors.Is(err, ErrCorruptState) {
-				t.Fatalf("byte %d changed: %v", i, err)
-			}
+			_, err := decodeState(b)
+			require.ErrorIs(t, err, ErrCorruptState, "byte %d changed", i)
 			checkState(t, fixCRC(b))
 			// Insertions and deletions, checksum fixed up.
 			b = bytes.Clone(enc)
@@ -163,11 +150,7 @@ func FuzzStateRoundTrip(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b uint64) {
 		s := randomState(rand.New(rand.NewPCG(a, b)))
 		got, err := decodeState(appendState(nil, s))
-		if err != nil {
-			t.Fatalf("%v: %+v", err, s)
-		}
-		if !reflect.DeepEqual(got, s) {
-			t.Fatalf("decoded\n%+v\nwant\n%+v", got, s)
-		}
+		require.NoError(t, err, "%+v", s)
+		require.Equal(t, s, got, "decoded")
 	})
 }

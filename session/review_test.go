@@ -46,7 +46,7 @@ func TestReviewConcurrentConnectDeadlock(t *testing.T) {
 					t.Log(g)
 				}
 			}
-			t.Fatalf("iteration %d: two concurrent Connects of one client ID never returned (deadlock on Store.mu)", i)
+			require.Failf(t, "deadlock", "iteration %d: two concurrent Connects of one client ID never returned (deadlock on Store.mu)", i)
 		}
 	}
 	require.NoError(t, st.Close())

@@ -16,6 +16,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // quietLogger drops Pebble's info lines.
@@ -24,13 +25,6 @@ type quietLogger struct{}
 func (quietLogger) Infof(string, ...any)         {}
 func (quietLogger) Errorf(f string, args ...any) { fmt.Fprintf(os.Stderr, f+"\n", args...) }
 func (quietLogger) Fatalf(f string, args ...any) { panic(fmt.Sprintf(f, args...)) }
-
-func must(t testing.TB, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
-}
 
 var testParams = layout.Params{Kind: stream.LayoutLTS, Thresholds: []int{4, 2}}
 
@@ -46,7 +40,7 @@ func openTestCore(t testing.TB, prefix []byte, since uint64) *testCore {
 	t.Helper()
 	tc := &testCore{fs: vfs.NewMem(), prefix: prefix}
 	tc.open(t)
-	must(t, tc.c.create(since, false))
+	require.NoError(t, tc.c.create(since, false))
 	t.Cleanup(func() { tc.db.Close() })
 	return tc
 }
@@ -54,7 +48,7 @@ func openTestCore(t testing.TB, prefix []byte, since uint64) *testCore {
 func (tc *testCore) open(t testing.TB) {
 	t.Helper()
 	db, err := pebble.Open("", &pebble.Options{FS: tc.fs, Logger: quietLogger{}})
-	must(t, err)
+	require.NoError(t, err)
 	tc.db = db
 	tc.c = newCore(3, db, tc.prefix, testParams)
 }
@@ -62,13 +56,11 @@ func (tc *testCore) open(t testing.TB) {
 // reopen closes the Pebble and loads the shard from it, as after a restart.
 func (tc *testCore) reopen(t testing.TB) {
 	t.Helper()
-	must(t, tc.db.Close())
+	require.NoError(t, tc.db.Close())
 	tc.open(t)
 	found, err := tc.c.load()
-	must(t, err)
-	if !found {
-		t.Fatal("reopened shard not found")
-	}
+	require.NoError(t, err)
+	require.True(t, found, "reopened shard not found")
 }
 
 // apply applies cmd and commits its batch, as the writer does.
@@ -80,7 +72,7 @@ func (tc *testCore) apply(t testing.TB, cmd *Command) (*Applied, error) {
 		b.Close()
 		return nil, err
 	}
-	must(t, b.Commit(pebble.NoSync))
+	require.NoError(t, b.Commit(pebble.NoSync))
 	tc.c.publishDurable(a.Commit())
 	return a, nil
 }
@@ -101,12 +93,12 @@ func (tc *testCore) applyAbort(t testing.TB, cmd *Command) {
 func (tc *testCore) contents(t testing.TB) (dump []string, digest [32]byte) {
 	t.Helper()
 	it, err := tc.db.NewIter(nil)
-	must(t, err)
+	require.NoError(t, err)
 	defer it.Close()
 	h := sha256.New()
 	for ok := it.First(); ok; ok = it.Next() {
 		v, err := it.ValueAndErr()
-		must(t, err)
+		require.NoError(t, err)
 		var n [8]byte
 		h.Write(binary.BigEndian.AppendUint32(n[:0], uint32(len(it.Key()))))
 		h.Write(it.Key())
@@ -114,7 +106,7 @@ func (tc *testCore) contents(t testing.TB) (dump []string, digest [32]byte) {
 		h.Write(v)
 		dump = append(dump, fmt.Sprintf("%x = %x", it.Key(), v))
 	}
-	must(t, it.Error())
+	require.NoError(t, it.Error())
 	h.Sum(digest[:0])
 	return dump, digest
 }
@@ -141,11 +133,9 @@ func requireSameContents(t *testing.T, a, b *testCore, what string) {
 		return
 	}
 	for i := range min(len(da), len(db)) {
-		if da[i] != db[i] {
-			t.Fatalf("%s: contents differ at key %d:\n%s\n%s", what, i, da[i], db[i])
-		}
+		require.Equal(t, da[i], db[i], "%s: contents differ at key %d", what, i)
 	}
-	t.Fatalf("%s: %d keys vs %d keys", what, len(da), len(db))
+	require.Failf(t, "contents differ", "%s: %d keys vs %d keys", what, len(da), len(db))
 }
 
 // cmdSpec describes a command; build makes a fresh Command from it for each core, since Apply
@@ -244,9 +234,7 @@ func TestApplyDeterministic(t *testing.T) {
 					}
 					before := stateOf(cores[3].c)
 					cores[3].applyAbort(t, junk.build())
-					if after := stateOf(cores[3].c); after != before {
-						t.Fatalf("command %d: abort left\n%s\nwant\n%s", i, after, before)
-					}
+					require.Equal(t, before, stateOf(cores[3].c), "command %d: state after abort", i)
 				}
 				var ts [][]uint64
 				var errs []error
@@ -260,37 +248,28 @@ func TestApplyDeterministic(t *testing.T) {
 					}
 				}
 				for j := 1; j < len(cores); j++ {
-					if fmt.Sprint(errs[j]) != fmt.Sprint(errs[0]) {
-						t.Fatalf("command %d: core %d error %v, core 0 %v", i, j, errs[j], errs[0])
-					}
-					if !slices.Equal(ts[j], ts[0]) {
-						t.Fatalf("command %d: core %d timestamps %v, core 0 %v", i, j, ts[j], ts[0])
-					}
+					require.Equal(t, fmt.Sprint(errs[0]), fmt.Sprint(errs[j]), "command %d: core %d error, as core 0", i, j)
+					require.True(t, slices.Equal(ts[j], ts[0]), "command %d: core %d timestamps %v, core 0 %v", i, j, ts[j], ts[0])
 				}
-				if errs[0] != nil && !errors.Is(errs[0], ErrGenerationNotFound) && !errors.Is(errs[0], ErrCurrentGeneration) {
-					t.Fatalf("command %d: %v", i, errs[0])
+				if errs[0] != nil {
+					require.True(t, errors.Is(errs[0], ErrGenerationNotFound) || errors.Is(errs[0], ErrCurrentGeneration),
+						"command %d: %v", i, errs[0])
 				}
 				// Invariant 1: strictly increasing, and within the current generation.
-				if cur := cores[0].c.st.table.Current(); len(ts[0]) > 0 && ts[0][0] < cur.Since {
-					t.Fatalf("command %d: ts %d before the current generation's since %d", i, ts[0][0], cur.Since)
+				if cur := cores[0].c.st.table.Current(); len(ts[0]) > 0 {
+					require.GreaterOrEqual(t, ts[0][0], cur.Since, "command %d: first ts, not before the current generation's since", i)
 				}
 				for k := 1; k < len(ts[0]); k++ {
-					if ts[0][k] <= ts[0][k-1] {
-						t.Fatalf("command %d: timestamps %v", i, ts[0])
-					}
+					require.Greater(t, ts[0][k], ts[0][k-1], "command %d: timestamps %v", i, ts[0])
 				}
 				if i%50 == 0 || i == len(cmds)-1 {
 					for j := 1; j < len(cores); j++ {
 						requireSameContents(t, cores[0], cores[j], fmt.Sprintf("after command %d, core %d", i, j))
-						if a, b := stateOf(cores[0].c), stateOf(cores[j].c); a != b {
-							t.Fatalf("after command %d, core %d state\n%s\ncore 0\n%s", i, j, b, a)
-						}
+						require.Equal(t, stateOf(cores[0].c), stateOf(cores[j].c), "after command %d, core %d state, as core 0", i, j)
 					}
 				}
 			}
-			if n := len(cores[0].c.st.table.Gens); n < 2 {
-				t.Fatalf("only %d generations: the commands did not exercise rotation", n)
-			}
+			require.GreaterOrEqual(t, len(cores[0].c.st.table.Gens), 2, "generations: the commands did not exercise rotation")
 		})
 	}
 }
@@ -302,10 +281,8 @@ func TestApplyTimestamps(t *testing.T) {
 	step := func(spec cmdSpec, want ...uint64) {
 		t.Helper()
 		a, err := tc.apply(t, spec.build())
-		must(t, err)
-		if !slices.Equal(a.Timestamps, want) {
-			t.Fatalf("Time %d: timestamps %v, want %v", spec.time, a.Timestamps, want)
-		}
+		require.NoError(t, err)
+		require.True(t, slices.Equal(a.Timestamps, want), "Time %d: timestamps %v, want %v", spec.time, a.Timestamps, want)
 	}
 	step(cmdSpec{time: 1000, topics: []string{"a", "b", "c"}}, 1000, 1001, 1002)
 	step(cmdSpec{time: 500, topics: []string{"a", "b"}}, 1003, 1004) // clock went back
@@ -316,12 +293,10 @@ func TestApplyTimestamps(t *testing.T) {
 	// A generation added with a clock behind the last timestamp starts after it, and the
 	// command's messages land in it.
 	step(cmdSpec{time: 1500, addGen: true, topics: []string{"a", "b"}}, 2003, 2004)
-	if g := tc.c.st.table.Current(); g.ID != 2 || g.Since != 2003 {
-		t.Fatalf("new generation %v", g)
-	}
-	if g, _ := tc.c.st.table.Get(1); g.Until != 2003 {
-		t.Fatalf("sealed generation %v", g)
-	}
+	g := tc.c.st.table.Current()
+	require.True(t, g.ID == 2 && g.Since == 2003, "new generation %v, want ID 2 since 2003", g)
+	g, _ = tc.c.st.table.Get(1)
+	require.Equal(t, uint64(2003), g.Until, "sealed generation %v", g)
 	// A generation added ahead of the last timestamp moves the clock to its since.
 	step(cmdSpec{time: 9000, addGen: true})
 	step(cmdSpec{time: 10, topics: []string{"a"}}, 9000)
@@ -332,9 +307,8 @@ func TestApplyTimestamps(t *testing.T) {
 	step(cmdSpec{time: 9500, addGen: true})
 	step(cmdSpec{time: 9500, addGen: true})
 	gens := tc.c.st.table.Gens
-	if n := len(gens); gens[n-1].Since != 9502 || gens[n-2].Since != 9501 {
-		t.Fatalf("generations %v", gens)
-	}
+	n := len(gens)
+	require.True(t, gens[n-1].Since == 9502 && gens[n-2].Since == 9501, "generations %v, want the last two since 9501 and 9502", gens)
 	step(cmdSpec{time: 0, topics: []string{"a"}}, 9502)
 }
 
@@ -366,39 +340,31 @@ func TestApplyAbort(t *testing.T) {
 			for _, h := range history {
 				for _, c := range []*testCore{aborted, fresh} {
 					_, err := c.apply(t, h.build())
-					must(t, err)
+					require.NoError(t, err)
 				}
 			}
 			before := stateOf(aborted.c)
 			_, digestBefore := aborted.contents(t)
 			if tc.fails {
 				b := aborted.db.NewBatch()
-				if _, err := aborted.c.apply(b, tc.junk.build()); err == nil {
-					t.Fatal("junk command applied")
-				}
+				_, err := aborted.c.apply(b, tc.junk.build())
+				require.Error(t, err, "junk command applied")
 				b.Close()
 			} else {
 				aborted.applyAbort(t, tc.junk.build())
 			}
-			if after := stateOf(aborted.c); after != before {
-				t.Fatalf("abort left\n%s\nwant\n%s", after, before)
-			}
-			if _, d := aborted.contents(t); d != digestBefore {
-				t.Fatal("abort changed the Pebble")
-			}
+			require.Equal(t, before, stateOf(aborted.c), "state after abort")
+			_, d := aborted.contents(t)
+			require.Equal(t, digestBefore, d, "abort changed the Pebble")
 			var ts [2][]uint64
 			for i, c := range []*testCore{aborted, fresh} {
 				a, err := c.apply(t, next.build())
-				must(t, err)
+				require.NoError(t, err)
 				ts[i] = a.Timestamps
 			}
-			if !slices.Equal(ts[0], ts[1]) {
-				t.Fatalf("timestamps %v, fresh %v", ts[0], ts[1])
-			}
+			require.True(t, slices.Equal(ts[0], ts[1]), "timestamps %v, fresh %v", ts[0], ts[1])
 			requireSameContents(t, aborted, fresh, "after the next command")
-			if a, b := stateOf(aborted.c), stateOf(fresh.c); a != b {
-				t.Fatalf("state\n%s\nfresh\n%s", a, b)
-			}
+			require.Equal(t, stateOf(fresh.c), stateOf(aborted.c), "state, as on the fresh core")
 		})
 	}
 }
@@ -412,42 +378,36 @@ func TestApplyDropIsRangeDeletion(t *testing.T) {
 		{time: 300, addGen: true, topics: []string{"a/b"}},
 	} {
 		_, err := tc.apply(t, spec.build())
-		must(t, err)
+		require.NoError(t, err)
 	}
 	count := func(gen stream.GenerationID) int {
 		n := 0
 		for _, sp := range layout.GenerationSpans(tc.prefix, gen) {
 			it, err := tc.db.NewIter(&pebble.IterOptions{LowerBound: sp[0], UpperBound: sp[1]})
-			must(t, err)
+			require.NoError(t, err)
 			for ok := it.First(); ok; ok = it.Next() {
 				n++
 			}
-			must(t, it.Close())
+			require.NoError(t, it.Close())
 		}
 		return n
 	}
 	n1, n2 := count(1), count(2)
-	if n1 == 0 || n2 == 0 {
-		t.Fatalf("generations hold %d and %d keys", n1, n2)
-	}
+	require.NotZero(t, n1, "generation 1 keys")
+	require.NotZero(t, n2, "generation 2 keys")
 	a, err := tc.apply(t, cmdSpec{time: 400, drop: []stream.GenerationID{1}}.build())
-	must(t, err)
-	if !slices.Equal(a.Dropped, []stream.GenerationID{1}) || len(a.Spans) != 2 {
-		t.Fatalf("applied %+v", a)
-	}
-	if count(1) != 0 || count(2) != n2 {
-		t.Fatalf("after drop: %d and %d keys", count(1), count(2))
-	}
+	require.NoError(t, err)
+	require.Equal(t, []stream.GenerationID{1}, a.Dropped, "applied %+v", a)
+	require.Len(t, a.Spans, 2, "applied %+v", a)
+	require.Zero(t, count(1), "generation 1 keys after drop")
+	require.Equal(t, n2, count(2), "generation 2 keys after drop")
 	tc.reopen(t)
-	if _, ok := tc.c.st.table.Get(1); ok {
-		t.Fatal("dropped generation reloaded")
-	}
-	if _, err := tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{1}}.build()); !errors.Is(err, ErrGenerationNotFound) {
-		t.Fatalf("second drop: %v", err)
-	}
-	if _, err := tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{3}}.build()); !errors.Is(err, ErrCurrentGeneration) {
-		t.Fatalf("drop of current: %v", err)
-	}
+	_, ok := tc.c.st.table.Get(1)
+	require.False(t, ok, "dropped generation reloaded")
+	_, err = tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{1}}.build())
+	require.ErrorIs(t, err, ErrGenerationNotFound, "second drop")
+	_, err = tc.apply(t, cmdSpec{time: 500, drop: []stream.GenerationID{3}}.build())
+	require.ErrorIs(t, err, ErrCurrentGeneration, "drop of current")
 }
 
 // BenchmarkApply measures Apply plus an unsynced batch commit: commands of 100 messages with

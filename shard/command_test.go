@@ -2,13 +2,13 @@ package shard
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 func sampleCommand(rng *rand.Rand) *Command {
@@ -38,19 +38,14 @@ func TestCommandRoundTrip(t *testing.T) {
 		c := sampleCommand(rng)
 		enc := c.AppendBinary(nil)
 		got, err := DecodeCommand(enc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if again := got.AppendBinary(nil); !bytes.Equal(again, enc) {
-			t.Fatalf("re-encoding differs:\n%x\n%x", again, enc)
-		}
-		if got.Time != c.Time || got.AddGeneration != c.AddGeneration || len(got.Drop) != len(c.Drop) || len(got.Messages) != len(c.Messages) {
-			t.Fatalf("decoded %+v, want %+v", got, c)
-		}
+		require.NoError(t, err)
+		again := got.AppendBinary(nil)
+		require.True(t, bytes.Equal(again, enc), "re-encoding differs:\n%x\n%x", again, enc)
+		require.True(t, got.Time == c.Time && got.AddGeneration == c.AddGeneration && len(got.Drop) == len(c.Drop) && len(got.Messages) == len(c.Messages),
+			"decoded %+v, want %+v", got, c)
 		for i := range enc {
-			if _, err := DecodeCommand(enc[:i]); !errors.Is(err, ErrInvalidCommand) {
-				t.Fatalf("truncation to %d of %d: %v", i, len(enc), err)
-			}
+			_, err := DecodeCommand(enc[:i])
+			require.ErrorIs(t, err, ErrInvalidCommand, "truncation to %d of %d", i, len(enc))
 		}
 	}
 }
@@ -65,13 +60,10 @@ func FuzzDecodeCommand(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := DecodeCommand(b)
 		if err != nil {
-			if !errors.Is(err, ErrInvalidCommand) {
-				t.Fatalf("error %v does not wrap ErrInvalidCommand", err)
-			}
+			require.ErrorIs(t, err, ErrInvalidCommand)
 			return
 		}
-		if again := c.AppendBinary(nil); !bytes.Equal(again, b) {
-			t.Fatalf("re-encoded %x from %x", again, b)
-		}
+		again := c.AppendBinary(nil)
+		require.True(t, bytes.Equal(again, b), "re-encoded %x from %x", again, b)
 	})
 }

@@ -2,12 +2,12 @@ package shard
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 
 	"github.com/strata-mq/strata/internal/message"
+	"github.com/stretchr/testify/require"
 )
 
 // sampleTxnCommand is sampleCommand with 1-3 Txns (a version-2 encoding).
@@ -40,30 +40,24 @@ func sampleTxnCommand(rng *rand.Rand) *Command {
 // sameTxns compares the Txns of two commands (what the encoding carries).
 func sameTxns(t *testing.T, got, want *Command) {
 	t.Helper()
-	if len(got.Txns) != len(want.Txns) {
-		t.Fatalf("%d Txns, want %d", len(got.Txns), len(want.Txns))
-	}
+	require.Len(t, got.Txns, len(want.Txns), "Txns")
 	for i, g := range got.Txns {
 		w := want.Txns[i]
-		if len(g.Conds) != len(w.Conds) || len(g.Writes) != len(w.Writes) || len(g.Messages) != len(w.Messages) {
-			t.Fatalf("txn %d: %+v, want %+v", i, g, w)
-		}
+		require.True(t, len(g.Conds) == len(w.Conds) && len(g.Writes) == len(w.Writes) && len(g.Messages) == len(w.Messages),
+			"txn %d: %+v, want %+v", i, g, w)
 		for j := range g.Conds {
-			if !bytes.Equal(g.Conds[j].Key, w.Conds[j].Key) || g.Conds[j].Version != w.Conds[j].Version {
-				t.Fatalf("txn %d cond %d: %+v, want %+v", i, j, g.Conds[j], w.Conds[j])
-			}
+			require.True(t, bytes.Equal(g.Conds[j].Key, w.Conds[j].Key) && g.Conds[j].Version == w.Conds[j].Version,
+				"txn %d cond %d: %+v, want %+v", i, j, g.Conds[j], w.Conds[j])
 		}
 		for j := range g.Writes {
 			x, y := g.Writes[j], w.Writes[j]
-			if !bytes.Equal(x.Key, y.Key) || !bytes.Equal(x.Value, y.Value) || x.Delete != y.Delete {
-				t.Fatalf("txn %d write %d: %+v, want %+v", i, j, x, y)
-			}
+			require.True(t, bytes.Equal(x.Key, y.Key) && bytes.Equal(x.Value, y.Value) && x.Delete == y.Delete,
+				"txn %d write %d: %+v, want %+v", i, j, x, y)
 		}
 		for j := range g.Messages {
 			x, y := g.Messages[j], w.Messages[j]
-			if x.Topic != y.Topic || x.ClientID != y.ClientID || !bytes.Equal(x.Payload, y.Payload) || x.QoS != y.QoS {
-				t.Fatalf("txn %d message %d: %+v, want %+v", i, j, x, y)
-			}
+			require.True(t, x.Topic == y.Topic && x.ClientID == y.ClientID && bytes.Equal(x.Payload, y.Payload) && x.QoS == y.QoS,
+				"txn %d message %d: %+v, want %+v", i, j, x, y)
 		}
 	}
 }
@@ -76,33 +70,24 @@ func TestCommandTxnRoundTrip(t *testing.T) {
 	for range 500 {
 		c := sampleTxnCommand(rng)
 		enc := c.AppendBinary(nil)
-		if enc[1] != txnVersion {
-			t.Fatalf("a command with Txns encoded as version %d", enc[1])
-		}
+		require.Equal(t, byte(txnVersion), enc[1], "version of a command with Txns")
 		got, err := DecodeCommand(enc)
-		must(t, err)
-		if again := got.AppendBinary(nil); !bytes.Equal(again, enc) {
-			t.Fatalf("re-encoding differs:\n%x\n%x", again, enc)
-		}
+		require.NoError(t, err)
+		again := got.AppendBinary(nil)
+		require.True(t, bytes.Equal(again, enc), "re-encoding differs:\n%x\n%x", again, enc)
 		sameTxns(t, got, c)
-		if len(got.Messages) != len(c.Messages) || got.Time != c.Time {
-			t.Fatalf("decoded %+v, want %+v", got, c)
-		}
+		require.True(t, len(got.Messages) == len(c.Messages) && got.Time == c.Time, "decoded %+v, want %+v", got, c)
 		for i := range enc {
-			if _, err := DecodeCommand(enc[:i]); !errors.Is(err, ErrInvalidCommand) {
-				t.Fatalf("truncation to %d of %d: %v", i, len(enc), err)
-			}
+			_, err := DecodeCommand(enc[:i])
+			require.ErrorIs(t, err, ErrInvalidCommand, "truncation to %d of %d", i, len(enc))
 		}
 	}
-	if enc := (&Command{Time: 1}).AppendBinary(nil); enc[1] != commandVersion {
-		t.Fatalf("a command without Txns encoded as version %d", enc[1])
-	}
+	require.Equal(t, byte(commandVersion), (&Command{Time: 1}).AppendBinary(nil)[1], "version of a command without Txns")
 	// Version 2 with a zero Txn count: not what AppendBinary writes.
 	enc := (&Command{Time: 1}).AppendBinary(nil)
 	enc[1] = txnVersion
-	if _, err := DecodeCommand(append(enc, 0)); !errors.Is(err, ErrInvalidCommand) {
-		t.Fatalf("version 2 without Txns: %v", err)
-	}
+	_, err := DecodeCommand(append(enc, 0))
+	require.ErrorIs(t, err, ErrInvalidCommand, "version 2 without Txns")
 	for name, tx := range map[string]*Txn{
 		"delete with a value": {Writes: []RecordWrite{{Key: []byte("k"), Value: []byte("v"), Delete: true}}},
 		"empty key":           {Writes: []RecordWrite{{Value: []byte("v")}}},
@@ -111,9 +96,8 @@ func TestCommandTxnRoundTrip(t *testing.T) {
 		"long value":          {Writes: []RecordWrite{{Key: []byte("k"), Value: make([]byte, MaxRecordValue+1)}}},
 	} {
 		enc := (&Command{Time: 1, Txns: []*Txn{tx}}).AppendBinary(nil)
-		if _, err := DecodeCommand(enc); !errors.Is(err, ErrInvalidCommand) {
-			t.Errorf("%s: %v", name, err)
-		}
+		_, err := DecodeCommand(enc)
+		require.ErrorIs(t, err, ErrInvalidCommand, name)
 	}
 }
 
@@ -122,18 +106,13 @@ func TestCommandTxnRoundTrip(t *testing.T) {
 func checkDecode(t *testing.T, b []byte) {
 	c, err := DecodeCommand(b)
 	if err != nil {
-		if !errors.Is(err, ErrInvalidCommand) {
-			t.Fatalf("error %v does not wrap ErrInvalidCommand", err)
-		}
+		require.ErrorIs(t, err, ErrInvalidCommand)
 		return
 	}
-	if again := c.AppendBinary(nil); !bytes.Equal(again, b) {
-		t.Fatalf("re-encoded %x from %x", again, b)
-	}
+	again := c.AppendBinary(nil)
+	require.True(t, bytes.Equal(again, b), "re-encoded %x from %x", again, b)
 	for i, tx := range c.Txns {
-		if err := tx.validate(); err != nil {
-			t.Fatalf("txn %d decoded but invalid: %v", i, err)
-		}
+		require.NoError(t, tx.validate(), "txn %d decoded but invalid", i)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // Fuzz targets for the de-duplication records a replica reads back from its store. Run one at
@@ -24,9 +26,8 @@ func randomProposerState(rng *rand.Rand, n int) *proposerState {
 
 func sameProposerState(t *testing.T, got, want *proposerState) {
 	t.Helper()
-	if got.floor != want.floor || got.lastIndex != want.lastIndex || !maps.Equal(got.applied, want.applied) {
-		t.Fatalf("state %+v, want %+v", got, want)
-	}
+	require.True(t, got.floor == want.floor && got.lastIndex == want.lastIndex && maps.Equal(got.applied, want.applied),
+		"state %+v, want %+v", got, want)
 }
 
 // rawProposerState encodes a record as given: sequence numbers in this order, repeats kept.
@@ -61,35 +62,23 @@ func FuzzDecodeProposerRecord(f *testing.F) {
 		orig := bytes.Clone(b)
 		st, err := decodeProposerState(b)
 		rec, rerr := DecodeProposerRecord(b)
-		if !bytes.Equal(orig, b) {
-			t.Fatal("decoder modified its input")
-		}
+		require.True(t, bytes.Equal(orig, b), "decoder modified its input")
 		if err != nil {
-			if st != nil || rerr == nil {
-				t.Fatalf("decodeProposerState: %v (state %v), DecodeProposerRecord: %v", err, st, rerr)
-			}
+			require.True(t, st == nil && rerr != nil, "decodeProposerState: %v (state %v), DecodeProposerRecord: %v", err, st, rerr)
 			return
 		}
-		if st.applied == nil {
-			t.Fatal("nil applied set") // record would panic on it
-		}
-		if len(st.applied) > len(b)/2 {
-			t.Fatalf("%d sequence numbers from %d bytes", len(st.applied), len(b))
-		}
+		require.NotNil(t, st.applied, "nil applied set") // record would panic on it
+		require.LessOrEqual(t, len(st.applied), len(b)/2, "sequence numbers from %d bytes", len(b))
 		enc := st.appendBinary(nil)
 		again, err := decodeProposerState(enc)
-		if err != nil {
-			t.Fatalf("re-encoded record %x: %v", enc, err)
-		}
+		require.NoError(t, err, "re-encoded record %x", enc)
 		sameProposerState(t, again, st)
 		canonical := bytes.Equal(enc, b)
 		above := true
 		for seq := range st.applied {
 			above = above && seq > st.floor
 		}
-		if (rerr == nil) != (canonical && above) {
-			t.Fatalf("DecodeProposerRecord(%x): %v; canonical %v, above the floor %v", b, rerr, canonical, above)
-		}
+		require.Equal(t, canonical && above, rerr == nil, "DecodeProposerRecord(%x) accepts: %v; canonical %v, above the floor %v", b, rerr, canonical, above)
 		if rerr == nil {
 			sameProposerState(t, &proposerState{floor: rec.Floor, lastIndex: rec.LastIndex, applied: rec.Applied}, st)
 		}
@@ -119,18 +108,14 @@ func FuzzProposerStateRoundTrip(f *testing.F) {
 		}
 		enc := st.appendBinary(nil)
 		got, err := decodeProposerState(enc)
-		if err != nil {
-			t.Fatalf("%x: %v", enc, err)
-		}
+		require.NoError(t, err, "%x", enc)
 		sameProposerState(t, got, st)
 		above := true
 		for seq := range st.applied {
 			above = above && seq > floor
 		}
 		rec, err := DecodeProposerRecord(enc)
-		if (err == nil) != above {
-			t.Fatalf("DecodeProposerRecord: %v; every sequence above the floor: %v", err, above)
-		}
+		require.Equal(t, above, err == nil, "DecodeProposerRecord accepts: %v; every sequence above the floor: %v", err, above)
 		if err == nil {
 			sameProposerState(t, &proposerState{floor: rec.Floor, lastIndex: rec.LastIndex, applied: rec.Applied}, st)
 		}

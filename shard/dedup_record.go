@@ -6,7 +6,7 @@ import (
 )
 
 // ProposerRecord is one decoded de-duplication record of a replica (see dedup), for tools that
-// inspect a replica's store without opening it as a Replica (ds.Inspector's Check).
+// inspect a replica's store without opening it as a Replica (inspect.Inspector.Check).
 type ProposerRecord struct {
 	Floor     uint64            // every sequence number at or below it is resolved
 	LastIndex uint64            // log index of the proposer's last entry

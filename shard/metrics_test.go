@@ -3,6 +3,8 @@ package shard
 import (
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestObserveCommitBatchSize: a commit of n messages lands in the first batch bucket whose
@@ -15,20 +17,15 @@ func TestObserveCommitBatchSize(t *testing.T) {
 	}
 	want := map[int]uint64{0: 1, 1: 1, 2: 1, 10: 1, 11: 1} // bucket → commits
 	for i := range m.BatchSize {
-		if got := m.BatchSize[i].Load(); got != want[i] {
-			t.Errorf("bucket %d (≤ %v): %d commits, want %d", i, bound(i), got, want[i])
-		}
+		require.Equal(t, want[i], m.BatchSize[i].Load(), "bucket %d (≤ %v): commits", i, bound(i))
 	}
-	if m.Batches.Load() != 5 || m.Messages.Load() != 1+2+3+1024+1025 {
-		t.Errorf("batches %d, messages %d", m.Batches.Load(), m.Messages.Load())
-	}
+	require.Equal(t, uint64(5), m.Batches.Load(), "batches")
+	require.Equal(t, uint64(1+2+3+1024+1025), m.Messages.Load(), "messages")
 	var commits uint64
 	for i := range m.CommitLatency {
 		commits += m.CommitLatency[i].Load()
 	}
-	if commits != 6 {
-		t.Errorf("%d commits in the latency histogram, want 6", commits)
-	}
+	require.Equal(t, uint64(6), commits, "commits in the latency histogram")
 }
 
 func bound(i int) any {

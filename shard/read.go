@@ -39,14 +39,23 @@ func (c *core) GenerationUsage(gen stream.GenerationID) (GenerationUsage, error)
 	if n != nil {
 		u.Messages, u.Counted = n.Load(), true
 	}
-	for _, sp := range layout.GenerationSpans(c.prefix, gen) {
-		b, err := c.db.EstimateDiskUsage(sp[0], sp[1])
+	var err error
+	u.DiskBytes, err = GenerationDiskBytes(c.db, c.prefix, gen)
+	return u, err
+}
+
+// GenerationDiskBytes returns Pebble's estimate of the bytes a generation's keys take on disk
+// (sstables and blob files; what is still in memtables counts 0).
+func GenerationDiskBytes(db *pebble.DB, prefix []byte, gen stream.GenerationID) (uint64, error) {
+	var total uint64
+	for _, sp := range layout.GenerationSpans(prefix, gen) {
+		n, err := db.EstimateDiskUsage(sp[0], sp[1])
 		if err != nil {
-			return u, err
+			return total, err
 		}
-		u.DiskBytes += b
+		total += n
 	}
-	return u, nil
+	return total, nil
 }
 
 // Layout returns the layout of a generation, for inspection (ds-info, tests).

@@ -164,17 +164,9 @@ func (c *core) recordKey(key []byte) []byte {
 func (c *core) loadRecords() error {
 	c.rec.versions = map[string]uint64{}
 	c.rec.changed = make(chan struct{})
-	v, closer, err := c.db.Get(append(append([]byte(nil), c.prefix...), metaLastVersion...))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
-		return err
-	default:
-		c.rec.lastVersion, err = DecodeLastVersion(v)
-		closer.Close()
-		if err != nil {
-			return fmt.Errorf("shard %d: %w", c.id, err)
-		}
+	var err error
+	if c.rec.lastVersion, err = LoadLastRecordVersion(c.db, c.prefix); err != nil {
+		return fmt.Errorf("shard %d: %w", c.id, err)
 	}
 	lo := c.recordKey(nil)
 	it, err := c.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: prefixEnd(lo)})
@@ -328,14 +320,6 @@ func (c *core) ScanRecords(ctx context.Context, prefix []byte, f func(key, value
 	}
 	return it.Error()
 }
-
-// RecordKeyPrefix is the prefix, inside a shard's prefix, of its records (the record's key
-// follows), and LastVersionKey the key of its last record version: for the inspector, which
-// decodes them with DecodeRecordValue and DecodeLastVersion.
-func RecordKeyPrefix() []byte { return bytes.Clone(metaRecord) }
-
-// LastVersionKey: see RecordKeyPrefix.
-func LastVersionKey() []byte { return bytes.Clone(metaLastVersion) }
 
 // DecodeRecordValue splits a stored record value into its version and value (which shares
 // v's bytes). An error wrapping ErrCorruption if v is shorter than a version, or the version

@@ -3,7 +3,6 @@ package shard
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/layout"
+	"github.com/stretchr/testify/require"
 )
 
 func msg(topic, payload string) *message.Message {
@@ -41,7 +41,7 @@ func recordsOf(c *core) (map[string]uint64, uint64) {
 func diskRecords(t testing.TB, c *core) map[string]string {
 	t.Helper()
 	out := map[string]string{}
-	must(t, c.ScanRecords(context.Background(), nil, func(k, v []byte, ver uint64) bool {
+	require.NoError(t, c.ScanRecords(context.Background(), nil, func(k, v []byte, ver uint64) bool {
 		out[string(k)] = fmt.Sprintf("%d:%s", ver, v)
 		return true
 	}))
@@ -60,18 +60,15 @@ func TestTxnConditions(t *testing.T) {
 			// Create if absent.
 			t1 := &Txn{Conds: []Cond{cond("a", 0)}, Writes: []RecordWrite{put("a", "1"), put("b", "1")}}
 			_, err := tc.apply(t, &Command{Time: 1000, Txns: []*Txn{t1}})
-			must(t, err)
-			must(t, t1.Err())
-			if t1.Result.FirstVersion != 1 || t1.Writes[0].Version != 1 || t1.Writes[1].Version != 2 {
-				t.Fatalf("versions %+v", t1)
-			}
+			require.NoError(t, err)
+			require.NoError(t, t1.Err())
+			require.True(t, t1.Result.FirstVersion == 1 && t1.Writes[0].Version == 1 && t1.Writes[1].Version == 2,
+				"versions %+v, want first version 1, writes at 1 and 2", t1)
 			_, err = ref.apply(t, &Command{Time: 1000, Txns: []*Txn{{Conds: []Cond{cond("a", 0)}, Writes: []RecordWrite{put("a", "1"), put("b", "1")}}}})
-			must(t, err)
+			require.NoError(t, err)
 			_, hRef := ref.contents(t)
 			_, hBefore := tc.contents(t)
-			if hRef != hBefore {
-				t.Fatal("same commands, different contents")
-			}
+			require.Equal(t, hRef, hBefore, "same commands, different contents")
 			recBefore, lastBefore := recordsOf(tc.c)
 			lastTS := tc.c.lastTS
 
@@ -85,31 +82,24 @@ func TestTxnConditions(t *testing.T) {
 			}
 			wantFailed := []int{1, 1, 1, 2}
 			a, err := tc.apply(t, &Command{Time: 1001, Txns: failing})
-			must(t, err)
+			require.NoError(t, err)
 			for i, f := range failing {
-				if f.Result.Failed != wantFailed[i] || !errors.Is(f.Err(), ErrConditionFailed) {
-					t.Fatalf("txn %d: result %+v err %v, want failed condition %d", i, f.Result, f.Err(), wantFailed[i])
-				}
+				require.Equal(t, wantFailed[i], f.Result.Failed, "txn %d: failed condition (result %+v)", i, f.Result)
+				require.ErrorIs(t, f.Err(), ErrConditionFailed, "txn %d", i)
 				for _, m := range f.Messages {
-					if m.Timestamp != 0 {
-						t.Fatalf("txn %d: a failed Txn's message got timestamp %d", i, m.Timestamp)
-					}
+					require.Zero(t, m.Timestamp, "txn %d: a failed Txn's message got a timestamp", i)
 				}
 				for _, w := range f.Writes {
-					if w.Version != 0 {
-						t.Fatalf("txn %d: a failed Txn's write got version %d", i, w.Version)
-					}
+					require.Zero(t, w.Version, "txn %d: a failed Txn's write got a version", i)
 				}
 			}
-			if len(a.Timestamps) != 0 || len(a.Records) != 0 || len(a.TxnMessages) != 0 {
-				t.Fatalf("failed Txns applied something: %+v", a)
-			}
-			if _, h := tc.contents(t); h != hBefore {
-				t.Fatal("failed Txns changed the Pebble")
-			}
-			if rec, last := recordsOf(tc.c); !maps.Equal(rec, recBefore) || last != lastBefore || tc.c.lastTS != lastTS {
-				t.Fatalf("failed Txns changed the state: %v/%d/%d, want %v/%d/%d", rec, last, tc.c.lastTS, recBefore, lastBefore, lastTS)
-			}
+			require.True(t, len(a.Timestamps) == 0 && len(a.Records) == 0 && len(a.TxnMessages) == 0,
+				"failed Txns applied something: %+v", a)
+			_, h := tc.contents(t)
+			require.Equal(t, hBefore, h, "failed Txns changed the Pebble")
+			rec, last := recordsOf(tc.c)
+			require.True(t, maps.Equal(rec, recBefore) && last == lastBefore && tc.c.lastTS == lastTS,
+				"failed Txns changed the state: %v/%d/%d, want %v/%d/%d", rec, last, tc.c.lastTS, recBefore, lastBefore, lastTS)
 
 			// Compare-and-set and delete, applied to both: neither versions nor timestamps were
 			// consumed by the failures, so both Pebbles stay identical.
@@ -120,23 +110,21 @@ func TestTxnConditions(t *testing.T) {
 			}
 			c1, c2 := next(), next()
 			_, err = tc.apply(t, c1)
-			must(t, err)
+			require.NoError(t, err)
 			_, err = ref.apply(t, c2)
-			must(t, err)
-			if tx := c1.Txns[0]; tx.Err() != nil || tx.Result.FirstVersion != 3 || tx.Writes[0].Version != 3 || tx.Writes[1].Version != 0 {
-				t.Fatalf("CAS: %+v %v", tx, tx.Err())
-			}
-			if c1.Messages[0].Timestamp != 1002 || c1.Txns[0].Messages[0].Timestamp != 1003 {
-				t.Fatalf("timestamps %d %d, want 1002 1003 (none consumed by the failures)", c1.Messages[0].Timestamp, c1.Txns[0].Messages[0].Timestamp)
-			}
+			require.NoError(t, err)
+			tx := c1.Txns[0]
+			require.NoError(t, tx.Err(), "CAS")
+			require.True(t, tx.Result.FirstVersion == 3 && tx.Writes[0].Version == 3 && tx.Writes[1].Version == 0,
+				"CAS: %+v, want first version 3, writes at 3 and 0", tx)
+			require.Equal(t, uint64(1002), c1.Messages[0].Timestamp, "plain message timestamp (none consumed by the failures)")
+			require.Equal(t, uint64(1003), c1.Txns[0].Messages[0].Timestamp, "Txn message timestamp (none consumed by the failures)")
 			requireSameContents(t, tc, ref, "after the failures and a CAS")
-			if got := diskRecords(t, tc.c); !maps.Equal(got, map[string]string{"a": "3:2"}) {
-				t.Fatalf("records %v", got)
-			}
+			require.Equal(t, map[string]string{"a": "3:2"}, diskRecords(t, tc.c), "records")
 			v, ver, err := tc.c.Record(context.Background(), []byte("b"))
-			if err != nil || v != nil || ver != 0 {
-				t.Fatalf("deleted record: %q %d %v", v, ver, err)
-			}
+			require.NoError(t, err, "deleted record")
+			require.Nil(t, v, "deleted record")
+			require.Zero(t, ver, "deleted record version")
 		})
 	}
 }
@@ -153,24 +141,18 @@ func TestTxnsWithinACommand(t *testing.T) {
 		{}, // nothing at all: applies
 	}}
 	a, err := tc.apply(t, cmd)
-	must(t, err)
+	require.NoError(t, err)
 	var got []int
 	for _, tx := range cmd.Txns {
 		got = append(got, tx.Result.Failed)
 	}
-	if !slices.Equal(got, []int{0, 1, 0, 0, 0}) {
-		t.Fatalf("failed %v", got)
-	}
+	require.Equal(t, []int{0, 1, 0, 0, 0}, got, "failed conditions")
 	var recs []string
 	for _, w := range a.Records {
 		recs = append(recs, fmt.Sprintf("%s=%s@%d", w.Key, w.Value, w.Version))
 	}
-	if want := []string{"k=first@1", "k=third@2", "j=unconditional@3"}; !slices.Equal(recs, want) {
-		t.Fatalf("Applied.Records %v, want %v", recs, want)
-	}
-	if got := diskRecords(t, tc.c); !maps.Equal(got, map[string]string{"k": "2:third", "j": "3:unconditional"}) {
-		t.Fatalf("records %v", got)
-	}
+	require.Equal(t, []string{"k=first@1", "k=third@2", "j=unconditional@3"}, recs, "Applied.Records")
+	require.Equal(t, map[string]string{"k": "2:third", "j": "3:unconditional"}, diskRecords(t, tc.c), "records")
 }
 
 // TestTxnVersionsNeverRepeat: versions increase with every write (deletes included) and are
@@ -188,12 +170,9 @@ func TestTxnVersionsNeverRepeat(t *testing.T) {
 			rec, lv := recordsOf(tc.c)
 			disk := diskRecords(t, tc.c)
 			tc.reopen(t)
-			if rec2, lv2 := recordsOf(tc.c); !maps.Equal(rec, rec2) || lv != lv2 {
-				t.Fatalf("reopen: versions %v last %d, want %v last %d", rec2, lv2, rec, lv)
-			}
-			if disk2 := diskRecords(t, tc.c); !maps.Equal(disk, disk2) {
-				t.Fatalf("reopen: records %v, want %v", disk2, disk)
-			}
+			rec2, lv2 := recordsOf(tc.c)
+			require.True(t, maps.Equal(rec, rec2) && lv == lv2, "reopen: versions %v last %d, want %v last %d", rec2, lv2, rec, lv)
+			require.Equal(t, disk, diskRecords(t, tc.c), "reopen: records")
 		}
 		if i%100 == 99 { // delete everything, then restart
 			var ws []RecordWrite
@@ -204,13 +183,12 @@ func TestTxnVersionsNeverRepeat(t *testing.T) {
 			if len(ws) > 0 {
 				tx := &Txn{Writes: ws}
 				_, err := tc.apply(t, &Command{Time: now, Txns: []*Txn{tx}})
-				must(t, err)
+				require.NoError(t, err)
 				last = tx.Result.FirstVersion + uint64(len(ws)) - 1
 			}
 			tc.reopen(t)
-			if len(tc.c.rec.versions) != 0 || tc.c.rec.lastVersion != last {
-				t.Fatalf("after deleting all and reopening: %v last %d, want last %d", tc.c.rec.versions, tc.c.rec.lastVersion, last)
-			}
+			require.Empty(t, tc.c.rec.versions, "after deleting all and reopening")
+			require.Equal(t, last, tc.c.rec.lastVersion, "last version after deleting all and reopening")
 		}
 		now++
 		k := keys[rng.IntN(len(keys))]
@@ -223,17 +201,17 @@ func TestTxnVersionsNeverRepeat(t *testing.T) {
 		}
 		tx := &Txn{Conds: []Cond{{Key: []byte(k), Version: cur}}, Writes: []RecordWrite{w}}
 		_, err := tc.apply(t, &Command{Time: now, Txns: []*Txn{tx}})
-		must(t, err)
-		must(t, tx.Err())
+		require.NoError(t, err)
+		require.NoError(t, tx.Err())
 		v := tx.Result.FirstVersion
-		if v <= last || seen[v] {
-			t.Fatalf("write %d: version %d after %d (seen before: %v)", i, v, last, seen[v])
-		}
+		require.True(t, v > last && !seen[v], "write %d: version %d after %d (seen before: %v)", i, v, last, seen[v])
 		seen[v], last = true, v
 		_, got, err := tc.c.Record(context.Background(), []byte(k))
-		must(t, err)
-		if w.Delete && got != 0 || !w.Delete && got != v {
-			t.Fatalf("write %d: record %q at version %d, want %d (delete %v)", i, k, got, v, w.Delete)
+		require.NoError(t, err)
+		if w.Delete {
+			require.Zero(t, got, "write %d: version of deleted record %q", i, k)
+		} else {
+			require.Equal(t, v, got, "write %d: version of record %q", i, k)
 		}
 	}
 }
@@ -252,29 +230,21 @@ func TestTxnMessageTimestamps(t *testing.T) {
 			{Messages: []*message.Message{msg("p/1", "d")}},
 		}}
 	a, err := tc.apply(t, cmd)
-	must(t, err)
-	if want := []uint64{2000, 2001, 2002, 2003, 2004}; !slices.Equal(a.Timestamps, want) {
-		t.Fatalf("timestamps %v, want %v", a.Timestamps, want)
-	}
+	require.NoError(t, err)
+	require.Equal(t, []uint64{2000, 2001, 2002, 2003, 2004}, a.Timestamps, "timestamps")
 	var order []string
 	for _, m := range append(slices.Clone(cmd.Messages), a.TxnMessages...) {
 		order = append(order, fmt.Sprintf("%s@%d", m.Payload, m.Timestamp))
 	}
-	if want := []string{"p1@2000", "p2@2001", "a@2002", "b@2003", "d@2004"}; !slices.Equal(order, want) {
-		t.Fatalf("order %v, want %v", order, want)
-	}
-	if r := cmd.Txns[0].Result; r.FirstTS != 2002 || r.Failed != 0 {
-		t.Fatalf("txn 0: %+v", r)
-	}
-	if r := cmd.Txns[1].Result; r.Failed != 1 || cmd.Txns[1].Messages[0].Timestamp != 0 {
-		t.Fatalf("txn 1: %+v", r)
-	}
-	if r := cmd.Txns[2].Result; r.FirstTS != 0 || r.FirstVersion != 1 {
-		t.Fatalf("txn 2 (no messages): %+v", r)
-	}
-	if r := cmd.Txns[3].Result; r.FirstTS != 2004 {
-		t.Fatalf("txn 3: %+v", r)
-	}
+	require.Equal(t, []string{"p1@2000", "p2@2001", "a@2002", "b@2003", "d@2004"}, order, "order")
+	r := cmd.Txns[0].Result
+	require.True(t, r.FirstTS == 2002 && r.Failed == 0, "txn 0: %+v, want first ts 2002, not failed", r)
+	r = cmd.Txns[1].Result
+	require.True(t, r.Failed == 1 && cmd.Txns[1].Messages[0].Timestamp == 0, "txn 1: %+v, want failed condition 1, no timestamp", r)
+	r = cmd.Txns[2].Result
+	require.True(t, r.FirstTS == 0 && r.FirstVersion == 1, "txn 2 (no messages): %+v, want no first ts, first version 1", r)
+	r = cmd.Txns[3].Result
+	require.Equal(t, uint64(2004), r.FirstTS, "txn 3: %+v", r)
 	// SetResults, as a proposer does with a result decoded from the log, gives the same.
 	for _, tx := range cmd.Txns {
 		cp := &Txn{Writes: slices.Clone(tx.Writes), Result: tx.Result}
@@ -285,22 +255,21 @@ func TestTxnMessageTimestamps(t *testing.T) {
 		}
 		cp.SetResults(uint16(tc.c.id))
 		for i := range cp.Messages {
-			if tx.Result.Failed == 0 && (cp.Messages[i].Timestamp != tx.Messages[i].Timestamp || cp.Messages[i].Shard != tx.Messages[i].Shard) {
-				t.Fatalf("SetResults: message %d at %d/%d, want %d/%d", i, cp.Messages[i].Shard, cp.Messages[i].Timestamp, tx.Messages[i].Shard, tx.Messages[i].Timestamp)
+			if tx.Result.Failed == 0 {
+				require.True(t, cp.Messages[i].Timestamp == tx.Messages[i].Timestamp && cp.Messages[i].Shard == tx.Messages[i].Shard,
+					"SetResults: message %d at %d/%d, want %d/%d", i, cp.Messages[i].Shard, cp.Messages[i].Timestamp, tx.Messages[i].Shard, tx.Messages[i].Timestamp)
 			}
 		}
 		for i := range cp.Writes {
-			if tx.Result.Failed == 0 && cp.Writes[i].Version != tx.Writes[i].Version {
-				t.Fatalf("SetResults: write %d version %d, want %d", i, cp.Writes[i].Version, tx.Writes[i].Version)
+			if tx.Result.Failed == 0 {
+				require.Equal(t, tx.Writes[i].Version, cp.Writes[i].Version, "SetResults: write %d version", i)
 			}
 		}
 	}
 	// The next command follows the last Txn message.
 	a, err = tc.apply(t, &Command{Time: 1, Messages: []*message.Message{msg("p/1", "e")}})
-	must(t, err)
-	if a.Timestamps[0] != 2005 {
-		t.Fatalf("next command at %d, want 2005", a.Timestamps[0])
-	}
+	require.NoError(t, err)
+	require.Equal(t, uint64(2005), a.Timestamps[0], "next command timestamp")
 }
 
 // TestTxnAbort: a command whose batch fails (Abort) leaves the record versions, the last
@@ -319,20 +288,18 @@ func TestTxnAbort(t *testing.T) {
 			rec, lv := recordsOf(x.c)
 			state := stateOf(x.c)
 			x.applyAbort(t, junk)
-			if rec2, lv2 := recordsOf(x.c); !maps.Equal(rec, rec2) || lv != lv2 || stateOf(x.c) != state {
-				t.Fatalf("command %d: abort left versions %v last %d, want %v last %d", i, rec2, lv2, rec, lv)
-			}
+			rec2, lv2 := recordsOf(x.c)
+			require.True(t, maps.Equal(rec, rec2) && lv == lv2, "command %d: abort left versions %v last %d, want %v last %d", i, rec2, lv2, rec, lv)
+			require.Equal(t, state, stateOf(x.c), "command %d: state after abort", i)
 		}
 		c1 := &Command{Time: now, Txns: buildTxns(specs)}
 		c2 := &Command{Time: now, Txns: buildTxns(specs)}
 		_, err := x.apply(t, c1)
-		must(t, err)
+		require.NoError(t, err)
 		_, err = y.apply(t, c2)
-		must(t, err)
+		require.NoError(t, err)
 		for j := range c1.Txns {
-			if c1.Txns[j].Result != c2.Txns[j].Result {
-				t.Fatalf("command %d txn %d: %+v vs %+v", i, j, c1.Txns[j].Result, c2.Txns[j].Result)
-			}
+			require.Equal(t, c2.Txns[j].Result, c1.Txns[j].Result, "command %d txn %d", i, j)
 		}
 		if i%20 == 0 {
 			requireSameContents(t, x, y, fmt.Sprintf("after command %d", i))
@@ -341,12 +308,9 @@ func TestTxnAbort(t *testing.T) {
 	requireSameContents(t, x, y, "at the end")
 	x.reopen(t)
 	y.reopen(t)
-	if rx, lx := recordsOf(x.c); true {
-		ry, ly := recordsOf(y.c)
-		if !maps.Equal(rx, ry) || lx != ly || lx == 0 {
-			t.Fatalf("reopened: %v/%d vs %v/%d", rx, lx, ry, ly)
-		}
-	}
+	rx, lx := recordsOf(x.c)
+	ry, ly := recordsOf(y.c)
+	require.True(t, maps.Equal(rx, ry) && lx == ly && lx != 0, "reopened: %v/%d vs %v/%d", rx, lx, ry, ly)
 }
 
 // txnSpec describes a Txn so that identical fresh Txns can be built for several cores.
@@ -436,7 +400,7 @@ func TestReplicaTxns(t *testing.T) {
 		s.dup = len(specs) > 0 && !specs[len(specs)-1].dup && rng.IntN(10) == 0 // retries the previous one
 		if !s.dup {
 			_, err := shadow.apply(t, &Command{Time: s.time, Txns: buildTxns(s.txns)})
-			must(t, err)
+			require.NoError(t, err)
 		}
 		specs = append(specs, s)
 	}
@@ -453,7 +417,7 @@ func TestReplicaTxns(t *testing.T) {
 		if decoded {
 			var err error
 			cmd, err = DecodeCommand(cmd.AppendBinary(nil))
-			must(t, err)
+			require.NoError(t, err)
 		}
 		return Entry{Index: uint64(100 + i), Proposer: p, Seq: seq, Cmd: cmd}
 	}
@@ -464,18 +428,14 @@ func TestReplicaTxns(t *testing.T) {
 		for j := i; j < min(i+17, len(specs)); j++ {
 			es = append(es, build(j, false))
 		}
-		must(t, a.r.ApplyEntries(es))
+		require.NoError(t, a.r.ApplyEntries(es))
 		for _, e := range es {
 			results[0] = append(results[0], e.Result)
 			if e.Result.Duplicate {
-				if e.Result.Txns != nil {
-					t.Fatalf("entry %d: a duplicate has Txn results %+v", e.Index, e.Result.Txns)
-				}
+				require.Nil(t, e.Result.Txns, "entry %d: a duplicate has Txn results", e.Index)
 				continue
 			}
-			if len(e.Result.Txns) != len(e.Cmd.Txns) {
-				t.Fatalf("entry %d: %d Txn results for %d Txns", e.Index, len(e.Result.Txns), len(e.Cmd.Txns))
-			}
+			require.Len(t, e.Result.Txns, len(e.Cmd.Txns), "entry %d: Txn results, one per Txn", e.Index)
 			for _, tx := range e.Cmd.Txns {
 				if tx.Result.Failed == 0 {
 					appliedWrites = append(appliedWrites, tx.Writes...)
@@ -489,7 +449,7 @@ func TestReplicaTxns(t *testing.T) {
 		for j := i; j < min(i+n, len(specs)); j++ {
 			es = append(es, build(j, true))
 		}
-		must(t, b.r.ApplyEntries(es))
+		require.NoError(t, b.r.ApplyEntries(es))
 		for _, e := range es {
 			results[1] = append(results[1], e.Result)
 		}
@@ -501,9 +461,8 @@ func TestReplicaTxns(t *testing.T) {
 	applied, failed := 0, 0
 	for i := range results[0] {
 		x, y := results[0][i], results[1][i]
-		if x.FirstTS != y.FirstTS || x.Duplicate != y.Duplicate || !slices.Equal(x.Txns, y.Txns) || (x.Err == nil) != (y.Err == nil) {
-			t.Fatalf("entry %d: %+v vs %+v", i, x, y)
-		}
+		require.True(t, x.FirstTS == y.FirstTS && x.Duplicate == y.Duplicate && slices.Equal(x.Txns, y.Txns) && (x.Err == nil) == (y.Err == nil),
+			"entry %d: %+v vs %+v", i, x, y)
 		for _, r := range x.Txns {
 			if r.Failed == 0 {
 				applied++
@@ -512,37 +471,25 @@ func TestReplicaTxns(t *testing.T) {
 			}
 		}
 	}
-	if applied < 50 || failed < 20 {
-		t.Fatalf("%d Txns applied, %d failed: the test covers too little", applied, failed)
-	}
+	require.True(t, applied >= 50 && failed >= 20, "%d Txns applied, %d failed: the test covers too little", applied, failed)
 	_, ha := a.contents(t)
 	_, hb := b.contents(t)
-	if ha != hb {
-		t.Fatalf("replica digests differ: %x %x", ha[:8], hb[:8])
-	}
-	if ra, la := recordsOf(a.r.core); true {
-		rb, lb := recordsOf(b.r.core)
-		if !maps.Equal(ra, rb) || la != lb {
-			t.Fatalf("versions differ: %v/%d vs %v/%d", ra, la, rb, lb)
-		}
-		// The model, which skipped the duplicates, agrees.
-		rs, ls := recordsOf(shadow.c)
-		if !maps.Equal(ra, rs) || la != ls {
-			t.Fatalf("versions %v/%d, model %v/%d", ra, la, rs, ls)
-		}
-	}
+	require.True(t, ha == hb, "replica digests differ: %x %x", ha[:8], hb[:8])
+	ra, la := recordsOf(a.r.core)
+	rb, lb := recordsOf(b.r.core)
+	require.True(t, maps.Equal(ra, rb) && la == lb, "versions differ: %v/%d vs %v/%d", ra, la, rb, lb)
+	// The model, which skipped the duplicates, agrees.
+	rs, ls := recordsOf(shadow.c)
+	require.True(t, maps.Equal(ra, rs) && la == ls, "versions %v/%d, model %v/%d", ra, la, rs, ls)
 	mu.Lock()
 	defer mu.Unlock()
-	if len(durable) != len(appliedWrites) {
-		t.Fatalf("OnDurable listed %d record writes, %d applied", len(durable), len(appliedWrites))
-	}
+	require.Len(t, durable, len(appliedWrites), "OnDurable record writes, one per applied write")
 	for i := range durable {
 		x, y := durable[i], appliedWrites[i]
-		if !bytes.Equal(x.Key, y.Key) || !bytes.Equal(x.Value, y.Value) || x.Delete != y.Delete || x.Version != y.Version {
-			t.Fatalf("durable write %d: %+v, want %+v", i, x, y)
-		}
-		if i > 0 && x.Version != 0 && durable[i-1].Version != 0 && x.Version <= durable[i-1].Version {
-			t.Fatalf("durable write %d: version %d after %d", i, x.Version, durable[i-1].Version)
+		require.True(t, bytes.Equal(x.Key, y.Key) && bytes.Equal(x.Value, y.Value) && x.Delete == y.Delete && x.Version == y.Version,
+			"durable write %d: %+v, want %+v", i, x, y)
+		if i > 0 && x.Version != 0 && durable[i-1].Version != 0 {
+			require.Greater(t, x.Version, durable[i-1].Version, "durable write %d: version", i)
 		}
 	}
 }
@@ -555,24 +502,24 @@ func TestReplicaTxnRejected(t *testing.T) {
 		{Index: 1, Cmd: &Command{Time: 10, Txns: []*Txn{{Writes: []RecordWrite{put("k", "v")}, Messages: []*message.Message{msg("bad/#", "x")}}}}},
 		{Index: 2, Cmd: &Command{Time: 11, Txns: []*Txn{{Conds: []Cond{cond("k", 0)}, Writes: []RecordWrite{put("k", "w")}}}}},
 	}
-	must(t, tr.r.ApplyEntries(es))
-	if es[0].Result.Err == nil || es[0].Result.Txns != nil {
-		t.Fatalf("entry 1: %+v", es[0].Result)
-	}
-	if r := es[1].Result; r.Err != nil || len(r.Txns) != 1 || r.Txns[0].Failed != 0 || r.Txns[0].FirstVersion != 1 {
-		t.Fatalf("entry 2: %+v", r)
-	}
+	require.NoError(t, tr.r.ApplyEntries(es))
+	require.Error(t, es[0].Result.Err, "entry 1: %+v", es[0].Result)
+	require.Nil(t, es[0].Result.Txns, "entry 1: %+v", es[0].Result)
+	r := es[1].Result
+	require.NoError(t, r.Err, "entry 2")
+	require.Len(t, r.Txns, 1, "entry 2: %+v", r)
+	require.True(t, r.Txns[0].Failed == 0 && r.Txns[0].FirstVersion == 1, "entry 2: %+v, want applied at version 1", r)
 }
 
 // testShard opens a Shard on an in-memory Pebble.
 func testShard(t *testing.T, fs vfs.FS, onDurable func(Durable)) (*Shard, *pebble.DB) {
 	t.Helper()
 	db, err := pebble.Open("", &pebble.Options{FS: fs, Logger: quietLogger{}})
-	must(t, err)
+	require.NoError(t, err)
 	s, err := Open(Config{ID: 2, DB: db, Layout: testParams, Sync: true, FlushInterval: time.Millisecond,
 		MaxBatchMessages: 1000, MaxBatchBytes: 1 << 20, QueueLength: 64, MaintenanceInterval: time.Hour,
 		Now: time.Now, OnDurable: onDurable, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	must(t, err)
+	require.NoError(t, err)
 	return s, db
 }
 
@@ -653,16 +600,15 @@ func TestShardTxns(t *testing.T) {
 	wg.Wait()
 	close(errc)
 	for err := range errc {
-		t.Fatal(err)
+		require.NoError(t, err)
 	}
 	// A Txn whose condition fails: Wait returns nil, Err says so.
 	tx := &Txn{Conds: []Cond{cond("ctr/0", 1)}, Writes: []RecordWrite{put("ctr/0", "x")}, Messages: []*message.Message{msg("txn/x", "no")}}
 	w, err := s.SubmitTxns(ctx, []*Txn{tx}, 1)
-	must(t, err)
-	must(t, w.Wait())
-	if !errors.Is(tx.Err(), ErrConditionFailed) || tx.Messages[0].Timestamp != 0 {
-		t.Fatalf("failing Txn: %v, message at %d", tx.Err(), tx.Messages[0].Timestamp)
-	}
+	require.NoError(t, err)
+	require.NoError(t, w.Wait())
+	require.ErrorIs(t, tx.Err(), ErrConditionFailed, "failing Txn")
+	require.Zero(t, tx.Messages[0].Timestamp, "failing Txn: message timestamp")
 	// Invalid Txns are refused before they are queued.
 	for _, bad := range []*Txn{
 		{Writes: []RecordWrite{{Key: nil, Value: []byte("v")}}},
@@ -670,58 +616,44 @@ func TestShardTxns(t *testing.T) {
 		{Writes: []RecordWrite{{Key: make([]byte, MaxRecordKey+1)}}},
 		{Conds: []Cond{{}}},
 	} {
-		if _, err := s.SubmitTxns(ctx, []*Txn{bad}, 1); !errors.Is(err, ErrInvalidCommand) {
-			t.Fatalf("invalid Txn %+v: %v", bad, err)
-		}
+		_, err := s.SubmitTxns(ctx, []*Txn{bad}, 1)
+		require.ErrorIs(t, err, ErrInvalidCommand, "invalid Txn %+v", bad)
 	}
 
 	mu.Lock()
-	if len(durRecs) != clients*rounds {
-		t.Fatalf("OnDurable listed %d record writes, want %d", len(durRecs), clients*rounds)
-	}
+	require.Len(t, durRecs, clients*rounds, "OnDurable record writes")
 	for i := 1; i < len(durRecs); i++ {
-		if durRecs[i].Version != durRecs[i-1].Version+1 {
-			t.Fatalf("durable record %d: version %d after %d", i, durRecs[i].Version, durRecs[i-1].Version)
-		}
+		require.Equal(t, durRecs[i-1].Version+1, durRecs[i].Version, "durable record %d: version", i)
 	}
-	if len(durMsgs) != clients*rounds+50 {
-		t.Fatalf("OnDurable listed %d messages, want %d", len(durMsgs), clients*rounds+50)
-	}
+	require.Len(t, durMsgs, clients*rounds+50, "OnDurable messages")
 	for i := 1; i < len(durMsgs); i++ {
-		if durMsgs[i].Timestamp <= durMsgs[i-1].Timestamp {
-			t.Fatalf("OnDurable message %d (%s) at %d after %d (%s)", i, durMsgs[i].Topic, durMsgs[i].Timestamp, durMsgs[i-1].Timestamp, durMsgs[i-1].Topic)
-		}
+		require.Greater(t, durMsgs[i].Timestamp, durMsgs[i-1].Timestamp,
+			"OnDurable message %d (%s) after (%s)", i, durMsgs[i].Topic, durMsgs[i-1].Topic)
 	}
 	lastVersion := durRecs[len(durRecs)-1].Version
 	mu.Unlock()
 
 	scan := func(s *Shard) map[string]string {
 		out := map[string]string{}
-		must(t, s.ScanRecords(ctx, []byte("ctr/"), func(k, v []byte, ver uint64) bool {
+		require.NoError(t, s.ScanRecords(ctx, []byte("ctr/"), func(k, v []byte, ver uint64) bool {
 			out[string(k)] = fmt.Sprintf("%s@%d", v, ver)
 			return true
 		}))
 		return out
 	}
 	before := scan(s)
-	if len(before) != clients {
-		t.Fatalf("scan %v", before)
-	}
-	must(t, s.Close())
-	must(t, db.Close())
+	require.Len(t, before, clients, "scan %v", before)
+	require.NoError(t, s.Close())
+	require.NoError(t, db.Close())
 	s, db = testShard(t, fs, nil)
 	defer db.Close()
 	defer s.Close()
-	if after := scan(s); !maps.Equal(before, after) {
-		t.Fatalf("after reopen %v, want %v", after, before)
-	}
+	require.Equal(t, before, scan(s), "records after reopen")
 	tx = &Txn{Writes: []RecordWrite{put("new", "v")}}
 	w, err = s.SubmitTxns(ctx, []*Txn{tx}, 1)
-	must(t, err)
-	must(t, w.Wait())
-	if tx.Writes[0].Version != lastVersion+1 {
-		t.Fatalf("after reopen: version %d, want %d", tx.Writes[0].Version, lastVersion+1)
-	}
+	require.NoError(t, err)
+	require.NoError(t, w.Wait())
+	require.Equal(t, lastVersion+1, tx.Writes[0].Version, "version after reopen")
 }
 
 // TestRecordReadWaitsForDurability: Record does not return a write whose batch is not yet
@@ -731,16 +663,15 @@ func TestRecordReadWaitsForDurability(t *testing.T) {
 	b := tc.db.NewBatch()
 	tx := &Txn{Writes: []RecordWrite{put("k", "v")}}
 	a, err := tc.c.apply(b, &Command{Time: 1000, Txns: []*Txn{tx}})
-	must(t, err)
-	must(t, b.Commit(pebble.NoSync))
+	require.NoError(t, err)
+	require.NoError(t, b.Commit(pebble.NoSync))
 	pub := a.Commit() // committed, not yet published as durable
 	// A cancelled context: Record returns at once if the write is durable, else with the
 	// context's error.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, _, err := tc.c.Record(ctx, []byte("k")); !errors.Is(err, context.Canceled) {
-		t.Fatalf("Record before durability: %v, want it to wait", err)
-	}
+	_, _, err = tc.c.Record(ctx, []byte("k"))
+	require.ErrorIs(t, err, context.Canceled, "Record before durability: want it to wait")
 	done := make(chan error, 1)
 	go func() {
 		v, ver, err := tc.c.Record(context.Background(), []byte("k"))
@@ -750,6 +681,6 @@ func TestRecordReadWaitsForDurability(t *testing.T) {
 		done <- err
 	}()
 	tc.c.publishDurable(pub)
-	must(t, <-done)
+	require.NoError(t, <-done)
 	b.Close()
 }

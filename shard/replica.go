@@ -3,7 +3,6 @@ package shard
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -123,21 +122,11 @@ func OpenReplica(cfg ReplicaConfig) (*Replica, uint64, error) {
 }
 
 func (r *Replica) loadReplicated() error {
-	v, closer, err := r.db.Get(r.keyAppl)
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
-		return err
-	default:
-		ok := len(v) == 8
-		if ok {
-			r.applied = binary.BigEndian.Uint64(v)
-		}
-		closer.Close()
-		if !ok {
-			return fmt.Errorf("%w: shard %d: applied index of %d bytes", ErrCorruption, r.id, len(v))
-		}
+	applied, err := LoadAppliedIndex(r.db, nil)
+	if err != nil {
+		return fmt.Errorf("shard %d: %w", r.id, err)
 	}
+	r.applied = applied
 	lo := append([]byte(nil), metaProposer...)
 	hi := append([]byte(nil), metaProposer...)
 	hi[len(hi)-1]++ // the end of the 'p' records: every proposer ID, 0xff… included

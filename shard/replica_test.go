@@ -13,6 +13,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // testReplica is a Replica on its own Pebble (in memory, or in a directory) that can be
@@ -38,9 +39,9 @@ func openTestReplica(t testing.TB, fs vfs.FS, dir string) (*testReplica, uint64)
 func (tr *testReplica) open(t testing.TB) uint64 {
 	t.Helper()
 	db, err := pebble.Open(tr.dir, &pebble.Options{FS: tr.fs, Logger: quietLogger{}})
-	must(t, err)
+	require.NoError(t, err)
 	r, applied, err := OpenReplica(ReplicaConfig{ID: 5, DB: db, Layout: testParams, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	must(t, err)
+	require.NoError(t, err)
 	tr.db, tr.r = db, r
 	return applied
 }
@@ -48,7 +49,7 @@ func (tr *testReplica) open(t testing.TB) uint64 {
 func (tr *testReplica) reopen(t testing.TB) uint64 {
 	t.Helper()
 	tr.r.Close()
-	must(t, tr.db.Close())
+	require.NoError(t, tr.db.Close())
 	return tr.open(t)
 }
 
@@ -70,8 +71,8 @@ func readAll(t testing.TB, r *Replica) []string {
 	var out []string
 	for _, s := range r.Streams(topic.Split("#"), 0) {
 		msgs, _, err := r.Read(stream.Iterator{Stream: s, Filter: "#"}, topic.Split("#"), 1<<20, nil)
-		if err != nil && !errors.Is(err, ErrEndOfStream) {
-			t.Fatal(err)
+		if !errors.Is(err, ErrEndOfStream) {
+			require.NoError(t, err)
 		}
 		for _, m := range msgs {
 			out = append(out, fmt.Sprintf("%d %s %s", m.Timestamp, m.Topic, m.Payload))
@@ -99,7 +100,7 @@ func TestReplicaDeterministic(t *testing.T) {
 			if decoded {
 				var err error
 				cmd, err = DecodeCommand(cmd.AppendBinary(nil))
-				must(t, err)
+				require.NoError(t, err)
 			}
 			es = append(es, Entry{Index: uint64(10 + i), Proposer: p, Seq: uint64(i + 1), Floor: uint64(max(i-3, 0)), Cmd: cmd})
 		}
@@ -107,7 +108,7 @@ func TestReplicaDeterministic(t *testing.T) {
 	}
 	apply := func(k int, tr *testReplica, from, to int, decoded bool) {
 		es := entriesFor(from, to, decoded)
-		must(t, tr.r.ApplyEntries(es))
+		require.NoError(t, tr.r.ApplyEntries(es))
 		for _, e := range es {
 			results[k] = append(results[k], e.Result)
 		}
@@ -120,9 +121,7 @@ func TestReplicaDeterministic(t *testing.T) {
 		apply(1, b, i, min(i+n, len(specs)), true)
 		i += n
 		if rng.IntN(4) == 0 {
-			if got := b.reopen(t); got != uint64(10+min(i, len(specs))-1) {
-				t.Fatalf("reopened applied index %d, want %d", got, 10+min(i, len(specs))-1)
-			}
+			require.Equal(t, uint64(10+min(i, len(specs))-1), b.reopen(t), "reopened applied index")
 		}
 	}
 	for i := range specs {
@@ -131,27 +130,22 @@ func TestReplicaDeterministic(t *testing.T) {
 	_, ha := a.contents(t)
 	_, hb := b.contents(t)
 	_, hc := c.contents(t)
-	if ha != hb || ha != hc {
-		t.Fatalf("replica digests differ: %x %x %x", ha[:8], hb[:8], hc[:8])
-	}
+	require.True(t, ha == hb && ha == hc, "replica digests differ: %x %x %x", ha[:8], hb[:8], hc[:8])
 	rejected := 0
 	for i := range results[0] {
 		for k := 1; k < 3; k++ {
 			x, y := results[0][i], results[k][i]
-			if x.FirstTS != y.FirstTS || x.Duplicate != y.Duplicate || (x.Err == nil) != (y.Err == nil) {
-				t.Fatalf("entry %d: results differ: %+v vs %+v", i, x, y)
-			}
+			require.True(t, x.FirstTS == y.FirstTS && x.Duplicate == y.Duplicate && (x.Err == nil) == (y.Err == nil),
+				"entry %d: results differ: %+v vs %+v", i, x, y)
 		}
 		if results[0][i].Err != nil {
 			rejected++
 		}
 	}
-	if rejected == 0 {
-		t.Fatal("no command was rejected: the test does not cover rejections")
-	}
-	if got, want := readAll(t, a.r), readAll(t, c.r); fmt.Sprint(got) != fmt.Sprint(want) || len(got) == 0 {
-		t.Fatalf("reads differ (%d vs %d messages)", len(got), len(want))
-	}
+	require.NotZero(t, rejected, "no command was rejected: the test does not cover rejections")
+	got, want := readAll(t, a.r), readAll(t, c.r)
+	require.NotEmpty(t, got, "reads")
+	require.Equal(t, fmt.Sprint(want), fmt.Sprint(got), "reads differ (%d vs %d messages)", len(got), len(want))
 }
 
 // TestReplicaDeduplicates: a proposal retried after a timeout and committed twice is applied
@@ -160,9 +154,7 @@ func TestReplicaDeterministic(t *testing.T) {
 // with the same numbers is not confused with the first.
 func TestReplicaDeduplicates(t *testing.T) {
 	tr, applied := openTestReplica(t, vfs.Default, t.TempDir())
-	if applied != 0 {
-		t.Fatalf("new replica applied index %d", applied)
-	}
+	require.Zero(t, applied, "new replica applied index")
 	var p1, p2 ProposerID
 	p1[0], p2[0] = 1, 2
 	idx := uint64(0)
@@ -173,16 +165,12 @@ func TestReplicaDeduplicates(t *testing.T) {
 		storeEntry(next(), p1, 1, 0, 1000, "a/d"),
 		storeEntry(next(), p1, 2, 0, 1000, "a/b", "a/c"), // the retry of 2 committed too
 	}
-	must(t, tr.r.ApplyEntries(es))
-	if es[0].Result.Duplicate || es[1].Result.Duplicate || !es[2].Result.Duplicate {
-		t.Fatalf("results %+v", es)
-	}
-	if es[2].Result.FirstTS != es[0].Result.FirstTS || es[0].Result.FirstTS == 0 {
-		t.Fatalf("duplicate reports ts %d, original %d", es[2].Result.FirstTS, es[0].Result.FirstTS)
-	}
-	if got := tr.reopen(t); got != idx {
-		t.Fatalf("applied index after reopen %d, want %d", got, idx)
-	}
+	require.NoError(t, tr.r.ApplyEntries(es))
+	require.True(t, !es[0].Result.Duplicate && !es[1].Result.Duplicate && es[2].Result.Duplicate,
+		"results %+v, want only the third a duplicate", es)
+	require.NotZero(t, es[0].Result.FirstTS, "original ts")
+	require.Equal(t, es[0].Result.FirstTS, es[2].Result.FirstTS, "duplicate reports ts, as the original")
+	require.Equal(t, idx, tr.reopen(t), "applied index after reopen")
 	es = []Entry{
 		storeEntry(next(), p1, 1, 0, 2000, "a/d"),         // still remembered after the reopen
 		storeEntry(next(), p2, 1, 0, 2000, "b/x"),         // another proposer, same number
@@ -197,20 +185,14 @@ func TestReplicaDeduplicates(t *testing.T) {
 		storeEntry(next(), ProposerID{}, 0, 0, 2000, "z"), // no de-duplication: always applied
 		storeEntry(next(), ProposerID{}, 0, 0, 2000, "z"),
 	}
-	must(t, tr.r.ApplyEntries(es))
+	require.NoError(t, tr.r.ApplyEntries(es))
 	wantDup := []bool{true, false, false, true, true, false, false, true, true, false, false, false}
 	for i, e := range es {
-		if e.Result.Duplicate != wantDup[i] {
-			t.Errorf("entry %d (seq %d): duplicate %v, want %v", i, e.Seq, e.Result.Duplicate, wantDup[i])
-		}
+		require.Equal(t, wantDup[i], e.Result.Duplicate, "entry %d (seq %d): duplicate", i, e.Seq)
 	}
-	if es[3].Result.FirstTS != 0 {
-		t.Errorf("a refused sequence at the floor reports ts %d", es[3].Result.FirstTS)
-	}
+	require.Zero(t, es[3].Result.FirstTS, "a refused sequence at the floor reports a ts")
 	got := readAll(t, tr.r)
-	if len(got) != 11 {
-		t.Fatalf("stored %d messages, want 11 (a/b a/c a/d b/x a/e a/f a/g a/h b/y z z): %q", len(got), got)
-	}
+	require.Len(t, got, 11, "stored messages, want a/b a/c a/d b/x a/e a/f a/g a/h b/y z z")
 }
 
 // TestReplicaConditionsAndRejections: IfCurrent skips a stale rotation; a drop of the current
@@ -227,32 +209,20 @@ func TestReplicaConditionsAndRejections(t *testing.T) {
 		{Index: 5, Cmd: &Command{Time: 12, Drop: []stream.GenerationID{1, 1}}}, // twice
 		{Index: 6, Cmd: &Command{Time: 13, Messages: []*message.Message{{Topic: "ok"}, {Topic: "bad/#"}}}},
 	}
-	must(t, tr.r.ApplyEntries(es))
-	if es[0].Result.Skipped || !es[1].Result.Skipped {
-		t.Fatalf("IfCurrent: %+v %+v", es[0].Result, es[1].Result)
-	}
+	require.NoError(t, tr.r.ApplyEntries(es))
+	require.False(t, es[0].Result.Skipped, "IfCurrent: %+v %+v", es[0].Result, es[1].Result)
+	require.True(t, es[1].Result.Skipped, "IfCurrent: %+v %+v", es[0].Result, es[1].Result)
 	for i, want := range []error{ErrCurrentGeneration, ErrGenerationNotFound, ErrGenerationNotFound, topic.ErrInvalidTopic} {
-		if !errors.Is(es[2+i].Result.Err, want) {
-			t.Errorf("entry %d: %v, want %v", 2+i, es[2+i].Result.Err, want)
-		}
+		require.ErrorIs(t, es[2+i].Result.Err, want, "entry %d", 2+i)
 	}
-	if g := tr.r.Generations(); len(g) != 2 || g[0].Since != 10 {
-		t.Fatalf("generations %+v, want 2, the first starting at the first command's time (10), not 1", g)
-	}
-	if msgs := readAll(t, tr.r); len(msgs) != 0 {
-		t.Fatalf("a refused command stored %q", msgs)
-	}
-	if tr.r.AppliedIndex() != 6 {
-		t.Fatalf("applied %d", tr.r.AppliedIndex())
-	}
-	must(t, tr.r.ApplyEntries([]Entry{{Index: 7, Cmd: &Command{Time: 20, Drop: []stream.GenerationID{1}}}}))
+	g := tr.r.Generations()
+	require.True(t, len(g) == 2 && g[0].Since == 10, "generations %+v, want 2, the first starting at the first command's time (10), not 1", g)
+	require.Empty(t, readAll(t, tr.r), "a refused command stored messages")
+	require.Equal(t, uint64(6), tr.r.AppliedIndex(), "applied index")
+	require.NoError(t, tr.r.ApplyEntries([]Entry{{Index: 7, Cmd: &Command{Time: 20, Drop: []stream.GenerationID{1}}}}))
 	_, after := tr.contents(t)
-	if before == after {
-		t.Fatal("contents unchanged")
-	}
-	if err := tr.r.ApplyEntries([]Entry{{Index: 7, Cmd: &Command{}}}); err == nil {
-		t.Fatal("an entry at an index already applied was accepted")
-	}
+	require.NotEqual(t, before, after, "contents unchanged")
+	require.Error(t, tr.r.ApplyEntries([]Entry{{Index: 7, Cmd: &Command{}}}), "an entry at an index already applied was accepted")
 }
 
 // TestReplicaForgetsSilentProposers: a proposer unseen for dedupExpiry entries is forgotten, on
@@ -261,29 +231,22 @@ func TestReplicaForgetsSilentProposers(t *testing.T) {
 	tr, _ := openTestReplica(t, vfs.NewMem(), "")
 	var p1, p2 ProposerID
 	p1[0], p2[0] = 1, 2
-	must(t, tr.r.ApplyEntries([]Entry{storeEntry(1, p1, 1, 0, 10, "a"), storeEntry(2, p2, 1, 0, 10, "b")}))
-	must(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+1, p2, 2, 1, 10, "b")}))
-	if len(tr.r.dedup) != 2 {
-		t.Fatalf("%d proposers, want 2 (p1 was seen at index 1, expiry is %d)", len(tr.r.dedup), dedupExpiry)
-	}
-	must(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck-1, p2, 3, 2, 10, "b")}))
-	if len(tr.r.dedup) != 2 {
-		t.Fatal("p1 forgotten between check indexes: replicas that cut runs differently would disagree")
-	}
-	must(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck, p2, 4, 3, 10, "b")}))
-	if _, ok := tr.r.dedup[p1]; ok || len(tr.r.dedup) != 1 {
-		t.Fatalf("p1 not forgotten: %v", tr.r.dedup)
-	}
+	require.NoError(t, tr.r.ApplyEntries([]Entry{storeEntry(1, p1, 1, 0, 10, "a"), storeEntry(2, p2, 1, 0, 10, "b")}))
+	require.NoError(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+1, p2, 2, 1, 10, "b")}))
+	require.Len(t, tr.r.dedup, 2, "proposers (p1 was seen at index 1, expiry is %d)", dedupExpiry)
+	require.NoError(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck-1, p2, 3, 2, 10, "b")}))
+	require.Len(t, tr.r.dedup, 2, "p1 forgotten between check indexes: replicas that cut runs differently would disagree")
+	require.NoError(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck, p2, 4, 3, 10, "b")}))
+	_, ok := tr.r.dedup[p1]
+	require.True(t, !ok && len(tr.r.dedup) == 1, "p1 not forgotten: %v", tr.r.dedup)
 	tr.reopen(t)
-	if _, ok := tr.r.dedup[p1]; ok || len(tr.r.dedup) != 1 {
-		t.Fatal("p1's record survived a reopen")
-	}
+	_, ok = tr.r.dedup[p1]
+	require.True(t, !ok && len(tr.r.dedup) == 1, "p1's record survived a reopen")
 	// A proposer ID starting with 0xff (a site ID's first byte is random) is reloaded too.
 	var pff ProposerID
 	pff[0], pff[15] = 0xff, 0xff
-	must(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck+1, pff, 1, 0, 10, "c")}))
+	require.NoError(t, tr.r.ApplyEntries([]Entry{storeEntry(dedupExpiry+dedupExpiryCheck+1, pff, 1, 0, 10, "c")}))
 	tr.reopen(t)
-	if _, ok := tr.r.dedup[pff]; !ok {
-		t.Fatal("the record of proposer ff…ff was not reloaded")
-	}
+	_, ok = tr.r.dedup[pff]
+	require.True(t, ok, "the record of proposer ff…ff was not reloaded")
 }

@@ -60,13 +60,7 @@ type state struct {
 }
 
 // countKey returns the key of a generation's message count.
-func (c *core) countKey(gen stream.GenerationID) []byte {
-	return binary.BigEndian.AppendUint32(append(append([]byte(nil), c.prefix...), metaCount...), uint32(gen))
-}
-
-// CountKeyPrefix is the prefix, inside a shard's prefix, of the generations' message counts;
-// the generation ID (u32 big-endian) follows, the value is a u64 big-endian (for ds-info).
-func CountKeyPrefix() []byte { return append([]byte(nil), metaCount...) }
+func (c *core) countKey(gen stream.GenerationID) []byte { return countKey(c.prefix, gen) }
 
 // view is what readers see: an immutable state and the exclusive upper bound of durable
 // timestamps.
@@ -110,71 +104,32 @@ func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Para
 	return c
 }
 
-// load reads the shard's state from Pebble. found is false for a shard never written.
+// load reads the shard's state from Pebble (LoadStored). found is false for a shard never
+// written.
 func (c *core) load() (found bool, err error) {
-	v, closer, err := c.db.Get(c.keyTable)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return false, nil
+	stored, err := LoadStored(c.db, c.id, c.prefix)
+	if err != nil || !stored.Found {
+		return stored.Found, err
 	}
-	if err != nil {
-		return false, err
-	}
-	table, err := generation.Decode(v)
-	closer.Close()
-	if err != nil {
-		return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
-	}
-	st := &state{table: table, gens: map[stream.GenerationID]layout.Generation{}, counts: map[stream.GenerationID]*atomic.Uint64{}}
-	for _, g := range table.Gens {
-		l, err := layout.Load(c.db, g.Layout, c.prefix, g.ID)
+	st := &state{table: stored.Table, gens: stored.Layouts, counts: map[stream.GenerationID]*atomic.Uint64{}}
+	for _, g := range stored.Table.Gens {
+		n, counted, err := LoadMessageCount(c.db, c.prefix, g.ID)
 		if err != nil {
-			return true, fmt.Errorf("%w: shard %d: %w", ErrCorruption, c.id, err)
+			return true, fmt.Errorf("shard %d: %w", c.id, err)
 		}
-		st.gens[g.ID] = l
-		n, err := c.loadCount(g.ID)
-		if err != nil {
-			return true, err
+		st.counts[g.ID] = nil // unknown: created before counts existed (invariant 5)
+		if counted {
+			st.counts[g.ID] = new(atomic.Uint64)
+			st.counts[g.ID].Store(n)
 		}
-		st.counts[g.ID] = n
 	}
-	v, closer, err = c.db.Get(c.keyLast)
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		c.lastTS = table.Current().Since - 1
-	case err != nil:
-		return true, err
-	case len(v) != 8:
-		closer.Close()
-		return true, fmt.Errorf("%w: shard %d: last timestamp of %d bytes", ErrCorruption, c.id, len(v))
-	default:
-		c.lastTS = binary.BigEndian.Uint64(v)
-		closer.Close()
-	}
+	c.lastTS = stored.LastTS
 	if err := c.loadRecords(); err != nil {
 		return true, err
 	}
 	c.st = st
 	c.publish(c.st, c.lastTS+1)
 	return true, nil
-}
-
-// loadCount reads a generation's message count; nil for a generation created before counts
-// existed (no key).
-func (c *core) loadCount(gen stream.GenerationID) (*atomic.Uint64, error) {
-	n := new(atomic.Uint64)
-	v, closer, err := c.db.Get(c.countKey(gen))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		return nil, nil
-	case err != nil:
-		return nil, err
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return nil, fmt.Errorf("%w: shard %d: generation %d: message count of %d bytes", ErrCorruption, c.id, gen, len(v))
-	}
-	n.Store(binary.BigEndian.Uint64(v))
-	return n, nil
 }
 
 // create initialises a new shard with its first generation starting at since.

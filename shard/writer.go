@@ -38,6 +38,10 @@ type Config struct {
 	// calls are woken; it must return quickly (it delays them). May be nil.
 	OnDurable func(Durable)
 	Logger    *slog.Logger
+
+	// commit and syncWait are a group commit's calls to Pebble (see pebbleCommit); tests set
+	// them to inject blocking and failures, Open defaults them.
+	commit, syncWait func(*pebble.Batch) error
 }
 
 type requestKind uint8
@@ -107,6 +111,12 @@ func Open(cfg Config) (*Shard, error) {
 		if err := c.create(uint64(max(cfg.Now().UnixMicro(), 1)), cfg.Sync); err != nil {
 			return nil, fmt.Errorf("shard %d: create: %w", cfg.ID, err)
 		}
+	}
+	if cfg.commit == nil {
+		cfg.commit = pebbleCommit(cfg.DB, cfg.Sync)
+	}
+	if cfg.syncWait == nil {
+		cfg.syncWait = pebbleSyncWait(cfg.Sync)
 	}
 	s := &Shard{
 		cfg:     cfg,
@@ -392,19 +402,7 @@ func (s *Shard) handle(reqs []*request) {
 		}
 		return
 	}
-	var err2 error
-	if s.cfg.Sync {
-		// The WAL fsync completes in the syncer, while this goroutine builds the next batch.
-		// On error the batch is left to the garbage collector: Pebble forbids closing a batch
-		// given to ApplyNoSyncWait before its SyncWait, which may never come.
-		err2 = s.cfg.DB.ApplyNoSyncWait(b, pebble.Sync)
-	} else {
-		err2 = b.Commit(pebble.NoSync)
-		if err2 != nil {
-			b.Close()
-		}
-	}
-	if err2 != nil {
+	if err2 := s.cfg.commit(b); err2 != nil {
 		a.Abort()
 		finish(err2)
 		return
@@ -424,16 +422,38 @@ func (s *Shard) handle(reqs []*request) {
 	s.synced <- f
 }
 
+// pebbleCommit returns the commit of a batch to db. With sync, the WAL fsync completes in the
+// syncer (pebbleSyncWait), while the writer builds the next batch; on error the batch is left
+// to the garbage collector: Pebble forbids closing a batch given to ApplyNoSyncWait before its
+// SyncWait, which may never come. Without, a failed batch is closed.
+func pebbleCommit(db *pebble.DB, sync bool) func(*pebble.Batch) error {
+	if sync {
+		return func(b *pebble.Batch) error { return db.ApplyNoSyncWait(b, pebble.Sync) }
+	}
+	return func(b *pebble.Batch) error {
+		err := b.Commit(pebble.NoSync)
+		if err != nil {
+			b.Close()
+		}
+		return err
+	}
+}
+
+// pebbleSyncWait returns the wait for the WAL sync of a batch pebbleCommit committed.
+func pebbleSyncWait(sync bool) func(*pebble.Batch) error {
+	if sync {
+		return (*pebble.Batch).SyncWait
+	}
+	return func(*pebble.Batch) error { return nil }
+}
+
 // runSyncer waits for each committed batch's WAL sync in commit order, publishes the new view
 // and wakes the batch's callers. The writer meanwhile builds the next batch, so a commit round's
 // fsync overlaps the next round's work.
 func (s *Shard) runSyncer() {
 	defer s.wg.Done()
 	for f := range s.synced {
-		var err error
-		if s.cfg.Sync {
-			err = f.batch.SyncWait()
-		}
+		err := s.cfg.syncWait(f.batch)
 		f.batch.Close()
 		if err != nil {
 			s.fail(err)

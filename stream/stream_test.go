@@ -5,19 +5,18 @@ import (
 	"encoding"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 var rewrite = flag.Bool("rewrite", false, "rewrite the golden files in testdata/ from the current encoder")
@@ -31,38 +30,22 @@ var (
 	_ encoding.BinaryUnmarshaler = (*stream.Iterator)(nil)
 )
 
-// The tests use the standard library only: testify's assert package pulls in
-// a YAML module, and this leaf package needs no dependencies.
-
 // equal fails the test unless want and got are deeply equal. ctx, if any, is
 // a format string and its arguments.
 func equal(t testing.TB, want, got any, ctx ...any) {
 	t.Helper()
-	if !reflect.DeepEqual(want, got) {
-		t.Fatalf("%s\nwant: %+v\n got: %+v", describe(ctx), want, got)
-	}
-}
-
-func describe(ctx []any) string {
-	if len(ctx) == 0 {
-		return "not equal"
-	}
-	return fmt.Sprintf(ctx[0].(string), ctx[1:]...)
+	require.Equal(t, want, got, ctx...)
 }
 
 func noErr(t testing.TB, err error) {
 	t.Helper()
-	if err != nil {
-		t.Fatalf("unexpected error: %v", err)
-	}
+	require.NoError(t, err, "unexpected error")
 }
 
 // isInvalid fails the test unless err wraps ErrInvalid.
 func isInvalid(t testing.TB, err error, ctx ...any) {
 	t.Helper()
-	if !errors.Is(err, stream.ErrInvalid) {
-		t.Fatalf("%s: error %v does not wrap ErrInvalid", describe(ctx), err)
-	}
+	require.ErrorIs(t, err, stream.ErrInvalid, ctx...)
 }
 
 var (
@@ -231,9 +214,8 @@ func TestGolden(t *testing.T) {
 			// Both directions: today's encoder must produce the pinned
 			// bytes, and today's decoder must read them, because these bytes
 			// are already stored in brokers' sessions.
-			if !bytes.Equal(golden, enc) {
-				t.Fatalf("encoding changed; a format change needs a new version (or -rewrite if intended)\ngolden: %x\n   now: %x", golden, enc)
-			}
+			require.True(t, bytes.Equal(golden, enc),
+				"encoding changed; a format change needs a new version (or -rewrite if intended)\ngolden: %x\n   now: %x", golden, enc)
 			noErr(t, tc.into.UnmarshalBinary(golden))
 			equal(t, tc.want, tc.into)
 		})
@@ -496,9 +478,7 @@ func TestEncodingOrder(t *testing.T) {
 		}
 		if a.Less(b) {
 			ea, eb := mustMarshal(t, a), mustMarshal(t, b)
-			if bytes.Compare(ea, eb) >= 0 {
-				t.Fatalf("%v < %v but %x >= %x", a, b, ea, eb)
-			}
+			require.Negative(t, bytes.Compare(ea, eb), "%v < %v but %x >= %x", a, b, ea, eb)
 		}
 	}
 }
@@ -536,21 +516,13 @@ func checkUnmarshal[T any, P interface {
 		orig := slices.Clone(in)
 		var v T
 		if err := P(&v).UnmarshalBinary(in); err != nil {
-			if !errors.Is(err, stream.ErrInvalid) {
-				t.Fatalf("error does not wrap ErrInvalid: %v", err)
-			}
+			require.ErrorIs(t, err, stream.ErrInvalid)
 			continue
 		}
-		if !bytes.Equal(orig, in) {
-			t.Fatal("UnmarshalBinary modified its input")
-		}
+		require.True(t, bytes.Equal(orig, in), "UnmarshalBinary modified its input")
 		out, err := P(&v).MarshalBinary()
-		if err != nil {
-			t.Fatalf("re-marshalling %+v: %v", v, err)
-		}
-		if !bytes.Equal(out, in) {
-			t.Fatalf("re-marshalling changed the bytes:\n in %x\nout %x", in, out)
-		}
+		require.NoError(t, err, "re-marshalling %+v", v)
+		require.True(t, bytes.Equal(out, in), "re-marshalling changed the bytes:\n in %x\nout %x", in, out)
 	}
 }
 
@@ -600,14 +572,10 @@ func FuzzMarshalIterator(f *testing.F) {
 		b, err := it.MarshalBinary()
 		if err != nil {
 			isInvalid(t, err)
-			if encodable {
-				t.Fatalf("marshalling encodable %+v: %v", it, err)
-			}
+			require.False(t, encodable, "marshalling encodable %+v: %v", it, err)
 			return
 		}
-		if !encodable {
-			t.Fatalf("marshalled unencodable %+v", it)
-		}
+		require.True(t, encodable, "marshalled unencodable %+v", it)
 		var got stream.Iterator
 		noErr(t, got.UnmarshalBinary(b))
 		equal(t, it, got)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +12,7 @@ import (
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/stretchr/testify/require"
 )
 
 // TestClusterCommand: ds-info cluster against a running three-site cluster names every
@@ -26,9 +26,7 @@ func TestClusterCommand(t *testing.T) {
 	urls := make([]string, 3)
 	for i, s := range sites {
 		h, err := s.AdminHandler()
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		srv := httptest.NewServer(h)
 		t.Cleanup(srv.Close)
 		urls[i] = srv.URL
@@ -36,17 +34,13 @@ func TestClusterCommand(t *testing.T) {
 	cluster := func(i int) (raftgroup.ClusterView, string) {
 		t.Helper()
 		var out, errOut bytes.Buffer
-		if code := run([]string{"-url", urls[i], "cluster", "-json"}, &out, &errOut); code != exitOK {
-			t.Fatalf("cluster -json on site %d: exit %d: %s", i, code, errOut.String())
-		}
+		code := run([]string{"-url", urls[i], "cluster", "-json"}, &out, &errOut)
+		require.Equal(t, exitOK, code, "cluster -json on site %d: exit %d: %s", i, code, errOut.String())
 		var v raftgroup.ClusterView
-		if err := json.Unmarshal(out.Bytes(), &v); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, json.Unmarshal(out.Bytes(), &v))
 		out.Reset()
-		if code := run([]string{"cluster", "-url", urls[i]}, &out, &errOut); code != exitOK {
-			t.Fatalf("cluster on site %d: exit %d: %s", i, code, errOut.String())
-		}
+		code = run([]string{"cluster", "-url", urls[i]}, &out, &errOut)
+		require.Equal(t, exitOK, code, "cluster on site %d: exit %d: %s", i, code, errOut.String())
 		return v, out.String()
 	}
 	shard0Leader := func(v raftgroup.ClusterView) int {
@@ -100,9 +94,7 @@ func TestClusterCommand(t *testing.T) {
 			}
 		}
 	}
-	if victim < 0 {
-		t.Fatalf("no site holds slot %d", before)
-	}
+	require.GreaterOrEqual(t, victim, 0, "no site holds slot %d", before)
 	sites[victim].Close()
 	other := (victim + 1) % 3
 	testutil.Eventually(t, 20*time.Second, "ds-info shows a new leader of shard 0", func() error {
@@ -122,9 +114,9 @@ func TestClusterCommand(t *testing.T) {
 	})
 	// info sums it up: one site down, no shard without a leader.
 	code, text, stderr := runCmd(t, "info", "-url", urls[other])
-	if code != exitOK || !strings.Contains(text, "3: 2 up, 1 down, 0 lost, 0 left (not up: slots ["+fmt.Sprint(before)+"])") ||
-		!regexp.MustCompile(`leaderless shards +none`).MatchString(text) ||
-		!regexp.MustCompile(`storage +replicated site`).MatchString(text) || regexp.MustCompile(`disk bytes +0\n`).MatchString(text) {
-		t.Errorf("info: exit %d, %s\n%s", code, stderr, text)
-	}
+	require.Equal(t, exitOK, code, "info: exit %d, %s\n%s", code, stderr, text)
+	require.Contains(t, text, "3: 2 up, 1 down, 0 lost, 0 left (not up: slots ["+fmt.Sprint(before)+"])", "info: exit %d, %s\n%s", code, stderr, text)
+	require.Regexp(t, `leaderless shards +none`, text, "info: exit %d, %s\n%s", code, stderr, text)
+	require.Regexp(t, `storage +replicated site`, text, "info: exit %d, %s\n%s", code, stderr, text)
+	require.NotRegexp(t, `disk bytes +0\n`, text, "info: exit %d, %s\n%s", code, stderr, text)
 }

@@ -17,7 +17,7 @@
 //	ds-info -url URL <command> [flags]                 info, shards, generations, streams, trie, messages,
 //	                                                  sessions
 //	                                                  of a running node, through its admin handler
-//	                                                  (ds.AdminHandler, raftgroup.Site.AdminHandler)
+//	                                                  (inspect.Handler, raftgroup.Site.AdminHandler)
 //	ds-info cluster     -url URL                      a replicated site's view: sites and their health,
 //	                                                  every group's leader, Raft indexes, transitions
 //
@@ -36,7 +36,7 @@
 // replicas' applied indexes and de-duplication records.
 //
 // The directory is never modified: ds-info opens Pebble read-only (the WAL is replayed in
-// memory) through ds.Inspect, whose filesystem refuses every write, and starts no shard
+// memory) through inspect.Open, whose filesystem refuses every write, and starts no shard
 // writer, so no rotation or retention runs. It takes Pebble's directory lock, so it cannot
 // inspect a directory that a running node holds: it says so and exits 2 (stop the node, or,
 // use -url with the node's admin endpoint).
@@ -56,6 +56,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/strata-mq/strata/inspect"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
@@ -77,9 +79,9 @@ const usage = `usage: ds-info <command> -dir DIR [flags]
        ds-info [-url URL] <command> [-url URL] [flags]
 
 -dir reads a data directory that no process holds, embedded or a replicated site's (it
-has a SITE file); -url reads a running node's admin handler (ds.AdminHandler), e.g.
+has a SITE file); -url reads a running node's admin handler (inspect.Handler), e.g.
 -url http://host:port/strata. check needs -dir. messages and sessions read payloads, which a
-node serves only when its operator turned them on (ds.AdminPayloads), usually behind a token:
+node serves only when its operator turned them on (inspect.WithPayloads), usually behind a token:
 ds-info sends $STRATA_ADMIN_TOKEN as a bearer token.
 
 commands:
@@ -214,7 +216,7 @@ func clean(msg string) string {
 }
 
 // open opens the directory read-only: a replicated site's directory (it has a SITE file)
-// through raftgroup.Inspect, else an embedded one through ds.Inspect. site is set for the
+// through raftgroup.Inspect, else an embedded one through inspect.Open. site is set for the
 // former. On failure it prints why and returns the exit status.
 func (c *command) open() (in dirInspector, site *raftgroup.SiteInspector, code int) {
 	var err error
@@ -224,8 +226,8 @@ func (c *command) open() (in dirInspector, site *raftgroup.SiteInspector, code i
 			return site, site, exitOK
 		}
 	} else {
-		var emb *ds.Inspector
-		emb, err = ds.Inspect(c.dir)
+		var emb *inspect.Inspector
+		emb, err = inspect.Open(c.dir)
 		if err == nil {
 			return emb, nil, exitOK
 		}
@@ -237,7 +239,7 @@ func (c *command) open() (in dirInspector, site *raftgroup.SiteInspector, code i
 func (c *command) openFailed(err error) int {
 	site := raftgroup.IsSiteDir(c.dir)
 	switch {
-	case errors.Is(err, ds.ErrInUse):
+	case errors.Is(err, inspect.ErrInUse):
 		c.errorf("%s is in use by another process (lock held): stop it or use the admin endpoint\n  (%v)", c.dir, err)
 		return exitUsage
 	case isCorruption(err):
@@ -431,7 +433,7 @@ func (c *command) generations(args []string) int {
 	if !c.parse(args) {
 		return exitUsage
 	}
-	return show(c, source.generations, func(rows []ds.GenerationView) {
+	return show(c, source.generations, func(rows []inspect.GenerationView) {
 		tw := c.table()
 		fmt.Fprintln(tw, "SHARD\tGEN\tSINCE\tUNTIL\tSTATE\tLAYOUT\tSTREAMS\tMESSAGES\tDISK BYTES")
 		for _, r := range rows {
@@ -455,14 +457,14 @@ func (c *command) streams(args []string) int {
 	if !c.parse(args) {
 		return exitUsage
 	}
-	get := func(src source) ([]ds.StreamView, error) {
+	get := func(src source) ([]inspect.StreamView, error) {
 		rows, err := src.streams(*filter)
 		if rows == nil {
-			rows = []ds.StreamView{}
+			rows = []inspect.StreamView{}
 		}
 		return rows, err
 	}
-	return show(c, get, func(rows []ds.StreamView) {
+	return show(c, get, func(rows []inspect.StreamView) {
 		tw := c.table()
 		fmt.Fprintln(tw, "SHARD\tGEN\tKEY\tLAYOUT\tPATTERN")
 		for _, r := range rows {
@@ -524,14 +526,14 @@ func (c *command) messages(args []string) int {
 		c.errorf("-limit %d is negative", *limit)
 		return exitUsage
 	}
-	get := func(src source) ([]ds.MessageView, error) {
+	get := func(src source) ([]inspect.MessageView, error) {
 		rows, err := src.messages(*filter, since, *limit)
 		if rows == nil {
-			rows = []ds.MessageView{}
+			rows = []inspect.MessageView{}
 		}
 		return rows, err
 	}
-	return show(c, get, func(rows []ds.MessageView) {
+	return show(c, get, func(rows []inspect.MessageView) {
 		tw := c.table()
 		fmt.Fprintln(tw, "SHARD\tTIMESTAMP\tCLIENT\tQOS\tTOPIC\tPAYLOAD")
 		for _, r := range rows {
@@ -545,12 +547,12 @@ func (c *command) messages(args []string) int {
 	})
 }
 
-// payloadText shows a payload safely (ds.PayloadPreview).
-func payloadText(p []byte) string { return ds.PayloadPreview(p) }
+// payloadText shows a payload safely (inspect.PayloadPreview).
+func payloadText(p []byte) string { return inspect.PayloadPreview(p) }
 
 // escape returns b with printable UTF-8 as is and every other byte as \xNN, a backslash
-// doubled (ds.EscapeBytes).
-func escape(b []byte) string { return ds.EscapeBytes(b) }
+// doubled (inspect.EscapeBytes).
+func escape(b []byte) string { return inspect.EscapeBytes(b) }
 
 func (c *command) check(args []string) int {
 	fs := c.flags()

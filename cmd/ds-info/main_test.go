@@ -17,13 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-mq/strata/inspect"
+
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/pebbleopts"
-	"github.com/strata-mq/strata/shard"
+	"github.com/stretchr/testify/require"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+var rewrite = flag.Bool("rewrite", false, "rewrite the golden files in testdata/")
 
 // t0 is the fixed clock of the test DBs.
 var t0 = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -60,15 +62,12 @@ func buildDB(t *testing.T, flush bool) string {
 		WildcardThresholds: []int{100, 3},
 		Expert:             ds.ExpertOptions{Now: clk.Now, MemTableBytes: 8 << 20, CacheBytes: 1 << 20},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	store := func(m ds.Message) {
 		t.Helper()
-		if _, err := db.Store(ctx, m); err != nil {
-			t.Fatal(err)
-		}
+		_, err := db.Store(ctx, m)
+		require.NoError(t, err)
 	}
 	clk.Set(t0.Add(time.Second))
 	for room := 1; room <= 5; room++ {
@@ -79,9 +78,7 @@ func buildDB(t *testing.T, flush bool) string {
 	store(ds.Message{ClientID: "cam-1", QoS: 2, Topic: "camera/1/frame", Payload: []byte{0, 1, 2, 0xff, '\n', '\t', 'A', '\\'}})
 
 	clk.Set(t0.Add(time.Minute))
-	if err := db.AddGeneration(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, db.AddGeneration(ctx))
 	clk.Set(t0.Add(time.Minute + time.Second))
 	long := bytes.Repeat([]byte("0123456789"), 30) // 300 bytes: a blob value once flushed
 	store(ds.Message{ClientID: "cam-1", QoS: 1, Topic: "camera/1/frame", Payload: long})
@@ -90,21 +87,13 @@ func buildDB(t *testing.T, flush bool) string {
 			Topic: fmt.Sprintf("building/1/room/%d/temp", room), Payload: bytes.Repeat([]byte{'x'}, 260+room)})
 	}
 	store(ds.Message{ClientID: "sensor-1", Topic: "building/2/hall", Payload: []byte("ctl\x1b[31m")})
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, db.Close())
 	if flush {
 		path := filepath.Join(dir, "pebble")
 		p, err := pebble.Open(path, pebbleopts.New(quietPebble))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Flush(); err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Close(); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
+		require.NoError(t, p.Flush())
+		require.NoError(t, p.Close())
 	}
 	return dir
 }
@@ -149,22 +138,14 @@ var trailingNumber = regexp.MustCompile(`(\s)\d+$`)
 func golden(t *testing.T, name, got string) {
 	t.Helper()
 	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if *rewrite {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(path, []byte(got), 0o644))
 		return
 	}
 	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs from %s (go test -update rewrites it):\n--- got\n%s\n--- want\n%s", name, path, got, want)
-	}
+	require.NoError(t, err, "run go test -rewrite to create it")
+	require.Equal(t, string(want), got, "%s differs from %s (go test -rewrite rewrites it):\n--- got\n%s\n--- want\n%s", name, path, got, want)
 }
 
 // snapshot returns every file of dir with a hash of its content, except Pebble's LOCK file,
@@ -184,9 +165,7 @@ func snapshot(t *testing.T, dir string) map[string]string {
 		files[rel] = fmt.Sprintf("%x", sha256.Sum256(b))
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return files
 }
 
@@ -218,24 +197,19 @@ func TestGolden(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string(nil), tc.args[0], "-dir", dir), tc.args[1:]...)
 			code, out, errs := runCmd(t, args...)
-			if code != 0 || errs != "" {
-				t.Fatalf("exit %d, stderr:\n%s", code, errs)
-			}
+			require.Equal(t, 0, code, "exit %d, stderr:\n%s", code, errs)
+			require.Empty(t, errs, "exit %d, stderr:\n%s", code, errs)
 			golden(t, tc.name, normalize(out, dir))
 		})
 	}
-	if after := snapshot(t, dir); fmt.Sprint(after) != fmt.Sprint(before) {
-		t.Errorf("the data directory changed:\nbefore %v\nafter  %v", before, after)
-	}
+	after := snapshot(t, dir)
+	require.Equal(t, fmt.Sprint(before), fmt.Sprint(after), "the data directory changed:\nbefore %v\nafter  %v", before, after)
 	// The directory is still a good DB afterwards.
 	db, err := ds.Open(dir, &ds.Options{Durability: ds.NoSync, Expert: ds.ExpertOptions{Now: func() time.Time { return t0.Add(2 * time.Minute) }}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	gens, err := db.Generations()
-	if err != nil || len(gens) != 6 {
-		t.Errorf("after ds-info: %d generations, %v", len(gens), err)
-	}
+	require.NoError(t, err, "after ds-info: %d generations, %v", len(gens), err)
+	require.Len(t, gens, 6, "after ds-info: %d generations, %v", len(gens), err)
 	db.Close()
 }
 
@@ -243,29 +217,24 @@ func TestGolden(t *testing.T) {
 // files, the files the corruption tests damage.
 func TestFlushedCheck(t *testing.T) {
 	dir := buildDB(t, true)
-	if code, out, errs := runCmd(t, "check", "-dir", dir); code != 0 {
-		t.Fatalf("check: exit %d\n%s\n%s", code, out, errs)
-	}
-	code, out, errs := runCmd(t, "messages", "-dir", dir, "-limit", "0")
-	if code != 0 || strings.Count(out, "\n") != 1+14 {
-		t.Fatalf("messages: exit %d, %d lines\n%s\n%s", code, strings.Count(out, "\n"), out, errs)
-	}
+	code, out, errs := runCmd(t, "check", "-dir", dir)
+	require.Equal(t, 0, code, "check: exit %d\n%s\n%s", code, out, errs)
+	code, out, errs = runCmd(t, "messages", "-dir", dir, "-limit", "0")
+	require.Equal(t, 0, code, "messages: exit %d, %d lines\n%s\n%s", code, strings.Count(out, "\n"), out, errs)
+	require.Equal(t, 1+14, strings.Count(out, "\n"), "messages: exit %d, %d lines\n%s\n%s", code, strings.Count(out, "\n"), out, errs)
 	// Flushed, the generations that hold messages take bytes on disk.
 	code, out, errs = runCmd(t, "generations", "-dir", dir, "-json")
-	var gens []ds.GenerationView
-	if err := json.Unmarshal([]byte(out), &gens); code != 0 || err != nil {
-		t.Fatalf("generations: exit %d, %v\n%s", code, err, errs)
-	}
+	var gens []inspect.GenerationView
+	err := json.Unmarshal([]byte(out), &gens)
+	require.Equal(t, 0, code, "generations: exit %d, %v\n%s", code, err, errs)
+	require.NoError(t, err, "generations: exit %d, %v\n%s", code, err, errs)
 	var msgs uint64
 	for _, g := range gens {
 		msgs += g.Messages
-		if g.Messages > 0 && g.DiskBytes == 0 {
-			t.Errorf("shard %d generation %d: %d messages, 0 bytes on disk", g.Shard, g.Generation, g.Messages)
-		}
+		require.False(t, g.Messages > 0 && g.DiskBytes == 0, "shard %d generation %d: %d messages, 0 bytes on disk", g.Shard, g.Generation, g.Messages)
 	}
-	if msgs != 15 { // the 14 above and one on a $SYS topic, which # does not match
-		t.Errorf("generations count %d messages, want 15", msgs)
-	}
+	// The 14 above and one on a $SYS topic, which # does not match.
+	require.Equal(t, uint64(15), msgs, "generations count %d messages, want 15", msgs)
 }
 
 func TestUsage(t *testing.T) {
@@ -285,62 +254,48 @@ func TestUsage(t *testing.T) {
 		{"info", "-dir", t.TempDir()},
 	} {
 		code, _, errs := runCmd(t, args...)
-		if code != 2 || errs == "" {
-			t.Errorf("%q: exit %d, stderr %q; want 2 and a message", args, code, errs)
-		}
+		require.Equal(t, 2, code, "%q: exit %d, stderr %q; want 2 and a message", args, code, errs)
+		require.NotZero(t, errs, "%q: exit %d, stderr %q; want 2 and a message", args, code, errs)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {
-		t.Errorf("ds-info created a directory")
-	}
+	_, err := os.Stat(filepath.Join(dir, "missing"))
+	require.Error(t, err, "ds-info created a directory")
 }
 
 // TestInUse: a directory a DB holds is refused with a clear reason and exit 2.
 func TestInUse(t *testing.T) {
 	dir := buildDB(t, false)
 	db, err := ds.Open(dir, &ds.Options{Durability: ds.NoSync, Expert: ds.ExpertOptions{Now: func() time.Time { return t0.Add(2 * time.Minute) }}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer db.Close()
 	code, _, errs := runCmd(t, "info", "-dir", dir)
-	if code != 2 || !strings.Contains(errs, "in use by another process (lock held)") {
-		t.Fatalf("exit %d, stderr %q", code, errs)
-	}
+	require.Equal(t, 2, code, "exit %d, stderr %q", code, errs)
+	require.Contains(t, errs, "in use by another process (lock held)", "exit %d, stderr %q", code, errs)
 }
 
 // pebbleFiles returns the files of the shared Pebble instance with the given extension.
 func pebbleFiles(t *testing.T, dir, ext string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(dir, "pebble", "*"+ext))
-	if err != nil || len(m) == 0 {
-		t.Fatalf("no %s files in %s (%v)", ext, dir, err)
-	}
+	require.NoError(t, err, "no %s files in %s (%v)", ext, dir, err)
+	require.NotEmpty(t, m, "no %s files in %s (%v)", ext, dir, err)
 	return m
 }
 
 func flipMiddle(t *testing.T, path string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	for i := len(b)/2 - 8; i < len(b)/2+8; i++ {
 		b[i] ^= 0x5a
 	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, os.WriteFile(path, b, 0o644))
 }
 
 func truncateHalf(t *testing.T, path string) {
 	t.Helper()
 	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(path, st.Size()/2); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(path, st.Size()/2))
 }
 
 func TestCheckCorruption(t *testing.T) {
@@ -376,16 +331,10 @@ func TestCheckCorruption(t *testing.T) {
 			for _, args := range [][]string{{"check", "-dir", dir}, {"check", "-json", "-dir", dir}} {
 				code, out, errs := runCmd(t, args...)
 				t.Logf("%q: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errs)
-				if code != 1 {
-					t.Errorf("exit %d, want 1", code)
-				}
-				if strings.Contains(errs, "internal error") {
-					t.Errorf("panicked")
-				}
+				require.Equal(t, 1, code, "exit %d, want 1", code)
+				require.NotContains(t, errs, "internal error", "panicked")
 				fileNum := strings.TrimSuffix(file, filepath.Ext(file))
-				if !strings.Contains(errs, "shard ") && !strings.Contains(errs, fileNum) {
-					t.Errorf("stderr names neither a shard nor %s", file)
-				}
+				require.False(t, !strings.Contains(errs, "shard ") && !strings.Contains(errs, fileNum), "stderr names neither a shard nor %s", file)
 			}
 			// The other commands fail cleanly too, without a panic.
 			for _, cmd := range []string{"info", "generations", "streams", "messages"} {
@@ -393,9 +342,7 @@ func TestCheckCorruption(t *testing.T) {
 				if cmd != "messages" {
 					code, _, errs = runCmd(t, cmd, "-dir", dir)
 				}
-				if strings.Contains(errs, "internal error") {
-					t.Errorf("%s panicked: %s", cmd, errs)
-				}
+				require.NotContains(t, errs, "internal error", "%s panicked: %s", cmd, errs)
 				t.Logf("%s: exit %d %s", cmd, code, errs)
 			}
 		})
@@ -411,15 +358,14 @@ func TestCheckDecodeCorruption(t *testing.T) {
 		return len(k) > 3+1+4+8+2+8 && k[0] == 's' && k[2] == 1 && k[3] == 'd' && k[16] == 0 && k[17] == 0
 	}, func(p *pebble.DB, k []byte) error { return p.Set(k, []byte{9, 9, 9}, pebble.Sync) })
 	code, out, errs := runCmd(t, "check", "-dir", dir)
-	if code != 1 || !strings.Contains(errs, "shard 1:") || !strings.Contains(errs, fmt.Sprintf("%x", victim)) {
-		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
-	}
-	if strings.Contains(errs, "stored count") { // the key is there: the count holds
-		t.Errorf("an undecodable record reported as a missing message too:\n%s", errs)
-	}
-	if code, _, errs := runCmd(t, "messages", "-dir", dir); code != 1 || !strings.Contains(errs, "corruption") {
-		t.Errorf("messages: exit %d, %s", code, errs)
-	}
+	require.Equal(t, 1, code, "exit %d\n%s\n%s", code, out, errs)
+	require.Contains(t, errs, "shard 1:", "exit %d\n%s\n%s", code, out, errs)
+	require.Contains(t, errs, fmt.Sprintf("%x", victim), "exit %d\n%s\n%s", code, out, errs)
+	// The key is there: the count holds.
+	require.NotContains(t, errs, "stored count", "an undecodable record reported as a missing message too:\n%s", errs)
+	code, _, errs = runCmd(t, "messages", "-dir", dir)
+	require.Equal(t, 1, code, "messages: exit %d, %s", code, errs)
+	require.Contains(t, errs, "corruption", "messages: exit %d, %s", code, errs)
 }
 
 func TestEscape(t *testing.T) {
@@ -431,14 +377,12 @@ func TestEscape(t *testing.T) {
 		"\x1b[31mred":    `\x1b[31mred`,
 		"\u200bzero-wid": `\xe2\x80\x8bzero-wid`,
 	} {
-		if got := escape([]byte(in)); got != want {
-			t.Errorf("escape(%q) = %q, want %q", in, got, want)
-		}
+		got := escape([]byte(in))
+		require.Equal(t, want, got, "escape(%q) = %q, want %q", in, got, want)
 	}
 	long := bytes.Repeat([]byte("a"), 100)
-	if got := payloadText(long); got != strings.Repeat("a", 64)+"... (100 bytes)" {
-		t.Errorf("payloadText: %q", got)
-	}
+	got := payloadText(long)
+	require.Equal(t, strings.Repeat("a", 64)+"... (100 bytes)", got, "payloadText: %q", got)
 }
 
 // TestCheckLostMessage: a message key deleted behind Strata's back (a bad restore, a bug in a
@@ -451,9 +395,9 @@ func TestCheckLostMessage(t *testing.T) {
 		return len(k) > 3+1+4 && k[0] == 's' && k[2] == 2 && k[3] == 'd' && k[7] == 1
 	}, func(p *pebble.DB, k []byte) error { return p.Delete(k, pebble.Sync) })
 	code, out, errs := runCmd(t, "check", "-dir", dir)
-	if code != 1 || !strings.Contains(errs, "shard 2") || !strings.Contains(errs, "generation 1 holds 1 messages, its stored count says 2") {
-		t.Fatalf("exit %d\n%s\n%s", code, out, errs)
-	}
+	require.Equal(t, 1, code, "exit %d\n%s\n%s", code, out, errs)
+	require.Contains(t, errs, "shard 2", "exit %d\n%s\n%s", code, out, errs)
+	require.Contains(t, errs, "generation 1 holds 1 messages, its stored count says 2", "exit %d\n%s\n%s", code, out, errs)
 }
 
 // TestUncountedGeneration: a generation written before message counts existed has no count
@@ -462,36 +406,32 @@ func TestCheckLostMessage(t *testing.T) {
 func TestUncountedGeneration(t *testing.T) {
 	dir := buildDB(t, false)
 	// Shard 1, generation 1: s|0x0001|'m' 'c'|0x00000001.
-	key := append([]byte{'s', 0, 1}, append(shard.CountKeyPrefix(), 0, 0, 0, 1)...)
+	key := []byte{'s', 0, 1, 'm', 'c', 0, 0, 0, 1}
 	changeFirstKey(t, dir, func(k []byte) bool { return bytes.Equal(k, key) },
 		func(p *pebble.DB, k []byte) error { return p.Delete(k, pebble.Sync) })
-	if code, out, errs := runCmd(t, "check", "-dir", dir); code != 0 {
-		t.Fatalf("check: exit %d\n%s\n%s", code, out, errs)
-	}
-	code, out, errs := runCmd(t, "generations", "-dir", dir, "-json")
-	var gens []ds.GenerationView
-	if err := json.Unmarshal([]byte(out), &gens); code != 0 || err != nil {
-		t.Fatalf("generations: exit %d, %v\n%s", code, err, errs)
-	}
+	code, out, errs := runCmd(t, "check", "-dir", dir)
+	require.Equal(t, 0, code, "check: exit %d\n%s\n%s", code, out, errs)
+	code, out, errs = runCmd(t, "generations", "-dir", dir, "-json")
+	var gens []inspect.GenerationView
+	err := json.Unmarshal([]byte(out), &gens)
+	require.Equal(t, 0, code, "generations: exit %d, %v\n%s", code, err, errs)
+	require.NoError(t, err, "generations: exit %d, %v\n%s", code, err, errs)
 	for _, g := range gens {
-		if uncounted := g.Shard == 1 && g.Generation == 1; g.Uncounted != uncounted {
-			t.Errorf("shard %d generation %d: uncounted %v", g.Shard, g.Generation, g.Uncounted)
-		}
+		uncounted := g.Shard == 1 && g.Generation == 1
+		require.Equal(t, uncounted, g.Uncounted, "shard %d generation %d: uncounted %v", g.Shard, g.Generation, g.Uncounted)
 	}
-	if _, out, _ := runCmd(t, "shards", "-dir", dir); !strings.Contains(out, "6+?") {
-		t.Errorf("shards does not mark shard 1's count partial:\n%s", out)
-	}
+	_, out, _ = runCmd(t, "shards", "-dir", dir)
+	require.Contains(t, out, "6+?", "shards does not mark shard 1's count partial:\n%s", out)
 	db, err := ds.Open(dir, &ds.Options{Durability: ds.NoSync, Expert: ds.ExpertOptions{Now: func() time.Time { return t0.Add(2 * time.Minute) }}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	defer db.Close()
-	if u, err := db.GenerationUsage(1, 1); err != nil || u.Counted {
-		t.Errorf("shard 1 generation 1 reopened: %+v, %v", u, err)
-	}
-	if u, err := db.GenerationUsage(1, 2); err != nil || !u.Counted || u.Messages != 6 {
-		t.Errorf("shard 1 generation 2 reopened: %+v, %v", u, err)
-	}
+	u, err := db.GenerationUsage(1, 1)
+	require.NoError(t, err, "shard 1 generation 1 reopened: %+v, %v", u, err)
+	require.False(t, u.Counted, "shard 1 generation 1 reopened: %+v, %v", u, err)
+	u, err = db.GenerationUsage(1, 2)
+	require.NoError(t, err, "shard 1 generation 2 reopened: %+v, %v", u, err)
+	require.True(t, u.Counted, "shard 1 generation 2 reopened: %+v, %v", u, err)
+	require.Equal(t, uint64(6), u.Messages, "shard 1 generation 2 reopened: %+v, %v", u, err)
 }
 
 // changeFirstKey opens the test DB's Pebble directly, as a bug or a bad restore would, applies
@@ -499,13 +439,9 @@ func TestUncountedGeneration(t *testing.T) {
 func changeFirstKey(t *testing.T, dir string, match func(k []byte) bool, change func(p *pebble.DB, k []byte) error) []byte {
 	t.Helper()
 	p, err := pebble.Open(filepath.Join(dir, "pebble"), pebbleopts.New(quietPebble))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	it, err := p.NewIter(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var victim []byte
 	for ok := it.First(); ok; ok = it.Next() {
 		if match(it.Key()) {
@@ -513,17 +449,9 @@ func changeFirstKey(t *testing.T, dir string, match func(k []byte) bool, change 
 			break
 		}
 	}
-	if err := it.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if victim == nil {
-		t.Fatal("no key matches")
-	}
-	if err := change(p, victim); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, it.Close())
+	require.NotNil(t, victim, "no key matches")
+	require.NoError(t, change(p, victim))
+	require.NoError(t, p.Close())
 	return victim
 }

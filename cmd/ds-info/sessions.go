@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-mq/strata/inspect"
+
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/session"
 )
@@ -79,11 +81,11 @@ func (d dirSource) sessions() ([]session.SessionView, error) {
 
 // sessions reads every shard's records from GET /v1/records and decodes them here.
 func (s *urlSource) sessions() ([]session.SessionView, error) {
-	var info ds.InfoView
+	var info inspect.InfoView
 	if err := s.get("/v1/info", nil, &info); err != nil {
 		return nil, err
 	}
-	byShard := make([][]ds.RecordView, info.NShards)
+	byShard := make([][]inspect.RecordView, info.NShards)
 	for sh := range info.NShards {
 		if err := s.get("/v1/records", url.Values{"shard": {strconv.Itoa(sh)}}, &byShard[sh]); err != nil {
 			return nil, err

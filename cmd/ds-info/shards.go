@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/strata-mq/strata/inspect"
+
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/raftgroup"
 )
@@ -126,7 +128,7 @@ func (c *command) printShards(rows []shardRow) {
 }
 
 // shardRows folds the generation list (by shard, then ID) into one row per shard.
-func shardRows(gens []ds.GenerationView) []shardRow {
+func shardRows(gens []inspect.GenerationView) []shardRow {
 	var rows []shardRow
 	for _, g := range gens {
 		if len(rows) == 0 || rows[len(rows)-1].Shard != g.Shard {

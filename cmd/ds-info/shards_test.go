@@ -2,6 +2,8 @@ package main
 
 import (
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestShardsGolden: shards on the test DB (one row per shard: generation count, current
@@ -18,9 +20,8 @@ func TestShardsGolden(t *testing.T) {
 		{"shards_json", []string{"shards", "-dir", dir, "-json"}},
 	} {
 		code, out, errs := runCmd(t, tc.args...)
-		if code != 0 || errs != "" {
-			t.Fatalf("%v: exit %d, stderr:\n%s", tc.args, code, errs)
-		}
+		require.Equal(t, 0, code, "%v: exit %d, stderr:\n%s", tc.args, code, errs)
+		require.Empty(t, errs, "%v: exit %d, stderr:\n%s", tc.args, code, errs)
 		golden(t, tc.name, normalize(out, dir))
 		dirOut[tc.name] = out
 	}
@@ -30,11 +31,8 @@ func TestShardsGolden(t *testing.T) {
 		"shards_json": {"shards", "-url", u, "-json"},
 	} {
 		code, out, errs := runCmd(t, args...)
-		if code != 0 || errs != "" {
-			t.Fatalf("%v: exit %d, stderr:\n%s", args, code, errs)
-		}
-		if normalize(out, dir) != normalize(dirOut[name], dir) {
-			t.Errorf("%v printed\n%s\n-dir printed\n%s", args, out, dirOut[name])
-		}
+		require.Equal(t, 0, code, "%v: exit %d, stderr:\n%s", args, code, errs)
+		require.Empty(t, errs, "%v: exit %d, stderr:\n%s", args, code, errs)
+		require.Equal(t, normalize(dirOut[name], dir), normalize(out, dir), "%v printed\n%s\n-dir printed\n%s", args, out, dirOut[name])
 	}
 }

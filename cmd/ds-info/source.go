@@ -13,22 +13,24 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strata-mq/strata/inspect"
+
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/raftgroup"
 	"github.com/strata-mq/strata/session"
 )
 
-// source is where a subcommand reads: a data directory (-dir, through ds.Inspect, or
+// source is where a subcommand reads: a data directory (-dir, through inspect.Open, or
 // raftgroup.Inspect for a replicated site's directory) or a running node's admin handler
-// (-url, ds.AdminHandler). All give the same rows. An error may come with a partial result
+// (-url, inspect.Handler). All give the same rows. An error may come with a partial result
 // (shards that did not load); a usageError means the request was wrong (bad filter, unknown
 // shard or generation) and comes with nothing.
 type source interface {
 	info() (infoView, error)
-	generations() ([]ds.GenerationView, error)
-	streams(filter string) ([]ds.StreamView, error)
-	trie(sh int, gen int64) (ds.TrieView, error)
-	messages(filter string, since time.Time, limit int) ([]ds.MessageView, error)
+	generations() ([]inspect.GenerationView, error)
+	streams(filter string) ([]inspect.StreamView, error)
+	trie(sh int, gen int64) (inspect.TrieView, error)
+	messages(filter string, since time.Time, limit int) ([]inspect.MessageView, error)
 	sessions() ([]session.SessionView, error)
 	close()
 }
@@ -47,10 +49,10 @@ type remoteError struct {
 
 func (e remoteError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.msg, e.status) }
 
-// infoView is ds.InfoView, and for a replicated site's directory what the site is and where
+// infoView is inspect.InfoView, and for a replicated site's directory what the site is and where
 // each shard was read from. The embedded struct's fields come first and unchanged in JSON.
 type infoView struct {
-	ds.InfoView
+	inspect.InfoView
 	Site    *siteView       `json:"site,omitempty"`
 	Cluster *clusterSummary `json:"cluster,omitempty"` // -url on a replicated site
 }
@@ -142,14 +144,14 @@ func newSiteView(si *raftgroup.SiteInspector) *siteView {
 	return v
 }
 
-// dirInspector is what -dir opens: a *ds.Inspector, or a *raftgroup.SiteInspector (which
+// dirInspector is what -dir opens: a *inspect.Inspector, or a *raftgroup.SiteInspector (which
 // embeds one and adds its own Check).
 type dirInspector interface {
-	ds.InspectSource
+	inspect.Source
 	Manifest() ds.Manifest
 	NShards() int
 	DiskBytes() uint64
-	Check(maxProblems int) *ds.CheckReport
+	Check(maxProblems int) *inspect.CheckReport
 	ScanRecords(sh ds.ShardID, prefix []byte, f func(key, value []byte, version uint64) bool) error
 	Close() error
 }
@@ -170,7 +172,7 @@ func asUsage(err error) error {
 func (d dirSource) close() { d.in.Close() }
 
 func (d dirSource) info() (infoView, error) {
-	v, err := ds.InfoOf(d.in, d.in.Manifest(), d.in.DiskBytes())
+	v, err := inspect.InfoOf(d.in, d.in.Manifest(), d.in.DiskBytes())
 	out := infoView{InfoView: v}
 	if d.site != nil {
 		out.Storage = storageSite
@@ -179,26 +181,28 @@ func (d dirSource) info() (infoView, error) {
 	return out, err
 }
 
-func (d dirSource) generations() ([]ds.GenerationView, error) { return ds.GenerationsOf(d.in) }
+func (d dirSource) generations() ([]inspect.GenerationView, error) {
+	return inspect.GenerationsOf(d.in)
+}
 
-func (d dirSource) streams(filter string) ([]ds.StreamView, error) {
-	rows, err := ds.StreamsOf(d.in, filter)
+func (d dirSource) streams(filter string) ([]inspect.StreamView, error) {
+	rows, err := inspect.StreamsOf(d.in, filter)
 	if errors.Is(err, ds.ErrInvalidFilter) {
 		return nil, usageError{err}
 	}
 	return rows, err
 }
 
-func (d dirSource) trie(sh int, gen int64) (ds.TrieView, error) {
+func (d dirSource) trie(sh int, gen int64) (inspect.TrieView, error) {
 	if sh >= d.in.NShards() {
-		return ds.TrieView{}, usageError{fmt.Errorf("shard %d does not exist: the directory has %d shards", sh, d.in.NShards())}
+		return inspect.TrieView{}, usageError{fmt.Errorf("shard %d does not exist: the directory has %d shards", sh, d.in.NShards())}
 	}
-	v, err := ds.TrieOf(d.in, ds.ShardID(sh), ds.GenerationID(gen))
+	v, err := inspect.TrieOf(d.in, ds.ShardID(sh), ds.GenerationID(gen))
 	return v, asUsage(err)
 }
 
-func (d dirSource) messages(filter string, since time.Time, limit int) ([]ds.MessageView, error) {
-	rows, err := ds.MessagesOf(d.in, filter, since, limit)
+func (d dirSource) messages(filter string, since time.Time, limit int) ([]inspect.MessageView, error) {
+	rows, err := inspect.MessagesOf(d.in, filter, since, limit)
 	if errors.Is(err, ds.ErrInvalidFilter) {
 		return nil, usageError{err}
 	}
@@ -209,7 +213,7 @@ func (d dirSource) messages(filter string, since time.Time, limit int) ([]ds.Mes
 type urlSource struct {
 	base   string // without a trailing slash
 	client *http.Client
-	token  string // $STRATA_ADMIN_TOKEN: sent as a bearer token (ds.AdminBearerToken)
+	token  string // $STRATA_ADMIN_TOKEN: sent as a bearer token (inspect.BearerToken)
 }
 
 func newURLSource(raw string) (*urlSource, error) {
@@ -250,7 +254,7 @@ func (s *urlSource) get(path string, query url.Values, v any) error {
 		return fmt.Errorf("GET %s: %w", u, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e ds.AdminError
+		var e inspect.ErrorBody
 		if json.Unmarshal(body, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("GET %s: %s", u, strings.TrimSpace(string(body)))
 		}
@@ -267,7 +271,7 @@ func (s *urlSource) get(path string, query url.Values, v any) error {
 }
 
 func (s *urlSource) info() (infoView, error) {
-	var v ds.InfoView
+	var v inspect.InfoView
 	if err := s.get("/v1/info", nil, &v); err != nil {
 		return infoView{}, err
 	}
@@ -283,19 +287,19 @@ func (s *urlSource) info() (infoView, error) {
 	return out, nil
 }
 
-func (s *urlSource) generations() (v []ds.GenerationView, err error) {
+func (s *urlSource) generations() (v []inspect.GenerationView, err error) {
 	return v, s.get("/v1/generations", nil, &v)
 }
 
-func (s *urlSource) streams(filter string) (v []ds.StreamView, err error) {
+func (s *urlSource) streams(filter string) (v []inspect.StreamView, err error) {
 	return v, s.get("/v1/streams", url.Values{"filter": {filter}}, &v)
 }
 
-func (s *urlSource) trie(sh int, gen int64) (v ds.TrieView, err error) {
+func (s *urlSource) trie(sh int, gen int64) (v inspect.TrieView, err error) {
 	return v, s.get("/v1/trie", url.Values{"shard": {strconv.Itoa(sh)}, "gen": {strconv.FormatInt(gen, 10)}}, &v)
 }
 
-func (s *urlSource) messages(filter string, since time.Time, limit int) (v []ds.MessageView, err error) {
+func (s *urlSource) messages(filter string, since time.Time, limit int) (v []inspect.MessageView, err error) {
 	q := url.Values{"filter": {filter}, "limit": {strconv.Itoa(limit)}}
 	if !since.IsZero() {
 		q.Set("since", since.Format(time.RFC3339Nano))

@@ -7,7 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strata-mq/strata/inspect"
+
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // goldenCases are the TestGolden cases that -url serves too (not check, and info's table
@@ -36,12 +39,10 @@ var urlCases = []struct {
 func serveDB(t *testing.T, dir string) (*ds.DB, string) {
 	t.Helper()
 	db, err := ds.Open(dir, &ds.Options{Durability: ds.NoSync, Expert: ds.ExpertOptions{Now: func() time.Time { return t0.Add(2 * time.Minute) }}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(db, ds.AdminDataDir(dir), ds.AdminPayloads(nil))))
+	mux.Handle("/strata/", http.StripPrefix("/strata", inspect.Handler(db, inspect.WithDataDir(dir), inspect.WithPayloads(nil))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return db, srv.URL + "/strata"
@@ -57,9 +58,8 @@ func TestURLGolden(t *testing.T) {
 	for _, tc := range urlCases {
 		args := append(append([]string(nil), tc.args[0], "-dir", dir), tc.args[1:]...)
 		code, out, errs := runCmd(t, args...)
-		if code != 0 || errs != "" {
-			t.Fatalf("%s -dir: exit %d, stderr:\n%s", tc.name, code, errs)
-		}
+		require.Equal(t, 0, code, "%s -dir: exit %d, stderr:\n%s", tc.name, code, errs)
+		require.Empty(t, errs, "%s -dir: exit %d, stderr:\n%s", tc.name, code, errs)
 		dirOut[tc.name] = normalize(out, dir)
 	}
 	_, u := serveDB(t, dir)
@@ -70,21 +70,17 @@ func TestURLGolden(t *testing.T) {
 				append([]string{"-url", u}, tc.args...), // -url before the command
 			} {
 				code, out, errs := runCmd(t, args...)
-				if code != 0 || errs != "" {
-					t.Fatalf("%q: exit %d, stderr:\n%s", args, code, errs)
-				}
+				require.Equal(t, 0, code, "%q: exit %d, stderr:\n%s", args, code, errs)
+				require.Empty(t, errs, "%q: exit %d, stderr:\n%s", args, code, errs)
 				got := normalize(out, dir)
 				golden(t, tc.name, got)
-				if got != dirOut[tc.name] {
-					t.Errorf("%q differs from -dir:\n--- url\n%s\n--- dir\n%s", args, got, dirOut[tc.name])
-				}
+				require.Equal(t, dirOut[tc.name], got, "%q differs from -dir:\n--- url\n%s\n--- dir\n%s", args, got, dirOut[tc.name])
 			}
 		})
 	}
 	code, out, errs := runCmd(t, "info", "-url", u)
-	if code != 0 || errs != "" {
-		t.Fatalf("info -url: exit %d, stderr:\n%s", code, errs)
-	}
+	require.Equal(t, 0, code, "info -url: exit %d, stderr:\n%s", code, errs)
+	require.Empty(t, errs, "info -url: exit %d, stderr:\n%s", code, errs)
 	golden(t, "url_info", normalize(strings.ReplaceAll(out, u, "URL"), dir))
 }
 
@@ -106,19 +102,18 @@ func TestURLErrors(t *testing.T) {
 		{"info", "-url", u + "/nope"},
 	} {
 		code, out, errs := runCmd(t, args...)
-		if code != exitUsage || errs == "" || out != "" {
-			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2, a message and no output", args, code, out, errs)
-		}
+		require.Equal(t, exitUsage, code, "%q: exit %d, stdout %q, stderr %q; want 2, a message and no output", args, code, out, errs)
+		require.NotZero(t, errs, "%q: exit %d, stdout %q, stderr %q; want 2, a message and no output", args, code, out, errs)
+		require.Empty(t, out, "%q: exit %d, stdout %q, stderr %q; want 2, a message and no output", args, code, out, errs)
 	}
-	if code, _, errs := runCmd(t, "check", "-url", u); !strings.Contains(errs, "only with -dir") {
-		t.Errorf("check -url: exit %d, stderr %q", code, errs)
-	}
+	code, _, errs := runCmd(t, "check", "-url", u)
+	require.Contains(t, errs, "only with -dir", "check -url: exit %d, stderr %q", code, errs)
 	// A closed DB: 503, exit 1.
 	db.Close()
 	for _, cmd := range []string{"info", "generations", "streams", "messages"} {
 		code, out, errs := runCmd(t, cmd, "-url", u)
-		if code != exitFailed || !strings.Contains(errs, "HTTP 503") || out != "" {
-			t.Errorf("%s on a closed DB: exit %d, stdout %q, stderr %q", cmd, code, out, errs)
-		}
+		require.Equal(t, exitFailed, code, "%s on a closed DB: exit %d, stdout %q, stderr %q", cmd, code, out, errs)
+		require.Contains(t, errs, "HTTP 503", "%s on a closed DB: exit %d, stdout %q, stderr %q", cmd, code, out, errs)
+		require.Empty(t, out, "%s on a closed DB: exit %d, stdout %q, stderr %q", cmd, code, out, errs)
 	}
 }

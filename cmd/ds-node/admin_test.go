@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestAdminHandlerForDSInfo: a running ds-node serves the site's admin handler, so that
@@ -23,15 +25,14 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 	}
 	bin := buildNode(t, "")
 	info := filepath.Join(t.TempDir(), "ds-info")
-	if out, err := exec.Command("go", "build", "-o", info, "../ds-info").CombinedOutput(); err != nil {
-		t.Fatalf("build ds-info: %v\n%s", err, out)
-	}
+	out, err := exec.Command("go", "build", "-o", info, "../ds-info").CombinedOutput()
+	require.NoError(t, err, "build ds-info: %v\n%s", err, out)
 	root := t.TempDir()
 	raft := freePort(t)
 	dir := filepath.Join(root, "node")
 	p := &proc{t: t, bin: bin, logPath: filepath.Join(root, "node.log"), args: []string{
 		"-dir", dir, "-raft-addr", raft, "-http-addr", "127.0.0.1:0", "-initial", raft,
-		"-shards", "2", "-rf", "1", "-open-timeout", "60s", "-admin-token", "t0ken"}}
+		"-shards", "2", "-rf", "1", "-open-timeout", "60s", "-admin-token", "t0ken", "-api-token", testAPIToken}}
 	t.Cleanup(func() {
 		if p.running() {
 			p.kill()
@@ -50,20 +51,16 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := postStore(ctx, base, msgs); err != nil {
-		t.Fatal(err)
-	}
+	_, err = postStore(ctx, base, msgs)
+	require.NoError(t, err)
 
 	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, series := range []string{"strata_messages_stored_total", "strata_raft_applied_index{", "strata_raft_leader{"} {
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(metrics), series) {
-			t.Fatalf("/metrics: %d, no %s:\n%s", resp.StatusCode, series, metrics)
-		}
+		require.Equal(t, http.StatusOK, resp.StatusCode, "/metrics: %d, no %s:\n%s", resp.StatusCode, series, metrics)
+		require.Contains(t, string(metrics), series, "/metrics: %d, no %s:\n%s", resp.StatusCode, series, metrics)
 	}
 
 	// The payload endpoint wants the token.
@@ -73,13 +70,9 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Fatalf("/v1/messages with token %q: %d, want %d", token, resp.StatusCode, want)
-		}
+		require.Equal(t, want, resp.StatusCode, "/v1/messages with token %q: %d, want %d", token, resp.StatusCode, want)
 	}
 
 	cases := [][]string{{"streams", "-json"}, {"generations", "-json"}, {"messages", "-json"}, {"messages", "-filter", "room/1/#"}}
@@ -88,25 +81,17 @@ func TestAdminHandlerForDSInfo(t *testing.T) {
 		cmd := exec.Command(info, args...)
 		cmd.Env = append(os.Environ(), "STRATA_ADMIN_TOKEN=t0ken")
 		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("ds-info %q: %v", args, err)
-		}
+		require.NoError(t, err, "ds-info %q", args)
 		return string(out)
 	}
 	byURL := make([]string, len(cases))
 	for i, c := range cases {
 		byURL[i] = dsInfo(append([]string{c[0], "-url", base}, c[1:]...)...)
 	}
-	if err := p.terminate(15 * time.Second); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.terminate(15*time.Second))
 	for i, c := range cases {
 		byDir := dsInfo(append([]string{c[0], "-dir", dir}, c[1:]...)...)
-		if byDir != byURL[i] {
-			t.Errorf("ds-info %q: -url and -dir differ:\n-url:\n%s\n-dir:\n%s", c, byURL[i], byDir)
-		}
-		if c[0] != "generations" && !strings.Contains(byDir, "room/") {
-			t.Errorf("ds-info %q -dir shows no stored topic:\n%s", c, byDir)
-		}
+		require.Equal(t, byURL[i], byDir, "ds-info %q: -url and -dir differ:\n-url:\n%s\n-dir:\n%s", c, byURL[i], byDir)
+		require.False(t, c[0] != "generations" && !strings.Contains(byDir, "room/"), "ds-info %q -dir shows no stored topic:\n%s", c, byDir)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/internal/dockertest"
+	"github.com/stretchr/testify/require"
 )
 
 // dockerCluster is three ds-node containers from a FROM-scratch image. Each is attached to two
@@ -71,9 +72,7 @@ func leaderMost(t *testing.T, urls map[int]string) (int, int) {
 	best, most := -1, -1
 	for _, i := range sortedKeys(urls) {
 		st, err := getStatus(urls[i])
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if n := shardLeaders(st); n > most {
 			best, most = i, n
 		}
@@ -89,19 +88,15 @@ func expectUnavailable(t *testing.T, log *ackLog, url, prefix string, bound time
 	const n = 8 // client IDs spread over the shards
 	res, errs, took := probeStores(url, prefix, n)
 	for i := range n {
-		switch {
-		case errs[i] != nil:
-			t.Errorf("%s probe %d: %v", prefix, i, errs[i])
-		case res[i].status != http.StatusServiceUnavailable || !res[i].err.Retryable || res[i].err.Error == "":
-			t.Errorf("%s probe %d: status %d %+v, want 503 with a retryable error", prefix, i, res[i].status, res[i].err)
-		case took[i] > bound:
-			t.Errorf("%s probe %d: failed only after %v (bound %v): %s", prefix, i, took[i], bound, res[i].err.Error)
-		default:
-			if strings.Contains(res[i].err.Error, "nothing stored") {
-				log.mu.Lock()
-				log.notStored = append(log.notStored, base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%s-%d", prefix, i)))
-				log.mu.Unlock()
-			}
+		require.NoError(t, errs[i], "%s probe %d", prefix, i)
+		require.Equal(t, http.StatusServiceUnavailable, res[i].status, "%s probe %d: status %d %+v, want 503 with a retryable error", prefix, i, res[i].status, res[i].err)
+		require.True(t, res[i].err.Retryable, "%s probe %d: status %d %+v, want 503 with a retryable error", prefix, i, res[i].status, res[i].err)
+		require.NotEmpty(t, res[i].err.Error, "%s probe %d: status %d %+v, want 503 with a retryable error", prefix, i, res[i].status, res[i].err)
+		require.LessOrEqual(t, took[i], bound, "%s probe %d: failed only after %v (bound %v): %s", prefix, i, took[i], bound, res[i].err.Error)
+		if strings.Contains(res[i].err.Error, "nothing stored") {
+			log.mu.Lock()
+			log.notStored = append(log.notStored, base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "%s-%d", prefix, i)))
+			log.mu.Unlock()
 		}
 	}
 	var slowest time.Duration
@@ -151,7 +146,7 @@ func TestDockerPartitionAndKill(t *testing.T) {
 	t.Logf("network %s %v, sites %v at %v", c.network, subnet, raft, c.ips)
 	for i, name := range c.names {
 		c.docker("create", "--name", name, "--hostname", name, "--label", testLabel, "--network", c.network, "--ip", c.ips[i].String(),
-			"-p", "127.0.0.1::8080", c.image,
+			"-p", "127.0.0.1::8080", "-e", apiTokenEnv+"="+testAPIToken, c.image,
 			"-dir", "/data", "-raft-addr", raft[i], "-http-addr", ":8080", "-initial", strings.Join(raft, ","),
 			"-shards", fmt.Sprint(shards), "-rf", "3", "-proposal-timeout", proposalTimeout.String(), "-open-timeout", "2m")
 		c.docker("network", "connect", "bridge", name)

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 var (
@@ -49,14 +50,10 @@ func buildNode(t *testing.T, variant string) string {
 	if bin, ok := builds[variant]; ok {
 		return bin
 	}
-	if err, ok := buildErrs[variant]; ok {
-		t.Fatal(err)
-	}
+	require.NoError(t, buildErrs[variant], "an earlier build of this variant failed")
 	if buildDir == "" {
 		d, err := os.MkdirTemp("", "ds-node-test-")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		buildDir = d
 	}
 	bin := filepath.Join(buildDir, "ds-node")
@@ -77,8 +74,8 @@ func buildNode(t *testing.T, variant string) string {
 	start := time.Now()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		buildErrs[variant] = fmt.Errorf("go build ds-node (%s): %v\n%s", variant, err, out)
-		t.Fatal(buildErrs[variant])
 	}
+	require.NoError(t, buildErrs[variant])
 	t.Logf("built %s in %v", bin, time.Since(start).Round(time.Millisecond))
 	builds[variant] = bin
 	return bin
@@ -95,12 +92,8 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 			return
 		}
 		var fe fatalError
-		if errors.As(err, &fe) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %v", what, timeout, err)
-		}
+		require.False(t, errors.As(err, &fe), "%s: %v", what, err)
+		require.False(t, time.Now().After(deadline), "%s: not within %v: %v", what, timeout, err)
 		time.Sleep(100 * time.Millisecond)
 	}
 }
@@ -110,8 +103,11 @@ type fatalError struct{ error }
 
 func fatalf(format string, args ...any) error { return fatalError{fmt.Errorf(format, args...)} }
 
-// apiClient talks to ds-node's HTTP API.
+// apiClient talks to ds-node's HTTP API, with testAPIToken, the API token the tests give the
+// nodes.
 var apiClient = &http.Client{Timeout: 30 * time.Second}
+
+const testAPIToken = "test-api-token-7f3c"
 
 // storeResult is the outcome of one POST /store.
 type storeResult struct {
@@ -132,6 +128,7 @@ func postStore(ctx context.Context, base string, msgs []storeMessage) (storeResu
 		return storeResult{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+testAPIToken)
 	resp, err := apiClient.Do(req)
 	if err != nil {
 		return storeResult{}, err
@@ -164,6 +161,7 @@ func getJSON(ctx context.Context, url string, v any) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set("Authorization", "Bearer "+testAPIToken)
 	resp, err := apiClient.Do(req)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/raftgroup"
 	"github.com/strata-mq/strata/stream"
 )
@@ -40,15 +41,6 @@ type (
 		Topic      string     `json:"topic"`
 		PayloadB64 string     `json:"payload_b64"`
 	}
-	groupJSON struct {
-		Group      uint64     `json:"group"`
-		Shard      ds.ShardID `json:"shard"`
-		Meta       bool       `json:"meta"`
-		Leader     uint64     `json:"leader"`
-		Term       uint64     `json:"term"`
-		Replica    uint64     `json:"replica"`
-		LeaderHere bool       `json:"leader_here"`
-	}
 	digestJSON struct {
 		Shard   ds.ShardID `json:"shard"`
 		Applied uint64     `json:"applied"`
@@ -57,19 +49,20 @@ type (
 		Error   string     `json:"error,omitempty"`
 	}
 	statusResponse struct {
-		SiteID      string       `json:"site_id"`
-		RaftAddress string       `json:"raft_address"`
-		Groups      []groupJSON  `json:"groups"`
-		Shards      []digestJSON `json:"shards"`
+		SiteID      string                  `json:"site_id"`
+		RaftAddress string                  `json:"raft_address"`
+		Groups      []raftgroup.GroupStatus `json:"groups"`
+		Shards      []digestJSON            `json:"shards"`
 	}
 	addSiteRequest struct {
 		ID          string `json:"id"`
 		RaftAddress string `json:"raft_address"`
 	}
+	// errorResponse is inspect's ErrorBody (the convention of every Strata handler), with
+	// the refs of a store that failed part way.
 	errorResponse struct {
-		Error     string    `json:"error"`
-		Retryable bool      `json:"retryable"`
-		Refs      []refJSON `json:"refs,omitempty"`
+		inspect.ErrorBody
+		Refs []refJSON `json:"refs,omitempty"`
 	}
 )
 
@@ -83,64 +76,87 @@ type api struct {
 	storeTimeout time.Duration
 }
 
+// apiConfig is what newAPI needs besides the site.
+type apiConfig struct {
+	storeTimeout time.Duration
+	adminToken   string // the admin handler's payload endpoints: off if empty
+	access       access // POST /store, GET /read, POST /sites
+}
+
+// access says who may use the endpoints that write or read payloads or change the membership
+// (POST /store, GET /read, POST /sites): nobody (the zero value), the requests carrying a
+// bearer token, or, with open, anyone who reaches the HTTP API.
+type access struct {
+	authorize func(*http.Request) error // inspect.BearerToken(token); nil: no token
+	open      bool                      // -api-insecure-no-auth
+}
+
+// tokenAccess admits the requests with "Authorization: Bearer <token>".
+func tokenAccess(token string) access { return access{authorize: inspect.BearerToken(token)} }
+
+// String describes the access for the logs.
+func (ac access) String() string {
+	switch {
+	case ac.open:
+		return "open"
+	case ac.authorize != nil:
+		return "token"
+	}
+	return "off"
+}
+
+// guard serves h only to the requests ac admits: 403 when the endpoint is off, 401 (with
+// WWW-Authenticate) without the right token.
+func (ac access) guard(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case ac.open:
+		case ac.authorize == nil:
+			inspect.WriteErrorStatus(w, http.StatusForbidden, fmt.Errorf(
+				"%s %s is off: start ds-node with -api-token, -api-token-file or $STRATA_API_TOKEN to turn it on for requests with that bearer token (or -api-insecure-no-auth for anyone)",
+				r.Method, r.URL.Path))
+			return
+		case ac.authorize(r) != nil:
+			inspect.WriteError(w, fmt.Errorf("%w: %s %s needs the API token: send Authorization: Bearer <the -api-token of ds-node>",
+				inspect.ErrUnauthorized, r.Method, r.URL.Path))
+			return
+		}
+		h(w, r)
+	}
+}
+
 // newAPI serves the JSON API above and, on every other path, the site's admin handler
 // (raftgroup.Site.AdminHandler: /metrics, /v1/..., what ds-info -url reads).
-func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, storeTimeout time.Duration, adminToken string) (http.Handler, error) {
-	var opts []ds.AdminOption
-	if adminToken != "" {
-		opts = append(opts, ds.AdminPayloads(ds.AdminBearerToken(adminToken)))
+func newAPI(site *raftgroup.Site, db *ds.DB, log *slog.Logger, cfg apiConfig) (http.Handler, error) {
+	var opts []inspect.Option
+	if cfg.adminToken != "" {
+		opts = append(opts, inspect.WithPayloads(inspect.BearerToken(cfg.adminToken)))
 	}
 	admin, err := site.AdminHandler(opts...)
 	if err != nil {
 		return nil, err
 	}
-	a := &api{site: site, db: db, log: log, storeTimeout: storeTimeout}
+	a := &api{site: site, db: db, log: log, storeTimeout: cfg.storeTimeout}
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /store", a.store)
-	mux.HandleFunc("GET /read", a.read)
+	mux.HandleFunc("POST /store", cfg.access.guard(a.store))
+	mux.HandleFunc("GET /read", cfg.access.guard(a.read))
 	mux.HandleFunc("GET /status", a.status)
-	mux.HandleFunc("POST /sites", a.addSite)
+	mux.HandleFunc("POST /sites", cfg.access.guard(a.addSite))
 	mux.Handle("/", admin)
 	return mux, nil
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// badRequest is an error of the caller's making (status 400).
-type badRequest struct{ error }
-
-func (e badRequest) Unwrap() error { return e.error }
-
-// writeError answers with err's status: 503 for what may succeed later, 400 for a bad request,
-// 500 for the rest.
+// writeError answers err as every Strata handler does (inspect.StatusOf: 503 and retryable for
+// what may succeed later, 400 for a bad request, 500 for the rest), with refs if any.
 func writeError(w http.ResponseWriter, err error, refs []refJSON) {
-	status, retryable := classify(err)
-	writeJSON(w, status, errorResponse{Error: err.Error(), Retryable: retryable, Refs: refs})
-}
-
-func classify(err error) (status int, retryable bool) {
-	var bad badRequest
-	switch {
-	case ds.IsRetryable(err):
-		return http.StatusServiceUnavailable, true
-	case errors.Is(err, ds.ErrClosed), errors.Is(err, context.Canceled):
-		// Shutting down, or the caller went away: another node, or this one later, may do.
-		return http.StatusServiceUnavailable, true
-	case errors.As(err, &bad), errors.Is(err, ds.ErrInvalidTopic), errors.Is(err, ds.ErrInvalidFilter),
-		errors.Is(err, ds.ErrInvalidMessage), errors.Is(err, ds.ErrMessageTooLarge):
-		return http.StatusBadRequest, false
-	}
-	return http.StatusInternalServerError, false
+	status, retryable := inspect.StatusOf(err)
+	inspect.WriteJSON(w, status, errorResponse{ErrorBody: inspect.ErrorBody{Error: err.Error(), Retryable: retryable}, Refs: refs})
 }
 
 func (a *api) store(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
-		writeError(w, badRequest{fmt.Errorf("read body: %w", err)}, nil)
+		writeError(w, inspect.BadRequestf("read body: %w", err), nil)
 		return
 	}
 	var in []storeMessage
@@ -151,18 +167,18 @@ func (a *api) store(w http.ResponseWriter, r *http.Request) {
 		err = json.Unmarshal(b, &in[0])
 	}
 	if err != nil {
-		writeError(w, badRequest{fmt.Errorf("decode body: %w", err)}, nil)
+		writeError(w, inspect.BadRequestf("decode body: %w", err), nil)
 		return
 	}
 	if len(in) == 0 {
-		writeJSON(w, http.StatusOK, storeResponse{Refs: []refJSON{}})
+		inspect.WriteJSON(w, http.StatusOK, storeResponse{Refs: []refJSON{}})
 		return
 	}
 	msgs := make([]ds.Message, len(in))
 	for i, m := range in {
 		p, err := base64.StdEncoding.DecodeString(m.PayloadB64)
 		if err != nil {
-			writeError(w, badRequest{fmt.Errorf("message %d: payload_b64: %w", i, err)}, nil)
+			writeError(w, inspect.BadRequestf("message %d: payload_b64: %w", i, err), nil)
 			return
 		}
 		msgs[i] = ds.Message{ClientID: m.ClientID, Topic: m.Topic, Payload: p}
@@ -182,7 +198,7 @@ func (a *api) store(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, out)
 		return
 	}
-	writeJSON(w, http.StatusOK, storeResponse{Refs: out})
+	inspect.WriteJSON(w, http.StatusOK, storeResponse{Refs: out})
 }
 
 // errNoReplica: this site runs no replica of a shard, so a local read would silently miss it.
@@ -211,7 +227,7 @@ func (a *api) read(w http.ResponseWriter, r *http.Request) {
 		out[i] = readMessage{Shard: ds.ShardID(m.Shard), TS: m.Timestamp, ClientID: m.ClientID, Topic: m.Topic,
 			PayloadB64: base64.StdEncoding.EncodeToString(m.Payload)}
 	}
-	writeJSON(w, http.StatusOK, out)
+	inspect.WriteJSON(w, http.StatusOK, out)
 }
 
 // readAll reads every message matching filter: every stream to its end, shard by shard, each
@@ -260,13 +276,7 @@ func readAll(ctx context.Context, db *ds.DB, filter string) ([]ds.Message, error
 }
 
 func (a *api) status(w http.ResponseWriter, r *http.Request) {
-	st := statusResponse{SiteID: a.site.ID().String(), RaftAddress: a.site.RaftAddress()}
-	for _, g := range a.site.Groups() {
-		st.Groups = append(st.Groups, groupJSON{
-			Group: g.Group, Shard: g.Shard, Meta: g.Meta, Leader: g.Leader, Term: g.Term, Replica: g.Replica,
-			LeaderHere: g.Replica != 0 && g.Leader == g.Replica,
-		})
-	}
+	st := statusResponse{SiteID: a.site.ID().String(), RaftAddress: a.site.RaftAddress(), Groups: a.site.Groups()}
 	for i := range a.db.NShards() {
 		d := digestJSON{Shard: stream.ShardID(i)}
 		dg, err := a.site.Digest(stream.ShardID(i))
@@ -277,22 +287,22 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		}
 		st.Shards = append(st.Shards, d)
 	}
-	writeJSON(w, http.StatusOK, st)
+	inspect.WriteJSON(w, http.StatusOK, st)
 }
 
 func (a *api) addSite(w http.ResponseWriter, r *http.Request) {
 	var req addSiteRequest
 	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
-		writeError(w, badRequest{fmt.Errorf("decode body: %w", err)}, nil)
+		writeError(w, inspect.BadRequestf("decode body: %w", err), nil)
 		return
 	}
 	id, err := raftgroup.ParseSiteID(req.ID)
 	if err != nil {
-		writeError(w, badRequest{err}, nil)
+		writeError(w, inspect.BadRequest(err), nil)
 		return
 	}
 	if req.RaftAddress == "" {
-		writeError(w, badRequest{errors.New("raft_address is empty")}, nil)
+		writeError(w, inspect.BadRequestf("raft_address is empty"), nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
@@ -301,5 +311,5 @@ func (a *api) addSite(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err, nil)
 		return
 	}
-	writeJSON(w, http.StatusOK, struct{}{})
+	inspect.WriteJSON(w, http.StatusOK, struct{}{})
 }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/internal/loopback"
+	"github.com/stretchr/testify/require"
 )
 
 // proc is one ds-node process of the multi-process test.
@@ -66,11 +68,11 @@ func (w *logWriter) Write(b []byte) (int, error) {
 func (p *proc) start() {
 	p.t.Helper()
 	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	require.NoError(p.t, err)
 	fmt.Fprintf(f, "----- start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
+	// The API token comes from the flags the test gives, never from the test's environment.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, apiTokenEnv+"=") })
 	cmd.Stdout = f
 	p.mu.Lock()
 	p.cmd, p.http = cmd, ""
@@ -78,10 +80,11 @@ func (p *proc) start() {
 	cmd.Stderr = &logWriter{p: p, f: f}
 	exited := p.exited
 	p.mu.Unlock()
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	if err != nil {
 		f.Close()
-		p.t.Fatal(err)
 	}
+	require.NoError(p.t, err)
 	go func() {
 		err := cmd.Wait()
 		f.Close()
@@ -101,9 +104,9 @@ func (p *proc) waitReady(timeout time.Duration) string {
 	select {
 	case <-ready:
 	case <-exited:
-		p.t.Fatalf("node %d exited before it was ready: %v\n%s", p.idx, p.err, p.tail(30))
+		require.Failf(p.t, "node exited before it was ready", "node %d exited before it was ready: %v\n%s", p.idx, p.err, p.tail(30))
 	case <-time.After(timeout):
-		p.t.Fatalf("node %d not ready within %v\n%s", p.idx, timeout, p.tail(30))
+		require.Failf(p.t, "node not ready in time", "node %d not ready within %v\n%s", p.idx, timeout, p.tail(30))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -165,9 +168,7 @@ func (p *proc) tail(n int) string {
 func freePort(t *testing.T) string {
 	t.Helper()
 	a, err := loopback.FreeAddrs(1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return a[0]
 }
 
@@ -191,9 +192,8 @@ func TestProcessKillLeader(t *testing.T) {
 	if os.Getenv("DSNODE_TEST_KEEP") != "" {
 		// Keep the nodes' directories and logs for a post-mortem.
 		var err error
-		if root, err = os.MkdirTemp("", "ds-node-process-"); err != nil {
-			t.Fatal(err)
-		}
+		root, err = os.MkdirTemp("", "ds-node-process-")
+		require.NoError(t, err)
 		t.Logf("DSNODE_TEST_KEEP: nodes' directories and logs are kept in %s", root)
 	}
 	var raft []string
@@ -207,7 +207,7 @@ func TestProcessKillLeader(t *testing.T) {
 			"-raft-addr", raft[i], "-http-addr", "127.0.0.1:0",
 			"-initial", strings.Join(raft, ","),
 			"-shards", fmt.Sprint(shards), "-rf", "3",
-			"-proposal-timeout", "5s", "-open-timeout", "60s",
+			"-proposal-timeout", "5s", "-open-timeout", "60s", "-api-token", testAPIToken,
 		}
 		if l := os.Getenv("DSNODE_TEST_LOG_LEVEL"); l != "" {
 			args = append(args, "-log-level", l) // debug: with dragonboat's logs
@@ -253,9 +253,7 @@ func TestProcessKillLeader(t *testing.T) {
 	victim, most := -1, -1
 	for i := range nodes {
 		st, err := getStatus(urls[i])
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		if n := shardLeaders(st); n > most {
 			victim, most = i, n
 		}
@@ -284,9 +282,7 @@ func TestProcessKillLeader(t *testing.T) {
 			continue
 		}
 		st, err := getStatus(urls[i])
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		for _, d := range st.Shards {
 			target[d.Shard] = max(target[d.Shard], d.Applied)
 		}
@@ -325,12 +321,8 @@ func TestProcessKillLeader(t *testing.T) {
 	waitSameReads(t, urls, 20*time.Second)
 
 	for i, p := range procs {
-		if err := p.terminate(15 * time.Second); err != nil {
-			t.Errorf("node %d: SIGTERM: %v", i, err)
-		}
-		if !strings.Contains(p.tail(3), "msg=stopped") {
-			t.Errorf("node %d did not log msg=stopped:\n%s", i, p.tail(10))
-		}
+		require.NoError(t, p.terminate(15*time.Second), "node %d: SIGTERM", i)
+		require.Contains(t, p.tail(3), "msg=stopped", "node %d did not log msg=stopped:\n%s", i, p.tail(10))
 	}
 	t.Logf("total %v", time.Since(testStart).Round(time.Millisecond))
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/session"
+	"github.com/stretchr/testify/require"
 )
 
 // broker is an in-process mochi server with the Strata hook, on a TCP port of its own.
@@ -45,36 +46,24 @@ func startBrokerDB(t *testing.T, dbo *ds.Options, so session.Options) *broker {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	db, err := ds.Open(t.TempDir(), dbo)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	so.Owner, so.Logger = "test-broker", logger
 	store, err := session.Open(ctx, db, &so)
 	if err != nil {
 		db.Close()
-		t.Fatal(err)
 	}
+	require.NoError(t, err)
 	srv := mqtt.New(&mqtt.Options{Logger: logger})
-	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, srv.AddHook(new(auth.AllowHook), nil))
 	h, err := New(Options{Server: srv, DB: db, Store: store, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.AddHook(h, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
+	require.NoError(t, srv.AddHook(h, nil))
+	require.NoError(t, srv.Serve())
 	// Our own listener on a free port; each connection is handed to mochi as its TCP
 	// listener would.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -106,20 +95,15 @@ func connect(t *testing.T, o *paho.ClientOptions) (paho.Client, bool) {
 	t.Helper()
 	c := paho.NewClient(o)
 	tok := c.Connect()
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", o.ClientID, tok.Error())
-	}
+	require.True(t, tok.WaitTimeout(10*time.Second), "connect %s: %v", o.ClientID, tok.Error())
+	require.NoError(t, tok.Error(), "connect %s: %v", o.ClientID, tok.Error())
 	return c, tok.(*paho.ConnectToken).SessionPresent()
 }
 
 func wait(t *testing.T, tok paho.Token, what string) {
 	t.Helper()
-	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("%s: timed out", what)
-	}
-	if err := tok.Error(); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
+	require.True(t, tok.WaitTimeout(10*time.Second), "%s: timed out", what)
+	require.NoError(t, tok.Error(), "%s", what)
 }
 
 // An offline durable subscriber receives every QoS 1 message of 1 KiB that 10 publishers
@@ -151,14 +135,11 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 
 	// Subscribe with a durable session, then go away.
 	sub, present := connect(t, subOpts())
-	if present {
-		t.Fatal("session present on the first connect")
-	}
+	require.False(t, present, "session present on the first connect")
 	wait(t, sub.Subscribe("sensors/+", 1, handler), "subscribe")
 	// The subscription is Strata's, not in mochi's in-memory index.
-	if _, ok := b.srv.Topics.Subscribers("sensors/data").Subscriptions["durable-sub"]; ok {
-		t.Fatal("durable subscription left in mochi's topic index")
-	}
+	_, ok := b.srv.Topics.Subscribers("sensors/data").Subscriptions["durable-sub"]
+	require.False(t, ok, "durable subscription left in mochi's topic index")
 	sub.Disconnect(250)
 
 	// Publish while it is offline: 10 publishers at once, each with many in flight.
@@ -196,33 +177,26 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 	wg.Wait()
 	close(errs)
 	for err := range errs {
-		t.Fatal(err)
+		require.NoError(t, err)
 	}
 
 	// Come back: everything, each publisher's in order, once.
 	start := time.Now()
 	sub, present = connect(t, subOpts())
-	if !present {
-		t.Fatal("session not present on reconnect")
-	}
+	require.True(t, present, "session not present on reconnect")
 	defer sub.Disconnect(250)
 	next := make([]int, pubs)
 	timeout := time.After(60 * time.Second)
 	for i := range n {
 		select {
 		case g := <-recv:
-			if g.err != nil {
-				t.Fatal(g.err)
-			}
-			if g.pub >= pubs || g.seq != next[g.pub] {
-				t.Fatalf("message %d: publisher %d sequence %d, want %d (out of order or duplicate)", i, g.pub, g.seq, next[g.pub%pubs])
-			}
-			if g.dup {
-				t.Fatalf("message %d: DUP set on a first delivery", i)
-			}
+			require.NoError(t, g.err)
+			require.Less(t, g.pub, pubs, "message %d: publisher %d sequence %d, want %d (out of order or duplicate)", i, g.pub, g.seq, next[g.pub%pubs])
+			require.Equal(t, next[g.pub], g.seq, "message %d: publisher %d sequence %d, want %d (out of order or duplicate)", i, g.pub, g.seq, next[g.pub%pubs])
+			require.False(t, g.dup, "message %d: DUP set on a first delivery", i)
 			next[g.pub]++
 		case <-timeout:
-			t.Fatalf("received %d of %d messages", i, n)
+			require.Failf(t, "timed out", "received %d of %d messages", i, n)
 		}
 	}
 	t.Logf("%d messages delivered after reconnecting in %v", n, time.Since(start))
@@ -233,15 +207,14 @@ func TestOfflineDurableSubscriber(t *testing.T) {
 	wait(t, pub.Publish("sensors/data", 1, false, message(0, perPub)), "sentinel")
 	select {
 	case g := <-recv:
-		if g.err != nil || g.pub != 0 || g.seq != perPub {
-			t.Fatalf("after all %d: got %+v, want the sentinel", n, g)
-		}
+		require.NoError(t, g.err, "after all %d: got %+v, want the sentinel", n, g)
+		require.Equal(t, 0, g.pub, "after all %d: got %+v, want the sentinel", n, g)
+		require.Equal(t, perPub, g.seq, "after all %d: got %+v, want the sentinel", n, g)
 	case <-time.After(10 * time.Second):
-		t.Fatal("sentinel not delivered")
+		require.Fail(t, "sentinel not delivered")
 	}
-	if m := b.store.Metrics(); m.Deliveries < n+1 {
-		t.Fatalf("Strata made %d deliveries, want at least %d (were they mochi's?)", m.Deliveries, n+1)
-	}
+	m := b.store.Metrics()
+	require.GreaterOrEqual(t, m.Deliveries, uint64(n+1), "Strata made %d deliveries, want at least %d (were they mochi's?)", m.Deliveries, n+1)
 }
 
 // A second connection with the same client ID takes the session over: the first is
@@ -261,11 +234,10 @@ func TestSessionTakeOver(t *testing.T) {
 	wait(t, pub.Publish("tk/a", 1, false, "m1"), "publish m1")
 	select {
 	case m := <-recv1:
-		if string(m.Payload()) != "m1" || m.Duplicate() {
-			t.Fatalf("first connection got %q dup=%v", m.Payload(), m.Duplicate())
-		}
+		require.Equal(t, "m1", string(m.Payload()), "first connection got %q dup=%v", m.Payload(), m.Duplicate())
+		require.False(t, m.Duplicate(), "first connection got %q dup=%v", m.Payload(), m.Duplicate())
 	case <-time.After(waitFor):
-		t.Fatal("first connection received nothing")
+		require.Fail(t, "first connection received nothing")
 	}
 
 	o2 := paho.NewClientOptions().AddBroker(b.addr).SetClientID("tk").SetCleanSession(false).
@@ -273,13 +245,11 @@ func TestSessionTakeOver(t *testing.T) {
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { recv2 <- m })
 	c2, present := connect(t, o2)
 	defer c2.Disconnect(250)
-	if !present {
-		t.Fatal("session not present for the second connection")
-	}
+	require.True(t, present, "session not present for the second connection")
 	select {
 	case <-lost:
 	case <-time.After(waitFor):
-		t.Fatal("the first connection was not disconnected")
+		require.Fail(t, "the first connection was not disconnected")
 	}
 	wait(t, pub.Publish("tk/a", 1, false, "m2"), "publish m2")
 	for _, want := range []struct {
@@ -288,11 +258,10 @@ func TestSessionTakeOver(t *testing.T) {
 	}{{"m1", true}, {"m2", false}} {
 		select {
 		case m := <-recv2:
-			if string(m.Payload()) != want.payload || m.Duplicate() != want.dup {
-				t.Fatalf("second connection got %q dup=%v, want %q dup=%v", m.Payload(), m.Duplicate(), want.payload, want.dup)
-			}
+			require.Equal(t, want.payload, string(m.Payload()), "second connection got %q dup=%v, want %q dup=%v", m.Payload(), m.Duplicate(), want.payload, want.dup)
+			require.Equal(t, want.dup, m.Duplicate(), "second connection got %q dup=%v, want %q dup=%v", m.Payload(), m.Duplicate(), want.payload, want.dup)
 		case <-time.After(waitFor):
-			t.Fatalf("second connection: %s not received", want.payload)
+			require.Failf(t, "timed out", "second connection: %s not received", want.payload)
 		}
 	}
 }
@@ -321,12 +290,10 @@ func TestPacketIDsOfBothDirections(t *testing.T) {
 	for len(seen) < n {
 		select {
 		case p := <-recv:
-			if seen[p] {
-				t.Fatalf("%q delivered twice", p)
-			}
+			require.False(t, seen[p], "%q delivered twice", p)
 			seen[p] = true
 		case <-time.After(waitFor):
-			t.Fatalf("received %d of %d", len(seen), n)
+			require.Failf(t, "timed out", "received %d of %d", len(seen), n)
 		}
 	}
 	testutil.Eventually(t, waitFor, "every exchange completed", func() error {
@@ -358,11 +325,9 @@ func TestStoreFailureIsNotAcknowledged(t *testing.T) {
 	select {
 	case <-lost:
 	case <-time.After(waitFor):
-		t.Fatal("the publisher's connection was not closed")
+		require.Fail(t, "the publisher's connection was not closed")
 	}
-	if tok.WaitTimeout(waitFor) && tok.Error() == nil {
-		t.Fatal("the refused message was acknowledged")
-	}
+	require.False(t, tok.WaitTimeout(waitFor) && tok.Error() == nil, "the refused message was acknowledged")
 	// QoS 0 is not stored and still goes through: it arrives after anything that would
 	// have been delivered of the refused message.
 	p2, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("quota-pub2"))
@@ -372,12 +337,10 @@ func TestStoreFailureIsNotAcknowledged(t *testing.T) {
 	for len(seen) < 2 {
 		select {
 		case m := <-got:
-			if strings.HasSuffix(m, "refused") {
-				t.Fatalf("the refused message was delivered: %s", m)
-			}
+			require.False(t, strings.HasSuffix(m, "refused"), "the refused message was delivered: %s", m)
 			seen[m] = true
 		case <-time.After(waitFor):
-			t.Fatalf("sentinels: got %v", seen)
+			require.Failf(t, "timed out", "sentinels: got %v", seen)
 		}
 	}
 }

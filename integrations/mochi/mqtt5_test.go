@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/session"
+	"github.com/stretchr/testify/require"
 )
 
 // MQTT 5 clients (paho.golang) through the hook: session expiry, Receive Maximum,
@@ -41,9 +41,7 @@ type conn5Opts struct {
 func connect5(t *testing.T, b *broker, id string, o conn5Opts) (*client5, *paho5.Connack) {
 	t.Helper()
 	nc, err := net.Dial("tcp", strings.TrimPrefix(b.addr, "tcp://"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	c := &client5{id: id, recv: make(chan *paho5.Publish, 1000)}
 	c.Client = paho5.NewClient(paho5.ClientConfig{
 		Conn:                       nc,
@@ -56,7 +54,7 @@ func connect5(t *testing.T, b *broker, id string, o conn5Opts) (*client5, *paho5
 			select {
 			case c.recv <- pr.Packet:
 			default:
-				t.Errorf("%s: receive buffer full", id)
+				t.Errorf("%s: receive buffer full", id) // not require: paho's goroutine
 			}
 			return true, nil
 		}},
@@ -71,9 +69,7 @@ func connect5(t *testing.T, b *broker, id string, o conn5Opts) (*client5, *paho5
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	ca, err := c.Connect(ctx, cp)
-	if err != nil {
-		t.Fatalf("connect %s: %v", id, err)
-	}
+	require.NoError(t, err, "connect %s", id)
 	t.Cleanup(func() { c.disconnect() })
 	return c, ca
 }
@@ -90,13 +86,9 @@ func (c *client5) subscribe(t *testing.T, subID int, opts ...paho5.SubscribeOpti
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	sa, err := c.Subscribe(ctx, s)
-	if err != nil {
-		t.Fatalf("%s: subscribe %+v: %v", c.id, opts, err)
-	}
+	require.NoError(t, err, "%s: subscribe %+v", c.id, opts)
 	for i, r := range sa.Reasons {
-		if r != 1 {
-			t.Fatalf("%s: subscribe %q: reason code %#x, want granted QoS 1", c.id, opts[i].Topic, r)
-		}
+		require.Equal(t, byte(1), r, "%s: subscribe %q: reason code %#x, want granted QoS 1", c.id, opts[i].Topic, r)
 	}
 }
 
@@ -106,12 +98,8 @@ func (c *client5) publish(t *testing.T, topic, payload string) {
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
 	r, err := c.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 1, Payload: []byte(payload)})
-	if err != nil {
-		t.Fatalf("%s: publish %s: %v", c.id, topic, err)
-	}
-	if r.ReasonCode >= 0x80 {
-		t.Fatalf("%s: publish %s: reason code %#x", c.id, topic, r.ReasonCode)
-	}
+	require.NoError(t, err, "%s: publish %s", c.id, topic)
+	require.Less(t, r.ReasonCode, byte(0x80), "%s: publish %s: reason code %#x", c.id, topic, r.ReasonCode)
 }
 
 // next returns the next PUBLISH received, failing the test after waitFor.
@@ -121,7 +109,7 @@ func (c *client5) next(t *testing.T, what string) *paho5.Publish {
 	case p := <-c.recv:
 		return p
 	case <-time.After(waitFor):
-		t.Fatalf("%s: %s: nothing received in %v", c.id, what, waitFor)
+		require.Failf(t, "timed out", "%s: %s: nothing received in %v", c.id, what, waitFor)
 		return nil
 	}
 }
@@ -141,9 +129,7 @@ func TestMQTT5ResumeBeforeExpiry(t *testing.T) {
 	// 30 s expiry: it cannot expire during the test.
 	o := conn5Opts{cleanStart: false, expiry: 30}
 	sub, ca := connect5(t, b, "resume5", o)
-	if ca.SessionPresent {
-		t.Fatal("session present on the first connect")
-	}
+	require.False(t, ca.SessionPresent, "session present on the first connect")
 	sub.subscribe(t, 0, paho5.SubscribeOptions{Topic: "resume/+", QoS: 1})
 	sub.disconnect()
 	testutil.Eventually(t, waitFor, "session disconnected", func() error {
@@ -157,12 +143,10 @@ func TestMQTT5ResumeBeforeExpiry(t *testing.T) {
 	pub.publish(t, "resume/a", "while away")
 
 	sub, ca = connect5(t, b, "resume5", o)
-	if !ca.SessionPresent {
-		t.Fatal("session not present when resumed before its expiry")
-	}
-	if p := sub.next(t, "message published while away"); p.Topic != "resume/a" || string(p.Payload) != "while away" {
-		t.Fatalf("got %s %q", p.Topic, p.Payload)
-	}
+	require.True(t, ca.SessionPresent, "session not present when resumed before its expiry")
+	p := sub.next(t, "message published while away")
+	require.Equal(t, "resume/a", p.Topic, "got %s %q", p.Topic, p.Payload)
+	require.Equal(t, "while away", string(p.Payload), "got %s %q", p.Topic, p.Payload)
 }
 
 // A session that expired is gone: CONNACK session present = false for clean start = false,
@@ -171,13 +155,11 @@ func TestMQTT5SessionExpiry(t *testing.T) {
 	b := startBrokerWith(t, session.Options{ExpiryInterval: 50 * time.Millisecond})
 	o := conn5Opts{cleanStart: false, expiry: 1}
 	sub, ca := connect5(t, b, "expire5", o)
-	if ca.SessionPresent {
-		t.Fatal("session present on the first connect")
-	}
+	require.False(t, ca.SessionPresent, "session present on the first connect")
 	sub.subscribe(t, 0, paho5.SubscribeOptions{Topic: "expire/+", QoS: 1})
-	if in, ok := sessionInfo(b, "expire5"); !ok || !slices.Equal(in.Subscriptions, []string{"expire/+"}) {
-		t.Fatalf("session after subscribing: %+v (found %v)", in, ok)
-	}
+	in, ok := sessionInfo(b, "expire5")
+	require.True(t, ok, "session after subscribing: %+v (found %v)", in, ok)
+	require.Equal(t, []string{"expire/+"}, in.Subscriptions, "session after subscribing: %+v (found %v)", in, ok)
 	disconnected := time.Now()
 	sub.disconnect()
 	testutil.Eventually(t, waitFor, "session expired", func() error {
@@ -186,29 +168,24 @@ func TestMQTT5SessionExpiry(t *testing.T) {
 		}
 		return nil
 	})
-	if d := time.Since(disconnected); d < 900*time.Millisecond {
-		t.Fatalf("session gone %v after its disconnect, before its 1 s expiry", d)
-	}
-	if m := b.store.Metrics(); m.Expired != 1 {
-		t.Fatalf("Metrics.Expired = %d, want 1", m.Expired)
-	}
+	d := time.Since(disconnected)
+	require.GreaterOrEqual(t, d, 900*time.Millisecond, "session gone %v after its disconnect, before its 1 s expiry", d)
+	m := b.store.Metrics()
+	require.Equal(t, uint64(1), m.Expired, "Metrics.Expired = %d, want 1", m.Expired)
 
 	sub, ca = connect5(t, b, "expire5", o)
-	if ca.SessionPresent {
-		t.Fatal("session present after it expired")
-	}
-	if in, ok := sessionInfo(b, "expire5"); !ok || len(in.Subscriptions) != 0 {
-		t.Fatalf("new session: %+v (found %v), want one without subscriptions", in, ok)
-	}
+	require.False(t, ca.SessionPresent, "session present after it expired")
+	in, ok = sessionInfo(b, "expire5")
+	require.True(t, ok, "new session: %+v (found %v), want one without subscriptions", in, ok)
+	require.Empty(t, in.Subscriptions, "new session: %+v (found %v), want one without subscriptions", in, ok)
 	pub, _ := connect5(t, b, "expire5-pub", conn5Opts{cleanStart: true})
 	pub.publish(t, "expire/a", "after expiry")
 	// A sentinel on a new filter, published after by the same publisher: when it arrives,
 	// the message to the expired filter would have arrived before it.
 	sub.subscribe(t, 0, paho5.SubscribeOptions{Topic: "sentinel/expire5", QoS: 1})
 	pub.publish(t, "sentinel/expire5", "sentinel")
-	if p := sub.next(t, "sentinel"); p.Topic != "sentinel/expire5" {
-		t.Fatalf("received %s %q after the session expired, want only the sentinel", p.Topic, p.Payload)
-	}
+	p := sub.next(t, "sentinel")
+	require.Equal(t, "sentinel/expire5", p.Topic, "received %s %q after the session expired, want only the sentinel", p.Topic, p.Payload)
 }
 
 // A client with Receive Maximum 5 that does not acknowledge has at most 5 QoS 1 deliveries
@@ -234,9 +211,8 @@ func TestMQTT5ReceiveMaximum(t *testing.T) {
 
 	check := func(p *paho5.Publish, i int) {
 		t.Helper()
-		if p.QoS != 1 || string(p.Payload) != fmt.Sprint(i) {
-			t.Fatalf("delivery %d: QoS %d payload %q", i, p.QoS, p.Payload)
-		}
+		require.Equal(t, byte(1), p.QoS, "delivery %d: QoS %d payload %q", i, p.QoS, p.Payload)
+		require.Equal(t, fmt.Sprint(i), string(p.Payload), "delivery %d: QoS %d payload %q", i, p.QoS, p.Payload)
 	}
 	var held []*paho5.Publish
 	for i := range recvMax {
@@ -248,21 +224,18 @@ func TestMQTT5ReceiveMaximum(t *testing.T) {
 	// of deliveries confirms it.)
 	select {
 	case p := <-sub.recv:
-		t.Fatalf("delivery %q beyond Receive Maximum %d with none acknowledged", p.Payload, recvMax)
+		require.Failf(t, "delivery beyond Receive Maximum", "delivery %q beyond Receive Maximum %d with none acknowledged", p.Payload, recvMax)
 	case v := <-violation:
-		t.Fatal(v)
+		require.Fail(t, v)
 	case <-time.After(300 * time.Millisecond):
 	}
-	if d := b.store.Metrics().Deliveries; d != recvMax {
-		t.Fatalf("Store made %d deliveries with none acknowledged, want %d", d, recvMax)
-	}
+	d := b.store.Metrics().Deliveries
+	require.Equal(t, uint64(recvMax), d, "Store made %d deliveries with none acknowledged, want %d", d, recvMax)
 
 	for i := recvMax; i < n+recvMax; i++ {
 		// Acknowledge the oldest, then take the next.
 		acked.Add(1)
-		if err := sub.Ack(held[0]); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, sub.Ack(held[0]))
 		held = held[1:]
 		if i >= n {
 			continue
@@ -273,12 +246,11 @@ func TestMQTT5ReceiveMaximum(t *testing.T) {
 	}
 	select {
 	case v := <-violation:
-		t.Fatal(v)
+		require.Fail(t, v)
 	default:
 	}
-	if k := received.Load(); k != n {
-		t.Fatalf("received %d deliveries, want %d", k, n)
-	}
+	k := received.Load()
+	require.Equal(t, int64(n), k, "received %d deliveries, want %d", k, n)
 }
 
 // A subscription identifier is carried by the PUBLISHes of its subscription.
@@ -292,18 +264,14 @@ func TestMQTT5SubscriptionIdentifier(t *testing.T) {
 	pub.publish(t, "noid/a", "without id")
 
 	p := sub.next(t, "message of the subscription with identifier 7")
-	if p.Topic != "subid/a" {
-		t.Fatalf("got %s %q first", p.Topic, p.Payload)
-	}
-	if p.Properties == nil || p.Properties.SubscriptionIdentifier == nil || *p.Properties.SubscriptionIdentifier != 7 {
-		t.Fatalf("PUBLISH of the subscription with identifier 7 has properties %+v", p.Properties)
-	}
+	require.Equal(t, "subid/a", p.Topic, "got %s %q first", p.Topic, p.Payload)
+	require.NotNil(t, p.Properties, "PUBLISH of the subscription with identifier 7 has properties %+v", p.Properties)
+	require.NotNil(t, p.Properties.SubscriptionIdentifier, "PUBLISH of the subscription with identifier 7 has properties %+v", p.Properties)
+	require.Equal(t, 7, *p.Properties.SubscriptionIdentifier, "PUBLISH of the subscription with identifier 7 has properties %+v", p.Properties)
 	p = sub.next(t, "message of the subscription without identifier")
-	if p.Topic != "noid/a" {
-		t.Fatalf("got %s %q", p.Topic, p.Payload)
-	}
+	require.Equal(t, "noid/a", p.Topic, "got %s %q", p.Topic, p.Payload)
 	if p.Properties != nil && p.Properties.SubscriptionIdentifier != nil {
-		t.Fatalf("PUBLISH of a subscription without identifier carries identifier %d", *p.Properties.SubscriptionIdentifier)
+		require.Failf(t, "subscription identifier on a subscription without one", "PUBLISH of a subscription without identifier carries identifier %d", *p.Properties.SubscriptionIdentifier)
 	}
 }
 
@@ -317,16 +285,15 @@ func TestMQTT5NoLocal(t *testing.T) {
 	other, _ := connect5(t, b, "nolocal5-other", conn5Opts{cleanStart: true})
 
 	other.publish(t, "nolocal/t", "from other")
-	if p := c.next(t, "another client's publish"); p.Topic != "nolocal/t" || string(p.Payload) != "from other" {
-		t.Fatalf("got %s %q, want another client's publish", p.Topic, p.Payload)
-	}
+	p := c.next(t, "another client's publish")
+	require.Equal(t, "nolocal/t", p.Topic, "got %s %q, want another client's publish", p.Topic, p.Payload)
+	require.Equal(t, "from other", string(p.Payload), "got %s %q, want another client's publish", p.Topic, p.Payload)
 	// Its own publish, then a sentinel to a subscription without no-local: the session
 	// delivers a publisher's messages in order, so the own publish would come first.
 	c.publish(t, "nolocal/t", "own")
 	c.publish(t, "nolocal/sentinel", "sentinel")
-	if p := c.next(t, "sentinel"); p.Topic != "nolocal/sentinel" {
-		t.Fatalf("got %s %q, want only the sentinel (own publish delivered to a no-local subscription)", p.Topic, p.Payload)
-	}
+	p = c.next(t, "sentinel")
+	require.Equal(t, "nolocal/sentinel", p.Topic, "got %s %q, want only the sentinel (own publish delivered to a no-local subscription)", p.Topic, p.Payload)
 }
 
 // A subscription made while connected, after the connection's delivery goroutine went
@@ -339,9 +306,8 @@ func TestMQTT5SubscribeWhileConnected(t *testing.T) {
 	for _, f := range []string{"live/a", "live/b", "live/c"} {
 		sub.subscribe(t, 0, paho5.SubscribeOptions{Topic: f, QoS: 1})
 		pub.publish(t, f, "m")
-		if p := sub.next(t, "message to "+f); p.Topic != f {
-			t.Fatalf("got %s %q, want a message to %s", p.Topic, p.Payload, f)
-		}
+		p := sub.next(t, "message to "+f)
+		require.Equal(t, f, p.Topic, "got %s %q, want a message to %s", p.Topic, p.Payload, f)
 	}
 }
 
@@ -357,20 +323,20 @@ func TestMQTT5QoS0SubscriptionIdentifierAndNoLocal(t *testing.T) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 		defer cancel()
-		if _, err := pc.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 0, Payload: []byte(payload)}); err != nil {
-			t.Fatalf("%s: publish %s: %v", pc.id, topic, err)
-		}
+		_, err := pc.Publish(ctx, &paho5.Publish{Topic: topic, QoS: 0, Payload: []byte(payload)})
+		require.NoError(t, err, "%s: publish %s", pc.id, topic)
 	}
 	publish0(other, "q0/t", "from other")
 	p := c.next(t, "another client's QoS 0 publish")
-	if p.Topic != "q0/t" || p.QoS != 0 || p.Properties == nil || p.Properties.SubscriptionIdentifier == nil || *p.Properties.SubscriptionIdentifier != 9 {
-		t.Fatalf("got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
-	}
+	require.Equal(t, "q0/t", p.Topic, "got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
+	require.Equal(t, byte(0), p.QoS, "got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
+	require.NotNil(t, p.Properties, "got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
+	require.NotNil(t, p.Properties.SubscriptionIdentifier, "got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
+	require.Equal(t, 9, *p.Properties.SubscriptionIdentifier, "got %s %q QoS %d properties %+v, want QoS 0 with subscription identifier 9", p.Topic, p.Payload, p.QoS, p.Properties)
 	// Its own QoS 0 publish, then a sentinel from the same connection: QoS 0 messages of one
 	// publisher are queued in order, so the own publish would come first.
 	publish0(c, "q0/t", "own")
 	publish0(c, "q0/sentinel", "sentinel")
-	if p := c.next(t, "sentinel"); p.Topic != "q0/sentinel" {
-		t.Fatalf("got %s %q, want only the sentinel (own QoS 0 publish delivered to a no-local subscription)", p.Topic, p.Payload)
-	}
+	p = c.next(t, "sentinel")
+	require.Equal(t, "q0/sentinel", p.Topic, "got %s %q, want only the sentinel (own QoS 0 publish delivered to a no-local subscription)", p.Topic, p.Payload)
 }

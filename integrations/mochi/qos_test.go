@@ -10,6 +10,7 @@ import (
 
 	"github.com/strata-mq/strata/integrations/mochi/internal/rawmqtt"
 	"github.com/strata-mq/strata/internal/testutil"
+	"github.com/stretchr/testify/require"
 )
 
 // rawClient is a rawmqtt.Client failing the test on errors.
@@ -22,26 +23,20 @@ type rawClient struct {
 func dialRaw(t *testing.T, b *broker, id string) (*rawClient, bool) {
 	t.Helper()
 	c, present, err := rawmqtt.Dial(b.addr, id, waitFor)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return &rawClient{t, c}, present
 }
 
 func (rc *rawClient) subscribe(filter string, qos byte) {
 	rc.t.Helper()
-	if err := rc.Subscribe(filter, qos); err != nil {
-		rc.t.Fatal(err)
-	}
+	require.NoError(rc.t, rc.Subscribe(filter, qos))
 }
 
 func (rc *rawClient) read() packets.Packet {
 	rc.t.Helper()
 	pk, err := rc.Read()
-	if err != nil {
-		rc.t.Fatalf("read: %v", err)
-	}
+	require.NoError(rc.t, err, "read")
 	return pk
 }
 
@@ -49,34 +44,31 @@ func (rc *rawClient) read() packets.Packet {
 func (rc *rawClient) expectPublish(payload string, qos byte, dup bool) uint16 {
 	rc.t.Helper()
 	pk := rc.read()
-	if pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != payload || pk.FixedHeader.Qos != qos || pk.FixedHeader.Dup != dup {
-		rc.t.Fatalf("got %v %q QoS %d DUP %v, want PUBLISH %q QoS %d DUP %v", pk.FixedHeader.Type, pk.Payload,
-			pk.FixedHeader.Qos, pk.FixedHeader.Dup, payload, qos, dup)
-	}
+	msg := []any{"got %v %q QoS %d DUP %v, want PUBLISH %q QoS %d DUP %v", pk.FixedHeader.Type, pk.Payload,
+		pk.FixedHeader.Qos, pk.FixedHeader.Dup, payload, qos, dup}
+	require.Equal(rc.t, packets.Publish, pk.FixedHeader.Type, msg...)
+	require.Equal(rc.t, payload, string(pk.Payload), msg...)
+	require.Equal(rc.t, qos, pk.FixedHeader.Qos, msg...)
+	require.Equal(rc.t, dup, pk.FixedHeader.Dup, msg...)
 	return pk.PacketID
 }
 
 func (rc *rawClient) expectPubrel(pid uint16) {
 	rc.t.Helper()
 	pk := rc.read()
-	if pk.FixedHeader.Type != packets.Pubrel || pk.PacketID != pid {
-		rc.t.Fatalf("got %v %d, want PUBREL %d", pk.FixedHeader.Type, pk.PacketID, pid)
-	}
+	require.Equal(rc.t, packets.Pubrel, pk.FixedHeader.Type, "got %v %d, want PUBREL %d", pk.FixedHeader.Type, pk.PacketID, pid)
+	require.Equal(rc.t, pid, pk.PacketID, "got %v %d, want PUBREL %d", pk.FixedHeader.Type, pk.PacketID, pid)
 }
 
 // expectNothingElse checks that the broker sends nothing before the answer to a PINGREQ.
 func (rc *rawClient) expectNothingElse() {
 	rc.t.Helper()
-	if err := rc.Ping(); err != nil {
-		rc.t.Fatal(err)
-	}
+	require.NoError(rc.t, rc.Ping())
 }
 
 func (rc *rawClient) ack(typ byte, pid uint16) {
 	rc.t.Helper()
-	if err := rc.Ack(typ, pid); err != nil {
-		rc.t.Fatal(err)
-	}
+	require.NoError(rc.t, rc.Ack(typ, pid))
 }
 
 // A QoS 2 delivery to a durable session survives the connection at each step of its
@@ -85,9 +77,7 @@ func (rc *rawClient) ack(typ byte, pid uint16) {
 func TestQoS2DeliveryAcrossReconnects(t *testing.T) {
 	b := startBroker(t)
 	sub, present := dialRaw(t, b, "q2-sub")
-	if present {
-		t.Fatal("session present on the first connect")
-	}
+	require.False(t, present, "session present on the first connect")
 	sub.subscribe("q2/t", 2)
 	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("q2-pub"))
 	defer pub.Disconnect(250)
@@ -97,12 +87,9 @@ func TestQoS2DeliveryAcrossReconnects(t *testing.T) {
 	sub.Close() // no PUBREC
 
 	sub, present = dialRaw(t, b, "q2-sub")
-	if !present {
-		t.Fatal("session not present")
-	}
-	if got := sub.expectPublish("m1", 2, true); got != pid {
-		t.Fatalf("redelivered with packet ID %d, first with %d", got, pid)
-	}
+	require.True(t, present, "session not present")
+	got := sub.expectPublish("m1", 2, true)
+	require.Equal(t, pid, got, "redelivered with packet ID %d, first with %d", got, pid)
 	sub.ack(packets.Pubrec, pid)
 	sub.expectPubrel(pid)
 	sub.expectNothingElse() // one PUBREL: mochi does not answer the PUBREC too
@@ -151,11 +138,10 @@ func TestQoS2ExactlyOnce(t *testing.T) {
 	for i := range n {
 		select {
 		case m := <-recv:
-			if string(m.Payload()) != fmt.Sprint(i) || m.Qos() != 2 {
-				t.Fatalf("message %d: got %q at QoS %d", i, m.Payload(), m.Qos())
-			}
+			require.Equal(t, fmt.Sprint(i), string(m.Payload()), "message %d: got %q at QoS %d", i, m.Payload(), m.Qos())
+			require.Equal(t, byte(2), m.Qos(), "message %d: got %q at QoS %d", i, m.Payload(), m.Qos())
 		case <-time.After(waitFor):
-			t.Fatalf("received %d of %d", i, n)
+			require.Failf(t, "timed out", "received %d of %d", i, n)
 		}
 	}
 	testutil.Eventually(t, waitFor, "every exchange completed", func() error {
@@ -166,7 +152,7 @@ func TestQoS2ExactlyOnce(t *testing.T) {
 	})
 	select {
 	case m := <-recv:
-		t.Fatalf("a duplicate: %q", m.Payload())
+		require.Failf(t, "duplicate delivery", "a duplicate: %q", m.Payload())
 	default:
 	}
 }
@@ -193,32 +179,32 @@ func TestQoS0AndRetainedToDurableSubscriber(t *testing.T) {
 		case m := <-recv:
 			return m
 		case <-time.After(waitFor):
-			t.Fatalf("%s: nothing received", what)
+			require.Failf(t, "timed out", "%s: nothing received", what)
 			return nil
 		}
 	}
-	if m := next("retained"); string(m.Payload()) != "kept" || !m.Retained() {
-		t.Fatalf("retained: got %q retained=%v", m.Payload(), m.Retained())
-	}
+	m := next("retained")
+	require.Equal(t, "kept", string(m.Payload()), "retained: got %q retained=%v", m.Payload(), m.Retained())
+	require.True(t, m.Retained(), "retained: got %q retained=%v", m.Payload(), m.Retained())
 	for i := range n {
 		wait(t, pub.Publish("live/x", 0, false, fmt.Sprint(i)), "publish")
 	}
 	for i := range n {
-		if m := next(fmt.Sprintf("QoS 0 message %d", i)); string(m.Payload()) != fmt.Sprint(i) || m.Qos() != 0 || m.Retained() {
-			t.Fatalf("QoS 0 message %d: got %q QoS %d retained=%v", i, m.Payload(), m.Qos(), m.Retained())
-		}
+		m := next(fmt.Sprintf("QoS 0 message %d", i))
+		require.Equal(t, fmt.Sprint(i), string(m.Payload()), "QoS 0 message %d: got %q QoS %d retained=%v", i, m.Payload(), m.Qos(), m.Retained())
+		require.Equal(t, byte(0), m.Qos(), "QoS 0 message %d: got %q QoS %d retained=%v", i, m.Payload(), m.Qos(), m.Retained())
+		require.False(t, m.Retained(), "QoS 0 message %d: got %q QoS %d retained=%v", i, m.Payload(), m.Qos(), m.Retained())
 	}
 	before := b.store.Metrics().Deliveries
 	wait(t, pub.Publish("live/x", 1, false, "q1"), "QoS 1 publish")
-	if m := next("QoS 1"); string(m.Payload()) != "q1" || m.Qos() != 1 {
-		t.Fatalf("QoS 1: got %q QoS %d", m.Payload(), m.Qos())
-	}
-	if d := b.store.Metrics().Deliveries; d != before+1 {
-		t.Fatalf("Strata deliveries %d → %d, want one more", before, d)
-	}
+	m = next("QoS 1")
+	require.Equal(t, "q1", string(m.Payload()), "QoS 1: got %q QoS %d", m.Payload(), m.Qos())
+	require.Equal(t, byte(1), m.Qos(), "QoS 1: got %q QoS %d", m.Payload(), m.Qos())
+	d := b.store.Metrics().Deliveries
+	require.Equal(t, before+1, d, "Strata deliveries %d → %d, want one more", before, d)
 	select {
 	case m := <-recv:
-		t.Fatalf("an extra message: %q", m.Payload())
+		require.Failf(t, "extra delivery", "an extra message: %q", m.Payload())
 	default:
 	}
 }

@@ -4,48 +4,31 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/strata-mq/strata/internal/message"
+	"github.com/stretchr/testify/require"
 )
-
-// The tests use the standard library only: testify's assert package pulls in
-// a YAML module, and these leaf packages need no dependencies.
 
 // equal fails the test unless want and got are deeply equal. ctx, if any, is
 // a format string and its arguments.
 func equal(t testing.TB, want, got any, ctx ...any) {
 	t.Helper()
-	if !reflect.DeepEqual(want, got) {
-		t.Fatalf("%s\nwant: %+v\n got: %+v", describe(ctx), want, got)
-	}
-}
-
-func describe(ctx []any) string {
-	if len(ctx) == 0 {
-		return "not equal"
-	}
-	return fmt.Sprintf(ctx[0].(string), ctx[1:]...)
+	require.Equal(t, want, got, ctx...)
 }
 
 func noErr(t testing.TB, err error) {
 	t.Helper()
-	if err != nil {
-		t.Fatalf("unexpected error: %v", err)
-	}
+	require.NoError(t, err, "unexpected error")
 }
 
 // errIs fails the test unless err wraps target.
 func errIs(t testing.TB, err, target error, ctx ...any) {
 	t.Helper()
-	if !errors.Is(err, target) {
-		t.Fatalf("%s: error %v does not wrap %v", describe(ctx), err, target)
-	}
+	require.ErrorIs(t, err, target, ctx...)
 }
 
 // fixtures returns hand-picked messages that between them set every field,
@@ -318,9 +301,9 @@ func TestNilAndEmptyAreEqual(t *testing.T) {
 
 	var got message.Message
 	noErr(t, message.DecodeRecord(rec, &got))
-	if got.Payload != nil || got.Properties.CorrelationData != nil || got.Properties.User != nil {
-		t.Fatalf("empty fields decoded as non-nil: %+v", got)
-	}
+	require.Nil(t, got.Payload, "empty fields decoded as non-nil: %+v", got)
+	require.Nil(t, got.Properties.CorrelationData, "empty fields decoded as non-nil: %+v", got)
+	require.Nil(t, got.Properties.User, "empty fields decoded as non-nil: %+v", got)
 }
 
 func TestExpiryWithoutFlagIsDropped(t *testing.T) {
@@ -508,9 +491,8 @@ func TestSize(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 5))
 	for range 200 {
 		m := randMessage(r)
-		if min := len(m.Topic) + len(m.Payload) + len(m.ClientID); message.Size(&m) < min {
-			t.Fatalf("Size = %d, less than topic+payload+client ID = %d", message.Size(&m), min)
-		}
+		require.GreaterOrEqual(t, message.Size(&m), len(m.Topic)+len(m.Payload)+len(m.ClientID),
+			"Size, at least topic+payload+client ID")
 	}
 }
 
@@ -537,27 +519,17 @@ func FuzzDecodeRecord(f *testing.F) {
 		orig := append([]byte(nil), buf...)
 		var m message.Message
 		if err := message.DecodeRecord(buf, &m); err != nil {
-			if !errors.Is(err, message.ErrCorrupt) {
-				t.Fatalf("error does not wrap ErrCorrupt: %v", err)
-			}
+			require.ErrorIs(t, err, message.ErrCorrupt)
 			return
 		}
-		if !bytes.Equal(orig, buf) {
-			t.Fatal("DecodeRecord modified its input")
-		}
+		require.True(t, bytes.Equal(orig, buf), "DecodeRecord modified its input")
 		// The format is canonical, so a record that decodes re-encodes to
 		// exactly the same bytes, and therefore decodes to the same message.
 		rec := message.AppendRecord(nil, &m)
-		if !bytes.Equal(rec, buf) {
-			t.Fatalf("re-encoding differs:\n in  %x\n out %x", buf, rec)
-		}
-		if n := message.RecordSize(&m); n != len(rec) {
-			t.Fatalf("RecordSize = %d, want %d", n, len(rec))
-		}
+		require.True(t, bytes.Equal(rec, buf), "re-encoding differs:\n in  %x\n out %x", buf, rec)
+		require.Equal(t, len(rec), message.RecordSize(&m), "RecordSize")
 		var m2 message.Message
-		if err := message.DecodeRecord(rec, &m2); err != nil {
-			t.Fatalf("re-decoding: %v", err)
-		}
+		require.NoError(t, message.DecodeRecord(rec, &m2), "re-decoding")
 		equal(t, m, m2)
 	})
 }

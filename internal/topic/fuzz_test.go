@@ -1,10 +1,11 @@
 package topic
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
 )
 
 // FuzzValidate checks that validation never panics and that what it
@@ -26,46 +27,36 @@ func FuzzValidate(f *testing.F) {
 		nameErr, filterErr := ValidateName(s), ValidateFilter(s)
 
 		if nameErr == nil {
-			if s == "" || len(s) > MaxLen || !utf8.ValidString(s) ||
-				strings.ContainsAny(s, "+#\x00") {
-				t.Fatalf("ValidateName accepted %q", s)
-			}
+			require.False(t, s == "" || len(s) > MaxLen || !utf8.ValidString(s) ||
+				strings.ContainsAny(s, "+#\x00"), "ValidateName accepted %q", s)
 			// Every valid name is a valid filter matching (at least) itself.
-			if filterErr != nil {
-				t.Fatalf("valid name %q rejected as filter: %v", s, filterErr)
-			}
-			if !Match(s, s) {
-				t.Fatalf("valid name %q does not match itself", s)
-			}
-		} else if !errors.Is(nameErr, ErrInvalidTopic) || errors.Is(nameErr, ErrInvalidFilter) {
-			t.Fatalf("ValidateName(%q) = %v: wrong sentinel", s, nameErr)
+			require.NoError(t, filterErr, "valid name %q rejected as filter", s)
+			require.True(t, Match(s, s), "valid name %q does not match itself", s)
+		} else {
+			require.ErrorIs(t, nameErr, ErrInvalidTopic, "ValidateName(%q): wrong sentinel", s)
+			require.NotErrorIs(t, nameErr, ErrInvalidFilter, "ValidateName(%q): wrong sentinel", s)
 		}
 		if filterErr == nil {
-			if s == "" || len(s) > MaxLen || !utf8.ValidString(s) || strings.Contains(s, "\x00") {
-				t.Fatalf("ValidateFilter accepted %q", s)
-			}
-		} else if !errors.Is(filterErr, ErrInvalidFilter) || errors.Is(filterErr, ErrInvalidTopic) {
-			t.Fatalf("ValidateFilter(%q) = %v: wrong sentinel", s, filterErr)
+			require.False(t, s == "" || len(s) > MaxLen || !utf8.ValidString(s) || strings.Contains(s, "\x00"),
+				"ValidateFilter accepted %q", s)
+		} else {
+			require.ErrorIs(t, filterErr, ErrInvalidFilter, "ValidateFilter(%q): wrong sentinel", s)
+			require.NotErrorIs(t, filterErr, ErrInvalidTopic, "ValidateFilter(%q): wrong sentinel", s)
 		}
 
-		if got, want := nameErr == nil, refValidName(s); got != want {
-			t.Fatalf("ValidateName(%q) valid=%v, reference %v (err %v)", s, got, want, nameErr)
-		}
-		if got, want := filterErr == nil, refValidFilter(s); got != want {
-			t.Fatalf("ValidateFilter(%q) valid=%v, reference %v (err %v)", s, got, want, filterErr)
-		}
+		require.Equal(t, refValidName(s), nameErr == nil, "ValidateName(%q) valid, as the reference (err %v)", s, nameErr)
+		require.Equal(t, refValidFilter(s), filterErr == nil, "ValidateFilter(%q) valid, as the reference (err %v)", s, filterErr)
 
 		// Error messages are bounded regardless of input size.
 		for _, err := range []error{nameErr, filterErr} {
-			if err != nil && len(err.Error()) > 512 {
-				t.Fatalf("error message is %d bytes: %v", len(err.Error()), err)
+			if err != nil {
+				require.LessOrEqual(t, len(err.Error()), 512, "error message length: %v", err)
 			}
 		}
 
 		levels := Split(s)
-		if len(levels) == 0 || strings.Join(levels, "/") != s {
-			t.Fatalf("Split(%q) = %q does not round-trip", s, levels)
-		}
+		require.NotEmpty(t, levels, "Split(%q)", s)
+		require.Equal(t, s, strings.Join(levels, "/"), "Split(%q) = %q does not round-trip", s, levels)
 		_ = IsSystem(s)
 	})
 }
@@ -81,25 +72,17 @@ func FuzzMatch(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, filter, name string) {
 		got := Match(filter, name)
-		if lv := MatchLevels(Split(filter), Split(name)); lv != got {
-			t.Fatalf("Match(%q, %q) = %v but MatchLevels = %v", filter, name, got, lv)
-		}
+		require.Equal(t, got, MatchLevels(Split(filter), Split(name)), "MatchLevels(%q, %q), as Match", filter, name)
 		if ValidateFilter(filter) != nil || ValidateName(name) != nil {
 			return
 		}
-		if want := refMatch(filter, name); got != want {
-			t.Fatalf("Match(%q, %q) = %v, reference %v", filter, name, got, want)
-		}
-		if want := regexpMatch(filterRegexp(filter), filter, name); got != want {
-			t.Fatalf("Match(%q, %q) = %v, regexp reference %v", filter, name, got, want)
-		}
+		require.Equal(t, refMatch(filter, name), got, "Match(%q, %q), as the reference", filter, name)
+		require.Equal(t, regexpMatch(filterRegexp(filter), filter, name), got, "Match(%q, %q), as the regexp reference", filter, name)
 		// '#' matches every name that does not start with '$'.
-		if !IsSystem(name) && !Match("#", name) {
-			t.Fatalf("%q not matched by '#'", name)
+		if !IsSystem(name) {
+			require.True(t, Match("#", name), "%q not matched by '#'", name)
 		}
 		// A name always matches itself used as a filter.
-		if !Match(name, name) {
-			t.Fatalf("%q does not match itself", name)
-		}
+		require.True(t, Match(name, name), "%q does not match itself", name)
 	})
 }

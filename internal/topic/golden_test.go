@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 var rewrite = flag.Bool("rewrite", false,
@@ -20,12 +22,8 @@ var rewrite = flag.Bool("rewrite", false,
 //	go test ./internal/topic/ -run TestGolden -rewrite
 func TestGolden(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/*.txt files")
-	}
+	require.NoError(t, err)
+	require.NotEmpty(t, files, "no testdata/*.txt files")
 	for _, path := range files {
 		t.Run(filepath.Base(path), func(t *testing.T) { runGoldenFile(t, path) })
 	}
@@ -33,9 +31,7 @@ func TestGolden(t *testing.T) {
 
 func runGoldenFile(t *testing.T, path string) {
 	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	lines := strings.Split(string(data), "\n")
 	changed := false
 	for i, line := range lines {
@@ -44,13 +40,9 @@ func runGoldenFile(t *testing.T, path string) {
 			continue
 		}
 		args, raw, expected, err := parseGoldenLine(trimmed)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", path, i+1, err)
-		}
+		require.NoError(t, err, "%s:%d", path, i+1)
 		actual, err := runGoldenCommand(args)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", path, i+1, err)
-		}
+		require.NoError(t, err, "%s:%d", path, i+1)
 		if actual == expected {
 			continue
 		}
@@ -59,12 +51,10 @@ func runGoldenFile(t *testing.T, path string) {
 			changed = true
 			continue
 		}
-		t.Errorf("%s:%d: %s\n\twant: %s\n\tgot:  %s", path, i+1, trimmed, expected, actual)
+		require.Equal(t, expected, actual, "%s:%d: %s (run with -rewrite to update)", path, i+1, trimmed)
 	}
 	if changed {
-		if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644))
 		t.Logf("rewrote %s", path)
 	}
 }

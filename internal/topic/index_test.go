@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // TestIndexMatchesLikeMatch checks Index against Match over random filters and names from a
@@ -49,9 +51,7 @@ func TestIndexMatchesLikeMatch(t *testing.T) {
 			x.Set(f, f)
 			set[f] = true
 		}
-		if x.Len() != len(set) {
-			t.Fatalf("Len %d, want %d", x.Len(), len(set))
-		}
+		require.Equal(t, len(set), x.Len(), "Len")
 		for i := 0; i < 50; i++ {
 			name := strings.Join(randLevels(false), "/")
 			if ValidateName(name) != nil {
@@ -60,14 +60,13 @@ func TestIndexMatchesLikeMatch(t *testing.T) {
 			requireMatches(t, &x, set, name)
 		}
 		for f := range set {
-			if v, ok := x.Get(f); !ok || v != f {
-				t.Fatalf("Get(%q) = %q, %v", f, v, ok)
-			}
+			v, ok := x.Get(f)
+			require.True(t, ok, "Get(%q) = %q, %v", f, v, ok)
+			require.Equal(t, f, v, "Get(%q)", f)
 			x.Delete(f)
 		}
-		if x.Len() != 0 || len(x.root.children) != 0 {
-			t.Fatalf("after deleting every filter: Len %d, %d root children", x.Len(), len(x.root.children))
-		}
+		require.Zero(t, x.Len(), "Len after deleting every filter")
+		require.Empty(t, x.root.children, "root children after deleting every filter")
 	}
 }
 
@@ -105,7 +104,5 @@ func requireMatches(t *testing.T, x *Index[string], set map[string]bool, name st
 	got := x.Match(name, nil)
 	slices.Sort(got)
 	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Fatalf("Match(%q) = %q, want %q (filters %v)", name, got, want, set)
-	}
+	require.True(t, slices.Equal(got, want), "Match(%q) = %q, want %q (filters %v)", name, got, want, set)
 }

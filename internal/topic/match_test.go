@@ -3,10 +3,11 @@ package topic
 import (
 	"fmt"
 	"math/rand/v2"
-	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 type matchCase struct {
@@ -121,16 +122,11 @@ var matchCases = []matchCase{
 
 func TestMatch(t *testing.T) {
 	for _, tc := range matchCases {
-		if got := Match(tc.filter, tc.name); got != tc.want {
-			t.Errorf("Match(%q, %q) = %v, want %v", tc.filter, tc.name, got, tc.want)
-		}
-		if got := MatchLevels(Split(tc.filter), Split(tc.name)); got != tc.want {
-			t.Errorf("MatchLevels(%q, %q) = %v, want %v", tc.filter, tc.name, got, tc.want)
-		}
+		require.Equal(t, tc.want, Match(tc.filter, tc.name), "Match(%q, %q)", tc.filter, tc.name)
+		require.Equal(t, tc.want, MatchLevels(Split(tc.filter), Split(tc.name)), "MatchLevels(%q, %q)", tc.filter, tc.name)
 		if ValidateFilter(tc.filter) == nil && ValidateName(tc.name) == nil {
-			if got := refMatch(tc.filter, tc.name); got != tc.want {
-				t.Errorf("reference disagrees with table: refMatch(%q, %q) = %v", tc.filter, tc.name, got)
-			}
+			require.Equal(t, tc.want, refMatch(tc.filter, tc.name),
+				"reference disagrees with table: refMatch(%q, %q)", tc.filter, tc.name)
 		}
 	}
 }
@@ -154,9 +150,7 @@ func TestMatchLevelsEmpty(t *testing.T) {
 		{[]string{"#"}, []string{"", "$x"}, true},
 	}
 	for _, tc := range cases {
-		if got := MatchLevels(tc.filter, tc.name); got != tc.want {
-			t.Errorf("MatchLevels(%q, %q) = %v, want %v", tc.filter, tc.name, got, tc.want)
-		}
+		require.Equal(t, tc.want, MatchLevels(tc.filter, tc.name), "MatchLevels(%q, %q)", tc.filter, tc.name)
 	}
 }
 
@@ -176,15 +170,9 @@ func TestSplit(t *testing.T) {
 	}
 	for _, tc := range cases {
 		got := Split(tc.in)
-		if !reflect.DeepEqual(got, tc.want) {
-			t.Errorf("Split(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-		if !reflect.DeepEqual(got, refSplit(tc.in)) {
-			t.Errorf("Split(%q) = %q, reference %q", tc.in, got, refSplit(tc.in))
-		}
-		if j := strings.Join(got, "/"); j != tc.in {
-			t.Errorf("Join(Split(%q)) = %q", tc.in, j)
-		}
+		require.Equal(t, tc.want, got, "Split(%q)", tc.in)
+		require.Equal(t, refSplit(tc.in), got, "Split(%q), as the reference", tc.in)
+		require.Equal(t, tc.in, strings.Join(got, "/"), "Join(Split(%q))", tc.in)
 	}
 }
 
@@ -198,9 +186,7 @@ func TestIsSystem(t *testing.T) {
 		"/$SYS":      false,
 		"SYS":        false,
 	} {
-		if got := IsSystem(in); got != want {
-			t.Errorf("IsSystem(%q) = %v, want %v", in, got, want)
-		}
+		require.Equal(t, want, IsSystem(in), "IsSystem(%q)", in)
 	}
 }
 
@@ -212,9 +198,7 @@ func TestMatchNoAllocs(t *testing.T) {
 		}
 		_ = MatchLevels(f, n)
 	})
-	if allocs != 0 {
-		t.Errorf("Match allocates %v times", allocs)
-	}
+	require.Zero(t, allocs, "Match allocates")
 }
 
 // bruteAlphabet is the set of levels the brute-force test builds inputs
@@ -268,26 +252,16 @@ func randomLevels(r *rand.Rand, alphabet []string, maxLevels int) string {
 func checkAgainstReference(t *testing.T, filter, name string, re *regexp.Regexp) {
 	t.Helper()
 	got := Match(filter, name)
-	if lv := MatchLevels(Split(filter), Split(name)); lv != got {
-		t.Fatalf("Match(%q, %q) = %v but MatchLevels = %v", filter, name, got, lv)
-	}
+	require.Equal(t, got, MatchLevels(Split(filter), Split(name)), "MatchLevels(%q, %q), as Match", filter, name)
 	validF, validN := ValidateFilter(filter) == nil, ValidateName(name) == nil
-	if validF != refValidFilter(filter) {
-		t.Fatalf("ValidateFilter(%q) valid=%v, reference %v", filter, validF, !validF)
-	}
-	if validN != refValidName(name) {
-		t.Fatalf("ValidateName(%q) valid=%v, reference %v", name, validN, !validN)
-	}
+	require.Equal(t, refValidFilter(filter), validF, "ValidateFilter(%q) valid, as the reference", filter)
+	require.Equal(t, refValidName(name), validN, "ValidateName(%q) valid, as the reference", name)
 	if !validF || !validN {
 		return
 	}
-	if want := refMatch(filter, name); got != want {
-		t.Fatalf("Match(%q, %q) = %v, reference %v", filter, name, got, want)
-	}
+	require.Equal(t, refMatch(filter, name), got, "Match(%q, %q), as the reference", filter, name)
 	if re != nil {
-		if want := regexpMatch(re, filter, name); got != want {
-			t.Fatalf("Match(%q, %q) = %v, regexp %s reference %v", filter, name, got, re, want)
-		}
+		require.Equal(t, regexpMatch(re, filter, name), got, "Match(%q, %q), as regexp %s", filter, name, re)
 	}
 }
 

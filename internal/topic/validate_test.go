@@ -1,9 +1,10 @@
 package topic
 
 import (
-	"errors"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // validationCase is shared by the validation table test and the fuzz
@@ -95,56 +96,35 @@ func TestValidate(t *testing.T) {
 		check := func(kind string, err, sentinel error, want string) {
 			t.Helper()
 			if want == "" {
-				if err != nil {
-					t.Errorf("%s(%s): unexpected error: %v", kind, short(tc.in), err)
-				}
+				require.NoError(t, err, "%s(%s)", kind, short(tc.in))
 				return
 			}
-			if err == nil {
-				t.Errorf("%s(%s): got nil, want error containing %q", kind, short(tc.in), want)
-				return
-			}
-			if !errors.Is(err, sentinel) {
-				t.Errorf("%s(%s): error %v does not wrap %v", kind, short(tc.in), err, sentinel)
-			}
-			if !strings.Contains(err.Error(), want) {
-				t.Errorf("%s(%s): error %q does not contain %q", kind, short(tc.in), err, want)
-			}
+			require.Error(t, err, "%s(%s): want error containing %q", kind, short(tc.in), want)
+			require.ErrorIs(t, err, sentinel, "%s(%s)", kind, short(tc.in))
+			require.ErrorContains(t, err, want, "%s(%s)", kind, short(tc.in))
 		}
 		check("ValidateName", ValidateName(tc.in), ErrInvalidTopic, tc.nameErr)
 		check("ValidateFilter", ValidateFilter(tc.in), ErrInvalidFilter, tc.filterErr)
 		// Keep the table honest against the reference implementation.
-		if got := refValidName(tc.in); got != (tc.nameErr == "") {
-			t.Errorf("table/reference disagree on name %s", short(tc.in))
-		}
-		if got := refValidFilter(tc.in); got != (tc.filterErr == "") {
-			t.Errorf("table/reference disagree on filter %s", short(tc.in))
-		}
+		require.Equal(t, tc.nameErr == "", refValidName(tc.in), "table/reference disagree on name %s", short(tc.in))
+		require.Equal(t, tc.filterErr == "", refValidFilter(tc.in), "table/reference disagree on filter %s", short(tc.in))
 	}
 }
 
 func TestValidateErrorFormat(t *testing.T) {
 	// The full message, so that changes to it are deliberate.
 	err := ValidateFilter("a/#/b")
-	if got, want := err.Error(), `invalid topic filter: "a/#/b": '#' must be the last level (offset 2)`; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
+	require.EqualError(t, err, `invalid topic filter: "a/#/b": '#' must be the last level (offset 2)`)
 	err = ValidateName("a/+")
-	if got, want := err.Error(), `invalid topic name: "a/+": wildcard '+' not allowed in a topic name (offset 2)`; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
+	require.EqualError(t, err, `invalid topic name: "a/+": wildcard '+' not allowed in a topic name (offset 2)`)
 
 	// Long inputs are truncated to a bounded message.
 	long := strings.Repeat("x", 100) + "+"
 	err = ValidateName(long)
 	want := `invalid topic name: "` + strings.Repeat("x", 64) + `"... (101 bytes): wildcard '+' not allowed in a topic name (offset 100)`
-	if err.Error() != want {
-		t.Errorf("got %q, want %q", err, want)
-	}
+	require.EqualError(t, err, want)
 	huge := strings.Repeat("y", 10*MaxLen)
-	if msg := ValidateFilter(huge).Error(); len(msg) > 200 {
-		t.Errorf("error message for huge input is %d bytes", len(msg))
-	}
+	require.LessOrEqual(t, len(ValidateFilter(huge).Error()), 200, "error message length for huge input")
 }
 
 func TestShort(t *testing.T) {
@@ -160,9 +140,7 @@ func TestShort(t *testing.T) {
 			`"` + strings.Repeat("a", 60) + `\x80"... (70 bytes)`},
 	}
 	for _, tc := range cases {
-		if got := short(tc.in); got != tc.want {
-			t.Errorf("short(%q) = %s, want %s", tc.in, got, tc.want)
-		}
+		require.Equal(t, tc.want, short(tc.in), "short(%q)", tc.in)
 	}
 }
 
@@ -171,7 +149,5 @@ func TestValidateNoAllocs(t *testing.T) {
 		_ = ValidateName("sport/tennis/player1/ranking")
 		_ = ValidateFilter("sport/+/player1/#")
 	})
-	if allocs != 0 {
-		t.Errorf("validating valid input allocates %v times", allocs)
-	}
+	require.Zero(t, allocs, "validating valid input allocates")
 }

@@ -20,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/stretchr/testify/require"
 )
 
 // buildBroker builds this command into a temporary directory once per test binary.
@@ -47,9 +48,7 @@ func brokerBinary(t *testing.T) string {
 		t.Skip("no go command to build the broker:", err)
 	}
 	bin, err := buildBroker()
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	return bin
 }
 
@@ -90,21 +89,18 @@ func startProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brok
 func launchProc(t *testing.T, bin, dataDir, logPath string, more ...string) *brokerProc {
 	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	fmt.Fprintf(f, "----- start %s %q\n", time.Now().Format(time.RFC3339Nano), more)
 	args := append([]string{"-listen", "127.0.0.1:0", "-data", dataDir, "-owner", "test-broker", "-log-level", "warn"}, more...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = f
 	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	err = cmd.Start()
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
 		f.Close()
-		t.Fatal(err)
 	}
+	require.NoError(t, err)
 	p := &brokerProc{t: t, cmd: cmd, exited: make(chan struct{}), log: logPath, listening: make(chan string, 1),
 		site: make(chan string, 1)}
 	go func() {
@@ -138,9 +134,9 @@ func (p *brokerProc) waitListening(timeout time.Duration) {
 	case a := <-p.listening:
 		p.addr = "tcp://" + a
 	case <-p.exited:
-		p.t.Fatalf("broker exited before listening: %v\n%s", p.err, p.tail())
+		require.Failf(p.t, "broker exited", "broker exited before listening: %v\n%s", p.err, p.tail())
 	case <-time.After(timeout):
-		p.t.Fatalf("broker did not print its address within %v\n%s", timeout, p.tail())
+		require.Failf(p.t, "timed out", "broker did not print its address within %v\n%s", timeout, p.tail())
 	}
 }
 
@@ -155,29 +151,23 @@ func (p *brokerProc) tail() string {
 // kill sends SIGKILL and waits for the process to be gone.
 func (p *brokerProc) kill() {
 	p.t.Helper()
-	if err := p.cmd.Process.Kill(); err != nil {
-		p.t.Fatal(err)
-	}
+	require.NoError(p.t, p.cmd.Process.Kill())
 	select {
 	case <-p.exited:
 	case <-time.After(10 * time.Second):
-		p.t.Fatal("broker not gone 10s after SIGKILL")
+		require.Fail(p.t, "broker not gone 10s after SIGKILL")
 	}
 }
 
 // stop sends SIGTERM and expects a clean exit.
 func (p *brokerProc) stop() {
 	p.t.Helper()
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		p.t.Fatal(err)
-	}
+	require.NoError(p.t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case <-p.exited:
-		if p.err != nil {
-			p.t.Fatalf("broker exited with %v after SIGTERM\n%s", p.err, p.tail())
-		}
+		require.NoError(p.t, p.err, "broker exited with %v after SIGTERM\n%s", p.err, p.tail())
 	case <-time.After(15 * time.Second):
-		p.t.Fatalf("broker still running 15s after SIGTERM\n%s", p.tail())
+		require.Failf(p.t, "timed out", "broker still running 15s after SIGTERM\n%s", p.tail())
 	}
 }
 
@@ -195,9 +185,8 @@ func connect(t *testing.T, o *paho.ClientOptions) (paho.Client, bool) {
 	t.Helper()
 	c := paho.NewClient(o.SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second))
 	tok := c.Connect()
-	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("connect %s: %v", o.ClientID, tok.Error())
-	}
+	require.True(t, tok.WaitTimeout(10*time.Second), "connect %s: %v", o.ClientID, tok.Error())
+	require.NoError(t, tok.Error(), "connect %s: %v", o.ClientID, tok.Error())
 	return c, tok.(*paho.ConnectToken).SessionPresent()
 }
 
@@ -278,12 +267,10 @@ func TestKillDuringPublish(t *testing.T) {
 
 	// A durable subscription, then the subscriber goes away.
 	sub, present := connect(t, subOpts(b.addr))
-	if present {
-		t.Fatal("session present on the first connect")
-	}
-	if tok := sub.Subscribe("strata-test/+", 1, handler); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
+	require.False(t, present, "session present on the first connect")
+	tok := sub.Subscribe("strata-test/+", 1, handler)
+	require.True(t, tok.WaitTimeout(10*time.Second), "subscribe: %v", tok.Error())
+	require.NoError(t, tok.Error(), "subscribe: %v", tok.Error())
 	sub.Disconnect(250)
 
 	// Life 1: publish all n, kill -9 the broker after killAfter PUBACKs.
@@ -299,21 +286,18 @@ func TestKillDuringPublish(t *testing.T) {
 	select {
 	case <-killed:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("broker not killed: %d PUBACKs", len(acked1))
+		require.Failf(t, "timed out", "broker not killed: %d PUBACKs", len(acked1))
 	}
 	pub.Disconnect(0)
-	if len(acked1) < killAfter || len(acked1) >= n {
-		t.Fatalf("%d of %d messages acknowledged before the kill, want from %d to %d", len(acked1), n, killAfter, n-1)
-	}
+	require.GreaterOrEqual(t, len(acked1), killAfter, "%d of %d messages acknowledged before the kill, want from %d to %d", len(acked1), n, killAfter, n-1)
+	require.Less(t, len(acked1), n, "%d of %d messages acknowledged before the kill, want from %d to %d", len(acked1), n, killAfter, n-1)
 	t.Logf("life 1: %d PUBACKs before kill -9 (%v)", len(acked1), time.Since(start).Round(time.Millisecond))
 
 	// Life 2 on the same data: the subscriber comes back, the publisher sends the rest.
 	b = startProc(t, bin, dataDir, logPath, "-admin", "127.0.0.1:0")
 	sub, present = connect(t, subOpts(b.addr))
 	defer sub.Disconnect(250)
-	if !present {
-		t.Fatal("session not present after the restart")
-	}
+	require.True(t, present, "session not present after the restart")
 	ackedSet := make(map[int]bool, n)
 	for _, s := range acked1 {
 		ackedSet[s] = true
@@ -327,9 +311,7 @@ func TestKillDuringPublish(t *testing.T) {
 	pub, _ = connect(t, pubOpts(b.addr))
 	defer pub.Disconnect(250)
 	acked2 := publish(t, pub, 2, append(rest, n), 0, nil) // n: the end marker
-	if len(acked2) != len(rest)+1 {
-		t.Fatalf("life 2: %d of %d messages acknowledged", len(acked2), len(rest)+1)
-	}
+	require.Len(t, acked2, len(rest)+1, "life 2: %d of %d messages acknowledged", len(acked2), len(rest)+1)
 	for _, s := range acked2 {
 		ackedSet[s] = true
 	}
@@ -349,18 +331,14 @@ func TestKillDuringPublish(t *testing.T) {
 		select {
 		case m := <-recv:
 			delivered++
-			if m.life != 1 && m.life != 2 {
-				t.Fatalf("unexpected message: %+v", m)
-			}
+			require.False(t, m.life != 1 && m.life != 2, "unexpected message: %+v", m)
 			k := msg{life: m.life, seq: m.seq}
 			if seen[k] {
 				dups++
 				continue
 			}
 			seen[k] = true
-			if m.seq <= last[m.life] {
-				t.Fatalf("life %d: message %d delivered after %d", m.life, m.seq, last[m.life])
-			}
+			require.Greater(t, m.seq, last[m.life], "life %d: message %d delivered after %d", m.life, m.seq, last[m.life])
 			last[m.life] = m.seq
 			if m.seq == n {
 				marker = true
@@ -377,7 +355,7 @@ func TestKillDuringPublish(t *testing.T) {
 			if len(missing) > 10 {
 				missing = missing[:10]
 			}
-			t.Fatalf("after 20s: %d distinct of %d acknowledged messages delivered, marker %v; missing e.g. %v",
+			require.Failf(t, "timed out", "after 20s: %d distinct of %d acknowledged messages delivered, marker %v; missing e.g. %v",
 				len(got), n, marker, missing)
 		}
 	}
@@ -393,18 +371,13 @@ func TestKillDuringPublish(t *testing.T) {
 
 	// The admin endpoint serves the DB's and the sessions' metrics.
 	resp, err := http.Get(b.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
-	}
+	require.NoError(t, err, "GET /metrics: %d %v", resp.StatusCode, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "GET /metrics: %d %v", resp.StatusCode, err)
 	for _, name := range []string{"strata_subscriptions ", "strata_session_"} {
-		if !strings.Contains(string(body), name) {
-			t.Fatalf("GET /metrics: no %q in\n%.2000s", name, body)
-		}
+		require.Contains(t, string(body), name, "GET /metrics: no %q in\n%.2000s", name, body)
 	}
 
 	// A clean stop on SIGTERM, the durable subscriber still connected.

@@ -10,6 +10,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/strata-mq/strata/integrations/mochi/internal/rawmqtt"
+	"github.com/stretchr/testify/require"
 )
 
 // receiver is a durable subscriber speaking raw MQTT, so that the test sees every DUP flag
@@ -42,9 +43,7 @@ func newReceiver(t *testing.T, id string, qos byte) *receiver {
 func (r *receiver) connect(addr string) bool {
 	r.t.Helper()
 	c, present, err := rawmqtt.Dial(addr, r.id, 20*time.Second)
-	if err != nil {
-		r.t.Fatalf("%s: %v", r.id, err)
-	}
+	require.NoError(r.t, err, "%s", r.id)
 	r.t.Cleanup(func() { c.Close() })
 	r.c, r.life, r.order = c, map[int]delivered{}, nil
 	return present
@@ -56,9 +55,7 @@ func (r *receiver) receive(until func() bool) {
 	r.t.Helper()
 	for !until() {
 		pk, err := r.c.Read()
-		if err != nil {
-			r.t.Fatalf("%s: read: %v (handed %d)", r.id, err, len(r.handed))
-		}
+		require.NoError(r.t, err, "%s: read: %v (handed %d)", r.id, err, len(r.handed))
 		switch pk.FixedHeader.Type {
 		case packets.Publish:
 			r.publish(pk)
@@ -69,16 +66,16 @@ func (r *receiver) receive(until func() bool) {
 			delete(r.pending, pk.PacketID)
 			r.ack(packets.Pubcomp, pk.PacketID)
 		default:
-			r.t.Fatalf("%s: unexpected %v", r.id, pk.FixedHeader.Type)
+			require.Failf(r.t, "unexpected packet", "%s: unexpected %v", r.id, pk.FixedHeader.Type)
 		}
 	}
 }
 
 func (r *receiver) publish(pk packets.Packet) {
 	r.t.Helper()
-	if pk.TopicName != topic || len(pk.Payload) < 5 || pk.FixedHeader.Qos != r.qos {
-		r.t.Fatalf("%s: PUBLISH %s QoS %d %q", r.id, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
-	}
+	require.Equal(r.t, topic, pk.TopicName, "%s: PUBLISH %s QoS %d %q", r.id, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
+	require.GreaterOrEqual(r.t, len(pk.Payload), 5, "%s: PUBLISH %s QoS %d %q", r.id, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
+	require.Equal(r.t, r.qos, pk.FixedHeader.Qos, "%s: PUBLISH %s QoS %d %q", r.id, pk.TopicName, pk.FixedHeader.Qos, pk.Payload)
 	seq := int(binary.BigEndian.Uint32(pk.Payload[1:]))
 	if _, again := r.life[seq]; !again {
 		r.life[seq] = delivered{dup: pk.FixedHeader.Dup, pid: pk.PacketID}
@@ -86,9 +83,8 @@ func (r *receiver) publish(pk packets.Packet) {
 	}
 	if r.qos == 2 {
 		if prev, ok := r.pending[pk.PacketID]; ok {
-			if prev != seq || !pk.FixedHeader.Dup {
-				r.t.Fatalf("%s: packet ID %d (message %d, not released) used for message %d, DUP %v", r.id, pk.PacketID, prev, seq, pk.FixedHeader.Dup)
-			}
+			require.Equal(r.t, seq, prev, "%s: packet ID %d (message %d, not released) used for message %d, DUP %v", r.id, pk.PacketID, prev, seq, pk.FixedHeader.Dup)
+			require.True(r.t, pk.FixedHeader.Dup, "%s: packet ID %d (message %d, not released) used for message %d, DUP %v", r.id, pk.PacketID, prev, seq, pk.FixedHeader.Dup)
 		} else {
 			r.pending[pk.PacketID] = seq
 			r.handed[seq]++
@@ -106,9 +102,7 @@ func (r *receiver) publish(pk packets.Packet) {
 
 func (r *receiver) ack(typ byte, pid uint16) {
 	r.t.Helper()
-	if err := r.c.Ack(typ, pid); err != nil {
-		r.t.Fatalf("%s: ack: %v", r.id, err)
-	}
+	require.NoError(r.t, r.c.Ack(typ, pid), "%s: ack", r.id)
 }
 
 // A kill -9 of the broker while it delivers to two durable subscribers, one at QoS 1 and
@@ -131,18 +125,15 @@ func TestKillDuringDelivery(t *testing.T) {
 	r1, r2 := newReceiver(t, "kd-qos1", 1), newReceiver(t, "kd-qos2", 2)
 	for _, r := range []*receiver{r1, r2} {
 		r.connect(b.addr)
-		if err := r.c.Subscribe("strata-test/+", r.qos); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, r.c.Subscribe("strata-test/+", r.qos))
 		r.c.Close()
 	}
 	// Published at QoS 2 and completed before the subscribers come back.
 	pub, _ := connect(t, paho.NewClientOptions().AddBroker(b.addr).SetClientID("kd-pub").SetCleanSession(true))
 	toks := make([]paho.Token, n)
 	waitPub := func(i int) {
-		if !toks[i].WaitTimeout(30*time.Second) || toks[i].Error() != nil {
-			t.Fatalf("publish %d: %v", i, toks[i].Error())
-		}
+		require.True(t, toks[i].WaitTimeout(30*time.Second), "publish %d: %v", i, toks[i].Error())
+		require.NoError(t, toks[i].Error(), "publish %d: %v", i, toks[i].Error())
 	}
 	const window = 256 // below mochi's receive maximum (1,024 QoS 2 exchanges open)
 	for i := range n {
@@ -163,9 +154,7 @@ func TestKillDuringDelivery(t *testing.T) {
 	r2.holdAck = func(seq int) bool { return seq%7 == 3 }
 	r2.holdComp = func(seq int) bool { return seq%5 == 1 }
 	for _, r := range []*receiver{r1, r2} {
-		if !r.connect(b.addr) {
-			t.Fatalf("%s: session not present", r.id)
-		}
+		require.True(t, r.connect(b.addr), "%s: session not present", r.id)
 	}
 	r1.receive(func() bool { return len(r1.order) >= killAfter })
 	r2.receive(func() bool { return len(r2.order) >= killAfter })
@@ -177,40 +166,32 @@ func TestKillDuringDelivery(t *testing.T) {
 	b = startProc(t, bin, dataDir, logPath)
 	r1.holdAck, r2.holdAck, r2.holdComp = nil, nil, nil
 	for _, r := range []*receiver{r1, r2} {
-		if !r.connect(b.addr) {
-			t.Fatalf("%s: session not present after the restart", r.id)
-		}
+		require.True(t, r.connect(b.addr), "%s: session not present after the restart", r.id)
 	}
 	r1.receive(func() bool { return len(r1.handed) == n && r1.life[n-1] != (delivered{}) })
 	r2.receive(func() bool { return len(r2.handed) == n && len(r2.pending) == 0 })
 	for _, r := range []*receiver{r1, r2} {
-		if err := r.c.Ping(); err != nil { // nothing more to come
-			t.Fatalf("%s: %v", r.id, err)
-		}
+		require.NoError(t, r.c.Ping(), r.id) // nothing more to come
 	}
 
 	// QoS 1: redelivered from a point at or before the first unacknowledged message, in
 	// order; every message sent before the kill and sent again carries DUP.
 	redelivered := 0
 	for i, seq := range r1.order {
-		if i > 0 && seq != r1.order[i-1]+1 {
-			t.Fatalf("QoS 1 after the restart: %d after %d", seq, r1.order[i-1])
+		if i > 0 {
+			require.Equal(t, r1.order[i-1]+1, seq, "QoS 1 after the restart: %d after %d", seq, r1.order[i-1])
 		}
 		if _, sent := first1[seq]; sent {
 			redelivered++
-			if !r1.life[seq].dup {
-				t.Fatalf("QoS 1 message %d was sent before the kill and again without DUP", seq)
-			}
+			require.True(t, r1.life[seq].dup, "QoS 1 message %d was sent before the kill and again without DUP", seq)
 		}
 	}
-	if len(r1.order) == 0 || r1.order[0] > 3 { // message 3 was never acknowledged
-		t.Fatalf("QoS 1 after the restart starts at %v, want at or before 3", r1.order[:min(1, len(r1.order))])
-	}
+	// Message 3 was never acknowledged.
+	require.NotEmpty(t, r1.order, "QoS 1 after the restart starts at %v, want at or before 3", r1.order[:min(1, len(r1.order))])
+	require.LessOrEqual(t, r1.order[0], 3, "QoS 1 after the restart starts at %v, want at or before 3", r1.order[:min(1, len(r1.order))])
 	// QoS 2: each message handed on exactly once.
 	for seq := range n {
-		if r2.handed[seq] != 1 {
-			t.Fatalf("QoS 2 message %d handed on %d times", seq, r2.handed[seq])
-		}
+		require.Equal(t, 1, r2.handed[seq], "QoS 2 message %d handed on %d times", seq, r2.handed[seq])
 	}
 	t.Logf("after the restart: QoS 1 %d deliveries (%d with DUP, sent before the kill), QoS 2 %d", len(r1.order), redelivered, len(r2.order))
 }

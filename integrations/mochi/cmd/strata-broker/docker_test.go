@@ -19,6 +19,7 @@ import (
 	"github.com/strata-mq/strata/internal/dockertest"
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/stretchr/testify/require"
 )
 
 // The identifiers of this file start with dk: the other test files of the package are shared.
@@ -198,9 +199,8 @@ func dkWait(t *testing.T, timeout time.Duration, what string, cond func() error)
 	t.Helper()
 	testutil.Eventually(t, timeout, what, func() error {
 		err := cond()
-		if _, ok := err.(dkFatal); ok {
-			t.Fatalf("%s: %v", what, err)
-		}
+		_, ok := err.(dkFatal)
+		require.False(t, ok, "%s: %v", what, err)
 		return err
 	})
 }
@@ -580,9 +580,8 @@ func (s *dkSub) connect(addr string) bool {
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { s.recv <- m })
 	s.c = paho.NewClient(o)
 	tok := s.c.Connect()
-	if !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
-		s.t.Fatalf("subscriber: connect to %s: %v", addr, tok.Error())
-	}
+	require.True(s.t, tok.WaitTimeout(15*time.Second), "subscriber: connect to %s: %v", addr, tok.Error())
+	require.NoError(s.t, tok.Error(), "subscriber: connect to %s: %v", addr, tok.Error())
 	return tok.(*paho.ConnectToken).SessionPresent()
 }
 
@@ -635,9 +634,7 @@ func (s *dkSub) waitFor(want []dkKey, timeout time.Duration) {
 	defer tick.Stop()
 	next := 0 // want[:next] were delivered
 	for {
-		if len(s.bad) > 0 {
-			s.t.Fatalf("subscriber: %d violations, e.g. %v", len(s.bad), s.bad[:min(len(s.bad), 10)])
-		}
+		require.Empty(s.t, s.bad, "subscriber: %d violations, e.g. %v", len(s.bad), s.bad[:min(len(s.bad), 10)])
 		for next < len(want) && s.seen[want[next]] > 0 {
 			next++
 		}
@@ -659,7 +656,7 @@ func (s *dkSub) waitFor(want []dkKey, timeout time.Duration) {
 					missing = append(missing, k)
 				}
 			}
-			s.t.Fatalf("subscriber: %d of %d acknowledged messages not delivered within %v, e.g. %v",
+			require.Failf(s.t, "timed out", "subscriber: %d of %d acknowledged messages not delivered within %v, e.g. %v",
 				len(missing), len(want), timeout, missing[:min(len(missing), 10)])
 		}
 	}
@@ -696,9 +693,7 @@ func TestDockerKillAndPartition(t *testing.T) {
 	elapsed := func() time.Duration { return time.Since(testStart).Round(time.Millisecond) }
 
 	bin := filepath.Join(t.TempDir(), "strata-broker")
-	if err := dockertest.BuildStatic(".", bin); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, dockertest.BuildStatic(".", bin))
 	id := dockertest.UniqueID("strata-broker")
 	c := &dkCluster{t: t, image: id + ":test", network: id + "-raft", starts: make([]int, dkNodes),
 		mqtt: make([]string, dkNodes), admin: make([]string, dkNodes)}
@@ -738,12 +733,10 @@ func TestDockerKillAndPartition(t *testing.T) {
 	// (every broker serves and delivers before the publishers start).
 	l := newDKLedger()
 	sub := newDKSub(t, l, "docker-durable-sub")
-	if sub.connect(c.mqttAddr(0)) {
-		t.Fatal("subscriber: session present on the first connect")
-	}
-	if tok := sub.c.Subscribe("strata-docker/+", 1, nil); !tok.WaitTimeout(15*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
+	require.False(t, sub.connect(c.mqttAddr(0)), "subscriber: session present on the first connect")
+	tok := sub.c.Subscribe("strata-docker/+", 1, nil)
+	require.True(t, tok.WaitTimeout(15*time.Second), "subscribe: %v", tok.Error())
+	require.NoError(t, tok.Error(), "subscribe: %v", tok.Error())
 	dkWarmUp(t, sub, c)
 	sub.c.Disconnect(1000)
 	sub.drain(200 * time.Millisecond)
@@ -817,7 +810,7 @@ func TestDockerKillAndPartition(t *testing.T) {
 	reconnected := time.Now()
 	dockertest.Must(t, "network", "connect", "--ip", c.ips[p].String(), c.network, c.names[p])
 	if a := l.ackedSentAfter(p+1, cut, reconnected); len(a) > 0 {
-		t.Errorf("(b) publisher %d: %d publishes acknowledged by the cut-off broker %d, e.g. %v", p+1, len(a), p, a[0])
+		require.Failf(t, "publishes acknowledged by a cut-off broker", "(b) publisher %d: %d publishes acknowledged by the cut-off broker %d, e.g. %v", p+1, len(a), p, a[0])
 	}
 	c.waitRejoined(p, rest[0], 60*time.Second)
 	rejoined := time.Now()
@@ -846,17 +839,13 @@ func TestDockerKillAndPartition(t *testing.T) {
 		r = rest[1]
 	}
 	want := l.acked()
-	if !sub.connect(c.mqttAddr(r)) {
-		t.Fatalf("subscriber: session not present on broker %d", r)
-	}
+	require.True(t, sub.connect(c.mqttAddr(r)), "subscriber: session not present on broker %d", r)
 	resumed := time.Now()
 	sub.waitFor(want, 90*time.Second)
 	sub.drain(time.Second) // whatever else comes is checked too
 	sub.c.Disconnect(1000)
 	sub.drain(200 * time.Millisecond)
-	if len(sub.bad) > 0 {
-		t.Fatalf("subscriber: %d violations, e.g. %v", len(sub.bad), sub.bad[:min(len(sub.bad), 10)])
-	}
+	require.Empty(t, sub.bad, "subscriber: %d violations, e.g. %v", len(sub.bad), sub.bad[:min(len(sub.bad), 10)])
 	notAcked := 0
 	for k := range sub.seen {
 		if rec, _ := l.get(k); rec.outcome != dkAcked {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/raftgroup"
 	"github.com/strata-mq/strata/session"
 )
@@ -137,22 +138,23 @@ func (s *storage) close() error {
 	return s.db.Close()
 }
 
-// adminHandler serves ds.AdminHandler (embedded) or Site.AdminHandler (replicated: adds GET
+// adminHandler serves inspect.Handler (embedded) or Site.AdminHandler (replicated: adds GET
 // /v1/cluster and the Raft metrics) with the sessions' metrics, and in replicated mode
 //
 //	POST /v1/sites  body {"id": "<16 hex digits>", "raft_address": "host:port"}: adds a site
 //	                started with -join (Site.AddSite). 200 {} once the cluster recorded it.
 //
 // With a token, the payload endpoints (/v1/messages, /v1/records) and POST /v1/sites answer
-// only requests with that bearer token; without one they are off (403).
+// only requests with that bearer token; without one they are off (403). Errors follow
+// inspect's convention (inspect.WriteError).
 func (s *storage) adminHandler(store *session.Store, token string) (http.Handler, error) {
-	opts := []ds.AdminOption{ds.AdminMetrics(store.WriteMetrics)}
-	authorize := ds.AdminBearerToken(token)
+	opts := []inspect.Option{inspect.WithCollectors(store.Collector())}
+	authorize := inspect.BearerToken(token)
 	if token != "" {
-		opts = append(opts, ds.AdminPayloads(authorize))
+		opts = append(opts, inspect.WithPayloads(authorize))
 	}
 	if s.site == nil {
-		return ds.AdminHandler(s.db, append(opts, ds.AdminDataDir(s.dataDir))...), nil
+		return inspect.Handler(s.db, append(opts, inspect.WithDataDir(s.dataDir))...), nil
 	}
 	h, err := s.site.AdminHandler(opts...)
 	if err != nil {
@@ -161,12 +163,11 @@ func (s *storage) adminHandler(store *session.Store, token string) (http.Handler
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sites", func(w http.ResponseWriter, r *http.Request) {
 		if token == "" {
-			jsonError(w, http.StatusForbidden, errors.New("POST /v1/sites is off: start the broker with -admin-token"))
+			inspect.WriteErrorStatus(w, http.StatusForbidden, errors.New("POST /v1/sites is off: start the broker with -admin-token"))
 			return
 		}
 		if err := authorize(r); err != nil {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="strata"`)
-			jsonError(w, http.StatusUnauthorized, err)
+			inspect.WriteError(w, err)
 			return
 		}
 		var req struct {
@@ -174,38 +175,26 @@ func (s *storage) adminHandler(store *session.Store, token string) (http.Handler
 			RaftAddress string `json:"raft_address"`
 		}
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
-			jsonError(w, http.StatusBadRequest, fmt.Errorf("decode body: %w", err))
+			inspect.WriteError(w, inspect.BadRequestf("decode body: %w", err))
 			return
 		}
 		id, err := raftgroup.ParseSiteID(req.ID)
 		if err != nil {
-			jsonError(w, http.StatusBadRequest, err)
+			inspect.WriteError(w, inspect.BadRequest(err))
 			return
 		}
 		if req.RaftAddress == "" {
-			jsonError(w, http.StatusBadRequest, errors.New("raft_address is empty"))
+			inspect.WriteError(w, inspect.BadRequestf("raft_address is empty"))
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		defer cancel()
 		if err := s.site.AddSite(ctx, id, req.RaftAddress); err != nil {
-			status := http.StatusInternalServerError
-			if ds.IsRetryable(err) || errors.Is(err, context.DeadlineExceeded) {
-				status = http.StatusServiceUnavailable
-			}
-			jsonError(w, status, err)
+			inspect.WriteError(w, err)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Write([]byte("{}\n"))
+		inspect.WriteJSON(w, http.StatusOK, struct{}{})
 	})
 	mux.Handle("/", h)
 	return mux, nil
-}
-
-// jsonError answers with ds's admin error shape.
-func jsonError(w http.ResponseWriter, status int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(ds.AdminError{Error: err.Error()})
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/strata-mq/strata/integrations/mochi/internal/rawmqtt"
+	"github.com/stretchr/testify/require"
 )
 
 // A kill -9 of the broker while a client publishes QoS 2 messages, with exchanges open at
@@ -31,17 +32,13 @@ func TestKillDuringQoS2Publish(t *testing.T) {
 	})
 	r := newReceiver(t, "kq-sub", 2)
 	r.connect(b.addr)
-	if err := r.c.Subscribe("strata-test/+", 2); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, r.c.Subscribe("strata-test/+", 2))
 	r.c.Close()
 
 	pub := func(addr string) *rawmqtt.Client {
 		t.Helper()
 		c, _, err := rawmqtt.Dial(addr, "kq-pub", 20*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
@@ -49,15 +46,11 @@ func TestKillDuringQoS2Publish(t *testing.T) {
 		t.Helper()
 		err := c.Send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 2, Dup: dup},
 			TopicName: topic, PacketID: uint16(seq + 1), Payload: payload(1, seq)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 	}
 	ack := func(c *rawmqtt.Client, typ byte, pid uint16) {
 		t.Helper()
-		if err := c.Ack(typ, pid); err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, c.Ack(typ, pid))
 	}
 
 	// Connection 1: all n PUBLISHes (packet IDs 1…n), PUBREL for the first `released`
@@ -69,21 +62,17 @@ func TestKillDuringQoS2Publish(t *testing.T) {
 	recd := map[uint16]bool{} // PUBREC seen
 	for len(recd) < released {
 		pk, err := c.Read()
-		if err != nil {
-			t.Fatalf("publisher: read: %v", err)
-		}
-		if pk.FixedHeader.Type != packets.Pubrec {
-			t.Fatalf("publisher: got %v", pk.FixedHeader.Type)
-		}
+		require.NoError(t, err, "publisher: read")
+		require.Equal(t, packets.Pubrec, pk.FixedHeader.Type, "publisher: got %v", pk.FixedHeader.Type)
 		recd[pk.PacketID] = true
 		ack(c, packets.Pubrel, pk.PacketID)
 	}
 	// The next PUBRECs are lost with the connection: those messages are stored, and the
 	// publisher will send them again.
 	for range lost {
-		if pk, err := c.Read(); err != nil || pk.FixedHeader.Type != packets.Pubrec {
-			t.Fatalf("publisher: got %v, %v", pk.FixedHeader.Type, err)
-		}
+		pk, err := c.Read()
+		require.NoError(t, err, "publisher: got %v, %v", pk.FixedHeader.Type, err)
+		require.Equal(t, packets.Pubrec, pk.FixedHeader.Type, "publisher: got %v, %v", pk.FixedHeader.Type, err)
 	}
 	b.kill()
 	t.Logf("killed after %d PUBRECs and PUBRELs and %d PUBRECs lost, %d QoS 2 PUBLISHes sent", len(recd), lost, n)
@@ -102,27 +91,21 @@ func TestKillDuringQoS2Publish(t *testing.T) {
 	complete := map[uint16]bool{}
 	for len(complete) < n {
 		pk, err := c.Read()
-		if err != nil {
-			t.Fatalf("publisher after the restart: read: %v (%d of %d complete)", err, len(complete), n)
-		}
+		require.NoError(t, err, "publisher after the restart: read: %v (%d of %d complete)", err, len(complete), n)
 		switch pk.FixedHeader.Type {
 		case packets.Pubrec:
 			ack(c, packets.Pubrel, pk.PacketID)
 		case packets.Pubcomp:
 			complete[pk.PacketID] = true
 		default:
-			t.Fatalf("publisher: got %v", pk.FixedHeader.Type)
+			require.Failf(t, "unexpected packet", "publisher: got %v", pk.FixedHeader.Type)
 		}
 	}
 
 	r.connect(b.addr)
 	r.receive(func() bool { return len(r.handed) == n && len(r.pending) == 0 })
-	if err := r.c.Ping(); err != nil { // nothing more to come
-		t.Fatal(err)
-	}
+	require.NoError(t, r.c.Ping()) // nothing more to come
 	for seq := range n {
-		if r.handed[seq] != 1 {
-			t.Fatalf("message %d handed on %d times", seq, r.handed[seq])
-		}
+		require.Equal(t, 1, r.handed[seq], "message %d handed on %d times", seq, r.handed[seq])
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/raftgroup"
+	"github.com/stretchr/testify/require"
 )
 
 // replCluster is three (or n) broker processes in replicated mode, each a site of one
@@ -38,9 +39,7 @@ func freeAddrs(t *testing.T, n int) []string {
 	var ls []net.Listener
 	for range n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err)
 		ls = append(ls, l)
 		out = append(out, l.Addr().String())
 	}
@@ -105,20 +104,16 @@ func (c *replCluster) join(via int) int {
 	select {
 	case id = <-p.site:
 	case <-p.exited:
-		c.t.Fatalf("joining broker exited: %v\n%s", p.err, p.tail())
+		require.Failf(c.t, "broker exited", "joining broker exited: %v\n%s", p.err, p.tail())
 	case <-time.After(20 * time.Second):
-		c.t.Fatalf("joining broker printed no site ID within 20s\n%s", p.tail())
+		require.Failf(c.t, "timed out", "joining broker printed no site ID within 20s\n%s", p.tail())
 	}
 	body := fmt.Sprintf(`{"id": %q, "raft_address": %q}`, id, c.raft[i])
 	// Without the admin token the broker refuses to add a site.
 	resp, err := http.Post(c.procs[via].admin+"/v1/sites", "application/json", strings.NewReader(body))
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	require.NoError(c.t, err)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		c.t.Fatalf("POST /v1/sites without the admin token: %d, want 401", resp.StatusCode)
-	}
+	require.Equal(c.t, http.StatusUnauthorized, resp.StatusCode, "POST /v1/sites without the admin token: %d, want 401", resp.StatusCode)
 	testutil.Eventually(c.t, 30*time.Second, "POST /v1/sites", func() error {
 		req, err := http.NewRequest(http.MethodPost, c.procs[via].admin+"/v1/sites", strings.NewReader(body))
 		if err != nil {
@@ -292,9 +287,9 @@ func (s *durableSub) connect(addr string) bool {
 
 func (s *durableSub) subscribe(filter string) {
 	s.t.Helper()
-	if tok := s.c.Subscribe(filter, 1, s.handler); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		s.t.Fatalf("subscribe: %v", tok.Error())
-	}
+	tok := s.c.Subscribe(filter, 1, s.handler)
+	require.True(s.t, tok.WaitTimeout(10*time.Second), "subscribe: %v", tok.Error())
+	require.NoError(s.t, tok.Error(), "subscribe: %v", tok.Error())
 }
 
 func (s *durableSub) disconnect() {
@@ -352,9 +347,7 @@ func (s *durableSub) waitFor(want []key, timeout time.Duration) {
 		return m
 	}
 	for {
-		if len(s.bad) > 0 {
-			s.t.Fatalf("subscriber: %d violations, e.g. %v", len(s.bad), s.bad[:min(len(s.bad), 10)])
-		}
+		require.Empty(s.t, s.bad, "subscriber: %d violations, e.g. %v", len(s.bad), s.bad[:min(len(s.bad), 10)])
 		m := missing()
 		if len(m) == 0 {
 			return
@@ -368,7 +361,7 @@ func (s *durableSub) waitFor(want []key, timeout time.Duration) {
 				s.connect(s.addr)
 			}
 		case <-deadline:
-			s.t.Fatalf("subscriber: %d of %d messages not delivered within %v, e.g. %v",
+			require.Failf(s.t, "timed out", "subscriber: %d of %d messages not delivered within %v, e.g. %v",
 				len(m), len(want), timeout, m[:min(len(m), 10)])
 		}
 	}
@@ -395,6 +388,18 @@ func connectPub(t *testing.T, addr, id string) paho.Client {
 	return c
 }
 
+// dialPub is connectPub for goroutines other than the test's: it returns the failure
+// instead of ending the test.
+func dialPub(addr, id string) (paho.Client, error) {
+	o := paho.NewClientOptions().AddBroker(addr).SetClientID(id).SetCleanSession(true)
+	c := paho.NewClient(o.SetAutoReconnect(false).SetConnectRetry(false).SetConnectTimeout(10 * time.Second))
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return nil, fmt.Errorf("connect %s: %v", id, tok.Error())
+	}
+	return c, nil
+}
+
 // A durable subscriber receives and acknowledges messages on broker A and goes away; more are
 // published through broker B; it resumes on broker C and gets everything it had not
 // acknowledged (each publisher's messages in order, again only with DUP), then live
@@ -406,9 +411,7 @@ func TestReplicatedResumeOnAnotherBroker(t *testing.T) {
 	const pubID = 1
 
 	sub := newSub(t, "durable-sub")
-	if sub.connect(a.addr) {
-		t.Fatal("session present on the first connect")
-	}
+	require.False(t, sub.connect(a.addr), "session present on the first connect")
 	sub.subscribe("strata-test/+")
 	// Published through B at once: B stores every QoS 1 message (-store all, the default in
 	// replicated mode), though it may not know the subscription made through A yet.
@@ -417,18 +420,15 @@ func TestReplicatedResumeOnAnotherBroker(t *testing.T) {
 	defer pub.Disconnect(250)
 	for _, r := range [][2]int{{0, 300}, {300, 800}, {800, 900}} {
 		seqs := seqRange(r[0], r[1])
-		if acked := publish(t, pub, pubID, seqs, 0, nil); len(acked) != len(seqs) {
-			t.Fatalf("messages %d to %d through broker B: %d PUBACKs", r[0], r[1]-1, len(acked))
-		}
+		acked := publish(t, pub, pubID, seqs, 0, nil)
+		require.Len(t, acked, len(seqs), "messages %d to %d through broker B: %d PUBACKs", r[0], r[1]-1, len(acked))
 		switch r[0] {
 		case 0: // received and acknowledged on A, then the subscriber goes away
 			sub.waitFor(keys(pubID, seqs), 20*time.Second)
 			sub.disconnect()
 			t.Logf("300 messages received on broker A (%v)", time.Since(start).Round(time.Millisecond))
 		case 300: // published while the subscriber is away; it resumes on C
-			if !sub.connect(cc.addr) {
-				t.Fatal("session not present on broker C")
-			}
+			require.True(t, sub.connect(cc.addr), "session not present on broker C")
 		}
 	}
 	sub.waitFor(keys(pubID, seqRange(0, 900)), 30*time.Second)
@@ -441,24 +441,18 @@ func TestReplicatedResumeOnAnotherBroker(t *testing.T) {
 	}
 	t.Logf("900 messages delivered, %d duplicates (DUP), %d of the 300 received on A delivered again on C; %v",
 		sub.dups, again, time.Since(start).Round(time.Millisecond))
-	if again > 100 { // at most what was in flight when it disconnected (it waited for its PUBACKs)
-		t.Errorf("%d of the 300 messages acknowledged on broker A delivered again on broker C", again)
-	}
+	// At most what was in flight when it disconnected (it waited for its PUBACKs).
+	require.LessOrEqual(t, again, 100, "%d of the 300 messages acknowledged on broker A delivered again on broker C", again)
 
 	// The admin endpoint serves the site's metrics (Raft gauges) and the sessions'.
 	resp, err := http.Get(cc.admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
-	}
+	require.NoError(t, err, "GET /metrics: %d %v", resp.StatusCode, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "GET /metrics: %d %v", resp.StatusCode, err)
 	for _, name := range []string{"strata_messages_stored_total", "strata_raft_leader", "strata_session_"} {
-		if !strings.Contains(string(body), name) {
-			t.Errorf("GET /metrics: no %q in\n%.2000s", name, body)
-		}
+		require.Contains(t, string(body), name, "GET /metrics: no %q in\n%.2000s", name, body)
 	}
 	pub.Disconnect(250)
 	c.stopAll()
@@ -509,7 +503,7 @@ func TestReplicatedKillLeader(t *testing.T) {
 	select {
 	case <-killed:
 	case <-time.After(15 * time.Second):
-		t.Fatalf("broker %d not killed: %d PUBACKs", victim, len(acked[victim]))
+		require.Failf(t, "timed out", "broker %d not killed: %d PUBACKs", victim, len(acked[victim]))
 	}
 	for _, p := range pubs {
 		p.Disconnect(0)
@@ -521,7 +515,11 @@ func TestReplicatedKillLeader(t *testing.T) {
 	// while the shards elected new leaders closed theirs).
 	for _, i := range survivors {
 		wg.Go(func() {
-			p := connectPub(t, c.procs[i].addr, fmt.Sprintf("pub-%d", i))
+			p, err := dialPub(c.procs[i].addr, fmt.Sprintf("pub-%d", i))
+			if err != nil {
+				t.Errorf("publisher %d: %v", i, err) // not require: a publisher goroutine
+				return
+			}
 			defer p.Disconnect(250)
 			acked[i] = append(acked[i], publish(t, p, byte(i+1), seqRange(n1, n1+n2), 0, nil)...)
 		})
@@ -532,9 +530,7 @@ func TestReplicatedKillLeader(t *testing.T) {
 		want = append(want, keys(byte(i+1), a)...)
 	}
 	for _, i := range survivors {
-		if len(acked[i]) < n2 {
-			t.Errorf("broker %d: only %d PUBACKs", i, len(acked[i]))
-		}
+		require.GreaterOrEqual(t, len(acked[i]), n2, "broker %d: only %d PUBACKs", i, len(acked[i]))
 	}
 	sub.waitFor(want, 30*time.Second)
 	t.Logf("all %d PUBACK'd messages delivered (%d duplicates with DUP) (%v)", len(want), sub.dups,
@@ -546,9 +542,8 @@ func TestReplicatedKillLeader(t *testing.T) {
 	c.waitRejoined(victim, survivors[0])
 	p := connectPub(t, c.procs[victim].addr, fmt.Sprintf("pub-%d", victim))
 	after := seqRange(n1, n1+100)
-	if a := publish(t, p, byte(victim+1), after, 0, nil); len(a) != len(after) {
-		t.Fatalf("through the restarted broker: %d of %d PUBACKs", len(a), len(after))
-	}
+	a := publish(t, p, byte(victim+1), after, 0, nil)
+	require.Len(t, a, len(after), "through the restarted broker: %d of %d PUBACKs", len(a), len(after))
 	p.Disconnect(250)
 	sub.waitFor(keys(byte(victim+1), after), 20*time.Second)
 	t.Logf("broker %d rejoined and serves (%v)", victim, time.Since(start).Round(time.Millisecond))
@@ -569,9 +564,8 @@ func TestReplicatedJoin(t *testing.T) {
 	pub := connectPub(t, c.procs[1].addr, "publisher")
 	defer pub.Disconnect(250)
 	first := seqRange(0, 200)
-	if a := publish(t, pub, pubID, first, 0, nil); len(a) != len(first) {
-		t.Fatalf("%d of %d PUBACKs", len(a), len(first))
-	}
+	a := publish(t, pub, pubID, first, 0, nil)
+	require.Len(t, a, len(first), "%d of %d PUBACKs", len(a), len(first))
 	sub.waitFor(keys(pubID, first), 20*time.Second)
 	sub.disconnect()
 
@@ -581,12 +575,9 @@ func TestReplicatedJoin(t *testing.T) {
 	t.Logf("broker %d holds every shard (%v)", d, time.Since(start).Round(time.Millisecond))
 
 	more := seqRange(200, 500)
-	if a := publish(t, pub, pubID, more, 0, nil); len(a) != len(more) {
-		t.Fatalf("%d of %d PUBACKs", len(a), len(more))
-	}
-	if !sub.connect(c.procs[d].addr) {
-		t.Fatal("session not present on the joined broker")
-	}
+	a = publish(t, pub, pubID, more, 0, nil)
+	require.Len(t, a, len(more), "%d of %d PUBACKs", len(a), len(more))
+	require.True(t, sub.connect(c.procs[d].addr), "session not present on the joined broker")
 	sub.waitFor(keys(pubID, more), 20*time.Second)
 	sub.disconnect()
 	t.Logf("the subscriber resumed on broker %d: %d duplicates (DUP) (%v)", d, sub.dups, time.Since(start).Round(time.Millisecond))

@@ -1,9 +1,9 @@
-package ds
+package inspect
 
 import (
-	"bytes"
 	"fmt"
-	"slices"
+
+	"github.com/strata-mq/strata/ds"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/shard"
@@ -18,18 +18,17 @@ import (
 // do not depend on them). It fails for a shard out of range or without a store
 // (ErrShardNotFound), and with an error wrapping ErrCorruption at a record whose value is too
 // short to hold its version, after calling f for the records before it.
-func (in *Inspector) ScanRecords(sh ShardID, prefix []byte, f func(key, value []byte, version uint64) bool) (err error) {
+func (in *Inspector) ScanRecords(sh ds.ShardID, prefix []byte, f func(key, value []byte, version uint64) bool) (err error) {
 	if int(sh) >= len(in.shards) {
-		return fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(in.shards))
+		return fmt.Errorf("%w: shard %d of %d", ds.ErrShardNotFound, sh, len(in.shards))
 	}
 	s := in.shards[sh]
 	if s.db == nil {
 		return s.err
 	}
 	defer recoverRead(fmt.Sprintf("shard %d records", sh), &err)
-	base := append(slices.Clone(s.prefix), inspectMetaRecord...)
-	lo := append(slices.Clone(base), prefix...)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: inspectPrefixEnd(lo)})
+	lo, hi, base := shard.RecordSpan(s.prefix, prefix)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return err
 	}
@@ -42,30 +41,18 @@ func (in *Inspector) ScanRecords(sh ShardID, prefix []byte, f func(key, value []
 		k := it.Key()
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return fmt.Errorf("shard %d: record %s: %w", sh, EscapeBytes(k[len(base):]), err)
+			return fmt.Errorf("shard %d: record %s: %w", sh, EscapeBytes(k[base:]), err)
 		}
 		version, value, err := shard.DecodeRecordValue(v)
 		if err != nil {
-			return fmt.Errorf("shard %d: record %s (%s): %w", sh, EscapeBytes(k[len(base):]), s.path, err)
+			return fmt.Errorf("shard %d: record %s (%s): %w", sh, EscapeBytes(k[base:]), s.path, err)
 		}
-		if !f(k[len(base):], value, version) {
+		if !f(k[base:], value, version) {
 			return nil
 		}
 	}
 	if err := it.Error(); err != nil {
 		return fmt.Errorf("shard %d records: %w", sh, err)
-	}
-	return nil
-}
-
-// inspectPrefixEnd returns the smallest key after every key with prefix p (nil: none).
-func inspectPrefixEnd(p []byte) []byte {
-	end := bytes.Clone(p)
-	for i := len(end) - 1; i >= 0; i-- {
-		if end[i] != 0xff {
-			end[i]++
-			return end[:i+1]
-		}
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package ds_test
+package inspect_test
 
 import (
 	"bytes"
@@ -17,11 +17,12 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/shard"
 	"github.com/stretchr/testify/require"
 )
 
-// adminServer serves ds.AdminHandler of a fresh DB with some messages under /strata/.
+// adminServer serves inspect.Handler of a fresh DB with some messages under /strata/.
 func adminServer(t *testing.T) (*testDB, *httptest.Server) {
 	t.Helper()
 	d := openTestDB(t, fastOptions())
@@ -30,7 +31,7 @@ func adminServer(t *testing.T) (*testDB, *httptest.Server) {
 	}
 	d.store(ds.Message{ClientID: "bin", Topic: "raw/1", Payload: []byte{0, 1, 0xff, '\n', '\\'}})
 	mux := http.NewServeMux()
-	mux.Handle("/strata/", http.StripPrefix("/strata", ds.AdminHandler(d.DB, ds.AdminDataDir(d.dir), ds.AdminPayloads(nil))))
+	mux.Handle("/strata/", http.StripPrefix("/strata", inspect.Handler(d.DB, inspect.WithDataDir(d.dir), inspect.WithPayloads(nil))))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return d, srv
@@ -51,21 +52,21 @@ func TestAdminPayloadsOffByDefaultAndToken(t *testing.T) {
 		h.ServeHTTP(rec, req)
 		return rec.Code
 	}
-	off := ds.AdminHandler(d.DB)
+	off := inspect.Handler(d.DB)
 	for _, p := range []string{"/v1/messages", "/v1/records?shard=0"} {
 		require.Equal(t, http.StatusForbidden, get(off, p, ""), p)
 	}
 	require.Equal(t, http.StatusOK, get(off, "/v1/streams", ""))
 	require.Equal(t, http.StatusOK, get(off, "/metrics", ""))
 
-	guarded := ds.AdminHandler(d.DB, ds.AdminPayloads(ds.AdminBearerToken("s3cret")))
+	guarded := inspect.Handler(d.DB, inspect.WithPayloads(inspect.BearerToken("s3cret")))
 	for _, p := range []string{"/v1/messages", "/v1/records?shard=0"} {
 		require.Equal(t, http.StatusUnauthorized, get(guarded, p, ""), p)
 		require.Equal(t, http.StatusUnauthorized, get(guarded, p, "wrong"), p)
 		require.Equal(t, http.StatusOK, get(guarded, p, "s3cret"), p)
 	}
 	require.Equal(t, http.StatusOK, get(guarded, "/v1/info", ""))
-	require.Equal(t, http.StatusUnauthorized, get(ds.AdminHandler(d.DB, ds.AdminPayloads(ds.AdminBearerToken(""))), "/v1/messages", ""),
+	require.Equal(t, http.StatusUnauthorized, get(inspect.Handler(d.DB, inspect.WithPayloads(inspect.BearerToken(""))), "/v1/messages", ""),
 		"an empty token accepts nothing")
 }
 
@@ -134,7 +135,7 @@ func parseProm(t *testing.T, text string) (types map[string]string, samples []pr
 	return types, samples
 }
 
-func TestAdminMetrics(t *testing.T) {
+func TestHandlerMetrics(t *testing.T) {
 	d, srv := adminServer(t)
 	before, err := d.Metrics()
 	require.NoError(t, err)
@@ -257,15 +258,6 @@ func TestAdminMetrics(t *testing.T) {
 	require.NotZero(t, one("strata_disk_bytes", nil))
 }
 
-func TestPrometheusTextEscaping(t *testing.T) {
-	// Shard labels are numbers; the escaping of the format still holds for the whole output
-	// of a DB with no storage statistics and an empty histogram.
-	text := ds.PrometheusText(ds.Metrics{Shards: []ds.ShardMetrics{{Shard: 3}}})
-	parseProm(t, text)
-	require.Contains(t, text, `strata_commit_latency_seconds_bucket{shard="3",le="+Inf"} 0`)
-	require.Contains(t, text, `strata_commit_latency_seconds_bucket{shard="3",le="0.00025"} 0`)
-}
-
 func TestAdminJSON(t *testing.T) {
 	d, srv := adminServer(t)
 	base := srv.URL + "/strata"
@@ -273,7 +265,7 @@ func TestAdminJSON(t *testing.T) {
 	code, hdr, body := httpGet(t, base+"/v1/info")
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	require.Equal(t, "application/json", hdr.Get("Content-Type"))
-	var info ds.InfoView
+	var info inspect.InfoView
 	require.NoError(t, json.Unmarshal(body, &info))
 	m, err := ds.ReadManifest(d.dir)
 	require.NoError(t, err)
@@ -283,7 +275,7 @@ func TestAdminJSON(t *testing.T) {
 	require.Equal(t, 4, info.Generations)
 	require.NotZero(t, info.Streams)
 
-	var gens []ds.GenerationView
+	var gens []inspect.GenerationView
 	code, _, body = httpGet(t, base+"/v1/generations")
 	require.Equal(t, http.StatusOK, code)
 	require.NoError(t, json.Unmarshal(body, &gens))
@@ -292,19 +284,19 @@ func TestAdminJSON(t *testing.T) {
 		require.Equal(t, "current", g.State)
 	}
 
-	var streams []ds.StreamView
+	var streams []inspect.StreamView
 	code, _, body = httpGet(t, base+"/v1/streams?filter="+url.QueryEscape("raw/#"))
 	require.Equal(t, http.StatusOK, code)
 	require.NoError(t, json.Unmarshal(body, &streams))
 	require.Len(t, streams, 1)
 
-	var trie ds.TrieView
+	var trie inspect.TrieView
 	code, _, body = httpGet(t, fmt.Sprintf("%s/v1/trie?shard=%d&gen=%d", base, streams[0].Shard, streams[0].Generation))
 	require.Equal(t, http.StatusOK, code, "%s", body)
 	require.NoError(t, json.Unmarshal(body, &trie))
 	require.Contains(t, trie.Trie, "raw")
 
-	var msgs []ds.MessageView
+	var msgs []inspect.MessageView
 	code, _, body = httpGet(t, base+"/v1/messages?filter="+url.QueryEscape("raw/#"))
 	require.Equal(t, http.StatusOK, code)
 	require.NoError(t, json.Unmarshal(body, &msgs))
@@ -326,13 +318,13 @@ func TestAdminJSON(t *testing.T) {
 	}
 	code, _, body = httpGet(t, base+"/v1/messages?limit=3")
 	require.Equal(t, http.StatusOK, code)
-	var three []ds.MessageView
+	var three []inspect.MessageView
 	require.NoError(t, json.Unmarshal(body, &three))
 	require.Equal(t, msgs[:3], three)
 	since := ds.Time(msgs[len(msgs)-1].Micros).UTC().Format(time.RFC3339Nano)
 	code, _, body = httpGet(t, base+"/v1/messages?since="+url.QueryEscape(since))
 	require.Equal(t, http.StatusOK, code)
-	var late []ds.MessageView
+	var late []inspect.MessageView
 	require.NoError(t, json.Unmarshal(body, &late))
 	for _, m := range late {
 		require.GreaterOrEqual(t, m.Micros, msgs[len(msgs)-1].Micros)
@@ -362,7 +354,7 @@ func TestAdminErrors(t *testing.T) {
 		code, hdr, body := httpGet(t, base+tc.path)
 		require.Equal(t, tc.status, code, "%s: %s", tc.path, body)
 		require.Equal(t, "application/json", hdr.Get("Content-Type"), tc.path)
-		var e ds.AdminError
+		var e inspect.ErrorBody
 		require.NoError(t, json.Unmarshal(body, &e), "%s: %s", tc.path, body)
 		require.NotEmpty(t, e.Error, tc.path)
 	}
@@ -375,7 +367,7 @@ func TestAdminErrors(t *testing.T) {
 	for _, p := range []string{"/metrics", "/v1/info", "/v1/generations", "/v1/streams", "/v1/trie?shard=0&gen=1", "/v1/messages"} {
 		code, _, body := httpGet(t, base+p)
 		require.Equal(t, http.StatusServiceUnavailable, code, "%s: %s", p, body)
-		var e ds.AdminError
+		var e inspect.ErrorBody
 		require.NoError(t, json.Unmarshal(body, &e))
 		require.Contains(t, e.Error, "closed", p)
 	}

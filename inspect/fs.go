@@ -1,4 +1,4 @@
-package ds
+package inspect
 
 import (
 	"errors"
@@ -11,7 +11,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
-// ErrInUse is returned by Inspect when another process (or this one) holds the data
+// ErrInUse is returned by Open and OpenReplicas when another process (or this one) holds the data
 // directory open: Pebble's directory lock is taken.
 var ErrInUse = errors.New("strata: data directory in use (lock held)")
 

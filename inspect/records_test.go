@@ -1,22 +1,21 @@
-package ds_test
+package inspect_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/inspect"
 	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/layout"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
 )
 
 // buildRecordsDB writes, in dir, an embedded DB of two shards with records in shard 1 (three
@@ -24,22 +23,17 @@ import (
 func buildRecordsDB(t *testing.T, dir string) {
 	t.Helper()
 	db, err := ds.Open(dir, &ds.Options{NShards: 2, Durability: ds.NoSync, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	ctx := context.Background()
 	for _, txn := range []*ds.Txn{
 		{Writes: []ds.RecordWrite{{Key: []byte("Sa"), Value: []byte("state a")}, {Key: []byte("Sb"), Value: []byte("state b")}, {Key: []byte("Qa\x00\x00\x01")}}},
 		{Writes: []ds.RecordWrite{{Key: []byte("Sb"), Delete: true}, {Key: []byte("Sa"), Value: []byte("state a2")}},
 			Messages: []ds.Message{{ClientID: "x", Topic: "t/x", Payload: []byte("p")}}},
 	} {
-		if _, err := db.Update(ctx, 1, txn); err != nil {
-			t.Fatal(err)
-		}
+		_, err := db.Update(ctx, 1, txn)
+		require.NoError(t, err)
 	}
-	if err := db.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, db.Close())
 }
 
 type scanned struct {
@@ -47,7 +41,7 @@ type scanned struct {
 	version    uint64
 }
 
-func scanAll(t *testing.T, in *ds.Inspector, sh ds.ShardID, prefix string) ([]scanned, error) {
+func scanAll(t *testing.T, in *inspect.Inspector, sh ds.ShardID, prefix string) ([]scanned, error) {
 	t.Helper()
 	var out []scanned
 	err := in.ScanRecords(sh, []byte(prefix), func(k, v []byte, ver uint64) bool {
@@ -62,33 +56,30 @@ func scanAll(t *testing.T, in *ds.Inspector, sh ds.ShardID, prefix string) ([]sc
 func TestCheckRecords(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "db")
 	buildRecordsDB(t, dir)
-	in, err := ds.Inspect(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	in, err := inspect.Open(dir)
+	require.NoError(t, err)
 	defer in.Close()
 	r := in.Check(0)
-	if !r.OK() || r.Records != 2 || r.Messages != 1 {
-		t.Fatalf("Check: %+v, want OK with 2 records and 1 message", r)
-	}
+	require.True(t, r.OK(), "Check: %+v, want OK with 2 records and 1 message", r)
+	require.Equal(t, uint64(2), r.Records, "Check: %+v, want OK with 2 records and 1 message", r)
+	require.Equal(t, uint64(1), r.Messages, "Check: %+v, want OK with 2 records and 1 message", r)
 	got, err := scanAll(t, in, 1, "")
 	want := []scanned{{"Qa\x00\x00\x01", "", 3}, {"Sa", "state a2", 5}}
-	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("ScanRecords: %+v %v, want %+v", got, err, want)
-	}
-	if got, err := scanAll(t, in, 1, "S"); err != nil || len(got) != 1 || got[0].key != "Sa" {
-		t.Errorf("ScanRecords prefix S: %+v %v", got, err)
-	}
-	if got, err := scanAll(t, in, 0, ""); err != nil || len(got) != 0 {
-		t.Errorf("ScanRecords of shard 0: %+v %v", got, err)
-	}
+	require.NoError(t, err, "ScanRecords: %+v %v, want %+v", got, err, want)
+	require.Equal(t, fmt.Sprint(want), fmt.Sprint(got), "ScanRecords: %+v %v, want %+v", got, err, want)
+	got, err = scanAll(t, in, 1, "S")
+	require.NoError(t, err, "ScanRecords prefix S: %+v %v", got, err)
+	require.Len(t, got, 1, "ScanRecords prefix S: %+v %v", got, err)
+	require.Equal(t, "Sa", got[0].key, "ScanRecords prefix S: %+v %v", got, err)
+	got, err = scanAll(t, in, 0, "")
+	require.NoError(t, err, "ScanRecords of shard 0: %+v %v", got, err)
+	require.Empty(t, got, "ScanRecords of shard 0: %+v %v", got, err)
 	n := 0
-	if err := in.ScanRecords(1, nil, func(_, _ []byte, _ uint64) bool { n++; return false }); err != nil || n != 1 {
-		t.Errorf("ScanRecords stopped by f: %d calls, %v", n, err)
-	}
-	if _, err := scanAll(t, in, 2, ""); !errors.Is(err, ds.ErrShardNotFound) {
-		t.Errorf("ScanRecords of shard 2: %v, want ErrShardNotFound", err)
-	}
+	err = in.ScanRecords(1, nil, func(_, _ []byte, _ uint64) bool { n++; return false })
+	require.NoError(t, err, "ScanRecords stopped by f: %d calls, %v", n, err)
+	require.Equal(t, 1, n, "ScanRecords stopped by f: %d calls, %v", n, err)
+	_, err = scanAll(t, in, 2, "")
+	require.ErrorIs(t, err, ds.ErrShardNotFound, "ScanRecords of shard 2: %v, want ErrShardNotFound", err)
 }
 
 func recordKey(prefix []byte, key string) []byte {
@@ -116,28 +107,22 @@ func TestCheckDamagedRecords(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "db")
 			buildRecordsDB(t, dir)
-			rewrite(t, filepath.Join(dir, "pebble"), kv...)
-			in, err := ds.Inspect(dir)
-			if err != nil {
-				t.Fatal(err)
-			}
+			setKeys(t, filepath.Join(dir, "pebble"), kv...)
+			in, err := inspect.Open(dir)
+			require.NoError(t, err)
 			defer in.Close()
 			r := in.Check(0)
-			if len(r.Problems) != 1 {
-				t.Fatalf("Check: %+v, want one problem", r)
-			}
+			require.Len(t, r.Problems, 1, "Check: %+v, want one problem", r)
 			p := r.Problems[0]
 			t.Log(p)
-			if !errors.Is(p.Err, ds.ErrCorruption) || p.Shard != 1 || !bytes.Equal(p.Key, kv[0]) {
-				t.Errorf("problem %v: want ErrCorruption in shard 1 at key %x", p, kv[0])
-			}
-			if r.Messages != 1 {
-				t.Errorf("Check read %d messages, want 1", r.Messages)
-			}
+			require.ErrorIs(t, p.Err, ds.ErrCorruption, "problem %v: want ErrCorruption in shard 1 at key %x", p, kv[0])
+			require.Equal(t, 1, p.Shard, "problem %v: want ErrCorruption in shard 1 at key %x", p, kv[0])
+			require.Equal(t, kv[0], p.Key, "problem %v: want ErrCorruption in shard 1 at key %x", p, kv[0])
+			require.Equal(t, uint64(1), r.Messages, "Check read %d messages, want 1", r.Messages)
 			if name == "short value" {
-				if _, err := scanAll(t, in, 1, ""); !errors.Is(err, ds.ErrCorruption) || !strings.Contains(err.Error(), "shard 1") {
-					t.Errorf("ScanRecords over a short value: %v, want ErrCorruption naming the shard", err)
-				}
+				_, err := scanAll(t, in, 1, "")
+				require.ErrorIs(t, err, ds.ErrCorruption, "ScanRecords over a short value: %v, want ErrCorruption naming the shard", err)
+				require.Contains(t, err.Error(), "shard 1", "ScanRecords over a short value: %v, want ErrCorruption naming the shard", err)
 			}
 		})
 	}
@@ -148,14 +133,10 @@ func TestCheckDamagedRecords(t *testing.T) {
 func buildReplicaRecords(t *testing.T, dir string, sh ds.ShardID, n int) {
 	t.Helper()
 	p, err := pebble.Open(dir, pebbleopts.New(quietPebbleOpts))
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	r, _, err := shard.OpenReplica(shard.ReplicaConfig{ID: sh, DB: p, Logger: slog.New(slog.DiscardHandler),
 		Layout: layout.Params{Kind: stream.LayoutLTS}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err)
 	var pid shard.ProposerID
 	copy(pid[:], "record-proposer!")
 	var entries []shard.Entry
@@ -167,13 +148,9 @@ func buildReplicaRecords(t *testing.T, dir string, sh ds.ShardID, n int) {
 		cmd := &shard.Command{Time: 1_700_000_000_000_000 + uint64(i), Txns: []*shard.Txn{{Writes: []shard.RecordWrite{w}}}}
 		entries = append(entries, shard.Entry{Index: uint64(i), Proposer: pid, Seq: uint64(i), Cmd: cmd})
 	}
-	if err := r.ApplyEntries(entries); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, r.ApplyEntries(entries))
 	r.Close()
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, p.Close())
 }
 
 // TestCheckReplicaRecordsOfShard: the records of a replica's store (no shard prefix) check
@@ -181,31 +158,27 @@ func buildReplicaRecords(t *testing.T, dir string, sh ds.ShardID, n int) {
 func TestCheckReplicaRecordsOfShard(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "r0")
 	buildReplicaRecords(t, dir, 0, 3)
-	open := func() *ds.Inspector {
-		in, err := ds.InspectReplicas(1, []ds.ReplicaStore{{Shard: 0, Path: dir}})
-		if err != nil {
-			t.Fatal(err)
-		}
+	open := func() *inspect.Inspector {
+		in, err := inspect.OpenReplicas(1, []inspect.ReplicaStore{{Shard: 0, Path: dir}})
+		require.NoError(t, err)
 		return in
 	}
 	in := open()
 	r := in.Check(0)
-	if !r.OK() || r.Records != 2 {
-		t.Fatalf("Check: %+v, want OK with 2 records", r)
-	}
+	require.True(t, r.OK(), "Check: %+v, want OK with 2 records", r)
+	require.Equal(t, uint64(2), r.Records, "Check: %+v, want OK with 2 records", r)
 	got, err := scanAll(t, in, 0, "S")
 	want := []scanned{{"S2", "v2", 2}, {"S3", "v3", 3}}
-	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("ScanRecords: %+v %v, want %+v", got, err, want)
-	}
+	require.NoError(t, err, "ScanRecords: %+v %v, want %+v", got, err, want)
+	require.Equal(t, fmt.Sprint(want), fmt.Sprint(got), "ScanRecords: %+v %v, want %+v", got, err, want)
 	in.Close()
 
-	rewrite(t, dir, recordKey(nil, "S2"), versioned(7, "v2"))
+	setKeys(t, dir, recordKey(nil, "S2"), versioned(7, "v2"))
 	in = open()
 	defer in.Close()
 	r = in.Check(0)
-	if len(r.Problems) != 1 || !errors.Is(r.Problems[0].Err, ds.ErrCorruption) || !bytes.Equal(r.Problems[0].Key, recordKey(nil, "S2")) {
-		t.Fatalf("Check of a record after the last version: %+v", r)
-	}
+	require.Len(t, r.Problems, 1, "Check of a record after the last version: %+v", r)
+	require.ErrorIs(t, r.Problems[0].Err, ds.ErrCorruption, "Check of a record after the last version: %+v", r)
+	require.Equal(t, recordKey(nil, "S2"), r.Problems[0].Key, "Check of a record after the last version: %+v", r)
 	t.Log(r.Problems[0])
 }

@@ -1,38 +1,36 @@
-package ds
+package inspect
 
 import (
-	"cmp"
-	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/strata-mq/strata/ds"
+
 	"github.com/strata-mq/strata/generation"
-	"github.com/strata-mq/strata/shard"
 )
 
 // This file holds the JSON views shared by the operator tools: `ds-info <cmd> -json` over a
 // data directory (an Inspector) and the admin HTTP handler over a running DB (AdminHandler)
 // produce the same rows from the same code, so a client reads either the same way.
 
-// InspectSource is what the inspection views read: a running *DB or a read-only *Inspector.
-type InspectSource interface {
-	Generations() ([]GenerationInfo, error)
-	StreamCount(sh ShardID, gen GenerationID) (int, error)
-	GenerationUsage(sh ShardID, gen GenerationID) (GenerationUsage, error)
-	Streams(filter string, since time.Time) ([]Stream, error)
-	DumpLayout(sh ShardID, gen GenerationID) (string, error)
-	Messages(filter string, since time.Time, limit int) ([]Message, error)
+// Source is what the inspection views read: a running *DB or a read-only *Inspector.
+type Source interface {
+	Generations() ([]ds.GenerationInfo, error)
+	StreamCount(sh ds.ShardID, gen ds.GenerationID) (int, error)
+	GenerationUsage(sh ds.ShardID, gen ds.GenerationID) (ds.GenerationUsage, error)
+	Streams(filter string, since time.Time) ([]ds.Stream, error)
+	DumpLayout(sh ds.ShardID, gen ds.GenerationID) (string, error)
+	Messages(filter string, since time.Time, limit int) ([]ds.Message, error)
 }
 
 var (
-	_ InspectSource = (*DB)(nil)
-	_ InspectSource = (*Inspector)(nil)
+	_ Source = (*ds.DB)(nil)
+	_ Source = (*Inspector)(nil)
 )
 
 // InfoView is the summary of a store (ds-info info, GET /v1/info).
@@ -48,16 +46,16 @@ type InfoView struct {
 
 // GenerationView is one generation of one shard (ds-info generations, GET /v1/generations).
 type GenerationView struct {
-	Shard       ShardID      `json:"shard"`
-	Generation  GenerationID `json:"generation"`
-	Since       string       `json:"since"`
-	Until       string       `json:"until,omitempty"`
-	SinceMicros uint64       `json:"since_us"`
-	UntilMicros uint64       `json:"until_us,omitempty"`
-	State       string       `json:"state"` // "current" or "sealed"
-	Layout      string       `json:"layout"`
-	Streams     int          `json:"streams"`
-	Messages    uint64       `json:"messages"`
+	Shard       ds.ShardID      `json:"shard"`
+	Generation  ds.GenerationID `json:"generation"`
+	Since       string          `json:"since"`
+	Until       string          `json:"until,omitempty"`
+	SinceMicros uint64          `json:"since_us"`
+	UntilMicros uint64          `json:"until_us,omitempty"`
+	State       string          `json:"state"` // "current" or "sealed"
+	Layout      string          `json:"layout"`
+	Streams     int             `json:"streams"`
+	Messages    uint64          `json:"messages"`
 	// Uncounted: the generation was created before message counts existed; Messages is 0.
 	Uncounted bool `json:"uncounted,omitempty"`
 	// DiskBytes is Pebble's estimate of the generation's bytes in sstables and blob files;
@@ -67,11 +65,11 @@ type GenerationView struct {
 
 // StreamView is one learned stream (ds-info streams, GET /v1/streams).
 type StreamView struct {
-	Shard      ShardID      `json:"shard"`
-	Generation GenerationID `json:"generation"`
-	Key        uint64       `json:"key"`
-	Layout     string       `json:"layout"`
-	Pattern    string       `json:"pattern"`
+	Shard      ds.ShardID      `json:"shard"`
+	Generation ds.GenerationID `json:"generation"`
+	Key        uint64          `json:"key"`
+	Layout     string          `json:"layout"`
+	Pattern    string          `json:"pattern"`
 }
 
 // TrieView is the learned topic structure of one shard-generation (ds-info trie, GET /v1/trie).
@@ -97,17 +95,9 @@ type MessageView struct {
 	PayloadBytes  int    `json:"payload_bytes"`
 }
 
-// StorageMode names the storage of a manifest, as InfoView.Storage.
-func StorageMode(m Manifest) string {
-	if m.PebblePerShard {
-		return "pebble per shard"
-	}
-	return "shared pebble"
-}
-
 // InfoOf summarizes src; m is its manifest and diskBytes its size. Errors of shards that did
 // not load are joined and returned with the counts of the others.
-func InfoOf(src InspectSource, m Manifest, diskBytes uint64) (InfoView, error) {
+func InfoOf(src Source, m ds.Manifest, diskBytes uint64) (InfoView, error) {
 	gens, err := src.Generations()
 	streams := 0
 	for _, g := range gens {
@@ -117,13 +107,13 @@ func InfoOf(src InspectSource, m Manifest, diskBytes uint64) (InfoView, error) {
 		}
 		streams += n
 	}
-	return InfoView{Format: m.Format, NShards: m.NShards, Storage: StorageMode(m), Created: m.Created,
+	return InfoView{Format: m.Format, NShards: m.NShards, Storage: m.Storage(), Created: m.Created,
 		DiskBytes: diskBytes, Generations: len(gens), Streams: streams}, err
 }
 
 // GenerationsOf lists the generations of src with their stream counts. The rows are never
 // nil; an error may come with a partial result.
-func GenerationsOf(src InspectSource) ([]GenerationView, error) {
+func GenerationsOf(src Source) ([]GenerationView, error) {
 	gens, err := src.Generations()
 	rows := []GenerationView{}
 	for _, g := range gens {
@@ -148,7 +138,7 @@ func GenerationsOf(src InspectSource) ([]GenerationView, error) {
 }
 
 // StreamsOf lists the streams of src whose pattern can match filter, of every generation.
-func StreamsOf(src InspectSource, filter string) ([]StreamView, error) {
+func StreamsOf(src Source, filter string) ([]StreamView, error) {
 	streams, err := src.Streams(filter, time.Time{})
 	rows := []StreamView{}
 	for _, s := range streams {
@@ -158,7 +148,7 @@ func StreamsOf(src InspectSource, filter string) ([]StreamView, error) {
 }
 
 // TrieOf renders the learned topic structure of one shard-generation.
-func TrieOf(src InspectSource, sh ShardID, gen GenerationID) (TrieView, error) {
+func TrieOf(src Source, sh ds.ShardID, gen ds.GenerationID) (TrieView, error) {
 	dump, err := src.DumpLayout(sh, gen)
 	if err != nil {
 		return TrieView{}, err
@@ -168,7 +158,7 @@ func TrieOf(src InspectSource, sh ShardID, gen GenerationID) (TrieView, error) {
 
 // MessagesOf lists up to limit messages of src matching filter from since (limit <= 0: no
 // limit), by shard then timestamp.
-func MessagesOf(src InspectSource, filter string, since time.Time, limit int) ([]MessageView, error) {
+func MessagesOf(src Source, filter string, since time.Time, limit int) ([]MessageView, error) {
 	msgs, err := src.Messages(filter, since, limit)
 	rows := []MessageView{}
 	for _, m := range msgs {
@@ -214,89 +204,4 @@ func EscapeBytes(b []byte) string {
 		b = b[n:]
 	}
 	return s.String()
-}
-
-// StreamCount returns the number of streams of one shard-generation, as Inspector.StreamCount.
-func (db *DB) StreamCount(sh ShardID, gen GenerationID) (int, error) {
-	exit, err := db.enter()
-	if err != nil {
-		return 0, err
-	}
-	defer exit()
-	if int(sh) >= len(db.shards) {
-		return 0, fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
-	}
-	l, ok := db.shards[sh].Layout(gen)
-	if !ok {
-		return 0, fmt.Errorf("%w: shard %d generation %d", ErrGenerationNotFound, sh, gen)
-	}
-	return l.StreamCount(), nil
-}
-
-// GenerationUsage is what a generation holds: its messages and an estimate of its bytes on
-// disk.
-type GenerationUsage = shard.GenerationUsage
-
-// GenerationUsage returns what one shard-generation holds: the messages stored in it
-// (counted as they are stored, kept with the generation) and Pebble's estimate of its bytes
-// on disk (messages still in memtables count 0 until they are flushed). ErrShardNotFound,
-// ErrGenerationNotFound for unknown ones.
-func (db *DB) GenerationUsage(sh ShardID, gen GenerationID) (GenerationUsage, error) {
-	exit, err := db.enter()
-	if err != nil {
-		return GenerationUsage{}, err
-	}
-	defer exit()
-	if int(sh) >= len(db.shards) {
-		return GenerationUsage{}, fmt.Errorf("%w: shard %d of %d", ErrShardNotFound, sh, len(db.shards))
-	}
-	return db.shards[sh].GenerationUsage(gen)
-}
-
-// Messages returns up to limit durable messages that match filter with a timestamp at or after
-// since, ordered by shard, then timestamp (limit <= 0: no limit), as Inspector.Messages does
-// for a data directory. It is for inspection (the admin handler): sessions read with Streams,
-// Iterator and Next. A generation dropped while it is read is skipped.
-func (db *DB) Messages(filter string, since time.Time, limit int) ([]Message, error) {
-	streams, err := db.Streams(filter, since)
-	if err != nil {
-		return nil, err
-	}
-	if limit <= 0 {
-		limit = int(^uint(0) >> 1)
-	}
-	ctx := context.Background()
-	var out []Message
-	for i := 0; i < len(streams) && len(out) < limit; {
-		j := i
-		for j < len(streams) && streams[j].Shard == streams[i].Shard && streams[j].Generation == streams[i].Generation {
-			j++
-		}
-		var genMsgs []Message
-		for _, s := range streams[i:j] {
-			it, err := db.Iterator(s, filter, since)
-			if err != nil {
-				return out, err
-			}
-			for got := 0; got < limit-len(out); {
-				msgs, next, err := db.Next(ctx, it, min(limit-len(out)-got, 1000))
-				genMsgs = append(genMsgs, msgs...)
-				got += len(msgs)
-				if errors.Is(err, ErrEndOfStream) || errors.Is(err, ErrGenerationNotFound) {
-					break
-				}
-				if err != nil {
-					return out, err
-				}
-				if len(msgs) == 0 {
-					break
-				}
-				it = next
-			}
-		}
-		slices.SortStableFunc(genMsgs, func(a, b Message) int { return cmp.Compare(a.Timestamp, b.Timestamp) })
-		out = append(out, genMsgs[:min(len(genMsgs), limit-len(out))]...)
-		i = j
-	}
-	return out, nil
 }
