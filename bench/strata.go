@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/shard"
 )
 
 func RunStrata(c Config) ([]Result, error) {
@@ -44,6 +46,7 @@ func RunStrata(c Config) ([]Result, error) {
 	pl := payloads(64, c.Payload)
 	name := fmt.Sprintf("ingest (%s, %s)", storage, c.Durability)
 	mem := startMemory()
+	cpu0 := processCPU()
 	elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
 		_, err := db.Store(ctx, ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]})
 		return err
@@ -63,6 +66,7 @@ func RunStrata(c Config) ([]Result, error) {
 		}
 	}
 	heap, rss := mem.finish()
+	cpu := processCPU() - cpu0
 	ingest := Result{
 		Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 		MsgsPerCommit:   float64(t.Messages) / float64(max(t.Batches, 1)),
@@ -71,8 +75,18 @@ func RunStrata(c Config) ([]Result, error) {
 		PeakHeapBytes:   heap, PeakRSSBytes: rss,
 	}
 	ingest.setRun(lats, series)
-	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, heap %d MiB, RSS %d MiB",
-		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, heap>>20, rss>>20)
+	// CPU of the whole process (the publishers' goroutines included) per message, and where a
+	// message's latency went, by stage (shard.StageNames), as means per message.
+	cpuPerMsg := cpu.Seconds() * 1e6 / float64(c.N)
+	stages := t.StagesPerMessage()
+	ingest.Figures = map[string]float64{"cpu_us_per_msg": cpuPerMsg}
+	var stageNote []string
+	for st, d := range stages {
+		ingest.Figures["stage_"+shard.StageNames[st]+"_us"] = float64(d.Microseconds())
+		stageNote = append(stageNote, fmt.Sprintf("%s %s", shard.StageNames[st], fmtStage(d)))
+	}
+	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, %.1f CPU-µs/msg, per msg: %s; heap %d MiB, RSS %d MiB",
+		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, cpuPerMsg, strings.Join(stageNote, ", "), heap>>20, rss>>20)
 	results := []Result{ingest}
 
 	if !c.Replay {
@@ -169,4 +183,12 @@ func readStream(ctx context.Context, db *ds.DB, s ds.Stream, filter string) (msg
 		err = nil
 	}
 	return msgs, bytes, err
+}
+
+// fmtStage renders a stage's mean time per message: µs below 10 ms, else ms.
+func fmtStage(d time.Duration) string {
+	if d < 10*time.Millisecond {
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	}
+	return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000)
 }

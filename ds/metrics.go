@@ -50,6 +50,22 @@ type ShardMetrics struct {
 	// BatchSize[i] counts group commits of at most shard.BatchBuckets[i] messages; the last
 	// element counts the larger ones. Its sum is Batches, and Messages the messages in them.
 	BatchSize []uint64
+	// Stages[s] sums, over the messages stored, the time each spent in stage s between Store
+	// and its acknowledgement (shard.StageNames: queue, apply, commit, sync, wake); divided by
+	// Messages it is where a message's latency goes. Zero on a replicated site.
+	Stages [shard.NumStages]time.Duration
+}
+
+// StagesPerMessage returns the mean time a stored message spent in each stage (Stages /
+// Messages).
+func (s ShardMetrics) StagesPerMessage() (out [shard.NumStages]time.Duration) {
+	if s.Messages == 0 {
+		return out
+	}
+	for i, d := range s.Stages {
+		out[i] = d / time.Duration(s.Messages)
+	}
+	return out
 }
 
 // Totals sums the shards' counters.
@@ -73,6 +89,9 @@ func (m Metrics) Totals() ShardMetrics {
 		}
 		for i, c := range s.BatchSize {
 			t.BatchSize[i] += c
+		}
+		for i, d := range s.Stages {
+			t.Stages[i] += d
 		}
 	}
 	return t
@@ -103,6 +122,9 @@ func (db *DB) Metrics() (Metrics, error) {
 		sm.BatchSize = make([]uint64, len(c.BatchSize))
 		for i := range c.BatchSize {
 			sm.BatchSize[i] = c.BatchSize[i].Load()
+		}
+		for i := range c.StageNanos {
+			sm.Stages[i] = time.Duration(c.StageNanos[i].Load())
 		}
 		// A replicated site may hold no open replica of a shard for a moment (starting,
 		// receiving a snapshot, left the cluster): then it reports the shard unavailable.

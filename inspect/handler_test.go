@@ -156,6 +156,7 @@ func TestHandlerMetrics(t *testing.T) {
 		"strata_shard_available":              "gauge",
 		"strata_messages_held":                "gauge",
 		"strata_shard_disk_bytes":             "gauge",
+		"strata_store_stage_seconds_total":    "counter",
 		"strata_commit_latency_seconds":       "histogram",
 		"strata_batch_messages":               "histogram",
 		"strata_disk_bytes":                   "gauge",
@@ -210,6 +211,16 @@ func TestHandlerMetrics(t *testing.T) {
 		require.Equal(t, float64(sm.Held), one("strata_messages_held", l))
 		require.Equal(t, float64(sm.DiskBytes), one("strata_shard_disk_bytes", l))
 		stored += one("strata_messages_stored_total", l)
+		var stages time.Duration
+		for st, name := range shard.StageNames {
+			l := map[string]string{"shard": l["shard"], "stage": name}
+			require.InDelta(t, sm.Stages[st].Seconds(), one("strata_store_stage_seconds_total", l), 1e-9, "stage %s", name)
+			stages += sm.Stages[st]
+		}
+		if sm.Messages > 0 {
+			// Every stored message spent some time between Store and its acknowledgement.
+			require.Positive(t, stages, "shard %d: stage times of %d messages", sm.Shard, sm.Messages)
+		}
 
 		buckets := get("strata_commit_latency_seconds_bucket", l)
 		require.Len(t, buckets, len(shard.LatencyBuckets)+1)

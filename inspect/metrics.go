@@ -26,6 +26,10 @@ import (
 //	                                            open replica of the shard right now
 //	strata_commit_latency_seconds     histogram commit latency (buckets: shard.LatencyBuckets)
 //	strata_batch_messages             histogram messages per group commit (shard.BatchBuckets)
+//	strata_store_stage_seconds_total  counter   time stored messages spent in each stage between
+//	                                            Store and acknowledgement, summed over them, with
+//	                                            the label stage="queue|apply|commit|sync|wake"
+//	                                            (shard.StageNames; 0 on a replicated site)
 //
 // For the whole DB, without labels:
 //
@@ -87,6 +91,8 @@ var (
 	}
 	commitLatency = newDesc("strata_commit_latency_seconds", "Commit latency, from the start of a group commit to durability.", shardLabel)
 	batchMessages = newDesc("strata_batch_messages", "Messages per group commit.", shardLabel)
+	storeStages   = newDesc("strata_store_stage_seconds_total",
+		"Time stored messages spent in each stage between Store and acknowledgement, summed over them.", []string{"shard", "stage"})
 
 	dbMetrics = []dbMetric{
 		{newDesc("strata_disk_bytes", "Size of the storage's files.", nil), prometheus.GaugeValue,
@@ -131,6 +137,7 @@ func (c dbCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- commitLatency
 	ch <- batchMessages
+	ch <- storeStages
 	for _, m := range dbMetrics {
 		ch <- m.desc
 	}
@@ -159,6 +166,9 @@ func (c dbCollector) Collect(ch chan<- prometheus.Metric) {
 			bounds[i] = float64(b)
 		}
 		ch <- histogram(batchMessages, bounds, s.BatchSize, float64(s.Messages), label)
+		for st, d := range s.Stages {
+			ch <- prometheus.MustNewConstMetric(storeStages, prometheus.CounterValue, d.Seconds(), label, shard.StageNames[st])
+		}
 	}
 	for _, dm := range dbMetrics {
 		ch <- prometheus.MustNewConstMetric(dm.desc, dm.kind, dm.value(m))

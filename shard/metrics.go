@@ -28,6 +28,37 @@ type Metrics struct {
 	// BatchSize counts group commits of messages by their number of messages; bucket i
 	// counts sizes <= BatchBuckets[i], the last one the larger ones.
 	BatchSize [12]atomic.Uint64
+	// StageNanos[s] sums, over the messages stored, the time each spent in stage s on its way
+	// from Store to its acknowledgement (divided by Messages: the mean per message). Filled by
+	// the shard's writer and syncer (a replicated shard's proposer leaves them 0).
+	StageNanos [NumStages]atomic.Uint64
+}
+
+// Stage is a step of a stored message's way from Store to its acknowledgement.
+type Stage int
+
+const (
+	StageQueue  Stage = iota // waiting for the shard's writer, behind earlier batches
+	StageApply               // the shard's apply: timestamps, keys, learned layout, into a batch
+	StageCommit              // Pebble's commit of the batch: WAL record, memtable inserts
+	StageSync                // waiting for the WAL's fsync, behind earlier batches' syncs
+	StageWake                // publishing the new view, OnDurable, waking the Store calls
+	NumStages
+)
+
+// StageNames name the stages (metric labels, reports).
+var StageNames = [NumStages]string{"queue", "apply", "commit", "sync", "wake"}
+
+// observeStages adds one batch's stage times: queue is already summed over its messages, the
+// others are the batch's and count once per message.
+func (m *Metrics) observeStages(msgs int, queue time.Duration, start, applied, committed, synced, woken time.Time) {
+	n := time.Duration(msgs)
+	for st, d := range [NumStages]time.Duration{
+		StageQueue: queue, StageApply: applied.Sub(start) * n, StageCommit: committed.Sub(applied) * n,
+		StageSync: synced.Sub(committed) * n, StageWake: woken.Sub(synced) * n,
+	} {
+		m.StageNanos[st].Add(uint64(max(d, 0)))
+	}
 }
 
 // ObserveCommit records one commit of msgs messages (bytes in total) that took d.

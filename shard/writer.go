@@ -52,6 +52,15 @@ const (
 	reqDrop
 )
 
+// messages is the number of messages r stores (its own and its Txns').
+func (r *request) messages() int {
+	n := len(r.msgs)
+	for _, t := range r.txns {
+		n += len(t.Messages)
+	}
+	return n
+}
+
 type request struct {
 	kind     requestKind
 	msgs     []*message.Message
@@ -66,17 +75,20 @@ type request struct {
 
 // inflight is a batch committed to Pebble and waiting for its WAL sync.
 type inflight struct {
-	batch   *pebble.Batch
-	reqs    []*request
-	pub     *publication
-	news    bool
-	start   time.Time
-	msgs    int
-	bytes   int
-	spans   [][2][]byte
-	touch   []StreamTouch
-	txnMsgs []*message.Message
-	records []RecordWrite
+	batch *pebble.Batch
+	reqs  []*request
+	pub   *publication
+	news  bool
+	// When the batch was started, applied and committed, and its messages' summed wait in
+	// the queue (Metrics.StageNanos).
+	start, applied, committed time.Time
+	queued                    time.Duration
+	msgs                      int
+	bytes                     int
+	spans                     [][2][]byte
+	touch                     []StreamTouch
+	txnMsgs                   []*message.Message
+	records                   []RecordWrite
 }
 
 // Shard is one shard: a core plus its writer and syncer goroutines.
@@ -392,6 +404,12 @@ func (s *Shard) handle(reqs []*request) {
 		}
 	}
 	start := time.Now()
+	var queued time.Duration // summed over the messages
+	for _, r := range reqs {
+		if r.kind == reqStore {
+			queued += start.Sub(r.enqueued) * time.Duration(r.messages())
+		}
+	}
 	b := s.cfg.DB.NewBatch()
 	a, err := s.core.apply(b, cmd)
 	if err != nil {
@@ -402,14 +420,16 @@ func (s *Shard) handle(reqs []*request) {
 		}
 		return
 	}
+	applied := time.Now()
 	if err2 := s.cfg.commit(b); err2 != nil {
 		a.Abort()
 		finish(err2)
 		return
 	}
 	pub := a.Commit()
-	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, start: start, msgs: len(a.Timestamps), spans: a.Spans, touch: a.Touched,
-		txnMsgs: a.TxnMessages, records: a.Records}
+	f := &inflight{batch: b, reqs: reqs, pub: pub, news: a.NewStreams, msgs: len(a.Timestamps), spans: a.Spans, touch: a.Touched,
+		txnMsgs: a.TxnMessages, records: a.Records,
+		start: start, queued: queued, applied: applied, committed: time.Now()}
 	for _, r := range reqs {
 		f.bytes += r.bytes
 	}
@@ -454,6 +474,7 @@ func (s *Shard) runSyncer() {
 	defer s.wg.Done()
 	for f := range s.synced {
 		err := s.cfg.syncWait(f.batch)
+		synced := time.Now()
 		f.batch.Close()
 		if err != nil {
 			s.fail(err)
@@ -485,6 +506,9 @@ func (s *Shard) runSyncer() {
 			if r.done != nil {
 				close(r.done)
 			}
+		}
+		if err == nil && f.msgs > 0 {
+			s.Metrics.observeStages(f.msgs, f.queued, f.start, f.applied, f.committed, synced, time.Now())
 		}
 		if err == nil && f.news && s.cfg.OnChange != nil {
 			s.cfg.OnChange()

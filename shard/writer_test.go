@@ -612,3 +612,38 @@ func testWriterClose(t *testing.T) {
 	checkStored(t, s.core, "a.1", "b.1", "c.1", "d.1")
 	checkCount(t, s.core, 4)
 }
+
+// TestWriterStages: where a message's time goes between Store and its acknowledgement is
+// summed per stage and weighted by messages: a sync wait the test holds is counted in the sync
+// stage of every message of the batch, a commit it holds in the commit stage, and the wait of a
+// request queued behind them in the queue stage.
+func TestWriterStages(t *testing.T) {
+	wt := newWriterTest(t, nil)
+	releaseCommit := wt.commit.hold(1)
+	releaseSync := wt.sync.hold(1)
+	w1, _ := wt.submit(t, "a", 3, 30)
+	wt.commit.await(t, 1)
+	w2, _ := wt.submit(t, "b", 2, 20) // queued behind batch 1's commit
+	heldCommit := time.Now()
+	require.Eventually(t, func() bool { return wt.Metrics.QueueDepth.Load() == 1 }, patience, time.Millisecond)
+	commitHeld := time.Since(heldCommit) // taken before the release: the stages span more
+	releaseCommit()
+	wt.sync.await(t, 1)
+	heldSync := time.Now()
+	require.Eventually(t, func() bool { return wt.commit.count() == 2 }, patience, time.Millisecond) // batch 2 committed behind the held sync
+	syncHeld := time.Since(heldSync)
+	releaseSync()
+	require.NoError(t, w1.Wait())
+	require.NoError(t, w2.Wait())
+
+	stage := func(s Stage) time.Duration { return time.Duration(wt.Metrics.StageNanos[s].Load()) }
+	require.Equal(t, uint64(5), wt.Metrics.Messages.Load())
+	// Batch 1's three messages waited at least the held commit in the commit stage and the held
+	// sync in the sync stage; batch 2's two messages waited in the queue while commit 1 was held.
+	require.GreaterOrEqual(t, stage(StageCommit), 3*commitHeld, "commit stage")
+	require.GreaterOrEqual(t, stage(StageSync), 3*syncHeld, "sync stage")
+	require.GreaterOrEqual(t, stage(StageQueue), 2*commitHeld, "queue stage")
+	for s := range NumStages {
+		require.GreaterOrEqual(t, stage(s), time.Duration(0), StageNames[s])
+	}
+}
