@@ -214,3 +214,48 @@ func TestClusterReplicationFactor(t *testing.T) {
 	c.requireAllRead(acked, 30*time.Second)
 	c.waitConverged(nShards, 30*time.Second)
 }
+
+// TestRemoveSiteNeverAdded: a site added and removed before the reconciler made any of its
+// replicas members is taken out without being added first — its records are "removing" from
+// the start — though dragonboat is then asked to delete replicas its groups never held. The
+// removal completes, the cluster keeps taking writes, and no group's membership lists the
+// site's replicas. (The reconciler is slowed so that both records land between two rounds; if
+// a round slips in between anyway, the end state must still hold.)
+func TestRemoveSiteNeverAdded(t *testing.T) {
+	const nShards = 2
+	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) { cfg.ReconcileInterval = 250 * time.Millisecond })
+	acked := storeN(t, c.db(0), "before", 20)
+	id, err := ParseSiteID("00000000000000aa")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.sites[1].AddSite(ctx, id, freeAddr(t))) // nobody listens there
+	require.NoError(t, c.sites[1].RemoveSite(ctx, id))
+	st, err := c.metaVia(0)
+	require.NoError(t, err)
+	si, ok := st.SiteByID(id)
+	require.True(t, ok, "site %s not recorded", id)
+	var gone []ReplicaInfo
+	for _, r := range st.Replicas {
+		if r.Slot == si.Slot {
+			gone = append(gone, r)
+			require.Equal(t, "removing", r.Transition(), "replica %+v of the removed site", r)
+		}
+	}
+	require.NotEmpty(t, gone, "the site's replicas were not allocated")
+
+	acked = append(acked, storeN(t, c.db(2), "after", 20)...)
+	waitRemoved(t, c, id, 40*time.Second)
+	c.requireAllRead(acked, 20*time.Second)
+	for _, r := range gone {
+		mctx, mcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m, err := c.sites[0].nh.SyncGetShardMembership(mctx, r.Group)
+		mcancel()
+		require.NoError(t, err, "membership of group %d", r.Group)
+		_, voter := m.Nodes[r.ReplicaID]
+		_, nonVoting := m.NonVotings[r.ReplicaID]
+		require.False(t, voter || nonVoting, "group %d still lists replica %d of the removed site", r.Group, r.ReplicaID)
+		_, removed := m.Removed[r.ReplicaID]
+		t.Logf("group %d replica %d: in the group's removed set: %v", r.Group, r.ReplicaID, removed)
+	}
+}

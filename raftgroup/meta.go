@@ -85,10 +85,13 @@ type ReplicaInfo struct {
 }
 
 // Transition describes what is still to be done to a replica, or "" when it is where the plan
-// wants it.
+// wants it. A replica marked for removal is "removing" even if the records say it was never
+// made a member (its site left or was lost right after joining): the reconciler's removal of a
+// non-member is recorded as done once the group's membership shows it absent, where adding it
+// first only to remove it cost two membership changes per group.
 func (r ReplicaInfo) Transition() string {
 	switch {
-	case r.Remove && r.Member != memberNone:
+	case r.Remove:
 		return "removing"
 	case r.Member == memberNone:
 		return "adding"
