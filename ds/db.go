@@ -26,6 +26,7 @@ type DB struct {
 		sync.RWMutex // held for reading by every call, for writing by Close
 		closed       bool
 	}
+	exit func() // mu.RUnlock, bound once: enter returns it without allocating a closure per call
 	changed struct {
 		sync.Mutex
 		ch     chan struct{}
@@ -99,6 +100,7 @@ func prepareOptions(opts *Options) (*Options, error) {
 // wrong shard, silently.
 func newDB(b Backend, opts *Options) (*DB, error) {
 	db := &DB{opts: opts, backend: b}
+	db.exit = db.mu.RUnlock
 	db.changed.ch = make(chan struct{})
 	b.Watch(db.notifyChanged)
 	shards := b.Shards()
@@ -161,7 +163,7 @@ func (db *DB) enter() (func(), error) {
 		db.mu.RUnlock()
 		return nil, ErrClosed
 	}
-	return db.mu.RUnlock, nil
+	return db.exit, nil
 }
 
 // NShards returns the number of shards.
@@ -202,6 +204,28 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 		return nil, err
 	}
 	n := len(db.shards)
+	if len(msgs) == 1 {
+		// The common case of a broker storing each PUBLISH as it arrives: no grouping, and the
+		// copy of the message and the slice handed to the shard in one allocation.
+		size, err := db.validate(&msgs[0])
+		if err != nil {
+			return nil, fmt.Errorf("message 0 of 1: %w", err)
+		}
+		one := &struct {
+			m    message.Message
+			msgs [1]*message.Message
+		}{m: msgs[0]}
+		one.msgs[0] = &one.m
+		sh := ShardOf(one.m.ClientID, n)
+		w, err := db.shards[sh].Submit(ctx, one.msgs[:], size)
+		if err == nil {
+			err = w.Wait()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("shard %d: %w", sh, err)
+		}
+		return []Ref{{Shard: sh, Timestamp: one.m.Timestamp}}, nil
+	}
 	sizes := make([]int, len(msgs))
 	for i := range msgs {
 		size, err := db.validate(&msgs[i])
@@ -213,20 +237,6 @@ func (db *DB) Store(ctx context.Context, msgs ...Message) ([]Ref, error) {
 	copies := make([]message.Message, len(msgs))
 	copy(copies, msgs)
 	refs := make([]Ref, len(msgs))
-	if len(msgs) == 1 {
-		// The common case of a broker storing each PUBLISH as it arrives: no grouping.
-		m := &copies[0]
-		sh := ShardOf(m.ClientID, n)
-		w, err := db.shards[sh].Submit(ctx, []*message.Message{m}, sizes[0])
-		if err == nil {
-			err = w.Wait()
-		}
-		if err != nil {
-			return nil, fmt.Errorf("shard %d: %w", sh, err)
-		}
-		refs[0] = Ref{Shard: sh, Timestamp: m.Timestamp}
-		return refs, nil
-	}
 	type group struct {
 		msgs  []*message.Message
 		bytes int

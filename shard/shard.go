@@ -94,6 +94,7 @@ type core struct {
 	keyTable, keyLast, keyLastVersion []byte
 	sorted                            sortedWriter   // scratch of apply
 	touchedAt                         map[uint64]int // scratch of apply: stream key → index in Applied.Touched
+	levels                            []string       // scratch of apply: the levels of a message's topic
 }
 
 func newCore(id stream.ShardID, db *pebble.DB, prefix []byte, params layout.Params) *core {
@@ -271,7 +272,8 @@ func (c *core) apply(b *pebble.Batch, cmd *Command) (*Applied, error) {
 		count++
 		ts := max(c.lastTS+1, cmd.Time)
 		m.Timestamp, m.Shard = ts, uint16(c.id)
-		key, err := g.Add(&c.sorted, m, topic.Split(m.Topic))
+		c.levels = topic.SplitInto(c.levels[:0], m.Topic) // Add keeps no reference to it
+		key, err := g.Add(&c.sorted, m, c.levels)
 		if err != nil {
 			return 0, err
 		}

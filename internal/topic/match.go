@@ -10,6 +10,18 @@ func Split(s string) []string {
 	return strings.Split(s, string(separator))
 }
 
+// SplitInto appends the levels of s to dst and returns it: Split without an allocation when
+// dst has room (a writer's scratch, reused message after message).
+func SplitInto(dst []string, s string) []string {
+	for {
+		i := strings.IndexByte(s, separator)
+		if i < 0 {
+			return append(dst, s)
+		}
+		dst, s = append(dst, s[:i]), s[i+1:]
+	}
+}
+
 // IsSystem reports whether name is a system topic, i.e. starts with '$'
 // (e.g. "$SYS/broker/uptime"). Wildcard-first filters do not match such
 // names; see Match.

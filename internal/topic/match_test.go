@@ -364,3 +364,14 @@ func BenchmarkValidateFilter(b *testing.B) {
 		}
 	}
 }
+
+// FuzzSplitInto: SplitInto appends exactly Split's levels, after what dst held.
+func FuzzSplitInto(f *testing.F) {
+	for _, s := range []string{"", "/", "a", "a/b/c", "//", "a//b/", "$SYS/x", "+/#"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := SplitInto([]string{"kept"}, s)
+		require.Equal(t, append([]string{"kept"}, Split(s)...), got)
+	})
+}
