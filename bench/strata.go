@@ -82,7 +82,7 @@ func RunStrata(c Config) ([]Result, error) {
 	ingest.Figures = map[string]float64{"cpu_us_per_msg": cpuPerMsg}
 	var stageNote []string
 	for st, d := range stages {
-		ingest.Figures["stage_"+shard.StageNames[st]+"_us"] = float64(d.Microseconds())
+		ingest.Figures["stage_"+shard.StageNames[st]+"_us"] = d.Seconds() * 1e6
 		stageNote = append(stageNote, fmt.Sprintf("%s %s", shard.StageNames[st], fmtStage(d)))
 	}
 	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, %.1f CPU-µs/msg, per msg: %s; heap %d MiB, RSS %d MiB",

@@ -26,7 +26,7 @@ type DB struct {
 		sync.RWMutex // held for reading by every call, for writing by Close
 		closed       bool
 	}
-	exit func() // mu.RUnlock, bound once: enter returns it without allocating a closure per call
+	exit    func() // mu.RUnlock, bound once: enter returns it without allocating a closure per call
 	changed struct {
 		sync.Mutex
 		ch     chan struct{}

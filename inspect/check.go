@@ -251,8 +251,11 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 			r.TrieRecords++ // decoded when the layout was loaded
 			return verr
 		}
+		// Count the key before judging its timestamp: a message out of its generation's range
+		// is still a message (the stored count holds), and an index key still indexes.
+		var tsErr error
 		if ts := ki.TS; verr == nil && (ts < g.Since || !g.Current() && ts >= g.Until || ts > s.LastTS) {
-			return corrupt("timestamp %s outside generation %d [%s, %s), last %s", generation.FormatTS(ts), gen,
+			tsErr = corrupt("timestamp %s outside generation %d [%s, %s), last %s", generation.FormatTS(ts), gen,
 				generation.FormatTS(g.Since), generation.FormatTS(g.Until), generation.FormatTS(s.LastTS))
 		}
 		c := counts[genStream{gen, ki.Stream}]
@@ -260,19 +263,20 @@ func (in *Inspector) checkShard(s *inspectShard, r *CheckReport, add func(CheckP
 			c = &streamCount{}
 			counts[genStream{gen, ki.Stream}] = c
 		}
+		err = cmp.Or(verr, tsErr)
 		if ki.Kind == layout.KeyIndex {
 			c.gotIndex++
-			if verr == nil {
+			if err == nil {
 				r.IndexKeys++
 			}
-			return verr
+			return err
 		}
 		found[gen]++
 		c.wantIndex += uint64(ki.IndexKeys)
-		if verr == nil {
+		if err == nil {
 			r.Messages++
 		}
-		return verr
+		return err
 	}
 	complete := in.walk(s.db, lo, hi, r, visit, func(k []byte, err error) {
 		add(CheckProblem{Shard: int(s.id), Path: s.path, Key: k, Err: err})

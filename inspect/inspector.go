@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -163,19 +164,40 @@ func (s *inspectShard) load() (err error) {
 	defer recoverRead(fmt.Sprintf("shard %d", s.id), &err)
 	if s.replica {
 		// Not the shard's state: its messages stay readable without it.
-		s.applied, s.appliedErr = shard.LoadAppliedIndex(s.db, s.prefix)
-		if s.appliedErr != nil {
-			s.appliedErr = fmt.Errorf("shard %d: %w", s.id, s.appliedErr)
-		}
+		s.appliedErr = s.loadApplied()
 		s.appliedRead = s.appliedErr == nil
 	}
 	s.Stored, err = shard.LoadStored(s.db, s.id, s.prefix)
 	return err
 }
 
-// openPebble is pebble.Open with a panic of a damaged store (recoverRead) returned as an error.
+// loadApplied reads a replica's applied index, with a panic of a damaged store (recoverRead)
+// kept as its own error: the shard's messages stay readable.
+func (s *inspectShard) loadApplied() (err error) {
+	defer recoverRead(fmt.Sprintf("shard %d applied index", s.id), &err)
+	if s.applied, err = shard.LoadAppliedIndex(s.db, s.prefix); err != nil {
+		return fmt.Errorf("shard %d: %w", s.id, err)
+	}
+	return nil
+}
+
+// openPebble is pebble.Open with Pebble's panics returned as errors: its fatal log (a storage
+// failure: pebbleopts.Fatal) and an error it panics with (an I/O error it cannot go on after)
+// as failures to open; a runtime error is a bug and panics on.
 func openPebble(path string, po *pebble.Options) (p *pebble.DB, err error) {
-	defer recoverRead("open "+path, &err)
+	defer func() {
+		switch r := recover().(type) {
+		case nil:
+		case runtime.Error:
+			panic(r)
+		case pebbleopts.Fatal:
+			p, err = nil, fmt.Errorf("%w: open %s read-only: pebble: %s", ds.ErrFailed, path, string(r))
+		case error:
+			p, err = nil, fmt.Errorf("%w: open %s read-only: %w", ds.ErrFailed, path, r)
+		default:
+			panic(r)
+		}
+	}()
 	return pebble.Open(path, po)
 }
 

@@ -47,7 +47,7 @@ import (
 //	strata_subscription_losses_total  counter   losses by retention reported
 //
 // A DB that cannot report (closed) yields an invalid metric: the registry's Gather fails, and
-// Handler's /metrics answers 500.
+// Handler's /metrics answers with the error's status (a closed DB: 503, retryable).
 func Collector(db *ds.DB) prometheus.Collector { return dbCollector{db} }
 
 type dbCollector struct{ db *ds.DB }

@@ -12,7 +12,8 @@ import (
 
 // This file extends the Inspector to the stores of a replicated shard. A replica of a shard
 // (package shard's Replica, driven by package raftgroup) keeps the shard in a Pebble of its
-// own, without the shard key prefix, and two kinds of records besides the shard's:
+// own, without the shard key prefix, and two kinds of records besides the shard's (package
+// shard's format, loaded and checked by shard.LoadAppliedIndex and shard.MetaCheck):
 //
 //	meta 'a'                   the last Raft log index applied, u64 big-endian
 //	meta 'p' | proposer (16)   one de-duplication record per proposer (shard.DecodeProposerRecord)
@@ -20,8 +21,6 @@ import (
 // Both are written in the same batch as the entries they describe, so Check can hold them
 // to each other: no proposer's last entry is after the applied index, and no proposal's first
 // timestamp is after the shard's last one.
-
-// Meta keys of a replicated shard (package shard, format version 1).
 
 // ReplicaStore names the Pebble directory that holds one replica of one shard, for
 // OpenReplicas.
@@ -40,7 +39,7 @@ type ReplicaStore struct {
 // appear once. A shard with no store is listed as not loaded: its error wraps
 // ErrShardNotFound and Check reports it.
 //
-// The guarantees are those of Inspect: nothing is written to any store, and a store whose
+// The guarantees are those of Open: nothing is written to any store, and a store whose
 // Pebble lock is held (a running site) fails the whole call with ErrInUse. A store that
 // cannot be opened fails it too (wrapping ErrCorruption when its files are damaged). The
 // manifest the Inspector reports is synthesized: this build's format version, nShards,

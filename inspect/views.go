@@ -15,7 +15,7 @@ import (
 )
 
 // This file holds the JSON views shared by the operator tools: `ds-info <cmd> -json` over a
-// data directory (an Inspector) and the admin HTTP handler over a running DB (AdminHandler)
+// data directory (an Inspector) and the admin HTTP handler over a running DB (Handler)
 // produce the same rows from the same code, so a client reads either the same way.
 
 // Source is what the inspection views read: a running *DB or a read-only *Inspector.

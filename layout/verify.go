@@ -97,7 +97,9 @@ func (l *lts) verifyData(body, value []byte) (KeyInfo, error) {
 		ki := KeyInfo{Kind: KeyIndex, Stream: static, Level: level, TS: binary.BigEndian.Uint64(body[18:]), Decoded: true}
 		n := l.trie.stream(static)
 		if n == nil {
-			return ki, fmt.Errorf("%w: stream %d of generation %d is not in the learned trie", ErrCorrupt, static, l.gen)
+			// Not Decoded: an index entry of a stream the trie does not know indexes nothing
+			// that can be counted against its messages.
+			return KeyInfo{}, fmt.Errorf("%w: stream %d of generation %d is not in the learned trie", ErrCorrupt, static, l.gen)
 		}
 		if int(level) > len(n.pattern) || n.pattern[level-1] != "+" {
 			return ki, fmt.Errorf("%w: index key for level %d, which does not vary in pattern %q", ErrCorrupt, level, joinLevels(n.pattern))

@@ -29,7 +29,7 @@ func (s *Site) SetReplicationFactor(ctx context.Context, rf int) error {
 }
 
 // GroupStatus is one Raft group as this site sees it: its leader and this site's replica.
-// Groups fills the fields up to LeaderHere; Cluster (GET /v1/cluster, ds-info cluster) fills the
+// Groups fills the fields up to LeaderHere (the others are left out of its JSON); Cluster (GET /v1/cluster, ds-info cluster) fills the
 // rest too. cmd/ds-node's status serves the same type.
 type GroupStatus struct {
 	Group   uint64         `json:"group"`
@@ -41,8 +41,8 @@ type GroupStatus struct {
 	// LeaderHere: this site's replica leads the group.
 	LeaderHere bool `json:"leader_here"`
 
-	LeaderSlot int    `json:"leader_slot"` // the site holding the leader; 0 if unknown
-	Applied    uint64 `json:"applied"`     // this site's replica's applied index (shards)
+	LeaderSlot int    `json:"leader_slot,omitempty"` // the site holding the leader; 0 if unknown
+	Applied    uint64 `json:"applied,omitempty"`     // this site's replica's applied index (shards)
 	// LastIndex is the last entry in this site's replica's Raft log (persisted; the newest
 	// may not be committed yet). ApplyLag counts the store entries after Applied in that log:
 	// persisted, not applied yet, possibly not committed (a leader without quorum holds
@@ -50,8 +50,8 @@ type GroupStatus struct {
 	// entry, never reach the store and are not counted. dragonboat v4 exposes no live commit
 	// index. A replica cut off from the leader receives no new entries: compare Applied across
 	// sites for its replication lag.
-	LastIndex uint64 `json:"last_index"`
-	ApplyLag  uint64 `json:"apply_lag"`
+	LastIndex uint64 `json:"last_index,omitempty"`
+	ApplyLag  uint64 `json:"apply_lag,omitempty"`
 }
 
 // Groups returns the leader of every group as this site knows it.

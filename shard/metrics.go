@@ -42,7 +42,7 @@ const (
 	StageApply               // the shard's apply: timestamps, keys, learned layout, into a batch
 	StageCommit              // Pebble's commit of the batch: WAL record, memtable inserts
 	StageSync                // waiting for the WAL's fsync, behind earlier batches' syncs
-	StageWake                // publishing the new view, OnDurable, waking the Store calls
+	StageWake                // publishing the new view and OnDurable, before the Store calls are woken
 	NumStages
 )
 

@@ -334,7 +334,7 @@ func DecodeRecordValue(v []byte) (version uint64, value []byte, err error) {
 	return version, v[8:], nil
 }
 
-// DecodeLastVersion decodes the value of LastVersionKey.
+// DecodeLastVersion decodes the value of the last record version key (LoadLastRecordVersion).
 func DecodeLastVersion(v []byte) (uint64, error) {
 	if len(v) != 8 {
 		return 0, fmt.Errorf("%w: last record version of %d bytes, want 8", ErrCorruption, len(v))

@@ -17,7 +17,7 @@ import (
 // This file is the read-only side of the shard's on-disk state: the loaders that the shard
 // itself uses when it opens, exported for operators' tools (package inspect) that read a store
 // without opening it, and the check of the shard's meta keys. The meta key constants are in
-// shard.go; nothing outside this package spells them.
+// shard.go and record.go; nothing outside this package spells them.
 
 // Stored is a shard's state as it is on disk.
 type Stored struct {
@@ -38,7 +38,7 @@ func LoadStored(r pebble.Reader, id stream.ShardID, prefix []byte) (Stored, erro
 		return st, nil
 	}
 	if err != nil {
-		return st, fmt.Errorf("shard %d: generation table: %w", id, err)
+		return st, readError(fmt.Sprintf("shard %d: generation table", id), err)
 	}
 	table, err := generation.Decode(v)
 	closer.Close()
@@ -54,7 +54,7 @@ func LoadStored(r pebble.Reader, id stream.ShardID, prefix []byte) (Stored, erro
 	case errors.Is(err, pebble.ErrNotFound):
 		st.LastTS = table.Current().Since - 1
 	case err != nil:
-		return st, fmt.Errorf("shard %d: last timestamp: %w", id, err)
+		return st, readError(fmt.Sprintf("shard %d: last timestamp", id), err)
 	default:
 		n := len(v)
 		if n == 8 {
@@ -68,7 +68,8 @@ func LoadStored(r pebble.Reader, id stream.ShardID, prefix []byte) (Stored, erro
 	for _, g := range table.Gens {
 		l, err := layout.Load(r, g.Layout, prefix, g.ID)
 		if err != nil {
-			if errors.Is(err, layout.ErrCorrupt) {
+			// Bytes layout cannot decode, or a block Pebble finds damaged: both are corruption.
+			if errors.Is(err, layout.ErrCorrupt) || pebble.IsCorruptionError(err) {
 				return st, fmt.Errorf("%w: shard %d: %w", ErrCorruption, id, err)
 			}
 			return st, fmt.Errorf("shard %d: %w", id, err)
@@ -86,7 +87,7 @@ func LoadMessageCount(r pebble.Reader, prefix []byte, gen stream.GenerationID) (
 	case errors.Is(err, pebble.ErrNotFound):
 		return 0, false, nil
 	case err != nil:
-		return 0, false, fmt.Errorf("generation %d: message count: %w", gen, err)
+		return 0, false, readError(fmt.Sprintf("generation %d: message count", gen), err)
 	}
 	defer closer.Close()
 	if len(v) != 8 {
@@ -102,7 +103,7 @@ func LoadAppliedIndex(r pebble.Reader, prefix []byte) (uint64, error) {
 	case errors.Is(err, pebble.ErrNotFound):
 		return 0, nil
 	case err != nil:
-		return 0, fmt.Errorf("applied index: %w", err)
+		return 0, readError("applied index", err)
 	}
 	defer closer.Close()
 	if len(v) != 8 {
@@ -122,7 +123,7 @@ func LoadLastRecordVersion(r pebble.Reader, prefix []byte) (uint64, error) {
 	case errors.Is(err, pebble.ErrNotFound):
 		return 0, nil
 	case err != nil:
-		return 0, fmt.Errorf("last record version: %w", err)
+		return 0, readError("last record version", err)
 	}
 	defer closer.Close()
 	return DecodeLastVersion(v)
@@ -133,6 +134,15 @@ func LoadLastRecordVersion(r pebble.Reader, prefix []byte) (uint64, error) {
 func RecordSpan(prefix, keyPrefix []byte) (start, end []byte, base int) {
 	start = append(metaKey(prefix, metaRecord), keyPrefix...)
 	return start, prefixEnd(start), len(prefix) + len(metaRecord)
+}
+
+// readError names what a read of the shard's state failed on; a block Pebble found damaged
+// is corruption (ErrCorruption), like bytes that do not decode.
+func readError(what string, err error) error {
+	if pebble.IsCorruptionError(err) {
+		return fmt.Errorf("%w: %s: %w", ErrCorruption, what, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
 }
 
 func metaKey(prefix, key []byte) []byte {

@@ -501,14 +501,17 @@ func (s *Shard) runSyncer() {
 				s.cfg.OnDurable(d)
 			}
 		}
+		// The stages are recorded before the callers are woken, as the other metrics are: a
+		// caller that returned from Store sees its messages counted in both. (Closing the
+		// channels is the only part of the wake stage not counted: nanoseconds.)
+		if err == nil && f.msgs > 0 {
+			s.Metrics.observeStages(f.msgs, f.queued, f.start, f.applied, f.committed, synced, time.Now())
+		}
 		for _, r := range f.reqs {
 			r.err = err
 			if r.done != nil {
 				close(r.done)
 			}
-		}
-		if err == nil && f.msgs > 0 {
-			s.Metrics.observeStages(f.msgs, f.queued, f.start, f.applied, f.committed, synced, time.Now())
 		}
 		if err == nil && f.news && s.cfg.OnChange != nil {
 			s.cfg.OnChange()

@@ -28,10 +28,12 @@
 //
 // # HTTP API
 //
-// Every response is JSON. An error is {"error": "...", "retryable": bool} with status 503 when
-// retrying later may succeed (ds.IsRetryable: no quorum, no leader yet, this site cut off from
-// the majority; also while the node shuts down), 400 for a bad request, 401 or 403 for a
-// request refused (see Access) and 500 otherwise.
+// Every response is JSON. An error is inspect's ErrorBody, the convention of every Strata
+// handler: {"error": "...", "retryable": true} with status 503 when retrying later may succeed
+// (ds.IsRetryable: no quorum, no leader yet, this site cut off from the majority; also while
+// the node shuts down); {"error": "..."} (retryable false, left out) with 400 for a bad
+// request, 401 or 403 for a request refused (see Access), 404 for an unknown shard or
+// generation, and 500 otherwise (inspect.StatusOf).
 //
 //	POST /store   body: {"client_id": "c1", "topic": "a/b", "payload_b64": "aGk="}, or an
 //	              array of those (stored with one Store call). 200: {"refs": [{"shard": 2,
