@@ -1,17 +1,22 @@
 package inspect_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/inspect"
+	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/stretchr/testify/require"
 )
 
-// TestInspectAgreesWithDB: the Inspector, which repeats package shard's meta keys, reads the
+// TestInspectAgreesWithDB: the Inspector, which reads through package shard's loaders, reads the
 // same generations, layouts and messages as the DB that wrote them, and refuses a directory
 // the DB holds.
 func TestInspectAgreesWithDB(t *testing.T) {
@@ -60,4 +65,49 @@ func TestInspectAgreesWithDB(t *testing.T) {
 	require.Equal(t, uint64(4), r.Messages, "Check: %+v", r)
 	_, err = inspect.Open(filepath.Join(dir, "nope"))
 	require.Error(t, err, "Inspect of a missing directory succeeded")
+}
+
+// TestCheckOneProblemPerDamage: a message whose key was rewritten with a timestamp outside its
+// generation (a bad restore, a bug) is one problem, named for what is wrong: the message is
+// still there, so neither the generation's stored count nor its stream's index keys are
+// reported as well.
+func TestCheckOneProblemPerDamage(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	db, err := ds.Open(dir, &ds.Options{NShards: 1, Durability: ds.NoSync})
+	require.NoError(t, err)
+	for i := range 5 {
+		_, err := db.Store(context.Background(), ds.Message{ClientID: "c", Topic: fmt.Sprintf("t/%d/x", i), Payload: []byte{byte(i)}})
+		require.NoError(t, err)
+	}
+	require.NoError(t, db.Close())
+
+	// Shard 0's data keys: s|0x0000|'d'|gen u32|stream u64|level u16|ts u64|varying levels.
+	p, err := pebble.Open(filepath.Join(dir, "pebble"), pebbleopts.New(quietPebbleOpts))
+	require.NoError(t, err)
+	it, err := p.NewIter(&pebble.IterOptions{LowerBound: []byte{'s', 0, 0, 'd'}, UpperBound: []byte{'s', 0, 0, 'e'}})
+	require.NoError(t, err)
+	var key, value []byte
+	for ok := it.First(); ok; ok = it.Next() {
+		if k := it.Key(); len(k) >= 26 && binary.BigEndian.Uint16(k[16:]) == 0 { // level 0: a message
+			key, value = bytes.Clone(k), bytes.Clone(it.Value())
+			break
+		}
+	}
+	require.NoError(t, it.Close())
+	require.NotNil(t, key, "no data key found")
+	moved := bytes.Clone(key)
+	binary.BigEndian.PutUint64(moved[18:], binary.BigEndian.Uint64(key[18:])+1e12) // far after the last timestamp
+	require.NoError(t, p.Delete(key, pebble.Sync))
+	require.NoError(t, p.Set(moved, value, pebble.Sync))
+	require.NoError(t, p.Close())
+
+	in, err := inspect.Open(dir)
+	require.NoError(t, err)
+	defer in.Close()
+	r := in.Check(0)
+	require.Len(t, r.Problems, 1, "Check: %v", r.Problems)
+	require.ErrorIs(t, r.Problems[0].Err, ds.ErrCorruption)
+	require.ErrorContains(t, r.Problems[0].Err, "outside generation")
+	require.Equal(t, moved, r.Problems[0].Key)
+	require.Equal(t, uint64(4), r.Messages, "the moved message is not counted as a good one")
 }
