@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,10 +15,9 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/inspect"
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite testdata/metrics.golden from the current exposition")
 
 // TestMetricsExpositionGolden: the metric names, types, help texts, labels and histogram
 // buckets are a public interface (dashboards and alerts use them): the exposition of a DB, with
@@ -46,7 +44,7 @@ func TestMetricsExpositionGolden(t *testing.T) {
 	}
 	got := strings.Join(shape, "\n") + "\n"
 	const golden = "testdata/metrics.golden"
-	if *rewrite {
+	if testutil.Rewriting() {
 		require.NoError(t, os.MkdirAll("testdata", 0o755))
 		require.NoError(t, os.WriteFile(golden, []byte(got), 0o644))
 	}

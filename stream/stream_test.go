@@ -5,7 +5,6 @@ import (
 	"encoding"
 	"encoding/binary"
 	"encoding/hex"
-	"flag"
 	"fmt"
 	"hash/crc32"
 	"math/rand/v2"
@@ -15,11 +14,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/strata-mq/strata/stream"
 	"github.com/stretchr/testify/require"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite the golden files in testdata/ from the current encoder")
 
 var (
 	_ encoding.BinaryMarshaler   = stream.Stream{}
@@ -204,7 +202,7 @@ func TestGolden(t *testing.T) {
 		t.Run(tc.file, func(t *testing.T) {
 			path := filepath.Join("testdata", tc.file)
 			enc := mustMarshal(t, tc.value)
-			if *rewrite {
+			if testutil.Rewriting() {
 				noErr(t, os.WriteFile(path, []byte(hex.EncodeToString(enc)+"\n"), 0o644))
 			}
 			text, err := os.ReadFile(path)

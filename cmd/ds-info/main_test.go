@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io/fs"
 	"log/slog"
@@ -22,10 +21,9 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/strata-mq/strata/ds"
 	"github.com/strata-mq/strata/internal/pebbleopts"
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
-
-var rewrite = flag.Bool("rewrite", false, "rewrite the golden files in testdata/")
 
 // t0 is the fixed clock of the test DBs.
 var t0 = time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -138,7 +136,7 @@ var trailingNumber = regexp.MustCompile(`(\s)\d+$`)
 func golden(t *testing.T, name, got string) {
 	t.Helper()
 	path := filepath.Join("testdata", name+".golden")
-	if *rewrite {
+	if testutil.Rewriting() {
 		require.NoError(t, os.MkdirAll("testdata", 0o755))
 		require.NoError(t, os.WriteFile(path, []byte(got), 0o644))
 		return

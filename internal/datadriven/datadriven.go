@@ -20,17 +20,16 @@
 package datadriven
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/strata-mq/strata/internal/testutil"
 )
 
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected outputs of data-driven test files with the actual ones")
-
 // Rewriting reports whether the test binary runs with -rewrite.
-func Rewriting() bool { return *rewrite }
+func Rewriting() bool { return testutil.Rewriting() }
 
 // Case is one case of a data-driven file.
 type Case struct {
@@ -144,12 +143,12 @@ func Run(t *testing.T, path string, run func(t *testing.T, c *Case) string) {
 			out = "ok"
 		}
 		actual[i] = strings.Split(out, "\n")
-		if !*rewrite && strings.Join(c.Output, "\n") != out {
+		if !testutil.Rewriting() && strings.Join(c.Output, "\n") != out {
 			t.Errorf("%s:%d: %s %s\nwant:\n%s\ngot:\n%s", path, c.Line, c.Cmd, ArgString(c.Args),
 				strings.Join(c.Output, "\n"), out)
 		}
 	}
-	if !*rewrite {
+	if !testutil.Rewriting() {
 		return
 	}
 	var b strings.Builder

@@ -1,6 +1,7 @@
 package datadriven
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,9 +40,9 @@ func echo(t *testing.T, c *Case) string {
 func TestRewrite(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f.txt")
 	require.NoError(t, os.WriteFile(path, []byte(sample), 0o644))
-	*rewrite = true
+	require.NoError(t, flag.Set("rewrite", "true")) // the testutil flag
 	Run(t, path, echo)
-	*rewrite = false
+	require.NoError(t, flag.Set("rewrite", "false"))
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	want := strings.Replace(sample, "----\nold\n", "----\na=1 b flag=x 1 def\nin 1,in 2\n", 1)

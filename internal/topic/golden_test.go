@@ -1,7 +1,6 @@
 package topic
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,11 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/strata-mq/strata/internal/testutil"
 	"github.com/stretchr/testify/require"
 )
-
-var rewrite = flag.Bool("rewrite", false,
-	"rewrite the expected results in testdata/*.txt with the actual ones")
 
 // TestGolden runs the command files in testdata. The format is documented
 // at the top of testdata/match.txt. Run with -rewrite to regenerate the
@@ -46,7 +43,7 @@ func runGoldenFile(t *testing.T, path string) {
 		if actual == expected {
 			continue
 		}
-		if *rewrite {
+		if testutil.Rewriting() {
 			lines[i] = strings.Join(raw, " ") + " -> " + actual
 			changed = true
 			continue
