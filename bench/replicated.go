@@ -37,24 +37,24 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	}
 	heap, rss := mem.finish()
 	cpu := processCPU() - cpu0
-	var msgs, batches uint64
+	var all ds.Metrics // every site's proposers: each proposes the Stores made through it
 	for _, db := range dbs {
 		m, err := db.Metrics()
 		if err != nil {
 			return Result{}, err
 		}
-		t := m.Totals()
-		msgs += t.Messages
-		batches += t.Batches
+		all.Shards = append(all.Shards, m.Shards...)
 	}
+	t := all.Totals()
+	msgs, batches := t.Messages, t.Batches
 	r := Result{Name: name, Msgs: c.N, Bytes: int64(c.N * c.Payload), Elapsed: elapsed,
 		MsgsPerCommit: float64(msgs) / float64(max(batches, 1)), PeakHeapBytes: heap, PeakRSSBytes: rss}
 	r.setRun(lats, series)
 	// The process runs every site: its CPU time per message, divided by the sites.
 	cpuPerMsg := cpu.Seconds() * 1e6 / float64(c.N) / float64(sites)
 	r.Figures = map[string]float64{"cpu_us_per_msg_per_site": cpuPerMsg}
-	r.Note = fmt.Sprintf("%.0f msgs/proposal, %.0f CPU-µs/msg per site, heap %d MiB, RSS %d MiB (all %d sites in one process)",
-		r.MsgsPerCommit, cpuPerMsg, heap>>20, rss>>20, sites)
+	r.Note = fmt.Sprintf("%.0f msgs/proposal, %.0f CPU-µs/msg per site, per msg: %s (commit: the Raft round); heap %d MiB, RSS %d MiB (all %d sites in one process)",
+		r.MsgsPerCommit, cpuPerMsg, stageNote(t, r.Figures), heap>>20, rss>>20, sites)
 	return r, nil
 }
 

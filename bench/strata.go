@@ -78,15 +78,9 @@ func RunStrata(c Config) ([]Result, error) {
 	// CPU of the whole process (the publishers' goroutines included) per message, and where a
 	// message's latency went, by stage (shard.StageNames), as means per message.
 	cpuPerMsg := cpu.Seconds() * 1e6 / float64(c.N)
-	stages := t.StagesPerMessage()
 	ingest.Figures = map[string]float64{"cpu_us_per_msg": cpuPerMsg}
-	var stageNote []string
-	for st, d := range stages {
-		ingest.Figures["stage_"+shard.StageNames[st]+"_us"] = d.Seconds() * 1e6
-		stageNote = append(stageNote, fmt.Sprintf("%s %s", shard.StageNames[st], fmtStage(d)))
-	}
 	ingest.Note = fmt.Sprintf("%.0f msgs/commit, %.0f B on disk/msg, write amp %.2f, %.1f CPU-µs/msg, per msg: %s; heap %d MiB, RSS %d MiB",
-		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, cpuPerMsg, strings.Join(stageNote, ", "), heap>>20, rss>>20)
+		ingest.MsgsPerCommit, ingest.DiskBytesPerMsg, ingest.WriteAmp, cpuPerMsg, stageNote(t, ingest.Figures), heap>>20, rss>>20)
 	results := []Result{ingest}
 
 	if !c.Replay {
@@ -183,6 +177,17 @@ func readStream(ctx context.Context, db *ds.DB, s ds.Stream, filter string) (msg
 		err = nil
 	}
 	return msgs, bytes, err
+}
+
+// stageNote renders where a stored message's latency went, by stage (shard.StageNames), as
+// means per message over the counters of t, and records them in figures.
+func stageNote(t ds.ShardMetrics, figures map[string]float64) string {
+	var parts []string
+	for st, d := range t.StagesPerMessage() {
+		figures["stage_"+shard.StageNames[st]+"_us"] = d.Seconds() * 1e6
+		parts = append(parts, fmt.Sprintf("%s %s", shard.StageNames[st], fmtStage(d)))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // fmtStage renders a stage's mean time per message: µs below 10 ms, else ms.

@@ -52,7 +52,9 @@ type ShardMetrics struct {
 	BatchSize []uint64
 	// Stages[s] sums, over the messages stored, the time each spent in stage s between Store
 	// and its acknowledgement (shard.StageNames: queue, apply, commit, sync, wake); divided by
-	// Messages it is where a message's latency goes. Zero on a replicated site.
+	// Messages it is where a message's latency goes. On a replicated site (the shard's
+	// proposer there) apply is building the Raft entry, commit the Raft round to a committed
+	// and applied entry (its log fsyncs included), and sync 0.
 	Stages [shard.NumStages]time.Duration
 }
 

@@ -29,7 +29,8 @@ import (
 //	strata_store_stage_seconds_total  counter   time stored messages spent in each stage between
 //	                                            Store and acknowledgement, summed over them, with
 //	                                            the label stage="queue|apply|commit|sync|wake"
-//	                                            (shard.StageNames; 0 on a replicated site)
+//	                                            (shard.StageNames; on a replicated site commit
+//	                                            is the Raft round and sync is 0)
 //
 // For the whole DB, without labels:
 //

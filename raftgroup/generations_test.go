@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 	"github.com/stretchr/testify/require"
 )
@@ -79,4 +80,19 @@ func TestClusterRotationAndRetention(t *testing.T) {
 		d := time.Duration(gens[i].Since-gens[i-1].Since) * time.Microsecond
 		require.GreaterOrEqual(t, d, 150*time.Millisecond, "generations %d and %d only %v apart: a rotation applied twice?", gens[i-1].ID, gens[i].ID, d)
 	}
+}
+
+// TestProposerStages: a replicated site's proposers report where their messages' latency went
+// (shard.Stage*): the Raft round as the commit stage, no separate sync stage.
+func TestProposerStages(t *testing.T) {
+	c := newTestCluster(t, 3, 2, nil)
+	storeN(t, c.db(0), "s", 20)
+	m, err := c.db(0).Metrics()
+	require.NoError(t, err)
+	tot := m.Totals()
+	require.GreaterOrEqual(t, tot.Messages, uint64(20), "messages proposed through site 0")
+	require.Positive(t, tot.Stages[shard.StageCommit], "the Raft rounds: %v", tot.Stages)
+	require.Zero(t, tot.Stages[shard.StageSync], "no separate sync stage on a replicated site")
+	per := tot.StagesPerMessage()
+	require.Less(t, per[shard.StageApply], per[shard.StageCommit], "building an entry is quicker than its Raft round: %v", per)
 }

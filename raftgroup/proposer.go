@@ -221,12 +221,14 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	}
 	cmd.Time = uint64(max(p.site.cfg.DB.Expert.Now().UnixMicro(), 1))
 	body := cmd.AppendBinary(nil)
+	built := time.Now()
 	pid := p.pid
 	if batch[0].noDedup {
 		pid, seq = shard.ProposerID{}, 0
 	}
 	prop := newProposal(pid, seq, batch[0].ifCurrent, body)
 	firstTS, txns, err := p.commit(prop, batch, start)
+	committed := time.Now()
 	var txnErr error // the Txns' requests only: the Stores batched with them know their outcome
 	if err == nil && len(cmd.Txns) > 0 {
 		if len(txns) != len(cmd.Txns) {
@@ -253,6 +255,17 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 			bytes += r.bytes
 		}
 		p.metrics.ObserveCommit(time.Since(start), len(cmd.Messages), bytes)
+		// Where the batch's time went (shard.Stage*): queued behind earlier proposals, building
+		// the entry (apply), the Raft round to a committed and applied entry (commit; its log
+		// fsyncs included, so sync stays 0), and this bookkeeping (wake).
+		var queued time.Duration
+		for _, r := range batch {
+			queued += start.Sub(r.enqueued) * time.Duration(len(r.msgs))
+		}
+		p.metrics.ObserveStages(len(cmd.Messages), [shard.NumStages]time.Duration{
+			shard.StageQueue: queued, shard.StageApply: built.Sub(start), shard.StageCommit: committed.Sub(built),
+			shard.StageWake: time.Since(committed),
+		})
 	}
 	for _, r := range batch {
 		r.err = err

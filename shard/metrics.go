@@ -30,7 +30,7 @@ type Metrics struct {
 	BatchSize [12]atomic.Uint64
 	// StageNanos[s] sums, over the messages stored, the time each spent in stage s on its way
 	// from Store to its acknowledgement (divided by Messages: the mean per message). Filled by
-	// the shard's writer and syncer (a replicated shard's proposer leaves them 0).
+	// the shard's writer and syncer, or by a replicated shard's proposer (ObserveStages).
 	StageNanos [NumStages]atomic.Uint64
 }
 
@@ -52,12 +52,24 @@ var StageNames = [NumStages]string{"queue", "apply", "commit", "sync", "wake"}
 // observeStages adds one batch's stage times: queue is already summed over its messages, the
 // others are the batch's and count once per message.
 func (m *Metrics) observeStages(msgs int, queue time.Duration, start, applied, committed, synced, woken time.Time) {
+	m.ObserveStages(msgs, [NumStages]time.Duration{
+		StageQueue: queue, StageApply: applied.Sub(start), StageCommit: committed.Sub(applied),
+		StageSync: synced.Sub(committed), StageWake: woken.Sub(synced),
+	})
+}
+
+// ObserveStages adds the stage times of one batch of msgs messages: d[StageQueue] is already
+// summed over the messages, the other stages are the batch's and count once per message. For
+// writers of these Metrics other than the shard's own (a replicated shard's proposer, whose
+// commit stage is the Raft round).
+func (m *Metrics) ObserveStages(msgs int, d [NumStages]time.Duration) {
 	n := time.Duration(msgs)
-	for st, d := range [NumStages]time.Duration{
-		StageQueue: queue, StageApply: applied.Sub(start) * n, StageCommit: committed.Sub(applied) * n,
-		StageSync: synced.Sub(committed) * n, StageWake: woken.Sub(synced) * n,
-	} {
-		m.StageNanos[st].Add(uint64(max(d, 0)))
+	for st := range NumStages {
+		v := d[st]
+		if st != StageQueue {
+			v *= n
+		}
+		m.StageNanos[st].Add(uint64(max(v, 0)))
 	}
 }
 
