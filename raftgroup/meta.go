@@ -101,6 +101,22 @@ func (r ReplicaInfo) Transition() string {
 	return ""
 }
 
+// removable reports whether replica r, marked for removal, may leave its group now: a voter
+// only while at least want other voters that stay are members, so that a move never takes a
+// group below its quorum (the reconciler's rule).
+func (st *MetaState) removable(r ReplicaInfo, want int) bool {
+	if r.Member != memberVoter {
+		return true
+	}
+	others := 0
+	for _, o := range st.GroupReplicas(r.Group) {
+		if o.ReplicaID != r.ReplicaID && !o.Remove && o.Member == memberVoter {
+			others++
+		}
+	}
+	return others >= want
+}
+
 // MetaState is the meta group's state.
 type MetaState struct {
 	Schema        *Schema       `json:"schema,omitempty"`

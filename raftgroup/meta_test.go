@@ -208,16 +208,8 @@ func settle(t *testing.T, stp **MetaState, down []string, maxRounds int, trace i
 					slices.ContainsFunc(st.Replicas, func(o ReplicaInfo) bool { return o.Slot == r.Slot && o.Group != metaGroup }) {
 					continue // drive gives up waiting only once the site has no shard replica left
 				}
-				if r.Member == memberVoter {
-					others := 0
-					for _, o := range st.GroupReplicas(r.Group) {
-						if o.ReplicaID != r.ReplicaID && !o.Remove && o.Member == memberVoter {
-							others++
-						}
-					}
-					if others < want {
-						continue
-					}
+				if !st.removable(r, want) {
+					continue
 				}
 			}
 			busy[r.Group] = true

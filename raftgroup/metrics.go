@@ -56,7 +56,7 @@ func (c siteCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	for _, g := range s.Groups() {
-		leads := boolGauge(g.Leader != 0 && g.Leader == g.Replica)
+		leads := boolGauge(g.LeaderHere)
 		if g.Meta {
 			gauge(raftMetaLeader, leads)
 			continue

@@ -167,17 +167,9 @@ func (s *Site) drive(st *MetaState) {
 				cancel()
 				continue
 			}
-			if r.Member == memberVoter {
-				others := 0
-				for _, o := range st.GroupReplicas(r.Group) {
-					if o.ReplicaID != r.ReplicaID && !o.Remove && o.Member == memberVoter {
-						others++
-					}
-				}
-				if others < want {
-					cancel()
-					continue // wait for a promotion to take its place
-				}
+			if !st.removable(r, want) {
+				cancel()
+				continue // wait for a promotion to take its place
 			}
 			err = s.nh.SyncRequestDeleteReplica(ctx, r.Group, r.ReplicaID, 0)
 			member = memberNone

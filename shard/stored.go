@@ -49,21 +49,14 @@ func LoadStored(r pebble.Reader, id stream.ShardID, prefix []byte) (Stored, erro
 		return st, fmt.Errorf("%w: shard %d: empty generation table", ErrCorruption, id)
 	}
 	st.Found, st.Table = true, table
-	v, closer, err = r.Get(metaKey(prefix, metaLast))
+	last, found, err := loadU64(r, metaKey(prefix, metaLast), fmt.Sprintf("shard %d: last timestamp", id))
 	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		st.LastTS = table.Current().Since - 1
 	case err != nil:
-		return st, readError(fmt.Sprintf("shard %d: last timestamp", id), err)
+		return st, err
+	case found:
+		st.LastTS = last
 	default:
-		n := len(v)
-		if n == 8 {
-			st.LastTS = binary.BigEndian.Uint64(v)
-		}
-		closer.Close()
-		if n != 8 {
-			return st, fmt.Errorf("%w: shard %d: last timestamp of %d bytes", ErrCorruption, id, n)
-		}
+		st.LastTS = table.Current().Since - 1
 	}
 	for _, g := range table.Gens {
 		l, err := layout.Load(r, g.Layout, prefix, g.ID)
@@ -82,34 +75,13 @@ func LoadStored(r pebble.Reader, id stream.ShardID, prefix []byte) (Stored, erro
 // LoadMessageCount reads a generation's message count (invariant 5); counted is false for a
 // generation created before counts existed.
 func LoadMessageCount(r pebble.Reader, prefix []byte, gen stream.GenerationID) (n uint64, counted bool, err error) {
-	v, closer, err := r.Get(countKey(prefix, gen))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		return 0, false, nil
-	case err != nil:
-		return 0, false, readError(fmt.Sprintf("generation %d: message count", gen), err)
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, false, fmt.Errorf("%w: generation %d: message count of %d bytes", ErrCorruption, gen, len(v))
-	}
-	return binary.BigEndian.Uint64(v), true, nil
+	return loadU64(r, countKey(prefix, gen), fmt.Sprintf("generation %d: message count", gen))
 }
 
 // LoadAppliedIndex reads the last Raft log index a replica applied (0: none yet).
 func LoadAppliedIndex(r pebble.Reader, prefix []byte) (uint64, error) {
-	v, closer, err := r.Get(metaKey(prefix, metaApplied))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		return 0, nil
-	case err != nil:
-		return 0, readError("applied index", err)
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, fmt.Errorf("%w: applied index of %d bytes", ErrCorruption, len(v))
-	}
-	return binary.BigEndian.Uint64(v), nil
+	v, _, err := loadU64(r, metaKey(prefix, metaApplied), "applied index")
+	return v, err
 }
 
 // IsAppliedIndexKey reports whether k is a replica's applied-index key (a replica has its
@@ -118,15 +90,8 @@ func IsAppliedIndexKey(k []byte) bool { return bytes.Equal(k, metaApplied) }
 
 // LoadLastRecordVersion reads the version of the shard's last record write (0: none).
 func LoadLastRecordVersion(r pebble.Reader, prefix []byte) (uint64, error) {
-	v, closer, err := r.Get(metaKey(prefix, metaLastVersion))
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-		return 0, nil
-	case err != nil:
-		return 0, readError("last record version", err)
-	}
-	defer closer.Close()
-	return DecodeLastVersion(v)
+	v, _, err := loadU64(r, metaKey(prefix, metaLastVersion), "last record version")
+	return v, err
 }
 
 // RecordSpan returns the key range [start, end) of the shard's records whose keys begin with
@@ -134,6 +99,23 @@ func LoadLastRecordVersion(r pebble.Reader, prefix []byte) (uint64, error) {
 func RecordSpan(prefix, keyPrefix []byte) (start, end []byte, base int) {
 	start = append(metaKey(prefix, metaRecord), keyPrefix...)
 	return start, prefixEnd(start), len(prefix) + len(metaRecord)
+}
+
+// loadU64 reads one of the shard's u64 big-endian values; found is false when the key is
+// absent. A value of another length is ErrCorruption, named by what.
+func loadU64(r pebble.Reader, key []byte, what string) (v uint64, found bool, err error) {
+	b, closer, err := r.Get(key)
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, readError(what, err)
+	}
+	defer closer.Close()
+	if len(b) != 8 {
+		return 0, false, fmt.Errorf("%w: %s of %d bytes, want 8", ErrCorruption, what, len(b))
+	}
+	return binary.BigEndian.Uint64(b), true, nil
 }
 
 // readError names what a read of the shard's state failed on; a block Pebble found damaged
