@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
@@ -18,11 +20,11 @@ import (
 // shard's voters holds the message in its Raft log (fsynced) and the local proposer learned
 // the outcome.
 func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
-	dbs, stop, err := startSites(c, sites, logdb, "replicated-"+string(logdb))
+	cl, dbs, err := startSites(c, sites, logdb, "replicated-"+string(logdb))
 	if err != nil {
 		return Result{}, err
 	}
-	defer stop()
+	defer cl.Close()
 	ctx := context.Background()
 	pl := payloads(64, c.Payload)
 	name := fmt.Sprintf("replicated ingest (%d sites, RF 3, %d shards, %s log)", sites, c.Shards, logdb)
@@ -53,23 +55,52 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	// The process runs every site: its CPU time per message, divided by the sites.
 	cpuPerMsg := cpu.Seconds() * 1e6 / float64(c.N) / float64(sites)
 	r.Figures = map[string]float64{"cpu_us_per_msg_per_site": cpuPerMsg}
-	r.Note = fmt.Sprintf("%.0f msgs/proposal, %.0f CPU-µs/msg per site, per msg: %s (commit: the Raft round); heap %d MiB, RSS %d MiB (all %d sites in one process)",
-		r.MsgsPerCommit, cpuPerMsg, stageNote(t, r.Figures), heap>>20, rss>>20, sites)
+	// Where the data went: each site's shard replicas' directories (its Raft log excluded),
+	// as a share of one copy of the data (3/sites each when the shards are spread evenly).
+	var share []string
+	total, most := int64(0), int64(0)
+	sizes := make([]int64, sites)
+	for i := range sites {
+		sizes[i] = dirBytes(filepath.Join(cl.Dir(i), "replicas"))
+		total += sizes[i]
+		most = max(most, sizes[i])
+	}
+	// RF 3: all sites hold three copies; a site's share of one copy is 3 × its share of all.
+	for _, b := range sizes {
+		share = append(share, fmt.Sprintf("%.2f", 3*float64(b)/float64(max(total, 1))))
+	}
+	r.Figures["max_site_copy_share"] = 3 * float64(most) / float64(max(total, 1))
+	r.Note = fmt.Sprintf("%.0f msgs/proposal, %.0f CPU-µs/msg per site, per msg: %s (commit: the Raft round); replica data per site, as a share of one copy: %s (%d MiB in all); heap %d MiB, RSS %d MiB (all %d sites in one process)",
+		r.MsgsPerCommit, cpuPerMsg, stageNote(t, r.Figures), strings.Join(share, "/"), total>>20, heap>>20, rss>>20, sites)
 	return r, nil
+}
+
+// dirBytes sums the sizes of the files under dir (0 where it cannot be read).
+func dirBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // startSites starts sites sites in this process on 127.0.0.1 (raftgroup/clustertest: each its
 // own NodeHost, Raft log and replicas, under c.Dir/name or a temporary directory), bootstrapped
 // with replication factor 3 and c.Shards shards, and warms up: every shard gets a leader, and a
 // first Store per shard (topic "warmup", through site 0) has gone through it, before anything
-// is measured. stop closes the sites and removes the temporary directory.
-func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (dbs []*ds.DB, stop func(), err error) {
+// is measured. cl.Close closes the sites and removes the temporary directory.
+func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (cl *clustertest.Cluster, dbs []*ds.DB, err error) {
 	dir := c.Dir
 	if dir != "" {
 		dir = filepath.Join(dir, name)
 	}
 	ctx := context.Background()
-	cl, err := clustertest.Start(ctx, clustertest.Options{Sites: sites, Shards: c.Shards, Dir: dir,
+	started, err := clustertest.Start(ctx, clustertest.Options{Sites: sites, Shards: c.Shards, Dir: dir,
 		Mutate: func(_ int, cfg *raftgroup.Config) {
 			cfg.LogDB, cfg.LogDBMemory = logdb, raftgroup.LogDBSmall
 			cfg.MaxInFlight, cfg.LogShards = c.RaftInFlight, c.RaftLogShards
@@ -80,12 +111,12 @@ func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (dbs []
 	if err != nil {
 		return nil, nil, err
 	}
-	stop = func() { cl.Close() }
 	defer func() {
 		if err != nil {
-			stop()
+			started.Close()
 		}
 	}()
+	cl = started
 	if dbs, err = cl.DBs(); err != nil {
 		return nil, nil, err
 	}
@@ -109,5 +140,5 @@ func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (dbs []
 			break
 		}
 	}
-	return dbs, stop, nil
+	return cl, dbs, nil
 }

@@ -86,11 +86,11 @@ func RunSubscribe(c Config, sc SubConfig) ([]Result, error) {
 // process (see RunReplicated): every Store goes through site 0, and the subscriptions are spread
 // over the sites, each woken as its site's replica applies the entry. One result per site.
 func RunSubscribeReplicated(c Config, sc SubConfig, sites int, logdb raftgroup.LogDB) ([]Result, error) {
-	dbs, stop, err := startSites(c, sites, logdb, "subscribe-"+string(logdb))
+	cl, dbs, err := startSites(c, sites, logdb, "subscribe-"+string(logdb))
 	if err != nil {
 		return nil, err
 	}
-	defer stop()
+	defer cl.Close()
 	return runSubLatency(c, sc, fmt.Sprintf("%d sites, %s log", sites, logdb), dbs)
 }
 

@@ -17,7 +17,9 @@ type ClusterView struct {
 	RaftAddress string `json:"raft_address"`
 	// MetaFresh: the site table and replicas were read through the meta group's leader; when
 	// false (no meta quorum) they are this site's local, possibly stale, copy.
-	MetaFresh bool          `json:"meta_fresh"`
+	MetaFresh bool `json:"meta_fresh"`
+	// Placement is where shard replicas live (the schema's; "" before the schema is known).
+	Placement Placement     `json:"placement,omitempty"`
 	Sites     []SiteView    `json:"sites"`
 	Groups    []GroupStatus `json:"groups"`
 	Replicas  []ReplicaView `json:"replicas"`
@@ -33,6 +35,8 @@ type SiteView struct {
 	// started failing to reach it (Raft transport or probe), counted since this site started.
 	Health    Health     `json:"health"`
 	DownSince *time.Time `json:"down_since,omitempty"`
+	// ShardReplicas counts the shard replicas placed on the site (to be removed excluded).
+	ShardReplicas int `json:"shard_replicas"`
 }
 
 // ReplicaView is one replica record with the transition still to be made to it.
@@ -71,8 +75,17 @@ func (s *Site) Cluster(ctx context.Context) ClusterView {
 	for i := range v.Sites {
 		v.Sites[i].Health, v.Sites[i].DownSince = s.health.health(v.Sites[i].SiteInfo, v.Sites[i].Reachable, s.cfg.LostAfter)
 	}
+	if st.Schema != nil {
+		v.Placement = st.Schema.Placement
+		if v.Placement == "" {
+			v.Placement = PlacementEverySite
+		}
+	}
 	for _, r := range st.Replicas {
 		v.Replicas = append(v.Replicas, ReplicaView{ReplicaInfo: r, Transition: r.Transition()})
+		if r.Group != metaGroup && !r.Remove && r.Slot >= 1 && r.Slot <= len(v.Sites) {
+			v.Sites[r.Slot-1].ShardReplicas++
+		}
 	}
 	for _, g := range s.Groups() {
 		gv := g

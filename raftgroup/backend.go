@@ -10,6 +10,7 @@ import (
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/internal/pebbleopts"
 	"github.com/strata-mq/strata/layout"
+	"github.com/strata-mq/strata/raftgroup/internal/wire"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
@@ -76,7 +77,8 @@ func (b *siteBackend) StorageStats() ds.StorageStats {
 }
 
 // siteShard is one shard of the site's DB: writes go through the site's proposer, reads to the
-// local replica.
+// local replica; where the site holds no replica of the shard, both are forwarded to a site
+// that does (forward.go). Layout and DroppedMessages answer only from a local replica.
 type siteShard struct {
 	site *Site
 	p    *proposer
@@ -88,9 +90,16 @@ func (w waiter) Wait() error { return w.r.wait() }
 
 func (s *siteShard) ID() stream.ShardID { return s.p.id }
 
+// local reports whether this site holds a replica of the shard; where it does not, the
+// shard's calls are forwarded to a site that does (forward.go).
+func (s *siteShard) local() bool { return s.site.shardSM(s.p.id) != nil }
+
 func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (ds.Waiter, error) {
 	if s.site.quotaExceeded() {
 		return nil, s.site.quotaError(int(s.p.id))
+	}
+	if !s.local() {
+		return s.site.fwd.submit(ctx, s.p, msgs, nil, bytes), nil
 	}
 	r := &request{msgs: msgs, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
@@ -105,6 +114,9 @@ func (s *siteShard) SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int
 			return nil, s.site.quotaError(int(s.p.id))
 		}
 	}
+	if !s.local() {
+		return s.site.fwd.submit(ctx, s.p, nil, txns, bytes), nil
+	}
 	r := &request{txns: txns, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
 		return nil, err
@@ -113,6 +125,9 @@ func (s *siteShard) SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int
 }
 
 func (s *siteShard) Record(ctx context.Context, key []byte) (value []byte, version uint64, err error) {
+	if !s.local() {
+		return s.site.fwd.record(ctx, s.p.id, key)
+	}
 	err = s.replica(func(r *shard.Replica) error {
 		var err error
 		value, version, err = r.Record(ctx, key)
@@ -122,6 +137,9 @@ func (s *siteShard) Record(ctx context.Context, key []byte) (value []byte, versi
 }
 
 func (s *siteShard) ScanRecords(ctx context.Context, prefix []byte, f func(key, value []byte, version uint64) bool) error {
+	if !s.local() {
+		return s.site.fwd.scanRecords(ctx, s.p.id, prefix, f)
+	}
 	return s.replica(func(r *shard.Replica) error { return r.ScanRecords(ctx, prefix, f) })
 }
 
@@ -134,10 +152,16 @@ func (s *siteShard) admin(ctx context.Context, cmd *shard.Command) error {
 }
 
 func (s *siteShard) AddGeneration(ctx context.Context) error {
+	if !s.local() {
+		return s.site.fwd.admin(ctx, s.p.id, &wire.Admin{Add: true})
+	}
 	return s.admin(ctx, &shard.Command{AddGeneration: true})
 }
 
 func (s *siteShard) DropGeneration(ctx context.Context, gen stream.GenerationID) error {
+	if !s.local() {
+		return s.site.fwd.admin(ctx, s.p.id, &wire.Admin{Drop: gen})
+	}
 	return s.admin(ctx, &shard.Command{Drop: []stream.GenerationID{gen}})
 }
 
@@ -152,12 +176,18 @@ func (s *siteShard) replica(f func(*shard.Replica) error) error {
 }
 
 func (s *siteShard) Streams(filter []string, since uint64) ([]stream.Stream, error) {
+	if !s.local() {
+		return s.site.fwd.streams(s.p.id, filter, since)
+	}
 	var out []stream.Stream
 	err := s.replica(func(r *shard.Replica) error { out = r.Streams(filter, since); return nil })
 	return out, err
 }
 
 func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
+	if !s.local() {
+		return s.site.fwd.read(it, filter, max, out)
+	}
 	next := it.Next
 	err := s.replica(func(r *shard.Replica) error {
 		var err error
@@ -168,6 +198,9 @@ func (s *siteShard) Read(it stream.Iterator, filter []string, max int, out []mes
 }
 
 func (s *siteShard) ReadLimit() (uint64, error) {
+	if !s.local() {
+		return s.site.fwd.readLimit(s.p.id)
+	}
 	var limit uint64
 	err := s.replica(func(r *shard.Replica) error { limit = r.ReadLimit(); return nil })
 	return limit, err
@@ -181,12 +214,18 @@ func (s *siteShard) DroppedMessages(gen stream.GenerationID) (uint64, bool) {
 }
 
 func (s *siteShard) Generations() ([]generation.Info, error) {
+	if !s.local() {
+		return s.site.fwd.generations(s.p.id)
+	}
 	var out []generation.Info
 	err := s.replica(func(r *shard.Replica) error { out = r.Generations(); return nil })
 	return out, err
 }
 
 func (s *siteShard) GenerationUsage(gen stream.GenerationID) (shard.GenerationUsage, error) {
+	if !s.local() {
+		return s.site.fwd.generationUsage(s.p.id, gen)
+	}
 	var u shard.GenerationUsage
 	err := s.replica(func(r *shard.Replica) error {
 		var err error

@@ -177,14 +177,15 @@ func diff(acked, read []string) (missing, dups []string) {
 }
 
 // waitConverged waits until every open site's replica of every shard has the same digest at
-// the same applied index.
+// the same applied index, and every shard has a replica on an open site (under
+// PlacementVoters, a site holds only some shards).
 func (c *testCluster) waitConverged(nShards int, timeout time.Duration) {
 	c.t.Helper()
 	eventually(c.t, timeout, "replicas converge", func() error {
 		for sh := range nShards {
 			var first *ReplicaDigest
 			for i, s := range c.sites {
-				if s == nil {
+				if s == nil || !s.Schema().everySite() && s.shardSM(stream.ShardID(sh)) == nil {
 					continue
 				}
 				d, err := s.Digest(stream.ShardID(sh))
@@ -196,6 +197,9 @@ func (c *testCluster) waitConverged(nShards int, timeout time.Duration) {
 				} else if d != *first {
 					return fmt.Errorf("shard %d: site %d at index %d digest %x, first at %d %x", sh, i, d.Applied, d.Sum[:6], first.Applied, first.Sum[:6])
 				}
+			}
+			if first == nil {
+				return fmt.Errorf("shard %d: no open site holds a replica", sh)
 			}
 		}
 		return nil

@@ -59,8 +59,20 @@ type Config struct {
 	Join bool
 	// DeploymentID keeps clusters apart: sites with another ID are refused. Default 1.
 	DeploymentID uint64
-	// TLS, when set, makes all traffic between sites mutual TLS.
+	// TLS, when set, makes all traffic between sites mutual TLS (Raft and forwarded calls).
 	TLS *TLS
+	// ServiceAddress is host:port where this site serves the calls other sites forward to it:
+	// Stores and reads of shards they hold no replica of (see ReadReplicas). Default:
+	// RaftAddress's host with a port the system picks. The meta group records each site's
+	// address at every start, so it may change across restarts.
+	ServiceAddress string
+	// ReadReplicas, at bootstrap, gives every site a replica of every shard, a non-voting one
+	// where it does not vote (PlacementEverySite): every read is local, and every site stores
+	// and applies every message. Default false (PlacementVoters): a shard lives on its
+	// ReplicationFactor voters only, so capacity grows with the sites, and a site without a
+	// replica of a shard forwards that shard's Stores and reads to one that has it. Ignored
+	// once the cluster is bootstrapped (the placement is part of the schema).
+	ReadReplicas bool
 
 	// RTT is the round trip the Raft timers count in. Default 10ms. ElectionRTT (default 50)
 	// and HeartbeatRTT (default 5) are multiples of it: on a loaded 2-core machine an election
@@ -172,6 +184,11 @@ func (c *Config) ensureDefaults() {
 	if c.LostAfter == 0 {
 		c.LostAfter = 5 * time.Minute
 	}
+	if c.ServiceAddress == "" {
+		if host, _, err := net.SplitHostPort(c.RaftAddress); err == nil {
+			c.ServiceAddress = net.JoinHostPort(host, "0")
+		}
+	}
 }
 
 // ErrInvalidConfig is wrapped by every configuration error.
@@ -224,6 +241,11 @@ func (c *Config) validate() error {
 	}
 	if c.ProposalTimeout < 0 || c.ReconcileInterval < 0 || c.LostAfter < 0 {
 		bad("negative duration (ProposalTimeout %v, ReconcileInterval %v, LostAfter %v)", c.ProposalTimeout, c.ReconcileInterval, c.LostAfter)
+	}
+	if c.ServiceAddress != "" {
+		if _, _, err := net.SplitHostPort(c.ServiceAddress); err != nil {
+			bad("ServiceAddress %q: %v", c.ServiceAddress, err)
+		}
 	}
 	if c.TLS != nil && (c.TLS.CAFile == "" || c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
 		bad("TLS needs CAFile, CertFile and KeyFile")

@@ -5,32 +5,49 @@
 // # Model
 //
 // A site is one process with one dragonboat NodeHost, identified by 8 random bytes written in
-// its directory on first start (SITE). Every site runs a replica of the meta group and of every
-// shard group: ReplicationFactor of them vote, the others are non-voting. So every site reads
-// every shard locally, and a Store on any site is proposed through its local replica (which
-// forwards it to the leader).
+// its directory on first start (SITE). Every site runs a replica of the meta group. Where the
+// shard groups' replicas live is the cluster's placement (Schema.Placement, chosen at
+// bootstrap by Config.ReadReplicas):
+//
+//   - PlacementVoters (default): a shard's replicas are its ReplicationFactor voters, spread
+//     evenly over the sites (shard i starts on RF consecutive sites from slot i; a joining
+//     site takes replicas over, a leaving one hands them on, one move per shard at a time: a
+//     new voter is added, caught up by snapshot and promoted, then the old one removed). So
+//     capacity grows with the sites. A site without a replica of a shard forwards that
+//     shard's Stores and reads to a site that holds one (forward.go, over the site service of
+//     service.go: net/rpc on Config.ServiceAddress, mutual TLS with Config.TLS), and follows
+//     its read limit so that subscriptions there wake up.
+//   - PlacementEverySite: every site also holds a non-voting replica of every shard where it
+//     does not vote, so every read is local and every site applies every message.
+//
+// A Store on a site holding the shard is proposed through its local replica (which forwards
+// it to the leader).
 //
 //	site ── NodeHost ─┬─ meta group (group 1): schema, sites, replicas, replica-ID counter
 //	                  ├─ shard 0 (group 1000): shardSM ── shard.Replica ── own Pebble
-//	                  ├─ shard 1 (group 1001): …
-//	                  └─ proposers (one per shard): group commit → Raft entries
+//	                  ├─ shard 3 (group 1003): …            (the shards placed here)
+//	                  ├─ proposers (one per shard): group commit → Raft entries
+//	                  └─ site service ◄──► other sites' forwarders (shards not placed here)
 //
 // # The meta group
 //
 // An in-memory state machine (snapshots are its JSON). Admin operations are its commands:
 // bootstrap (applied once; the initial sites and the schema), register (an initial site's ID),
 // add-site, leave, set-rf, and member (a membership change was made). After each, a
-// deterministic planner updates the replica records: one replica per active site and group,
-// min(ReplicationFactor, active sites) voters per group chosen on the sites with the fewest
-// voters, removal of replicas on leaving sites, demotion by remove-and-re-add with a new ID.
+// deterministic planner updates the replica records: min(ReplicationFactor, active sites)
+// voters per group chosen on the sites with the fewest, removal of replicas on leaving sites,
+// and either (PlacementVoters) no other replica and moves that even out the sites' loads, or
+// (PlacementEverySite) a non-voting replica on every other site and demotion by
+// remove-and-re-add with a new ID.
 // Replica IDs come from a counter and are never reused; initial sites have IDs 1..N (their
 // slot), and a joining site's meta replica ID derives from its site ID (top bit set), so a
 // joiner knows it before it can read the meta group.
 //
 // Every site's reconcile loop starts the replicas the meta group allocates to it (from its own
 // state when it has one, with the initial membership at bootstrap, else as a joiner that waits
-// for the leader's snapshot) and stops and deletes the ones removed. The site that leads the
-// meta group carries out membership changes, one per group per round: a new replica is added
+// for the leader's snapshot) and stops and deletes the ones removed. The site that leads a
+// group carries out its membership changes (the meta group's leader the meta group's), one
+// per group per round, deciding on a linearizable read of the meta state: a new replica is added
 // as non-voting and promoted afterwards if it should vote; a voter is removed only while
 // enough other voters remain; a demoted voter keeps running until the group removed it (its
 // non-voting replacement starts then); a leaving site's meta replica goes last, once the
@@ -84,8 +101,10 @@
 //
 // # Limits
 //
-//   - Every site holds every shard (voting or not); there is no placement of a shard on a
-//     subset of sites, and so no forwarding of reads or writes between sites.
+//   - A forwarded call adds a round trip between sites; a forwarding site's subscriptions are
+//     woken by its forwarder's long poll of the read limit and read through forwarded calls
+//     (no tail feed from memory), and Layout and DroppedMessages answer only where the
+//     shard has a replica (ds-info layout: ask a site that holds it).
 //   - A site's RaftAddress cannot change (dragonboat addresses replicas by it).
 //   - StorageQuota is admission control per site: while the site's replica stores are over
 //     it, Stores through that site fail with ErrQuotaExceeded and nothing is proposed (a

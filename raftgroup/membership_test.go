@@ -58,7 +58,7 @@ func (c *testCluster) waitPlanDone(via int, timeout time.Duration) *MetaState {
 	return st
 }
 
-// TestClusterJoinAndLeave: a fourth site joins a cluster whose logs were compacted, so it
+// TestClusterJoinAndLeave (PlacementEverySite): a fourth site joins a cluster whose logs were compacted, so it
 // receives every shard by snapshot (its replicas run on a recovered Pebble), reads everything
 // locally and takes writes; then one of the initial sites leaves: the joiner's non-voting
 // replicas are promoted first, the leaver's replicas removed and its data deleted; the
@@ -67,6 +67,7 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	const nShards = 3
 	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) {
 		cfg.SnapshotEntries, cfg.CompactionOverhead = 30, 5
+		cfg.ReadReplicas = true // PlacementEverySite: TestPlacementJoinAndLeave does PlacementVoters
 	})
 	var mu sync.Mutex
 	live := []*ds.DB{c.db(0), c.db(1), c.db(2)}
@@ -166,13 +167,13 @@ func TestClusterJoinAndLeave(t *testing.T) {
 	c.waitConverged(nShards, 30*time.Second)
 }
 
-// TestClusterReplicationFactor: lowering the replication factor to 1 makes two voters per shard
+// TestClusterReplicationFactor (PlacementEverySite): lowering the replication factor to 1 makes two voters per shard
 // leave their group and rejoin as a non-voting replica (Raft cannot demote) with a new replica
 // ID; raising it again promotes one; replica IDs are never reused; writes go on throughout
 // and all replicas stay identical.
 func TestClusterReplicationFactor(t *testing.T) {
 	const nShards = 2
-	c := newTestCluster(t, 3, nShards, nil)
+	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) { cfg.ReadReplicas = true })
 	w := startWriter(t, func() []*ds.DB { return []*ds.DB{c.db(0), c.db(1), c.db(2)} }, 4)
 	w.waitAcked(t, 100, "writes before")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -16,10 +16,13 @@ import (
 // The meta group is a Raft group of its own, with one replica on every site. Its state machine
 // holds the cluster's schema, the site table, and every replica of every group (the meta group
 // included): where it lives, whether it should vote, and what the group's Raft membership
-// currently says about it. Admin operations (bootstrap, add a site, make a site leave, change
-// the replication factor) are commands on it; a deterministic planner turns each into desired
-// replica records, and the site that leads the meta group carries them out one membership
-// change at a time (see reconcile.go), reporting each back as a command.
+// currently says about it. Where shard replicas live follows Schema.Placement: on every active
+// site (PlacementEverySite, non-voting where they do not vote), or only ReplicationFactor voters
+// per shard, spread evenly over the sites (PlacementVoters). Admin operations (bootstrap, add a
+// site, make a site leave, change the replication factor) are commands on it; a deterministic
+// planner turns each into desired replica records, and the site that leads the meta group
+// carries them out one membership change at a time (see reconcile.go), reporting each back as
+// a command.
 
 // Group IDs: the meta group, and one per shard.
 const (
@@ -37,7 +40,27 @@ type Schema struct {
 	WildcardThresholds []int             `json:"wildcard_thresholds"`
 	Retention          time.Duration     `json:"retention"`
 	GenerationSpan     time.Duration     `json:"generation_span"`
+	// Placement says which sites hold a shard's replicas. Empty in clusters bootstrapped
+	// before it existed: PlacementEverySite.
+	Placement Placement `json:"placement,omitempty"`
 }
+
+// Placement says which sites hold replicas of a shard.
+type Placement string
+
+const (
+	// PlacementVoters: a shard's replicas are its ReplicationFactor voters, spread evenly over
+	// the active sites (a joining site takes replicas over, a leaving one hands them on);
+	// the other sites forward the shard's Stores and reads to a site that holds it
+	// (forward.go). Capacity grows with the sites. Default for a new cluster.
+	PlacementVoters Placement = "voters"
+	// PlacementEverySite: every active site holds a replica of every shard, a non-voting one
+	// where it does not vote, so every read is local (Config.ReadReplicas).
+	PlacementEverySite Placement = "every-site"
+)
+
+// everySite reports whether every active site holds a replica of every shard.
+func (s Schema) everySite() bool { return s.Placement != PlacementVoters }
 
 // SiteState is a site's place in the cluster.
 type SiteState string
@@ -55,6 +78,9 @@ type SiteInfo struct {
 	Addr        string    `json:"addr"`
 	MetaReplica uint64    `json:"meta_replica"`
 	State       SiteState `json:"state"`
+	// Service is where the site serves forwarded calls (Config.ServiceAddress), as it last
+	// recorded it; empty until it did.
+	Service string `json:"service,omitempty"`
 	// Drained: a leaving site reported that it stopped all its shard replicas; only then is
 	// its meta replica removed (it learns of its other removals through it).
 	Drained bool `json:"drained,omitempty"`
@@ -117,7 +143,9 @@ func (st *MetaState) removable(r ReplicaInfo, want int) bool {
 	return others >= want
 }
 
-// MetaState is the meta group's state.
+// MetaState is the meta group's state. Replicas holds one record per replica of every group:
+// under PlacementEverySite every active site holds one of every group; under PlacementVoters
+// every active site holds one of the meta group and shards only where they vote (see plan).
 type MetaState struct {
 	Schema        *Schema       `json:"schema,omitempty"`
 	Sites         []SiteInfo    `json:"sites"`
@@ -225,6 +253,7 @@ type metaCmd struct {
 	Group     uint64     `json:"group,omitempty"`
 	ReplicaID uint64     `json:"replica_id,omitempty"`
 	Member    Membership `json:"member,omitempty"`
+	Service   string     `json:"service,omitempty"`
 }
 
 const (
@@ -235,6 +264,7 @@ const (
 	opSetRF     = "set-rf"    // RF
 	opMember    = "member"    // Group, ReplicaID, Member: a membership change was made
 	opDrained   = "drained"   // ID: a leaving site stopped its shard replicas
+	opService   = "service"   // ID, Service: a site records its service address
 )
 
 // Errors of admin operations.
@@ -398,6 +428,13 @@ func (st *MetaState) apply(c *metaCmd) error {
 			return fmt.Errorf("%w: %s is not leaving", ErrSiteNotFound, c.ID)
 		}
 		st.Sites[s.Slot-1].Drained = true
+	case opService:
+		s, ok := st.SiteByID(c.ID)
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrSiteNotFound, c.ID)
+		}
+		st.Sites[s.Slot-1].Service = c.Service
+		return nil
 	case opSetRF:
 		if c.RF < 1 || c.RF > 7 {
 			return fmt.Errorf("%w: replication factor %d", ErrInvalidConfig, c.RF)
@@ -409,7 +446,9 @@ func (st *MetaState) apply(c *metaCmd) error {
 			return nil // a retried report of a removal that was recorded
 		}
 		st.Replicas[i].Member = c.Member
-		if st.Replicas[i].Remove && c.Member == memberNone {
+		// A replica out of its group is gone for good (its ID is never reused), also if the
+		// plan took its removal back meanwhile: the plan adds a new one where one is needed.
+		if c.Member == memberNone {
 			st.Replicas = slices.Delete(st.Replicas, i, i+1)
 		}
 	default:
@@ -429,12 +468,23 @@ func (st *MetaState) activeSites() int {
 	return n
 }
 
-// plan updates the desired replica records after a change: every active site holds one
-// replica of every group (a non-voting one where it is not a voter, so that every site reads
-// locally and can propose to every shard); replicas on other sites are to be removed; each
-// group has min(ReplicationFactor, active sites) voters, chosen on the sites with the fewest
-// voters so far. The meta group never demotes: its replica IDs are tied to the sites.
-// Deterministic: the same state gives the same plan on every replica.
+// plan updates the desired replica records after a change. The meta group has one replica on
+// every active site, min(ReplicationFactor, active sites) of them voters (non-voting on the
+// other sites), chosen on the sites with the fewest voters so far; it never demotes: its replica
+// IDs are tied to the sites. Shard groups follow Schema.Placement:
+//
+//   - PlacementEverySite: every active site holds one replica of every shard (a non-voting one
+//     where it is not a voter, so that every site reads locally and can propose to every
+//     shard); each shard has min(ReplicationFactor, active sites) voters, chosen on the sites
+//     with the fewest voters so far; a voter too many is removed and its site gets a new
+//     non-voting replica (Raft cannot demote).
+//   - PlacementVoters: a shard's replicas are its min(ReplicationFactor, active sites) voters
+//     and nothing else (see planVoters): missing ones are added on the least-loaded sites,
+//     surplus ones removed from the most-loaded, and shards move one replica at a time from
+//     the most- to the least-loaded sites until the sites' loads differ by at most one.
+//
+// Replicas on sites that are not active are to be removed in both; a leaving site is left once
+// it holds nothing. Deterministic: the same state gives the same plan on every replica.
 func (st *MetaState) plan() {
 	active := map[int]bool{}
 	for _, s := range st.Sites {
@@ -449,7 +499,11 @@ func (st *MetaState) plan() {
 			voters[r.Slot]++
 		}
 	}
+	everySite := st.Schema.everySite()
 	for _, g := range st.groups() {
+		if g != metaGroup && !everySite {
+			continue // planVoters, below
+		}
 		has := map[int]bool{}
 		for i := range st.Replicas {
 			r := &st.Replicas[i]
@@ -519,6 +573,9 @@ func (st *MetaState) plan() {
 			st.NextReplicaID++
 		}
 	}
+	if !everySite {
+		st.planVoters(want)
+	}
 	slices.SortFunc(st.Replicas, func(a, b ReplicaInfo) int {
 		if a.Group != b.Group {
 			return int(a.Group) - int(b.Group)
@@ -538,5 +595,175 @@ func (st *MetaState) plan() {
 		if !slices.ContainsFunc(st.Replicas, func(r ReplicaInfo) bool { return r.Slot == s.Slot }) {
 			st.Sites[i].State = SiteLeft
 		}
+	}
+}
+
+// planVoters plans the shard groups under PlacementVoters, where a shard's replicas are its
+// want voters only. The load of an active site is the number of live (not to be removed) shard
+// replicas it holds (counting voters only until the left-over non-voting ones, which are not
+// to stay, are removed). For each shard group, in group order:
+//
+//   - replicas on sites that are not active are to be removed;
+//   - while the group has fewer than want live voters, a live non-voting replica (left over
+//     from a placement switch) is promoted, on the least-loaded site first; then a new voter
+//     is added on the least-loaded active site without a live replica of the group (ties:
+//     lowest slot);
+//   - the remaining live non-voting replicas are to be removed;
+//   - while it has more than want, the voter on the most-loaded site (ties: highest slot) is
+//     to be removed, with no non-voting replacement.
+//
+// Then it rebalances: each shard group with nothing in progress (no replica with a Transition)
+// moves one replica from its most-loaded site (ties: highest slot) to the least-loaded active
+// site without one (ties: lowest slot) if their loads differ by two or more: a new voter there,
+// and the old one to be removed, which the reconciler does only once the new one is a voting
+// member (removable), so the group never drops below want voters. Every move lowers the sum of
+// the squared loads, so moves stop, and they stop only once the loads differ by at most one
+// (a group on the most-loaded site and not on the least-loaded one exists otherwise).
+func (st *MetaState) planVoters(want int) {
+	var active []int // slots, ascending
+	for _, s := range st.Sites {
+		if s.State == SiteActive {
+			active = append(active, s.Slot)
+		}
+	}
+	// load: live shard voters per site. Live non-voting replicas (left over) are removed below
+	// unless promoted, so from then on it counts every live shard replica.
+	load := map[int]int{}
+	for i := range st.Replicas {
+		r := &st.Replicas[i]
+		if r.Group == metaGroup || r.Remove {
+			continue
+		}
+		if !slices.Contains(active, r.Slot) {
+			r.Remove = true
+			continue
+		}
+		if r.Voter {
+			load[r.Slot]++
+		}
+	}
+	// live returns the indexes of g's live replicas.
+	live := func(g uint64) []int {
+		var idx []int
+		for i, r := range st.Replicas {
+			if r.Group == g && !r.Remove {
+				idx = append(idx, i)
+			}
+		}
+		return idx
+	}
+	// byLoad orders replica indexes by their site's load, then slot.
+	byLoad := func(a, b int) int {
+		ra, rb := st.Replicas[a], st.Replicas[b]
+		if c := load[ra.Slot] - load[rb.Slot]; c != 0 {
+			return c
+		}
+		return ra.Slot - rb.Slot
+	}
+	// emptiest returns the least-loaded active site without a live replica of g (ties: lowest
+	// slot), or 0. A site where a replica of g is still being removed comes only after the
+	// others: the site runs one replica of a group at a time, so a new voter there would not
+	// start before the old one has left.
+	emptiest := func(g uint64) int {
+		best, bestRemoving := 0, false
+		for _, slot := range active {
+			held, removing := false, false
+			for _, r := range st.Replicas {
+				if r.Group == g && r.Slot == slot {
+					held = held || !r.Remove
+					removing = removing || r.Remove
+				}
+			}
+			if held {
+				continue
+			}
+			if best == 0 || bestRemoving && !removing || bestRemoving == removing && load[slot] < load[best] {
+				best, bestRemoving = slot, removing
+			}
+		}
+		return best
+	}
+	add := func(g uint64, slot int) {
+		st.Replicas = append(st.Replicas, ReplicaInfo{Group: g, ReplicaID: st.NextReplicaID, Slot: slot, Voter: true})
+		st.NextReplicaID++
+		load[slot]++
+	}
+	remove := func(i int) {
+		st.Replicas[i].Remove = true
+		if st.Replicas[i].Voter {
+			load[st.Replicas[i].Slot]--
+		}
+	}
+	split := func(g uint64) (voters, others []int) {
+		for _, i := range live(g) {
+			if st.Replicas[i].Voter {
+				voters = append(voters, i)
+			} else {
+				others = append(others, i)
+			}
+		}
+		return voters, others
+	}
+	var shards []uint64
+	for _, g := range st.groups() {
+		if g != metaGroup {
+			shards = append(shards, g)
+		}
+	}
+	for _, g := range shards {
+		voters, others := split(g)
+		// A voter whose removal is pending (a move away from its site) stays after all when the
+		// group lacks voters (the move's target left): its site runs one replica of the group
+		// at a time, so a new one there would wait for the old to leave, which waits for the
+		// new one to vote — a deadlock.
+		for i := range st.Replicas {
+			r := &st.Replicas[i]
+			if len(voters) >= want {
+				break
+			}
+			if r.Group == g && r.Remove && r.Voter && r.Member == memberVoter && slices.Contains(active, r.Slot) &&
+				!slices.ContainsFunc(st.Replicas, func(o ReplicaInfo) bool { return o.Group == g && o.Slot == r.Slot && !o.Remove }) {
+				r.Remove = false
+				load[r.Slot]++
+				voters, others = split(g)
+			}
+		}
+		for len(voters) < want && len(others) > 0 {
+			best := slices.MinFunc(others, byLoad)
+			st.Replicas[best].Voter = true
+			load[st.Replicas[best].Slot]++
+			voters, others = split(g)
+		}
+		for len(voters) < want {
+			slot := emptiest(g)
+			if slot == 0 {
+				break // cannot happen: want is at most the active sites
+			}
+			add(g, slot)
+			voters, others = split(g)
+		}
+		for _, i := range others {
+			remove(i)
+		}
+		for len(voters) > want {
+			remove(slices.MaxFunc(voters, byLoad))
+			voters, _ = split(g)
+		}
+	}
+	for _, g := range shards {
+		if slices.ContainsFunc(st.Replicas, func(r ReplicaInfo) bool { return r.Group == g && r.Transition() != "" }) {
+			continue // a move or another change in progress: one at a time
+		}
+		idx := live(g)
+		if len(idx) == 0 {
+			continue
+		}
+		hi := slices.MaxFunc(idx, byLoad)
+		lo := emptiest(g)
+		if lo == 0 || load[st.Replicas[hi].Slot]-load[lo] < 2 {
+			continue
+		}
+		add(g, lo)
+		remove(hi)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -19,7 +20,9 @@ import (
 // from testdata/meta/*.txt and prints the state after each. Commands (sites are named by their
 // address; a site's ID is derived from its name):
 //
-//	bootstrap sites=a,b,c shards=2 rf=3 [noregister]   the bootstrap, then each site's register
+//	bootstrap sites=a,b,c shards=2 rf=3 [placement=voters|every-site] [noregister]
+//	                                                    the bootstrap, then each site's register
+//	                                                    (placement: voters unless given)
 //	register site=a                                     an initial site records its ID
 //	add-site site=d [addr=x]                            a site joins (its address is its name)
 //	leave site=b                                        a site is asked to leave
@@ -30,6 +33,9 @@ import (
 //	settle [down=c,...] [rounds=N] [trace]              models the reconciler (see settle);
 //	                                                    trace prints each report it makes
 //	raw op=x                                            a command with op x
+//	placement to=voters|every-site [rf=N]               not a command: sets Schema.Placement
+//	                                                    (and the replication factor) and plans
+//	                                                    (a cluster switched over)
 //	reset                                               back to an empty state
 //
 // A rejected command prints its error and the sentinel a proposer gets back (metaRejection),
@@ -72,8 +78,12 @@ func runMetaCase(t *testing.T, stp **MetaState, c *datadriven.Case) string {
 		sites := strings.Split(c.Arg("sites", ""), ",")
 		shards, _ := strconv.Atoi(c.Arg("shards", "2"))
 		rf, _ := strconv.Atoi(c.Arg("rf", "3"))
+		placement := Placement(c.Arg("placement", string(PlacementVoters)))
+		if placement != PlacementVoters && placement != PlacementEverySite {
+			c.Fatalf(t, "placement: %q", placement)
+		}
 		cmds = append(cmds, &metaCmd{Op: opBootstrap, Sites: sites,
-			Schema: &Schema{NShards: shards, ReplicationFactor: rf, Layout: stream.LayoutLTS}})
+			Schema: &Schema{NShards: shards, ReplicationFactor: rf, Layout: stream.LayoutLTS, Placement: placement}})
 		if !c.Has("noregister") {
 			for _, s := range sites {
 				cmds = append(cmds, &metaCmd{Op: opRegister, ID: testSiteID(s), Addr: s})
@@ -116,6 +126,16 @@ func runMetaCase(t *testing.T, stp **MetaState, c *datadriven.Case) string {
 		return "ok"
 	case "raw":
 		cmds = append(cmds, &metaCmd{Op: c.Arg("op", "")})
+	case "placement":
+		next := st.clone()
+		next.Schema.Placement = Placement(c.Arg("to", ""))
+		if rf, err := strconv.Atoi(c.Arg("rf", "")); err == nil {
+			next.Schema.ReplicationFactor = rf
+		}
+		next.plan()
+		checkPlanInvariants(t, c, next)
+		*stp = next
+		return formatMeta(next)
 	case "settle":
 		var down []string
 		if d := c.Arg("down", ""); d != "" {
@@ -129,6 +149,7 @@ func runMetaCase(t *testing.T, stp **MetaState, c *datadriven.Case) string {
 		}
 		n, done := settle(t, stp, down, rounds, trace)
 		if done {
+			checkSettled(t, c, *stp)
 			fmt.Fprintf(&b, "settled in %d rounds\n", n)
 		} else {
 			fmt.Fprintf(&b, "not settled after %d rounds\n", n)
@@ -230,10 +251,10 @@ func settle(t *testing.T, stp **MetaState, down []string, maxRounds int, trace i
 
 // checkPlanInvariants checks what plan promises after every applied command: replicas sorted
 // by group and ID with unique IDs per group; at most one replica not being removed per site and
-// group, on active sites only, and one on every active site; min(ReplicationFactor, active
-// sites) desired voters per shard group (at least that many in the meta group, which never
-// demotes); IDs below NextReplicaID except joiners' meta replicas; a site left only when it
-// holds nothing.
+// group, on active sites only, and one on every active site (for shard groups under
+// PlacementVoters: none but their voters); min(ReplicationFactor, active sites) desired voters
+// per shard group (at least that many in the meta group, which never demotes); IDs below
+// NextReplicaID except joiners' meta replicas; a site left only when it holds nothing.
 func checkPlanInvariants(t *testing.T, c *datadriven.Case, st *MetaState) {
 	t.Helper()
 	fail := func(format string, args ...any) {
@@ -268,10 +289,14 @@ func checkPlanInvariants(t *testing.T, c *datadriven.Case, st *MetaState) {
 				fail("group %d: replica %d kept on %s site %s", g, r.ReplicaID, s.State, s.Addr)
 			}
 		}
+		everySite := g == metaGroup || st.Schema.everySite()
 		for _, s := range st.Sites {
-			if s.State == SiteActive && per[s.Slot] != 1 {
+			if s.State == SiteActive && (per[s.Slot] > 1 || everySite && per[s.Slot] != 1) {
 				fail("group %d: %d replicas on site %s", g, per[s.Slot], s.Addr)
 			}
+		}
+		if n := len(per); !everySite && n != voters {
+			fail("group %d: %d replicas but %d voters", g, n, voters)
 		}
 		if g == metaGroup && voters < want || g != metaGroup && voters != want {
 			fail("group %d: %d voters, want %d", g, voters, want)
@@ -356,4 +381,102 @@ func formatMeta(st *MetaState) string {
 		}
 	}
 	return b.String()
+}
+
+// checkSettled checks, under PlacementVoters, what a settled cluster looks like: every shard
+// group has exactly min(ReplicationFactor, active sites) replicas, each a voter and a voting
+// member, and no other (none left to remove either); and the active sites' loads (shard
+// replicas held) differ by at most one.
+func checkSettled(t *testing.T, c *datadriven.Case, st *MetaState) {
+	t.Helper()
+	fail := func(format string, args ...any) {
+		t.Helper()
+		if c != nil {
+			c.Fatalf(t, "settled: "+format, args...)
+		}
+		require.Failf(t, "settled", format, args...)
+	}
+	if st.Schema == nil || st.Schema.everySite() {
+		return
+	}
+	want := min(st.Schema.ReplicationFactor, st.activeSites())
+	load := map[int]int{}
+	for _, g := range st.groups() {
+		if g == metaGroup {
+			continue
+		}
+		rs := st.GroupReplicas(g)
+		if len(rs) != want {
+			fail("group %d has %d replicas, want %d", g, len(rs), want)
+		}
+		for _, r := range rs {
+			if !r.Voter || r.Member != memberVoter || r.Remove {
+				fail("group %d: replica %+v is not a voting member", g, r)
+			}
+			load[r.Slot]++
+		}
+	}
+	lo, hi := -1, -1
+	for _, s := range st.Sites {
+		if s.State != SiteActive {
+			continue
+		}
+		if lo < 0 || load[s.Slot] < lo {
+			lo = load[s.Slot]
+		}
+		hi = max(hi, load[s.Slot])
+	}
+	if hi-lo > 1 {
+		fail("site loads from %d to %d", lo, hi)
+	}
+}
+
+// TestPlanVotersRandom runs random admin operations under PlacementVoters, each followed by
+// some rounds of the modelled reconciler (settle), sometimes with a site down: the plan's
+// invariants hold after every command, and the cluster settles, balanced, at the end.
+func TestPlanVotersRandom(t *testing.T) {
+	for seed := range int64(200) {
+		rng := rand.New(rand.NewSource(seed))
+		st := &MetaState{}
+		apply := func(c *metaCmd) {
+			next := st.clone()
+			if err := next.apply(c); err != nil {
+				return // e.g. the last site cannot leave
+			}
+			checkPlanInvariants(t, nil, next)
+			st = next
+		}
+		n := 1 + rng.Intn(6)
+		var sites []string
+		for i := range n {
+			sites = append(sites, fmt.Sprintf("s%d", i))
+		}
+		apply(&metaCmd{Op: opBootstrap, Sites: sites, Schema: &Schema{NShards: 1 + rng.Intn(12),
+			ReplicationFactor: 1 + rng.Intn(5), Layout: stream.LayoutLTS, Placement: PlacementVoters}})
+		for _, s := range sites {
+			apply(&metaCmd{Op: opRegister, ID: testSiteID(s), Addr: s})
+		}
+		next := n
+		for range 12 {
+			var down []string
+			switch rng.Intn(4) {
+			case 0:
+				s := fmt.Sprintf("s%d", next)
+				next++
+				apply(&metaCmd{Op: opAddSite, ID: testSiteID(s), Addr: s})
+			case 1:
+				s := st.Sites[rng.Intn(len(st.Sites))]
+				apply(&metaCmd{Op: opLeave, ID: s.ID})
+				if rng.Intn(3) == 0 {
+					down = []string{s.Addr}
+				}
+			case 2:
+				apply(&metaCmd{Op: opSetRF, RF: 1 + rng.Intn(5)})
+			}
+			settle(t, &st, down, rng.Intn(4), nil)
+		}
+		_, done := settle(t, &st, nil, 200, nil)
+		require.True(t, done, "seed %d: not settled\n%s", seed, formatMeta(st))
+		checkSettled(t, nil, st)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/strata-mq/strata/shard"
@@ -58,6 +59,12 @@ func (s *Site) reconcileOnce() {
 	if !registered {
 		ctx, cancel := context.WithTimeout(s.ctx, time.Second)
 		s.proposeMeta(ctx, &metaCmd{Op: opRegister, ID: s.file.ID, Addr: s.cfg.RaftAddress})
+		cancel()
+	}
+	if me, _ := st.Site(slot); registered && me.Service != s.Service() && s.Service() != "" {
+		// Record where this site serves forwarded calls (it may change at every start).
+		ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+		s.proposeMeta(ctx, &metaCmd{Op: opService, ID: s.file.ID, Service: s.Service()})
 		cancel()
 	}
 	mine := map[uint64]ReplicaInfo{}
@@ -121,22 +128,60 @@ func (s *Site) reconcileOnce() {
 			cancel()
 		}
 	}
-	if leader, _, ok, err := s.nh.GetLeaderID(metaGroup); err == nil && ok && leader == s.file.MetaReplica {
-		s.drive(st)
-	}
+	s.drive(st)
 }
 
-// drive carries out the next membership change of every group whose replicas are not where
-// the plan wants them, and records each in the meta group. Additions and promotions come
-// before removals, and a voter is removed only while enough other voters remain, so a group
-// never drops below its quorum because of a move.
-func (s *Site) drive(st *MetaState) {
+// ledGroups returns the groups whose local replica leads them.
+func (s *Site) ledGroups() map[uint64]bool {
+	s.mu.Lock()
+	running := make(map[uint64]uint64, len(s.mu.running))
+	for g, rid := range s.mu.running {
+		running[g] = rid
+	}
+	s.mu.Unlock()
+	led := map[uint64]bool{}
+	for g, rid := range running {
+		if leader, _, ok, err := s.nh.GetLeaderID(g); err == nil && ok && leader == rid {
+			led[g] = true
+		}
+	}
+	return led
+}
+
+// drive carries out the next membership change of every group this site leads whose replicas
+// are not where the plan wants them, and records each in the meta group: the site that leads
+// a group changes its membership (through its leading replica), and the meta group's leader
+// the meta group's, so that no site needs a replica of every group (PlacementVoters).
+// Additions and promotions come before removals, and a voter is removed only while enough
+// other voters remain, so a group never drops below its quorum because of a move.
+func (s *Site) drive(local *MetaState) {
+	led := s.ledGroups()
+	pending := false
+	for _, r := range local.Replicas {
+		pending = pending || led[r.Group] && r.Transition() != ""
+	}
+	if mySlot, _ := s.mySlot(local); led[metaGroup] {
+		if me, ok := local.Site(mySlot); ok && me.State != SiteActive {
+			pending = true
+		}
+	}
+	if !pending {
+		return
+	}
+	// Decide on the meta group's current state, not this replica's (it may lag: a change
+	// already made and recorded would be redone).
+	ctx, cancel := context.WithTimeout(s.ctx, 2*time.Second)
+	st, err := s.Meta(ctx)
+	cancel()
+	if err != nil {
+		return
+	}
 	want := min(st.Schema.ReplicationFactor, st.activeSites())
 	busy := map[uint64]bool{} // one change per group per round
 	mySlot, _ := s.mySlot(st)
 	var stuck []uint64 // groups with a change to make but no member replica here to make it through
 	for _, r := range st.Replicas {
-		if busy[r.Group] || s.stopping() {
+		if !led[r.Group] || busy[r.Group] || s.stopping() {
 			continue
 		}
 		t := r.Transition()
@@ -192,8 +237,24 @@ func (s *Site) drive(st *MetaState) {
 		}
 		cancel()
 	}
-	if me, ok := st.Site(mySlot); len(stuck) > 0 || ok && me.State != SiteActive {
-		s.handOver(st, stuck)
+	for _, g := range stuck {
+		if g == metaGroup {
+			continue
+		}
+		// This site leads a group it is leaving: another staying voter takes over.
+		for _, r := range st.GroupReplicas(g) {
+			site, _ := st.Site(r.Slot)
+			if r.Slot != mySlot && r.Member == memberVoter && !r.Remove && site.State == SiteActive {
+				s.cfg.DB.Logger.Info("handing group leadership over", "group", g, "to", r.ReplicaID)
+				if err := s.nh.RequestLeaderTransfer(g, r.ReplicaID); err != nil {
+					s.cfg.DB.Logger.Debug("group leadership transfer", "group", g, "err", err)
+				}
+				break
+			}
+		}
+	}
+	if me, ok := st.Site(mySlot); led[metaGroup] && (slices.Contains(stuck, metaGroup) || ok && me.State != SiteActive) {
+		s.handOver(st, nil)
 	}
 }
 
@@ -238,10 +299,10 @@ func (s *Site) memberHere(st *MetaState, slot int, group uint64) bool {
 	return false
 }
 
-// handOver transfers the meta group's leadership to an active site that holds a member
-// replica (one not being removed) of every group in stuck, or of as many as possible, because
-// this site cannot make their membership changes: it left them or is leaving them (a leaving
-// site, a demoted voter, a replica being removed).
+// handOver transfers the meta group's leadership to another active site whose meta replica
+// votes and stays (preferring one with member replicas of the groups in stuck), because this
+// site cannot make the meta group's membership changes: it is leaving the cluster, or its
+// meta replica is being removed.
 func (s *Site) handOver(st *MetaState, stuck []uint64) {
 	if best := handOverTarget(st, s.file.ID, stuck); best != 0 {
 		s.cfg.DB.Logger.Info("handing meta leadership over", "to", best, "groups", stuck)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -51,11 +52,17 @@ type Site struct {
 	onChange  atomic.Pointer[func()]
 	onDurable atomic.Pointer[func(shard.Durable)]
 	proposers []*proposer
-	stop      chan struct{}
-	ctx       context.Context // cancelled when the site closes: bounds the loops' calls
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	// The calls other sites forward here (service.go), and this site's forwarding of the
+	// shards it holds no replica of (forward.go).
+	service      net.Listener
+	serviceConns connSet
+	applied      applyNotifier
+	fwd          *forwarder
+	stop         chan struct{}
+	ctx          context.Context // cancelled when the site closes: bounds the loops' calls
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	closeOnce    sync.Once
 	dbState
 }
 
@@ -80,6 +87,11 @@ func Open(ctx context.Context, cfg Config) (*Site, error) {
 		return nil, err
 	}
 	s.cache = pebble.NewCache(cfg.DB.Expert.CacheBytes)
+	s.fwd = newForwarder(s)
+	if err := s.startService(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.start(ctx, existed); err != nil {
 		s.Close()
 		return nil, err
@@ -136,6 +148,10 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 	local := Schema{
 		NShards: s.cfg.DB.NShards, ReplicationFactor: s.cfg.ReplicationFactor, Layout: s.cfg.DB.Layout,
 		WildcardThresholds: s.cfg.DB.WildcardThresholds, Retention: s.cfg.DB.Retention, GenerationSpan: s.cfg.DB.GenerationSpan,
+		Placement: PlacementVoters,
+	}
+	if s.cfg.ReadReplicas {
+		local.Placement = PlacementEverySite
 	}
 	fresh := boot && !existed
 	if fresh {
@@ -171,7 +187,7 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 		if err == nil && st.Schema != nil {
 			if fresh {
 				if !sameSchema(*st.Schema, local) {
-					return fmt.Errorf("%w: the cluster was bootstrapped with %+v, this site is configured with %+v: give every initial site the same NShards, ReplicationFactor, Layout, WildcardThresholds, Retention and GenerationSpan",
+					return fmt.Errorf("%w: the cluster was bootstrapped with %+v, this site is configured with %+v: give every initial site the same NShards, ReplicationFactor, Layout, WildcardThresholds, Retention, GenerationSpan and ReadReplicas",
 						ErrInvalidConfig, *st.Schema, local)
 				}
 			} else {
@@ -208,6 +224,10 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 	// Start the replicas the meta group allocates here now, so that the DB reads from them
 	// as soon as Open returns.
 	s.reconcileOnce()
+	for i := range s.proposers {
+		s.wg.Add(1)
+		go s.fwd.watch(stream.ShardID(i))
+	}
 	s.wg.Add(3)
 	go s.runReconcile()
 	go s.runMaintenance()
@@ -222,7 +242,8 @@ func (s *Site) attemptTimeout() time.Duration {
 
 func sameSchema(a, b Schema) bool {
 	return a.NShards == b.NShards && a.ReplicationFactor == b.ReplicationFactor && a.Layout == b.Layout &&
-		slices.Equal(a.WildcardThresholds, b.WildcardThresholds) && a.Retention == b.Retention && a.GenerationSpan == b.GenerationSpan
+		slices.Equal(a.WildcardThresholds, b.WildcardThresholds) && a.Retention == b.Retention && a.GenerationSpan == b.GenerationSpan &&
+		a.Placement == b.Placement
 }
 
 func (s *Site) ID() SiteID { return s.file.ID }
@@ -278,6 +299,12 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 		join = true
 	}
 	cfg := s.groupConfig(r)
+	if join {
+		// The group added this replica as non-voting (the reconciler always adds so, and
+		// promotes afterwards): it must start so, even if this site learns of the replica
+		// only after its promotion; replaying the addition as a voter panics dragonboat.
+		cfg.IsNonVoting = true
+	}
 	var err error
 	if r.Group == metaGroup {
 		err = s.nh.StartReplica(members, join, newMetaSM, cfg)
@@ -336,6 +363,7 @@ func (s *Site) shardSM(id stream.ShardID) *shardSM {
 }
 
 func (s *Site) notifyDurable(d shard.Durable) {
+	s.applied.notify(d.Shard)
 	if f := s.onDurable.Load(); f != nil {
 		(*f)(d)
 	}
@@ -414,6 +442,11 @@ func (s *Site) shutdown() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.cancel()
+		if s.service != nil {
+			s.service.Close()
+		}
+		s.serviceConns.closeAll()
+		s.fwd.close()
 		s.wg.Wait()
 		for _, p := range s.proposers {
 			p.close()

@@ -132,7 +132,7 @@ func (c *testCluster) metaVia(i int) (*MetaState, error) {
 // refusedJoinWait bounds the Open of a site that must not get in.
 const refusedJoinWait = 5 * time.Second
 
-// testRefusedJoiner: three sites (clusterTLS gives site i's TLS, nil for plain TCP) take
+// testRefusedJoiner: three sites (PlacementEverySite) (clusterTLS gives site i's TLS, nil for plain TCP) take
 // writes; a fourth site, configured like them and then by adjust, is added with AddSite. The
 // members make it a (non-voting) member of every group and keep trying to reach it, but it
 // never gets the cluster's schema, so its Open fails when its ctx ends; meanwhile, and after
@@ -140,7 +140,10 @@ const refusedJoinWait = 5 * time.Second
 // wantLog, if set, is text that dragonboat must log while the site is refused.
 func testRefusedJoiner(t *testing.T, clusterTLS func(i int) *TLS, adjust func(*Config), wantLog string) {
 	const nShards = 3
-	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) { cfg.TLS = clusterTLS(i) })
+	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) {
+		cfg.TLS = clusterTLS(i)
+		cfg.ReadReplicas = true // the joiner is made a member of every group at once
+	})
 	acked := storeN(t, c.db(0), "before", 30)
 
 	logs := &capturedLogs{}
@@ -295,8 +298,9 @@ func requireMutualTLS(t *testing.T, addr string, good *TLS) {
 }
 
 // TestTLSJoinWithValidCertificate is the control of the refused-site tests below: a fourth
-// site with a certificate from the cluster's CA joins (its Open returns), receives every shard
-// and takes writes.
+// site with a certificate from the cluster's CA joins (its Open returns), receives its share
+// of the shards and takes writes; every site stores and reads every shard, forwarding over
+// TLS what it holds no replica of.
 func TestTLSJoinWithValidCertificate(t *testing.T) {
 	const nShards = 3
 	certs := tlsSites(testutil.NewCA(t, "strata"), 4)
@@ -311,6 +315,17 @@ func TestTLSJoinWithValidCertificate(t *testing.T) {
 	acked = append(acked, storeN(t, c.db(j.i), "joiner", 30)...)
 	c.requireAllRead(acked, 20*time.Second)
 	c.waitConverged(nShards, 20*time.Second)
+	// PlacementVoters: 9 replicas on 4 sites, so some site lacks a shard and forwards its
+	// calls, over the same mutual TLS.
+	forwarding := false
+	for i := range c.sites {
+		forwarding = forwarding || len(c.heldShards(i, nShards)) < nShards
+	}
+	require.True(t, forwarding, "every site holds every shard: nothing was forwarded")
+	for i := range c.sites {
+		acked = append(acked, storeN(t, c.db(i), fmt.Sprintf("site%d", i), 14)...)
+	}
+	c.requireAllRead(acked, 20*time.Second)
 }
 
 // TestTLSRefusesSiteOfAnotherCA: a site whose certificate (and CA file) come from another CA

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/strata-mq/strata/raftgroup"
@@ -37,20 +38,23 @@ func (c *command) cluster(args []string) int {
 	if !v.MetaFresh {
 		meta = "STALE: this site's local copy (no meta quorum reachable)"
 	}
-	fmt.Fprintf(c.stdout, "site %s (raft %s); meta %s\n\n", v.Site, v.RaftAddress, meta)
+	fmt.Fprintf(c.stdout, "site %s (raft %s); meta %s; placement %s\n\n", v.Site, v.RaftAddress, meta, v.Placement)
 	tw := c.table()
-	fmt.Fprintln(tw, "SLOT\tSITE\tADDRESS\tSTATE\tHEALTH\tUNREACHABLE SINCE")
+	fmt.Fprintln(tw, "SLOT\tSITE\tADDRESS\tSERVICE\tSTATE\tHEALTH\tUNREACHABLE SINCE\tSHARD REPLICAS")
 	for _, s := range v.Sites {
-		since := "-"
+		since, service := "-", s.Service
 		if s.DownSince != nil {
 			since = s.DownSince.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", s.Slot, s.ID, s.Addr, s.State, s.Health, since)
+		if service == "" {
+			service = "-"
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", s.Slot, s.ID, s.Addr, service, s.State, s.Health, since, s.ShardReplicas)
 	}
 	tw.Flush()
 	fmt.Fprintln(c.stdout)
 	tw = c.table()
-	fmt.Fprintln(tw, "GROUP\tSHARD\tLEADER\tLEADER SLOT\tTERM\tREPLICA HERE\tLAST INDEX\tAPPLIED\tAPPLY LAG")
+	fmt.Fprintln(tw, "GROUP\tSHARD\tPLACED ON SLOTS\tLEADER\tLEADER SLOT\tTERM\tREPLICA HERE\tLAST INDEX\tAPPLIED\tAPPLY LAG")
 	for _, g := range v.Groups {
 		name, shard, leader, slot := "shard", fmt.Sprint(g.Shard), "none", "-"
 		if g.Meta {
@@ -70,7 +74,7 @@ func (c *command) cluster(args []string) int {
 			applied = fmt.Sprint(g.Applied)
 			lag = fmt.Sprint(g.ApplyLag)
 		}
-		fmt.Fprintf(tw, "%s %d\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", name, g.Group, shard, leader, slot, g.Term, g.Replica, last, applied, lag)
+		fmt.Fprintf(tw, "%s %d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\n", name, g.Group, shard, placedOn(v.Replicas, g.Group), leader, slot, g.Term, g.Replica, last, applied, lag)
 	}
 	tw.Flush()
 	fmt.Fprintln(c.stdout)
@@ -95,4 +99,29 @@ func (c *command) cluster(args []string) int {
 	}
 	tw.Flush()
 	return exitOK
+}
+
+// placedOn lists the slots holding a replica of group, by slot: "2" a voter, "2n" non-voting,
+// "2+" being added or promoted, "2-" being removed.
+func placedOn(replicas []raftgroup.ReplicaView, group uint64) string {
+	var out []string
+	for _, r := range replicas {
+		if r.Group != group {
+			continue
+		}
+		mark := ""
+		switch {
+		case r.Transition == "removing":
+			mark = "-"
+		case r.Transition != "":
+			mark = "+"
+		case !r.Voter:
+			mark = "n"
+		}
+		out = append(out, fmt.Sprintf("%d%s", r.Slot, mark))
+	}
+	if len(out) == 0 {
+		return "-"
+	}
+	return strings.Join(out, ",")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,16 @@ func TestClusterCommand(t *testing.T) {
 		if !strings.Contains(text, "SLOT") || !strings.Contains(text, "LEADER SLOT") || !strings.Contains(text, "APPLY LAG") || !strings.Contains(text, "active") {
 			return fmt.Errorf("table lacks its sections:\n%s", text)
 		}
+		// The placement: three sites, RF 3, so every shard on slots 1-3 and 2 replicas per site.
+		if v.Placement != raftgroup.PlacementVoters || !strings.Contains(text, "placement voters") ||
+			!regexp.MustCompile(`shard 1000\s+0\s+1,2,3\s`).MatchString(text) || !strings.Contains(text, "SHARD REPLICAS") {
+			return fmt.Errorf("placement not shown:\n%s", text)
+		}
+		for _, si := range v.Sites {
+			if si.ShardReplicas != 2 || si.Service == "" {
+				return fmt.Errorf("site %d: %d shard replicas, service %q:\n%s", si.Slot, si.ShardReplicas, si.Service, text)
+			}
+		}
 		return nil
 	})
 	// shards -url on a replicated site adds each shard's Raft group: leader, indexes, replicas.
@@ -103,7 +114,7 @@ func TestClusterCommand(t *testing.T) {
 			if si.Slot == before && (si.Reachable || si.Health != raftgroup.HealthDown) {
 				return fmt.Errorf("the closed site (slot %d) still shows reachable:\n%s", before, text)
 			}
-			if si.Slot == before && !strings.Contains(text, si.Addr+"  active  down  ") {
+			if si.Slot == before && !regexp.MustCompile(regexp.QuoteMeta(si.Addr)+`\s+\S+\s+active\s+down\s`).MatchString(text) {
 				return fmt.Errorf("the table does not show slot %d down:\n%s", before, text)
 			}
 		}

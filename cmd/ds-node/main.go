@@ -119,6 +119,8 @@ func run() error {
 		raftAddr     = flag.String("raft-addr", "", "host:port where this site listens for and is reached by the other sites (required; fixed for the site's life)")
 		httpAddr     = flag.String("http-addr", "127.0.0.1:8080", "host:port of the HTTP API (port 0: any free port, logged in the ready line)")
 		initial      = flag.String("initial", "", "bootstrap: comma-separated raft addresses of every initial site, this one included; the same list on every site")
+		serviceAddr  = flag.String("service-addr", "", "host:port where this site serves the Stores and reads other sites forward for shards they hold no replica of (default: the -raft-addr host, any free port; recorded in the cluster at every start)")
+		readReplicas = flag.Bool("read-replicas", false, "at bootstrap: every site holds a replica of every shard (non-voting where it does not vote), so every read is local; default: a shard lives on its -rf voters only, and other sites forward to them")
 		join         = flag.Bool("join", false, "join an existing cluster: wait until a member adds this site (POST /sites)")
 		shards       = flag.Int("shards", 16, "number of shards (at bootstrap)")
 		rf           = flag.Int("rf", 3, "replication factor: voters per shard (at bootstrap)")
@@ -160,6 +162,8 @@ func run() error {
 	cfg := raftgroup.Config{
 		Dir:               *dir,
 		RaftAddress:       *raftAddr,
+		ServiceAddress:    *serviceAddr,
+		ReadReplicas:      *readReplicas,
 		Join:              *join,
 		DeploymentID:      *deployment,
 		ReplicationFactor: *rf,

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -232,14 +233,28 @@ func poll(ctx context.Context, what string, cond func() error) error {
 // and every shard), or ctx ends.
 func (c *Cluster) WaitLeaders(ctx context.Context) error {
 	return poll(ctx, "every group has a leader", func() error {
+		led := map[uint64]bool{}
+		var groups []uint64
 		for i, s := range c.sites {
 			if s == nil {
 				continue
 			}
 			for _, g := range s.Groups() {
+				if !slices.Contains(groups, g.Group) {
+					groups = append(groups, g.Group)
+				}
+				if g.Replica == 0 {
+					continue // not placed here (PlacementVoters)
+				}
 				if g.Leader == 0 {
 					return fmt.Errorf("site %d knows no leader of group %d", i, g.Group)
 				}
+				led[g.Group] = true
+			}
+		}
+		for _, g := range groups {
+			if !led[g] {
+				return fmt.Errorf("no running site has a replica of group %d that knows its leader", g)
 			}
 		}
 		return nil
@@ -259,7 +274,7 @@ func (c *Cluster) WaitConverged(ctx context.Context) error {
 		for sh := range shards {
 			var first *raftgroup.ReplicaDigest
 			for i, s := range c.sites {
-				if s == nil {
+				if s == nil || !placedHere(s, stream.ShardID(sh)) {
 					continue
 				}
 				d, err := s.Digest(stream.ShardID(sh))
@@ -273,7 +288,21 @@ func (c *Cluster) WaitConverged(ctx context.Context) error {
 						sh, i, d.Applied, d.Sum[:6], first.Applied, first.Sum[:6])
 				}
 			}
+			if first == nil {
+				return fmt.Errorf("shard %d: no running site holds a replica", sh)
+			}
 		}
 		return nil
 	})
+}
+
+// placedHere reports whether site s runs a replica of shard sh (under PlacementVoters a site
+// holds only some shards).
+func placedHere(s *raftgroup.Site, sh stream.ShardID) bool {
+	for _, g := range s.Groups() {
+		if !g.Meta && g.Shard == sh {
+			return g.Replica != 0
+		}
+	}
+	return false
 }

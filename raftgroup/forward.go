@@ -1,0 +1,405 @@
+package raftgroup
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/strata-mq/strata/generation"
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/raftgroup/internal/wire"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+)
+
+// forwarder sends this site's calls for the shards it holds no replica of (PlacementVoters) to
+// a site that holds one, through that site's service (service.go). It keeps one connection
+// per site and, per shard, the site that answered last, so that a shard's calls keep going to
+// one site (its reads then follow one replica's applied state) until that site fails.
+//
+// A call that did not reach a site (no connection, or the site answered errNotHeld) is tried
+// on the next one. A Store that may have reached a site is not sent again: if its answer is
+// lost, it fails with ErrOutcomeUnknown (the called site's proposer retries across leader
+// changes itself, with its own de-duplication).
+type forwarder struct {
+	site *Site
+	mu   struct {
+		sync.Mutex
+		clients map[string]*rpc.Client    // by service address
+		prefer  map[stream.ShardID]string // the site that answered last, per shard
+		dialing map[string]chan struct{}  // one dial per address at a time
+		closed  bool
+	}
+}
+
+func newForwarder(s *Site) *forwarder {
+	f := &forwarder{site: s}
+	f.mu.clients = map[string]*rpc.Client{}
+	f.mu.prefer = map[stream.ShardID]string{}
+	f.mu.dialing = map[string]chan struct{}{}
+	return f
+}
+
+// targets returns the service addresses of the other sites that hold a member replica of the
+// shard (not one being removed), the preferred one first, then from a place that rotates with
+// the shard and this site, so that sites spread their calls.
+func (f *forwarder) targets(id stream.ShardID) ([]string, error) {
+	st, err := f.site.localMeta()
+	if err != nil {
+		return nil, fmt.Errorf("%w: no replica of shard %d on site %s, and no meta state to find one elsewhere (not in the cluster?): %w", shard.ErrUnavailable, id, f.site.cfg.RaftAddress, err)
+	}
+	var addrs []string
+	for _, r := range st.GroupReplicas(shardGroup(id)) {
+		site, ok := st.Site(r.Slot)
+		if !ok || r.Member == memberNone || r.Remove || site.State == SiteLeft || site.Service == "" || site.ID == f.site.file.ID {
+			continue
+		}
+		addrs = append(addrs, site.Service)
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%w: no replica of shard %d on site %s, and no other site holds one and offers a service address", shard.ErrUnavailable, id, f.site.cfg.RaftAddress)
+	}
+	slot, _ := f.site.mySlot(st)
+	k := (int(id) + slot) % len(addrs)
+	addrs = append(addrs[k:], addrs[:k]...)
+	f.mu.Lock()
+	p := f.mu.prefer[id]
+	f.mu.Unlock()
+	if i := slices.Index(addrs, p); i > 0 {
+		addrs = append(append([]string{p}, addrs[:i]...), addrs[i+1:]...)
+	}
+	return addrs, nil
+}
+
+// client returns the connection to addr, dialing it if needed.
+func (f *forwarder) client(ctx context.Context, addr string) (*rpc.Client, error) {
+	for {
+		f.mu.Lock()
+		if f.mu.closed {
+			f.mu.Unlock()
+			return nil, shard.ErrClosed
+		}
+		if c, ok := f.mu.clients[addr]; ok {
+			f.mu.Unlock()
+			return c, nil
+		}
+		wait, busy := f.mu.dialing[addr]
+		if !busy {
+			wait = make(chan struct{})
+			f.mu.dialing[addr] = wait
+		}
+		f.mu.Unlock()
+		if busy {
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		c, err := f.dial(ctx, addr)
+		f.mu.Lock()
+		delete(f.mu.dialing, addr)
+		close(wait)
+		if err == nil {
+			if f.mu.closed {
+				c.Close()
+				err = shard.ErrClosed
+			} else {
+				f.mu.clients[addr] = c
+			}
+		}
+		f.mu.Unlock()
+		return c, err
+	}
+}
+
+func (f *forwarder) dial(ctx context.Context, addr string) (*rpc.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.site.attemptTimeout())
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if f.site.cfg.TLS != nil {
+		tc, err := f.site.tlsConfig()
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			tc.ServerName = host
+		}
+		tconn := tls.Client(conn, tc)
+		if err := tconn.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tconn
+	}
+	return rpc.NewClient(conn), nil
+}
+
+// drop forgets a broken connection.
+func (f *forwarder) drop(addr string, c *rpc.Client) {
+	f.mu.Lock()
+	if f.mu.clients[addr] == c {
+		delete(f.mu.clients, addr)
+	}
+	f.mu.Unlock()
+	c.Close()
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	f.mu.closed = true
+	clients := f.mu.clients
+	f.mu.clients = map[string]*rpc.Client{}
+	f.mu.Unlock()
+	for _, c := range clients {
+		c.Close()
+	}
+}
+
+// call calls method on a site that holds shard id. A write (once) is not sent again once it
+// may have reached a site; a read is tried on every site in turn. ctx bounds the whole call.
+func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, args any, reply wire.Reply, once bool) error {
+	addrs, err := f.targets(id)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, addr := range addrs {
+		c, err := f.client(ctx, addr)
+		if err != nil {
+			if errors.Is(err, shard.ErrClosed) {
+				return err
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		call := c.Go(serviceName+"."+method, args, reply, make(chan *rpc.Call, 1))
+		select {
+		case <-call.Done:
+		case <-ctx.Done():
+			if once {
+				return fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
+			}
+			return fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
+		}
+		if err := call.Error; err != nil {
+			f.drop(addr, c)
+			if once && !errors.Is(err, rpc.ErrShutdown) { // ErrShutdown: not sent
+				return fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
+			}
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
+		}
+		w := reply.Failure()
+		if w.Code == wire.CodeNotHeld {
+			errs = append(errs, fromWire(w))
+			continue
+		}
+		f.mu.Lock()
+		f.mu.prefer[id] = addr
+		f.mu.Unlock()
+		return fromWire(w)
+	}
+	return fmt.Errorf("%w: shard %d: no site holding it answered: %w", shard.ErrUnavailable, id, errors.Join(errs...))
+}
+
+// readCtx bounds a forwarded read: one attempt timeout per site it may try.
+func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(f.site.ctx, 2*f.site.attemptTimeout())
+}
+
+// forwardedWrite is the Waiter of a forwarded Store: Wait makes the call.
+type forwardedWrite struct {
+	f        *forwarder
+	p        *proposer
+	deadline time.Time
+	cmd      []byte
+	msgs     []*message.Message
+	txns     []*shard.Txn
+	bytes    int
+}
+
+func (w *forwardedWrite) Wait() error {
+	start := time.Now()
+	ctx, cancel := context.WithDeadline(w.f.site.ctx, w.deadline)
+	defer cancel()
+	var reply wire.SubmitReply
+	// The called site answers within its ProposalTimeout; wait an attempt longer for the answer.
+	args := &wire.Submit{Shard: w.p.id, Cmd: w.cmd, Wait: time.Until(w.deadline) - w.f.site.attemptTimeout()}
+	if err := w.f.call(ctx, w.p.id, "Submit", args, &reply, true); err != nil {
+		return err
+	}
+	if len(w.txns) > 0 {
+		if len(reply.Txns) != len(w.txns) {
+			return fmt.Errorf("%w: %w: shard %d: the called site returned %d Txn outcomes for %d", shard.ErrUnavailable, shard.ErrOutcomeUnknown, w.p.id, len(reply.Txns), len(w.txns))
+		}
+		for i, t := range w.txns {
+			t.Result = reply.Txns[i]
+			t.SetResults(uint16(w.p.id))
+		}
+	}
+	for i, m := range w.msgs {
+		m.Timestamp, m.Shard = reply.FirstTS+uint64(i), uint16(w.p.id)
+	}
+	if len(w.msgs) > 0 {
+		w.p.metrics.ObserveCommit(time.Since(start), len(w.msgs), w.bytes)
+	}
+	return nil
+}
+
+// submit forwards a Store (msgs) or Txns; the Waiter makes the call.
+func (f *forwarder) submit(ctx context.Context, p *proposer, msgs []*message.Message, txns []*shard.Txn, bytes int) *forwardedWrite {
+	deadline := time.Now().Add(f.site.cfg.ProposalTimeout + f.site.attemptTimeout())
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	cmd := shard.Command{Messages: msgs, Txns: txns}
+	return &forwardedWrite{f: f, p: p, deadline: deadline, cmd: cmd.AppendBinary(nil), msgs: msgs, txns: txns, bytes: bytes}
+}
+
+func (f *forwarder) admin(ctx context.Context, id stream.ShardID, a *wire.Admin) error {
+	a.Shard = id
+	if d, ok := ctx.Deadline(); ok {
+		a.Wait = time.Until(d)
+	}
+	var reply wire.ErrReply
+	return f.call(ctx, id, "Admin", a, &reply, true)
+}
+
+func (f *forwarder) streams(id stream.ShardID, filter []string, since uint64) ([]stream.Stream, error) {
+	ctx, cancel := f.readCtx()
+	defer cancel()
+	var reply wire.StreamsReply
+	err := f.call(ctx, id, "Streams", &wire.Streams{Shard: id, Filter: filter, Since: since}, &reply, false)
+	return reply.Streams, err
+}
+
+func (f *forwarder) read(it stream.Iterator, filter []string, max int, out []message.Message) ([]message.Message, uint64, error) {
+	ctx, cancel := f.readCtx()
+	defer cancel()
+	var reply wire.ReadReply
+	if err := f.call(ctx, it.Stream.Shard, "Read", &wire.Read{It: it, Filter: filter, Max: max}, &reply, false); err != nil {
+		return out, it.Next, err
+	}
+	if len(reply.Msgs) > 0 {
+		cmd, err := shard.DecodeCommand(reply.Msgs)
+		if err != nil || len(cmd.Messages) != len(reply.TS) || len(cmd.Messages) > max {
+			return out, it.Next, fmt.Errorf("%w: shard %d: a forwarded read returned an undecodable answer: %v", shard.ErrUnavailable, it.Stream.Shard, err)
+		}
+		for i, m := range cmd.Messages {
+			m.Timestamp, m.Shard = reply.TS[i], uint16(it.Stream.Shard)
+			out = append(out, *m)
+		}
+	}
+	return out, reply.Next, nil
+}
+
+func (f *forwarder) readLimit(id stream.ShardID) (uint64, error) {
+	ctx, cancel := f.readCtx()
+	defer cancel()
+	var reply wire.LimitReply
+	err := f.call(ctx, id, "ReadLimit", &wire.Limit{Shard: id}, &reply, false)
+	return reply.Limit, err
+}
+
+func (f *forwarder) generations(id stream.ShardID) ([]generation.Info, error) {
+	ctx, cancel := f.readCtx()
+	defer cancel()
+	var reply wire.GenerationsReply
+	err := f.call(ctx, id, "Generations", &wire.Shard{Shard: id}, &reply, false)
+	return reply.Generations, err
+}
+
+func (f *forwarder) generationUsage(id stream.ShardID, gen stream.GenerationID) (shard.GenerationUsage, error) {
+	ctx, cancel := f.readCtx()
+	defer cancel()
+	var reply wire.UsageReply
+	err := f.call(ctx, id, "GenerationUsage", &wire.Usage{Shard: id, Generation: gen}, &reply, false)
+	return reply.Usage, err
+}
+
+func (f *forwarder) record(ctx context.Context, id stream.ShardID, key []byte) ([]byte, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*f.site.attemptTimeout())
+	defer cancel()
+	var reply wire.RecordReply
+	err := f.call(ctx, id, "Record", &wire.Record{Shard: id, Key: key}, &reply, false)
+	return reply.Value, reply.Version, err
+}
+
+// scanRecords pages through the records: each page is one call (a page may come from another
+// site than the previous one, each page's records are durable).
+func (f *forwarder) scanRecords(ctx context.Context, id stream.ShardID, prefix []byte, fn func(key, value []byte, version uint64) bool) error {
+	var after []byte
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 2*f.site.attemptTimeout())
+		var reply wire.ScanReply
+		err := f.call(pctx, id, "ScanRecords", &wire.Scan{Shard: id, Prefix: prefix, After: after, Max: maxScanPage}, &reply, false)
+		cancel()
+		if err != nil {
+			return err
+		}
+		if len(reply.Keys) != len(reply.Values) || len(reply.Keys) != len(reply.Versions) {
+			return fmt.Errorf("%w: shard %d: a forwarded scan returned an inconsistent answer", shard.ErrUnavailable, id)
+		}
+		for i, k := range reply.Keys {
+			if !fn(k, reply.Values[i], reply.Versions[i]) {
+				return nil
+			}
+		}
+		if !reply.More || len(reply.Keys) == 0 {
+			return nil
+		}
+		after = reply.Keys[len(reply.Keys)-1]
+	}
+}
+
+// watch follows the read limit of a shard this site holds no replica of, and reports each
+// advance as a Durable without messages (Reset: readers look again, through forwarded reads),
+// so that subscriptions and watchers on this site wake up. It idles while the shard has a
+// replica here (that replica reports its own applies).
+func (f *forwarder) watch(id stream.ShardID) {
+	defer f.site.wg.Done()
+	var last uint64
+	poll := f.site.cfg.ReconcileInterval
+	for !f.site.stopping() {
+		if f.site.shardSM(id) != nil {
+			last = 0
+			select {
+			case <-f.site.stop:
+				return
+			case <-time.After(poll):
+			}
+			continue
+		}
+		wait := 5 * time.Second
+		ctx, cancel := context.WithTimeout(f.site.ctx, wait+f.site.attemptTimeout())
+		var reply wire.LimitReply
+		err := f.call(ctx, id, "WaitLimit", &wire.Limit{Shard: id, After: last, Wait: wait}, &reply, false)
+		cancel()
+		if err != nil {
+			select {
+			case <-f.site.stop:
+				return
+			case <-time.After(poll):
+			}
+			continue
+		}
+		if reply.Limit > last { // a lagging site's lower limit: wait until it passes ours
+			f.site.notifyDurable(shard.Durable{Shard: id, From: last, Until: reply.Limit, Reset: true})
+			f.site.notifyChanged()
+			last = reply.Limit
+		}
+	}
+}

@@ -1,0 +1,323 @@
+package raftgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+	"github.com/stretchr/testify/require"
+)
+
+// heldShards returns the shards whose replica runs on site i.
+func (c *testCluster) heldShards(i, nShards int) []stream.ShardID {
+	var held []stream.ShardID
+	for sh := range nShards {
+		if c.sites[i].shardSM(stream.ShardID(sh)) != nil {
+			held = append(held, stream.ShardID(sh))
+		}
+	}
+	return held
+}
+
+// waitServices waits until the meta group records every open site's service address.
+func (c *testCluster) waitServices() {
+	c.t.Helper()
+	eventually(c.t, 30*time.Second, "service addresses recorded", func() error {
+		st, err := c.sites[0].localMeta()
+		if err != nil {
+			return err
+		}
+		for i, s := range c.sites {
+			if s == nil {
+				continue
+			}
+			info, ok := st.SiteByID(s.ID())
+			if !ok || info.Service != s.Service() {
+				return fmt.Errorf("site %d: recorded %q, serves %q", i, info.Service, s.Service())
+			}
+		}
+		return nil
+	})
+}
+
+// clientOf returns a client ID that ShardOf puts in shard sh.
+func clientOf(sh stream.ShardID, nShards int, prefix string) string {
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		if ds.ShardOf(id, nShards) == sh {
+			return id
+		}
+	}
+}
+
+// TestForwardFromSiteWithoutReplica: four sites, RF 3, PlacementVoters: each site holds three
+// of the four shards. Through the site without a replica of a shard, every call of the DB on
+// that shard works, forwarded to a site that holds one: Store, Update (records), Record,
+// ScanRecords, Streams, Iterator/Next, Generations, GenerationUsage, AddGeneration,
+// DropGeneration, and a subscription parked at the tail is woken by Stores made elsewhere.
+func TestForwardFromSiteWithoutReplica(t *testing.T) {
+	const nShards = 4
+	c := newTestCluster(t, 4, nShards, nil)
+	require.Equal(t, PlacementVoters, c.sites[0].Schema().Placement)
+	c.waitPlanDone(0, 30*time.Second)
+	c.waitServices()
+	for i := range c.sites {
+		eventually(t, 30*time.Second, "three replicas per site", func() error {
+			if h := c.heldShards(i, nShards); len(h) != 3 {
+				return fmt.Errorf("site %d holds %v", i, h)
+			}
+			return nil
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	for i := range c.sites {
+		held := c.heldShards(i, nShards)
+		var missing stream.ShardID
+		for sh := range stream.ShardID(nShards) {
+			if !slices.Contains(held, sh) {
+				missing = sh
+			}
+		}
+		db := c.db(i)
+		client := clientOf(missing, nShards, fmt.Sprintf("site%d", i))
+
+		// A subscription on this site, at the tail, before the Stores.
+		pos, err := db.TailPosition()
+		require.NoError(t, err)
+		sub, err := db.Subscribe(fmt.Sprintf("fwd/%d/#", i), pos, nil)
+		require.NoError(t, err)
+
+		// Store through this site (forwarded) and through a site that holds the shard.
+		var msgs []ds.Message
+		for k := range 5 {
+			msgs = append(msgs, ds.Message{ClientID: client, Topic: fmt.Sprintf("fwd/%d/a", i), Payload: []byte(fmt.Sprintf("m%d", k))})
+		}
+		refs, err := db.Store(ctx, msgs...)
+		require.NoError(t, err, "site %d, shard %d", i, missing)
+		require.Len(t, refs, 5)
+		for k, r := range refs {
+			require.Equal(t, missing, r.Shard)
+			if k > 0 {
+				require.Greater(t, r.Timestamp, refs[k-1].Timestamp)
+			}
+		}
+		other := (i + 1) % len(c.sites)
+		_, err = c.db(other).Store(ctx, ds.Message{ClientID: client, Topic: fmt.Sprintf("fwd/%d/b", i), Payload: []byte("elsewhere")})
+		require.NoError(t, err)
+
+		// The subscription gets all six, in order.
+		var got []string
+		for len(got) < 6 {
+			m, err := sub.Next(ctx, 100)
+			require.NoError(t, err, "site %d: subscription", i)
+			for _, x := range m {
+				got = append(got, string(x.Payload))
+				require.NoError(t, sub.Ack(ds.RefOf(x)))
+			}
+		}
+		require.Equal(t, []string{"m0", "m1", "m2", "m3", "m4", "elsewhere"}, got)
+		require.NoError(t, sub.Close())
+
+		// Streams, Iterator and Next, read through this site.
+		streams, err := db.Streams(fmt.Sprintf("fwd/%d/#", i), time.Time{})
+		require.NoError(t, err)
+		require.NotEmpty(t, streams)
+		var read []string
+		for _, s := range streams {
+			require.Equal(t, missing, s.Shard)
+			it, err := db.Iterator(s, fmt.Sprintf("fwd/%d/#", i), time.Time{})
+			require.NoError(t, err)
+			for {
+				m, next, err := db.Next(ctx, it, 2)
+				if errors.Is(err, ds.ErrEndOfStream) || err == nil && len(m) == 0 {
+					break
+				}
+				require.NoError(t, err)
+				for _, x := range m {
+					read = append(read, string(x.Payload))
+				}
+				it = next
+			}
+		}
+		slices.Sort(read)
+		require.Equal(t, []string{"elsewhere", "m0", "m1", "m2", "m3", "m4"}, read)
+
+		// Records: a conditional Txn, then Record and ScanRecords.
+		key := []byte(fmt.Sprintf("sess/%d", i))
+		res, err := db.Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: key, Value: []byte("v1")}}})
+		require.NoError(t, err)
+		v, ver, err := db.Record(ctx, missing, key)
+		require.NoError(t, err)
+		require.Equal(t, "v1", string(v))
+		require.Equal(t, res.Versions[0], ver)
+		_, err = db.Update(ctx, missing, &ds.Txn{Conds: []ds.Cond{{Key: key, Version: ver + 100}}, Writes: []ds.RecordWrite{{Key: key, Value: []byte("v2")}}})
+		require.ErrorIs(t, err, ds.ErrConditionFailed, "a failed condition crosses the wire")
+		var scanned []string
+		require.NoError(t, db.ScanRecords(ctx, missing, []byte("sess/"), func(k, v []byte, _ uint64) bool {
+			scanned = append(scanned, string(k)+"="+string(v))
+			return true
+		}))
+		require.Contains(t, scanned, string(key)+"=v1")
+	}
+
+	// Generations, through a site that misses a shard: every shard listed; add one everywhere
+	// and drop a sealed one of the missing shard, through that site.
+	db := c.db(0)
+	held := c.heldShards(0, nShards)
+	var missing stream.ShardID
+	for sh := range stream.ShardID(nShards) {
+		if !slices.Contains(held, sh) {
+			missing = sh
+		}
+	}
+	gens, err := db.Generations()
+	require.NoError(t, err)
+	count := func(gs []ds.GenerationInfo) (n int, first ds.GenerationID) {
+		for _, g := range gs {
+			if g.Shard == missing {
+				if n == 0 {
+					first = g.ID
+				}
+				n++
+			}
+		}
+		return n, first
+	}
+	before, first := count(gens)
+	require.Positive(t, before)
+	_, err = db.GenerationUsage(missing, first)
+	require.NoError(t, err)
+	require.NoError(t, db.AddGeneration(ctx))
+	gens, err = db.Generations()
+	require.NoError(t, err)
+	after, _ := count(gens)
+	require.Equal(t, before+1, after)
+	require.NoError(t, db.DropGeneration(ctx, missing, first))
+	_, err = db.GenerationUsage(missing, first)
+	require.ErrorIs(t, err, ds.ErrGenerationNotFound, "a dropped generation, read through the forwarding site")
+	err = db.DropGeneration(ctx, missing, ds.GenerationID(1<<20))
+	require.ErrorIs(t, err, ds.ErrGenerationNotFound)
+}
+
+// TestForwardNoSiteAnswers: a site whose shard's holders are all down fails a forwarded call
+// with ErrUnavailable, and says nothing was stored when nothing was sent.
+func TestForwardNoSiteAnswers(t *testing.T) {
+	const nShards = 4
+	c := newTestCluster(t, 4, nShards, nil)
+	c.waitPlanDone(0, 30*time.Second)
+	c.waitServices()
+	var missing stream.ShardID
+	eventually(t, 30*time.Second, "site 0 holds three shards", func() error {
+		held := c.heldShards(0, nShards)
+		if len(held) != 3 {
+			return fmt.Errorf("holds %v", held)
+		}
+		for sh := range stream.ShardID(nShards) {
+			if !slices.Contains(held, sh) {
+				missing = sh
+			}
+		}
+		return nil
+	})
+	db := c.db(0)
+	for i := 1; i < len(c.sites); i++ {
+		c.close(i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := db.Store(ctx, ds.Message{ClientID: clientOf(missing, nShards, "x"), Topic: "a/b", Payload: []byte("p")})
+	require.ErrorIs(t, err, ds.ErrUnavailable)
+	require.NotErrorIs(t, err, shard.ErrOutcomeUnknown, "nothing reached a site: %v", err)
+	_, err = db.Streams("#", time.Time{})
+	require.ErrorIs(t, err, ds.ErrUnavailable)
+}
+
+// loads returns how many shard replicas each open site runs.
+func (c *testCluster) loads(nShards int) []int {
+	out := make([]int, len(c.sites))
+	for i, s := range c.sites {
+		if s != nil {
+			out[i] = len(c.heldShards(i, nShards))
+		}
+	}
+	return out
+}
+
+// TestPlacementJoinAndLeave (PlacementVoters), under writes through every site: two sites join
+// a cluster of three (RF 3, 10 shards), and replicas move to them until every site runs 6 ± 1
+// (30 replicas on 5 sites); then an initial site leaves and its replicas move to the others
+// (7–8 each). No acknowledged message is lost or stored twice, every site reads every message
+// (forwarding what it holds no replica of), and the replicas of each shard are identical.
+func TestPlacementJoinAndLeave(t *testing.T) {
+	const nShards = 10
+	c := newTestCluster(t, 3, nShards, func(i int, cfg *Config) {
+		cfg.SnapshotEntries, cfg.CompactionOverhead = 30, 5
+	})
+	var mu sync.Mutex
+	live := []*ds.DB{c.db(0), c.db(1), c.db(2)}
+	dbs := func() []*ds.DB { mu.Lock(); defer mu.Unlock(); return slices.Clone(live) }
+	w := startWriter(t, dbs, 6)
+	w.waitAcked(t, 300, "writes before the joins")
+
+	j1, j2 := c.join(0), c.join(1)
+	mu.Lock()
+	live = append(live, c.db(j1), c.db(j2))
+	mu.Unlock()
+	st := c.waitPlanDone(0, 60*time.Second)
+	counts := map[int]int{}
+	for _, r := range st.Replicas {
+		if r.Group != metaGroup {
+			require.True(t, r.Voter, "replica %+v: PlacementVoters holds voters only", r)
+			counts[r.Slot]++
+		}
+	}
+	for slot := 1; slot <= 5; slot++ {
+		require.InDelta(t, 6, counts[slot], 1, "slot %d holds %d shard replicas (%v)", slot, counts[slot], counts)
+	}
+	eventually(t, 30*time.Second, "sites run their planned replicas", func() error {
+		if l := c.loads(nShards); slices.Min(l) < 5 || slices.Max(l) > 7 || sum(l) != 3*nShards {
+			return fmt.Errorf("replicas per site %v", l)
+		}
+		return nil
+	})
+	w.waitAcked(t, 300, "writes with five sites")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, c.sites[1].RemoveSite(ctx, c.sites[0].ID()))
+	mu.Lock()
+	live = []*ds.DB{c.db(1), c.db(2), c.db(j1), c.db(j2)}
+	mu.Unlock()
+	st = c.waitPlanDone(1, 60*time.Second)
+	leaver, _ := st.SiteByID(c.sites[0].ID())
+	require.Equal(t, SiteLeft, leaver.State)
+	eventually(t, 30*time.Second, "the leaver's replicas moved", func() error {
+		l := c.loads(nShards)
+		if l[0] != 0 || sum(l) != 3*nShards || slices.Max(l[1:]) > 8 || slices.Min(l[1:]) < 7 {
+			return fmt.Errorf("replicas per site %v", l)
+		}
+		return nil
+	})
+	w.waitAcked(t, 300, "writes after the leave")
+	acked := w.finish()
+	c.close(0)
+	t.Logf("%d acknowledged, %d failed attempts", len(acked), w.failed.Load())
+	c.requireAllRead(acked, 30*time.Second)
+	c.waitConverged(nShards, 30*time.Second)
+}
+
+func sum(xs []int) (n int) {
+	for _, x := range xs {
+		n += x
+	}
+	return n
+}

@@ -1,0 +1,456 @@
+package raftgroup
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/rpc"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/internal/topic"
+	"github.com/strata-mq/strata/raftgroup/internal/wire"
+	"github.com/strata-mq/strata/shard"
+	"github.com/strata-mq/strata/stream"
+)
+
+// The site service answers the calls other sites forward to this one (forward.go): Stores
+// and reads of the shards they hold no replica of (PlacementVoters). It is net/rpc over TCP
+// (mutual TLS when Config.TLS is set), one connection per pair of sites, calls multiplexed on
+// it. Messages travel in shard.Command's encoding (the one Raft entries carry); everything
+// else is gob. The service answers only for shards it holds a replica of, so a call is never
+// forwarded twice: a site that lost its replica answers errNotHeld, and the caller tries the
+// next site.
+//
+// Errors cross the wire as a wire.Error: a code for each sentinel a caller tests with
+// errors.Is, and the text.
+
+// serviceName is the net/rpc service name.
+const serviceName = "Strata"
+
+// errNotHeld: the called site holds no open replica of the shard.
+var errNotHeld = errors.New("strata: shard not held by the called site")
+
+func toWire(err error) wire.Error {
+	if err == nil {
+		return wire.Error{}
+	}
+	code := wire.CodeOther
+	switch {
+	case errors.Is(err, shard.ErrOutcomeUnknown):
+		code = wire.CodeOutcomeUnknown
+	case errors.Is(err, ErrNoQuorum):
+		code = wire.CodeNoQuorum
+	case errors.Is(err, errNotHeld):
+		code = wire.CodeNotHeld
+	case errors.Is(err, shard.ErrUnavailable), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		code = wire.CodeUnavailable
+	case errors.Is(err, shard.ErrQuotaExceeded):
+		code = wire.CodeQuota
+	case errors.Is(err, shard.ErrClosed):
+		code = wire.CodeClosed
+	case errors.Is(err, shard.ErrGenerationNotFound):
+		code = wire.CodeGenerationNotFound
+	case errors.Is(err, shard.ErrCurrentGeneration):
+		code = wire.CodeCurrentGeneration
+	case errors.Is(err, shard.ErrEndOfStream):
+		code = wire.CodeEndOfStream
+	case errors.Is(err, topic.ErrInvalidTopic):
+		code = wire.CodeInvalidTopic
+	case errors.Is(err, shard.ErrFailed):
+		code = wire.CodeFailed
+	}
+	return wire.Error{Code: code, Text: err.Error()}
+}
+
+// err returns the error w stands for, wrapping the sentinels of its code.
+func fromWire(w wire.Error) error {
+	var sentinels []error
+	switch w.Code {
+	case wire.CodeNone:
+		return nil
+	case wire.CodeOutcomeUnknown:
+		sentinels = []error{shard.ErrUnavailable, shard.ErrOutcomeUnknown}
+	case wire.CodeNoQuorum:
+		sentinels = []error{shard.ErrUnavailable, ErrNoQuorum}
+	case wire.CodeUnavailable:
+		sentinels = []error{shard.ErrUnavailable}
+	case wire.CodeNotHeld:
+		sentinels = []error{shard.ErrUnavailable, errNotHeld}
+	case wire.CodeQuota:
+		sentinels = []error{shard.ErrQuotaExceeded}
+	case wire.CodeClosed:
+		// The called site is closing: for the caller, the shard is unavailable there.
+		sentinels = []error{shard.ErrUnavailable}
+	case wire.CodeGenerationNotFound:
+		sentinels = []error{shard.ErrGenerationNotFound}
+	case wire.CodeCurrentGeneration:
+		sentinels = []error{shard.ErrCurrentGeneration}
+	case wire.CodeEndOfStream:
+		sentinels = []error{shard.ErrEndOfStream}
+	case wire.CodeInvalidTopic:
+		sentinels = []error{topic.ErrInvalidTopic}
+	case wire.CodeFailed:
+		sentinels = []error{shard.ErrFailed}
+	}
+	return remoteError{text: w.Text, sentinels: sentinels}
+}
+
+// remoteError is an error a called site returned.
+type remoteError struct {
+	text      string
+	sentinels []error
+}
+
+func (e remoteError) Error() string   { return e.text }
+func (e remoteError) Unwrap() []error { return e.sentinels }
+
+// maxScanPage bounds the records one ScanRecords call returns.
+const maxScanPage = 1024
+
+// siteService is the receiver of the net/rpc service.
+type siteService struct{ s *Site }
+
+// held returns the local shard of a call, or errNotHeld.
+func (v siteService) held(id stream.ShardID) (*siteShard, error) {
+	s := v.s
+	if int(id) >= len(s.proposers) {
+		return nil, fmt.Errorf("%w: shard %d", shard.ErrUnavailable, id)
+	}
+	if s.shardSM(id) == nil {
+		return nil, fmt.Errorf("%w: shard %d, site %s", errNotHeld, id, s.cfg.RaftAddress)
+	}
+	return &siteShard{site: s, p: s.proposers[id]}, nil
+}
+
+// callCtx bounds a forwarded call by the caller's time left and by the site's life.
+func (v siteService) callCtx(wait time.Duration) (context.Context, context.CancelFunc) {
+	if wait <= 0 || wait > v.s.cfg.ProposalTimeout {
+		wait = v.s.cfg.ProposalTimeout
+	}
+	return context.WithTimeout(v.s.ctx, wait)
+}
+
+func (v siteService) Submit(a *wire.Submit, reply *wire.SubmitReply) error {
+	reply.Err = toWire(v.submit(a, reply))
+	return nil
+}
+
+func (v siteService) submit(a *wire.Submit, reply *wire.SubmitReply) error {
+	sh, err := v.held(a.Shard)
+	if err != nil {
+		return err
+	}
+	cmd, err := shard.DecodeCommand(a.Cmd)
+	if err != nil {
+		return err
+	}
+	for _, m := range cmd.Messages {
+		if err := topic.ValidateName(m.Topic); err != nil {
+			return err
+		}
+	}
+	ctx, cancel := v.callCtx(a.Wait)
+	defer cancel()
+	bytes := 0
+	var w interface{ Wait() error }
+	if len(cmd.Txns) > 0 {
+		for _, t := range cmd.Txns {
+			for _, m := range t.Messages {
+				if err := topic.ValidateName(m.Topic); err != nil {
+					return err
+				}
+				bytes += message.Size(m)
+			}
+		}
+		w, err = sh.SubmitTxns(ctx, cmd.Txns, bytes)
+	} else {
+		for _, m := range cmd.Messages {
+			bytes += message.Size(m)
+		}
+		w, err = sh.Submit(ctx, cmd.Messages, bytes)
+	}
+	if err != nil {
+		return err
+	}
+	if err := w.Wait(); err != nil {
+		return err
+	}
+	if len(cmd.Messages) > 0 {
+		reply.FirstTS = cmd.Messages[0].Timestamp
+	}
+	for _, t := range cmd.Txns {
+		reply.Txns = append(reply.Txns, t.Result)
+	}
+	return nil
+}
+
+func (v siteService) Admin(a *wire.Admin, reply *wire.ErrReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		ctx, cancel := v.callCtx(a.Wait)
+		if a.Add {
+			err = sh.AddGeneration(ctx)
+		} else {
+			err = sh.DropGeneration(ctx, a.Drop)
+		}
+		cancel()
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) Streams(a *wire.Streams, reply *wire.StreamsReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		reply.Streams, err = sh.Streams(a.Filter, a.Since)
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) Read(a *wire.Read, reply *wire.ReadReply) error {
+	sh, err := v.held(a.It.Stream.Shard)
+	if err == nil {
+		var msgs []message.Message
+		msgs, reply.Next, err = sh.Read(a.It, a.Filter, min(a.Max, 1<<16), nil)
+		if len(msgs) > 0 {
+			c := shard.Command{Messages: make([]*message.Message, len(msgs))}
+			reply.TS = make([]uint64, len(msgs))
+			for i := range msgs {
+				c.Messages[i], reply.TS[i] = &msgs[i], msgs[i].Timestamp
+			}
+			reply.Msgs = c.AppendBinary(nil)
+		}
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) ReadLimit(a *wire.Limit, reply *wire.LimitReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		reply.Limit, err = sh.ReadLimit()
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+// WaitLimit answers once the shard's read limit passes a.After, or a.Wait passed: the caller's
+// wake-ups for the shard (forward.go's watch).
+func (v siteService) WaitLimit(a *wire.Limit, reply *wire.LimitReply) error {
+	sh, err := v.held(a.Shard)
+	if err != nil {
+		reply.Err = toWire(err)
+		return nil
+	}
+	wait := min(max(a.Wait, 0), 30*time.Second)
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		ch := v.s.applied.wait(a.Shard)
+		limit, err := sh.ReadLimit()
+		if err != nil || limit > a.After {
+			reply.Limit, reply.Err = limit, toWire(err)
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			reply.Limit = limit
+			return nil
+		case <-v.s.stop:
+			reply.Err = toWire(shard.ErrClosed)
+			return nil
+		}
+	}
+}
+
+func (v siteService) Generations(a *wire.Shard, reply *wire.GenerationsReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		reply.Generations, err = sh.Generations()
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) GenerationUsage(a *wire.Usage, reply *wire.UsageReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		reply.Usage, err = sh.GenerationUsage(a.Generation)
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) Record(a *wire.Record, reply *wire.RecordReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		ctx, cancel := v.callCtx(0)
+		reply.Value, reply.Version, err = sh.Record(ctx, a.Key)
+		cancel()
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+func (v siteService) ScanRecords(a *wire.Scan, reply *wire.ScanReply) error {
+	sh, err := v.held(a.Shard)
+	if err == nil {
+		ctx, cancel := v.callCtx(0)
+		n := min(max(a.Max, 1), maxScanPage)
+		err = sh.ScanRecords(ctx, a.Prefix, func(key, value []byte, version uint64) bool {
+			if a.After != nil && string(key) <= string(a.After) {
+				return true
+			}
+			if len(reply.Keys) == n {
+				reply.More = true
+				return false
+			}
+			reply.Keys = append(reply.Keys, append([]byte(nil), key...))
+			reply.Values = append(reply.Values, append([]byte(nil), value...))
+			reply.Versions = append(reply.Versions, version)
+			return true
+		})
+		cancel()
+	}
+	reply.Err = toWire(err)
+	return nil
+}
+
+// startService listens on Config.ServiceAddress and serves forwarded calls until the site
+// stops; Service returns the address it listens on.
+func (s *Site) startService() error {
+	srv := rpc.NewServer()
+	if err := srv.RegisterName(serviceName, siteService{s}); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", s.cfg.ServiceAddress)
+	if err != nil {
+		return fmt.Errorf("strata: site %s: service address: %w", s.cfg.RaftAddress, err)
+	}
+	if s.cfg.TLS != nil {
+		tc, err := s.tlsConfig()
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		tc.ClientAuth = tls.RequireAndVerifyClientCert
+		ln = tls.NewListener(ln, tc)
+	}
+	s.service = ln
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed by shutdown
+			}
+			s.serviceConns.add(c)
+			go func() {
+				srv.ServeConn(c)
+				s.serviceConns.remove(c)
+			}()
+		}
+	}()
+	return nil
+}
+
+// Service returns the address where the site serves forwarded calls.
+func (s *Site) Service() string {
+	if s.service == nil {
+		return ""
+	}
+	return s.service.Addr().String()
+}
+
+// tlsConfig is the mutual TLS of Config.TLS, for both ends of a service connection.
+func (s *Site) tlsConfig() (*tls.Config, error) {
+	t := s.cfg.TLS
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: TLS: %w", ErrInvalidConfig, err)
+	}
+	pem, err := os.ReadFile(t.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: TLS: %w", ErrInvalidConfig, err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%w: TLS: no certificate in %s", ErrInvalidConfig, t.CAFile)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// applyNotifier wakes WaitLimit calls when a shard's replica here made entries readable.
+type applyNotifier struct {
+	mu sync.Mutex
+	ch map[stream.ShardID]chan struct{}
+}
+
+// wait returns a channel closed at the shard's next apply.
+func (n *applyNotifier) wait(id stream.ShardID) <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ch == nil {
+		n.ch = map[stream.ShardID]chan struct{}{}
+	}
+	c, ok := n.ch[id]
+	if !ok {
+		c = make(chan struct{})
+		n.ch[id] = c
+	}
+	return c
+}
+
+func (n *applyNotifier) notify(id stream.ShardID) {
+	n.mu.Lock()
+	c, ok := n.ch[id]
+	delete(n.ch, id)
+	n.mu.Unlock()
+	if ok {
+		close(c)
+	}
+}
+
+// connSet tracks the service's open connections, closed when the site stops.
+type connSet struct {
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
+}
+
+func (cs *connSet) add(c net.Conn) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.closed {
+		c.Close()
+		return
+	}
+	if cs.conns == nil {
+		cs.conns = map[net.Conn]struct{}{}
+	}
+	cs.conns[c] = struct{}{}
+}
+
+func (cs *connSet) remove(c net.Conn) {
+	cs.mu.Lock()
+	delete(cs.conns, c)
+	cs.mu.Unlock()
+}
+
+func (cs *connSet) closeAll() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.closed = true
+	for c := range cs.conns {
+		c.Close()
+	}
+}
