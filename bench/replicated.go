@@ -103,7 +103,7 @@ func startSites(c Config, sites int, logdb raftgroup.LogDB, name string) (cl *cl
 	started, err := clustertest.Start(ctx, clustertest.Options{Sites: sites, Shards: c.Shards, Dir: dir,
 		Mutate: func(_ int, cfg *raftgroup.Config) {
 			cfg.LogDB, cfg.LogDBMemory = logdb, raftgroup.LogDBSmall
-			cfg.MaxInFlight, cfg.LogShards = c.RaftInFlight, c.RaftLogShards
+			cfg.MaxInFlight, cfg.LogShards, cfg.LeaderBatching = c.RaftInFlight, c.RaftLogShards, c.RaftLeaderBatching
 			cfg.ReconcileInterval = 0 // the default
 			cfg.DB = &ds.Options{NShards: c.Shards, Layout: c.Layout, Retention: ds.RetainForever,
 				Expert: ds.ExpertOptions{MemTableBytes: 8 << 20}}

@@ -76,9 +76,10 @@ func (b *siteBackend) StorageStats() ds.StorageStats {
 	return st
 }
 
-// siteShard is one shard of the site's DB: writes go through the site's proposer, reads to the
-// local replica; where the site holds no replica of the shard, both are forwarded to a site
-// that does (forward.go). Layout and DroppedMessages answer only from a local replica.
+// siteShard is one shard of the site's DB: writes go through the site's proposer (which
+// forwards its batches to the site leading the shard), reads to the local replica; where the
+// site holds no replica of the shard, reads are forwarded to a site that does (forward.go).
+// Layout and DroppedMessages answer only from a local replica.
 type siteShard struct {
 	site *Site
 	p    *proposer
@@ -92,14 +93,11 @@ func (s *siteShard) ID() stream.ShardID { return s.p.id }
 
 // local reports whether this site holds a replica of the shard; where it does not, the
 // shard's calls are forwarded to a site that does (forward.go).
-func (s *siteShard) local() bool { return s.site.shardSM(s.p.id) != nil }
+func (s *siteShard) local() bool { return s.site.servingSM(s.p.id) != nil }
 
 func (s *siteShard) Submit(ctx context.Context, msgs []*message.Message, bytes int) (ds.Waiter, error) {
 	if s.site.quotaExceeded() {
 		return nil, s.site.quotaError(int(s.p.id))
-	}
-	if !s.local() {
-		return s.site.fwd.submit(ctx, s.p, msgs, nil, bytes), nil
 	}
 	r := &request{msgs: msgs, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
@@ -113,9 +111,6 @@ func (s *siteShard) SubmitTxns(ctx context.Context, txns []*shard.Txn, bytes int
 		if len(t.Messages) > 0 && s.site.quotaExceeded() {
 			return nil, s.site.quotaError(int(s.p.id))
 		}
-	}
-	if !s.local() {
-		return s.site.fwd.submit(ctx, s.p, nil, txns, bytes), nil
 	}
 	r := &request{txns: txns, bytes: bytes}
 	if err := s.p.submit(ctx, r); err != nil {
@@ -168,7 +163,7 @@ func (s *siteShard) DropGeneration(ctx context.Context, gen stream.GenerationID)
 // replica runs f on the local replica, or fails with ErrUnavailable where this site runs none
 // (yet).
 func (s *siteShard) replica(f func(*shard.Replica) error) error {
-	sm := s.site.shardSM(s.p.id)
+	sm := s.site.servingSM(s.p.id)
 	if sm == nil {
 		return fmt.Errorf("%w: no replica of shard %d on site %s", shard.ErrUnavailable, s.p.id, s.site.cfg.RaftAddress)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/rpc"
+	"reflect"
 	"slices"
 	"sync"
 	"time"
@@ -175,6 +176,15 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 	if err != nil {
 		return err
 	}
+	return f.callTo(ctx, id, addrs, method, args, reply, once)
+}
+
+// errNotSent is wrapped by a call's error when the call reached no site (none could be
+// connected, or each answered that it holds no replica): nothing was done anywhere.
+var errNotSent = errors.New("strata: the call reached no site")
+
+// callTo is call with the sites to try, in order.
+func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool) error {
 	var errs []error
 	for _, addr := range addrs {
 		c, err := f.client(ctx, addr)
@@ -185,6 +195,9 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
+		// gob leaves the fields a reply does not carry (its zero values) as they were: a
+		// reply reused from an earlier attempt would keep that attempt's error code.
+		reflect.ValueOf(reply).Elem().SetZero()
 		call := c.Go(serviceName+"."+method, args, reply, make(chan *rpc.Call, 1))
 		select {
 		case <-call.Done:
@@ -212,7 +225,7 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 		f.mu.Unlock()
 		return fromWire(w)
 	}
-	return fmt.Errorf("%w: shard %d: no site holding it answered: %w", shard.ErrUnavailable, id, errors.Join(errs...))
+	return fmt.Errorf("%w: %w: shard %d: no site holding it answered: %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
 }
 
 // readCtx bounds a forwarded read: one attempt timeout per site it may try.
@@ -220,53 +233,76 @@ func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.site.ctx, 2*f.site.attemptTimeout())
 }
 
-// forwardedWrite is the Waiter of a forwarded Store: Wait makes the call.
-type forwardedWrite struct {
-	f        *forwarder
-	p        *proposer
-	deadline time.Time
-	cmd      []byte
-	msgs     []*message.Message
-	txns     []*shard.Txn
-	bytes    int
-}
-
-func (w *forwardedWrite) Wait() error {
-	start := time.Now()
-	ctx, cancel := context.WithDeadline(w.f.site.ctx, w.deadline)
+// submitBatch sends a proposer's batch (body: shard.Command's encoding) to a site that holds
+// the shard when this one holds none (the leader's when known), or, with
+// Config.LeaderBatching, to the site that leads it when that is another; the called site's
+// proposer puts it in its next entry with everything queued there. forwarded false: propose
+// here instead (this site holds the shard and leads it, or the leader is unknown, or the
+// batch reached no site). A batch that may have reached a site is not sent again: if
+// the answer is lost, the error wraps ErrOutcomeUnknown.
+func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (firstTS uint64, txns []shard.TxnResult, forwarded bool, err error) {
+	held := f.site.shardSM(p.id) != nil
+	var addrs []string
+	if held && !f.site.cfg.LeaderBatching {
+		return 0, nil, false, nil
+	}
+	if held {
+		addr, ok := f.leaderService(p.id)
+		if !ok {
+			return 0, nil, false, nil
+		}
+		addrs = []string{addr}
+	} else if addrs, err = f.targets(p.id); err != nil {
+		return 0, nil, true, err
+	}
+	ctx, cancel := context.WithDeadline(f.site.ctx, deadline)
 	defer cancel()
 	var reply wire.SubmitReply
 	// The called site answers within its ProposalTimeout; wait an attempt longer for the answer.
-	args := &wire.Submit{Shard: w.p.id, Cmd: w.cmd, Wait: time.Until(w.deadline) - w.f.site.attemptTimeout()}
-	if err := w.f.call(ctx, w.p.id, "Submit", args, &reply, true); err != nil {
-		return err
+	args := &wire.Submit{Shard: p.id, Cmd: body, Wait: time.Until(deadline) - f.site.attemptTimeout()}
+	err = f.callTo(ctx, p.id, addrs, "Submit", args, &reply, true)
+	if held && errors.Is(err, errNotSent) {
+		return 0, nil, false, nil
 	}
-	if len(w.txns) > 0 {
-		if len(reply.Txns) != len(w.txns) {
-			return fmt.Errorf("%w: %w: shard %d: the called site returned %d Txn outcomes for %d", shard.ErrUnavailable, shard.ErrOutcomeUnknown, w.p.id, len(reply.Txns), len(w.txns))
-		}
-		for i, t := range w.txns {
-			t.Result = reply.Txns[i]
-			t.SetResults(uint16(w.p.id))
-		}
+	if err != nil {
+		return 0, nil, true, err
 	}
-	for i, m := range w.msgs {
-		m.Timestamp, m.Shard = reply.FirstTS+uint64(i), uint16(w.p.id)
+	if reply.Leader != "" && !held {
+		f.mu.Lock()
+		f.mu.prefer[p.id] = reply.Leader
+		f.mu.Unlock()
 	}
-	if len(w.msgs) > 0 {
-		w.p.metrics.ObserveCommit(time.Since(start), len(w.msgs), w.bytes)
-	}
-	return nil
+	return reply.FirstTS, reply.Txns, true, nil
 }
 
-// submit forwards a Store (msgs) or Txns; the Waiter makes the call.
-func (f *forwarder) submit(ctx context.Context, p *proposer, msgs []*message.Message, txns []*shard.Txn, bytes int) *forwardedWrite {
-	deadline := time.Now().Add(f.site.cfg.ProposalTimeout + f.site.attemptTimeout())
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+// leaderService returns the service address of the site whose replica leads the shard, if
+// that is known and is another site.
+func (f *forwarder) leaderService(id stream.ShardID) (string, bool) {
+	g := shardGroup(id)
+	leader, _, ok, err := f.site.nh.GetLeaderID(g)
+	if err != nil || !ok {
+		return "", false
 	}
-	cmd := shard.Command{Messages: msgs, Txns: txns}
-	return &forwardedWrite{f: f, p: p, deadline: deadline, cmd: cmd.AppendBinary(nil), msgs: msgs, txns: txns, bytes: bytes}
+	f.site.mu.Lock()
+	mine := f.site.mu.running[g]
+	f.site.mu.Unlock()
+	if leader == mine {
+		return "", false
+	}
+	st, err := f.site.localMeta()
+	if err != nil {
+		return "", false
+	}
+	for _, r := range st.Replicas {
+		if r.Group == g && r.ReplicaID == leader {
+			site, ok := st.Site(r.Slot)
+			if !ok || site.Service == "" || site.ID == f.site.file.ID || site.State == SiteLeft {
+				return "", false
+			}
+			return site.Service, true
+		}
+	}
+	return "", false
 }
 
 func (f *forwarder) admin(ctx context.Context, id stream.ShardID, a *wire.Admin) error {
@@ -374,7 +410,7 @@ func (f *forwarder) watch(id stream.ShardID) {
 	var last uint64
 	poll := f.site.cfg.ReconcileInterval
 	for !f.site.stopping() {
-		if f.site.shardSM(id) != nil {
+		if f.site.servingSM(id) != nil {
 			last = 0
 			select {
 			case <-f.site.stop:

@@ -321,3 +321,53 @@ func sum(xs []int) (n int) {
 	}
 	return n
 }
+
+// TestPlacementReplicationFactor (PlacementVoters), under writes through every site: with four
+// sites and 4 shards, lowering the replication factor to 2 removes a voter per shard and adds
+// no non-voting replica; raising it to 4 adds a replica on every site; each step keeps the
+// sites' loads within one of each other, and nothing acknowledged is lost or stored twice.
+func TestPlacementReplicationFactor(t *testing.T) {
+	const nShards = 4
+	c := newTestCluster(t, 4, nShards, nil)
+	w := startWriter(t, func() []*ds.DB { return []*ds.DB{c.db(0), c.db(1), c.db(2), c.db(3)} }, 4)
+	w.waitAcked(t, 100, "writes before")
+	check := func(rf int) {
+		t.Helper()
+		st := c.waitPlanDone(0, 60*time.Second)
+		perSlot := map[int]int{}
+		for _, g := range st.groups() {
+			if g == metaGroup {
+				continue
+			}
+			rs := st.GroupReplicas(g)
+			require.Len(t, rs, rf, "group %d: %+v", g, rs)
+			for _, r := range rs {
+				require.True(t, r.Voter, "group %d: %+v", g, r)
+				require.Equal(t, memberVoter, r.Member, "group %d: %+v", g, r)
+				perSlot[r.Slot]++
+			}
+		}
+		var loads []int
+		for slot := 1; slot <= 4; slot++ {
+			loads = append(loads, perSlot[slot])
+		}
+		require.LessOrEqual(t, slices.Max(loads)-slices.Min(loads), 1, "RF %d: replicas per slot %v", rf, loads)
+		eventually(t, 30*time.Second, fmt.Sprintf("RF %d: sites run their planned replicas", rf), func() error {
+			if l := c.loads(nShards); sum(l) != rf*nShards || slices.Max(l)-slices.Min(l) > 1 {
+				return fmt.Errorf("replicas per site %v", l)
+			}
+			return nil
+		})
+		w.waitAcked(t, 100, fmt.Sprintf("writes at RF %d", rf))
+	}
+	for _, rf := range []int{2, 4, 3} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		require.NoError(t, c.sites[rf%4].SetReplicationFactor(ctx, rf))
+		cancel()
+		check(rf)
+	}
+	acked := w.finish()
+	t.Logf("%d acknowledged, %d failed attempts", len(acked), w.failed.Load())
+	c.requireAllRead(acked, 30*time.Second)
+	c.waitConverged(nShards, 30*time.Second)
+}

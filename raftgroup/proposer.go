@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -52,7 +53,10 @@ type request struct {
 	cmd       *shard.Command // admin: add or drop generations
 	ifCurrent stream.GenerationID
 	noDedup   bool // maintenance: idempotent by its condition
-	enqueued  time.Time
+	// here: propose through this site's replica, never forward (a batch another site
+	// forwarded: forwarding it again could loop).
+	here     bool
+	enqueued time.Time
 
 	err  error
 	done chan struct{}
@@ -226,8 +230,20 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	if batch[0].noDedup {
 		pid, seq = shard.ProposerID{}, 0
 	}
-	prop := newProposal(pid, seq, batch[0].ifCurrent, body)
-	firstTS, txns, err := p.commit(prop, batch, start)
+	var firstTS uint64
+	var txns []shard.TxnResult
+	var err error
+	forwarded := false
+	if batch[0].cmd == nil && !slices.ContainsFunc(batch, func(r *request) bool { return r.here }) {
+		// Leader-side batching: a batch goes to the site that leads the shard (or, from a
+		// site without a replica, to one that holds it), whose proposer puts it in its
+		// next entry with everything else queued there.
+		firstTS, txns, forwarded, err = p.site.fwd.submitBatch(p, body, start.Add(p.site.cfg.ProposalTimeout))
+	}
+	if !forwarded {
+		prop := newProposal(pid, seq, batch[0].ifCurrent, body)
+		firstTS, txns, err = p.commit(prop, batch, start)
+	}
 	committed := time.Now()
 	var txnErr error // the Txns' requests only: the Stores batched with them know their outcome
 	if err == nil && len(cmd.Txns) > 0 {
@@ -250,6 +266,9 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 				m.Timestamp, m.Shard = firstTS+uint64(i), uint16(p.id)
 			}
 		}
+	}
+	if err == nil && len(cmd.Messages) > 0 && !forwarded {
+		// (A forwarded batch is counted by the called site's proposer, in its entry.)
 		bytes := 0
 		for _, r := range batch {
 			bytes += r.bytes

@@ -122,7 +122,7 @@ func (v siteService) held(id stream.ShardID) (*siteShard, error) {
 	if int(id) >= len(s.proposers) {
 		return nil, fmt.Errorf("%w: shard %d", shard.ErrUnavailable, id)
 	}
-	if s.shardSM(id) == nil {
+	if s.servingSM(id) == nil {
 		return nil, fmt.Errorf("%w: shard %d, site %s", errNotHeld, id, s.cfg.RaftAddress)
 	}
 	return &siteShard{site: s, p: s.proposers[id]}, nil
@@ -150,35 +150,35 @@ func (v siteService) submit(a *wire.Submit, reply *wire.SubmitReply) error {
 	if err != nil {
 		return err
 	}
+	if cmd.AddGeneration || len(cmd.Drop) > 0 {
+		return fmt.Errorf("%w: a forwarded batch adds or drops generations", shard.ErrInvalidCommand)
+	}
+	bytes := 0
 	for _, m := range cmd.Messages {
 		if err := topic.ValidateName(m.Topic); err != nil {
 			return err
 		}
+		bytes += message.Size(m)
+	}
+	for _, t := range cmd.Txns {
+		for _, m := range t.Messages {
+			if err := topic.ValidateName(m.Topic); err != nil {
+				return err
+			}
+			bytes += message.Size(m)
+		}
+	}
+	if bytes > 0 && v.s.quotaExceeded() {
+		return v.s.quotaError(int(a.Shard))
 	}
 	ctx, cancel := v.callCtx(a.Wait)
 	defer cancel()
-	bytes := 0
-	var w interface{ Wait() error }
-	if len(cmd.Txns) > 0 {
-		for _, t := range cmd.Txns {
-			for _, m := range t.Messages {
-				if err := topic.ValidateName(m.Topic); err != nil {
-					return err
-				}
-				bytes += message.Size(m)
-			}
-		}
-		w, err = sh.SubmitTxns(ctx, cmd.Txns, bytes)
-	} else {
-		for _, m := range cmd.Messages {
-			bytes += message.Size(m)
-		}
-		w, err = sh.Submit(ctx, cmd.Messages, bytes)
-	}
-	if err != nil {
+	// Proposed through this site's replica, never forwarded again.
+	r := &request{msgs: cmd.Messages, txns: cmd.Txns, bytes: bytes, here: true}
+	if err := sh.p.submit(ctx, r); err != nil {
 		return err
 	}
-	if err := w.Wait(); err != nil {
+	if err := r.wait(); err != nil {
 		return err
 	}
 	if len(cmd.Messages) > 0 {
@@ -187,6 +187,7 @@ func (v siteService) submit(a *wire.Submit, reply *wire.SubmitReply) error {
 	for _, t := range cmd.Txns {
 		reply.Txns = append(reply.Txns, t.Result)
 	}
+	reply.Leader, _ = v.s.fwd.leaderService(a.Shard)
 	return nil
 }
 

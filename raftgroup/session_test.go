@@ -322,9 +322,11 @@ func TestClusterSession(t *testing.T) {
 		p.mu.next, p.mu.unresolved = 2, map[uint64]struct{}{1: {}}
 		round := func() (store, txn *request) {
 			m := &message.Message{ClientID: "dupc", Topic: "dup/x", Payload: []byte("dup")}
-			store = &request{ctx: ctx, msgs: []*message.Message{m}, bytes: 3, done: make(chan struct{})}
+			// here: proposed through site 0's replica with this proposer's sequence (not
+			// forwarded to the leader's site, whose proposer would number it anew).
+			store = &request{ctx: ctx, msgs: []*message.Message{m}, bytes: 3, done: make(chan struct{}), here: true}
 			txn = &request{ctx: ctx, txns: []*shard.Txn{{Conds: []shard.Cond{{Key: []byte("dupkey")}},
-				Writes: []shard.RecordWrite{{Key: []byte("dupkey"), Value: []byte("v")}}}}, bytes: 7, done: make(chan struct{})}
+				Writes: []shard.RecordWrite{{Key: []byte("dupkey"), Value: []byte("v")}}}}, bytes: 7, done: make(chan struct{}), here: true}
 			p.propose(1, []*request{store, txn})
 			return store, txn
 		}

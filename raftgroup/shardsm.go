@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -48,6 +49,12 @@ type shardSM struct {
 
 	mu  sync.RWMutex // write-held only to swap or close cur; reads hold it for reading
 	cur *replicaStore
+	// caughtUp: the replica started with state of its own, or, started empty to join its
+	// group, it has since applied everything committed when it asked (a ReadIndex through the
+	// leader). Only then does the site serve the shard from it; until then the shard's calls
+	// are forwarded, so that a joining replica never answers "no data" for data it has not
+	// received yet.
+	caughtUp atomic.Bool
 }
 
 type replicaStore struct {

@@ -313,6 +313,7 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 		create := func(group, replica uint64) sm.IOnDiskStateMachine {
 			m := &shardSM{site: s, shard: id, replicaID: replica,
 				dir: replicaDir(s.cfg.Dir, id, replica)}
+			m.caughtUp.Store(!join)
 			s.mu.Lock()
 			s.mu.sms[group] = m
 			s.mu.Unlock()
@@ -326,6 +327,10 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 	s.mu.Lock()
 	s.mu.running[r.Group] = r.ReplicaID
 	s.mu.Unlock()
+	if join && r.Group != metaGroup && err == nil {
+		s.wg.Add(1)
+		go s.awaitCaughtUp(r.Group, r.ReplicaID)
+	}
 	s.cfg.DB.Logger.Debug("replica started", "group", r.Group, "replica", r.ReplicaID, "join", join, "initial", members != nil)
 	return nil
 }
@@ -360,6 +365,51 @@ func (s *Site) shardSM(id stream.ShardID) *shardSM {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.mu.sms[shardGroup(id)]
+}
+
+// servingSM returns the local state machine of a shard if the site serves the shard from it
+// (it runs here and has caught up with its group; see shardSM.caughtUp).
+func (s *Site) servingSM(id stream.ShardID) *shardSM {
+	if sm := s.shardSM(id); sm != nil && sm.caughtUp.Load() {
+		return sm
+	}
+	return nil
+}
+
+// awaitCaughtUp marks a joining replica caught up once a ReadIndex through its group's leader
+// completed on it: its state machine then holds everything committed before the request.
+func (s *Site) awaitCaughtUp(group, replica uint64) {
+	defer s.wg.Done()
+	backoff := 50 * time.Millisecond
+	for !s.stopping() {
+		s.mu.Lock()
+		sm, running := s.mu.sms[group], s.mu.running[group]
+		s.mu.Unlock()
+		if sm == nil || running != replica {
+			return // stopped or replaced meanwhile
+		}
+		if rs, err := s.nh.ReadIndex(group, s.attemptTimeout()); err == nil {
+			var res dragonboat.RequestResult
+			select {
+			case res = <-rs.ResultC():
+			case <-s.stop:
+				rs.Release()
+				return
+			}
+			rs.Release()
+			if res.Completed() {
+				sm.caughtUp.Store(true)
+				s.cfg.DB.Logger.Info("joined replica caught up: serving the shard here", "group", group, "replica", replica)
+				return
+			}
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
 }
 
 func (s *Site) notifyDurable(d shard.Durable) {

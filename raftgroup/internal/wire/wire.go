@@ -46,12 +46,13 @@ type (
 	}
 	Submit struct {
 		Shard stream.ShardID
-		Cmd   []byte        // shard.Command's encoding: Messages, or Txns
+		Cmd   []byte        // shard.Command's encoding: Messages and Txns (one proposer's batch)
 		Wait  time.Duration // the caller's time left
 	}
 	SubmitReply struct {
 		FirstTS uint64            // the first message's timestamp (Messages)
 		Txns    []shard.TxnResult // per Txn (Txns)
+		Leader  string            // the service address of the shard's leader, if another site's
 		Err     Error
 	}
 	Admin struct {
