@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/rpc"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/raftgroup/internal/wire"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 	"github.com/stretchr/testify/require"
@@ -370,4 +374,64 @@ func TestPlacementReplicationFactor(t *testing.T) {
 	t.Logf("%d acknowledged, %d failed attempts", len(acked), w.failed.Load())
 	c.requireAllRead(acked, 30*time.Second)
 	c.waitConverged(nShards, 30*time.Second)
+}
+
+// fakeService answers Submit with a fixed reply and counts the calls it got.
+type fakeService struct {
+	reply wire.SubmitReply
+	calls *atomic.Int64
+}
+
+func (f fakeService) Submit(_ *wire.Submit, reply *wire.SubmitReply) error {
+	f.calls.Add(1)
+	*reply = f.reply
+	return nil
+}
+
+// TestForwardCallAttempts: a forwarded write goes to the sites in order until one that holds
+// the shard answers, and to no site after that: the first answers "not held", the second
+// stores it (its reply carries no error code), the third must never be asked. A reply reused
+// across attempts kept the first site's code (gob leaves absent fields alone), and the batch
+// went to the third site too — stored twice.
+func TestForwardCallAttempts(t *testing.T) {
+	var addrs []string
+	counts := make([]*atomic.Int64, 3)
+	replies := []wire.SubmitReply{
+		{Err: wire.Error{Code: wire.CodeNotHeld, Text: "not held"}},
+		{FirstTS: 42},
+		{FirstTS: 43},
+	}
+	for i := range 3 {
+		counts[i] = &atomic.Int64{}
+		srv := rpc.NewServer()
+		require.NoError(t, srv.RegisterName(serviceName, fakeService{reply: replies[i], calls: counts[i]}))
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		t.Cleanup(func() { ln.Close() })
+		go srv.Accept(ln)
+		addrs = append(addrs, ln.Addr().String())
+	}
+	s := &Site{cfg: Config{RTT: 10 * time.Millisecond, ElectionRTT: 50}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
+	f := newForwarder(s)
+	defer f.close()
+	for round := range 3 {
+		var reply wire.SubmitReply
+		err := f.callTo(s.ctx, 0, addrs, "Submit", &wire.Submit{}, &reply, true)
+		require.NoError(t, err, "round %d", round)
+		require.Equal(t, uint64(42), reply.FirstTS, "round %d: the second site's answer", round)
+		require.Equal(t, int64(round+1), counts[1].Load())
+		require.Zero(t, counts[2].Load(), "round %d: the batch was sent on after a site stored it", round)
+	}
+	// A site that cannot be reached: nothing was sent, and the error says so.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := ln.Addr().String()
+	ln.Close()
+	var reply wire.SubmitReply
+	err = f.callTo(s.ctx, 0, []string{dead, addrs[0]}, "Submit", &wire.Submit{}, &reply, true)
+	require.ErrorIs(t, err, ds.ErrUnavailable)
+	require.ErrorIs(t, err, errNotSent)
+	require.NotErrorIs(t, err, ds.ErrOutcomeUnknown)
 }
