@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/stretchr/testify/require"
 )
 
 // writer stores unique messages through a set of sites from several goroutines and records
@@ -40,7 +42,7 @@ func startWriter(t testing.TB, dbs func() []*ds.DB, goroutines int) *writer {
 				}
 				list := dbs()
 				db := list[(g+i)%len(list)]
-				m := ds.Message{ClientID: fmt.Sprintf("w%d", g), Topic: fmt.Sprintf("f/%d", i%3), Payload: []byte(fmt.Sprintf("w%d-%d", g, i))}
+				m := ds.Message{ClientID: writerClient(g, i), Topic: fmt.Sprintf("f/%d", i%3), Payload: []byte(fmt.Sprintf("w%d-%d", g, i))}
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_, err := db.Store(ctx, m)
 				cancel()
@@ -60,6 +62,10 @@ func startWriter(t testing.TB, dbs func() []*ds.DB, goroutines int) *writer {
 	}
 	return w
 }
+
+// writerClient is the client ID of goroutine g's i-th Store: eight per goroutine in turn, so
+// that the writers cover every shard (and, through every site, every (site, shard) pair).
+func writerClient(g, i int) string { return fmt.Sprintf("w%d-c%d", g, i%8) }
 
 func (w *writer) finish() []string {
 	w.once.Do(func() { close(w.stop) })
@@ -122,27 +128,60 @@ func (c *testCluster) requireAllRead(acked []string, timeout time.Duration) {
 // TestClusterLeaderLoss: the site leading most shards is closed mid-stream; the others elect
 // new leaders and go on taking writes; the closed site restarts and catches up; every
 // acknowledged message is on every site exactly once and the replicas are identical.
-func TestClusterLeaderLoss(t *testing.T) { testLeaderLoss(t, 3) }
+func TestClusterLeaderLoss(t *testing.T) { testLeaderLoss(t, 3, false) }
 
 // TestClusterLeaderLossFiveSites is TestClusterLeaderLoss with five sites and replication
-// factor 3 (two non-voting replicas per shard).
+// factor 3 in the default placement (PlacementVoters): each shard's replicas are on three of
+// the five sites, so every site forwards the Stores and reads of the shards it does not hold,
+// and the writers, which store through every live site, include forwarded Stores before, during
+// and after the loss.
 func TestClusterLeaderLossFiveSites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("five sites")
 	}
-	testLeaderLoss(t, 5)
+	testLeaderLoss(t, 5, false)
 }
 
-func testLeaderLoss(t *testing.T, sites int) {
+// TestClusterLeaderLossLeaderBatching is TestClusterLeaderLossFiveSites with
+// Config.LeaderBatching: every site sends its Store batches of a shard it holds but does not
+// lead to the leader's site, so the loss strands batches on their way to the closed leader.
+func TestClusterLeaderLossLeaderBatching(t *testing.T) {
+	if testing.Short() {
+		t.Skip("five sites")
+	}
+	testLeaderLoss(t, 5, true)
+}
+
+func testLeaderLoss(t *testing.T, sites int, leaderBatching bool) {
 	const nShards = 4
-	c := newTestCluster(t, sites, nShards, nil)
+	c := newTestCluster(t, sites, nShards, func(i int, cfg *Config) { cfg.LeaderBatching = leaderBatching })
+	require.Equal(t, PlacementVoters, c.sites[0].Schema().Placement)
+	if rf := c.sites[0].Schema().ReplicationFactor; sites > rf {
+		// Every shard on rf sites only: every site misses some shard, so it forwards.
+		eventually(t, 30*time.Second, "placement on a subset of the sites", func() error {
+			l := c.loads(nShards)
+			if sum(l) != rf*nShards || slices.Max(l) == nShards {
+				return fmt.Errorf("replicas per site %v", l)
+			}
+			return nil
+		})
+		c.waitServices()
+	}
 	var mu sync.Mutex
 	var live []*ds.DB
 	for i := range sites {
 		live = append(live, c.db(i))
 	}
 	dbs := func() []*ds.DB { mu.Lock(); defer mu.Unlock(); return live }
-	w := startWriter(t, dbs, 8)
+	const writers = 8
+	covered := map[ds.ShardID]bool{}
+	for g := range writers {
+		for i := range 8 {
+			covered[ds.ShardOf(writerClient(g, i), nShards)] = true
+		}
+	}
+	require.Len(t, covered, nShards, "the writers' client IDs miss a shard: %v", covered)
+	w := startWriter(t, dbs, writers)
 	w.waitAcked(t, 200, "writes before the loss")
 
 	victim := c.leaderSite()

@@ -179,9 +179,9 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 	return f.callTo(ctx, id, addrs, method, args, reply, once)
 }
 
-// errNotSent is wrapped by a call's error when the call reached no site (none could be
-// connected, or each answered that it holds no replica): nothing was done anywhere.
-var errNotSent = errors.New("strata: the call reached no site")
+// errNotSent is wrapped by a call's error when the call did nothing at any site: none could be
+// connected, or each answered that it holds no replica or could not do it (nothing stored).
+var errNotSent = errors.New("strata: the call was done by no site")
 
 // callTo is call with the sites to try, in order.
 func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool) error {
@@ -208,7 +208,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			return fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
 		}
 		if err := call.Error; err != nil {
-			f.drop(addr, c)
+			if _, ok := err.(rpc.ServerError); !ok {
+				f.drop(addr, c) // the connection broke (a ServerError leaves it usable)
+			}
 			if once && !errors.Is(err, rpc.ErrShutdown) { // ErrShutdown: not sent
 				return fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
 			}
@@ -216,8 +218,17 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			continue
 		}
 		w := reply.Failure()
-		if w.Code == wire.CodeNotHeld {
-			errs = append(errs, fromWire(w))
+		switch w.Code {
+		case wire.CodeNotHeld, wire.CodeUnavailable, wire.CodeNoQuorum, wire.CodeClosed:
+			// Nothing was done there (ErrUnavailable without ErrOutcomeUnknown says nothing was
+			// stored): another site holding the shard may do it, e.g. one on the majority
+			// side of a partition that cut the first one off. The next call starts elsewhere.
+			errs = append(errs, fmt.Errorf("%s: %w", addr, fromWire(w)))
+			f.mu.Lock()
+			if f.mu.prefer[id] == addr {
+				delete(f.mu.prefer, id)
+			}
+			f.mu.Unlock()
 			continue
 		}
 		f.mu.Lock()
@@ -225,7 +236,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		f.mu.Unlock()
 		return fromWire(w)
 	}
-	return fmt.Errorf("%w: %w: shard %d: no site holding it answered: %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
+	return fmt.Errorf("%w: %w: shard %d: no site holding it did it (nothing stored): %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
 }
 
 // readCtx bounds a forwarded read: one attempt timeout per site it may try.

@@ -88,10 +88,6 @@ func Open(ctx context.Context, cfg Config) (*Site, error) {
 	}
 	s.cache = pebble.NewCache(cfg.DB.Expert.CacheBytes)
 	s.fwd = newForwarder(s)
-	if err := s.startService(); err != nil {
-		s.Close()
-		return nil, err
-	}
 	if err := s.start(ctx, existed); err != nil {
 		s.Close()
 		return nil, err
@@ -220,6 +216,10 @@ func (s *Site) start(ctx context.Context, existed bool) error {
 	}
 	for i := range s.schema.NShards {
 		s.proposers = append(s.proposers, newProposer(s, stream.ShardID(i)))
+	}
+	// Serve forwarded calls (they need the proposers); reconcileOnce records the address.
+	if err := s.startService(); err != nil {
+		return err
 	}
 	// Start the replicas the meta group allocates here now, so that the DB reads from them
 	// as soon as Open returns.
