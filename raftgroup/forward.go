@@ -24,10 +24,11 @@ import (
 // per site and, per shard, the site that answered last, so that a shard's calls keep going to
 // one site (its reads then follow one replica's applied state) until that site fails.
 //
-// A call that did not reach a site (no connection, or the site answered errNotHeld) is tried
-// on the next one. A Store that may have reached a site is not sent again: if its answer is
-// lost, it fails with ErrOutcomeUnknown (the called site's proposer retries across leader
-// changes itself, with its own de-duplication).
+// A call that did nothing at a site (no connection; or the site answered that it holds no
+// caught-up replica, or could not do it and stored nothing, e.g. cut off from its quorum) is
+// tried on the next one. A Store that may have reached a site is not sent again: if its
+// answer is lost, it fails with ErrOutcomeUnknown (the called site's proposer retries across
+// leader changes itself, with its own de-duplication).
 type forwarder struct {
 	site *Site
 	mu   struct {
