@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strata-mq/strata/ds"
+	"github.com/strata-mq/strata/internal/topic"
 	"github.com/strata-mq/strata/raftgroup/internal/wire"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
@@ -434,4 +435,41 @@ func TestForwardCallAttempts(t *testing.T) {
 	require.ErrorIs(t, err, ds.ErrUnavailable)
 	require.ErrorIs(t, err, errNotSent)
 	require.NotErrorIs(t, err, ds.ErrOutcomeUnknown)
+}
+
+// TestWireErrors: every error a caller tests with errors.Is crosses the wire as itself, with
+// its text; "not held" and "no quorum" stay ErrUnavailable; filter levels that came over the
+// wire are checked like a DB caller's.
+func TestWireErrors(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want []error
+	}{
+		{shard.ErrOutcomeUnknown, []error{ds.ErrUnavailable, ds.ErrOutcomeUnknown}},
+		{fmt.Errorf("%w: %w", shard.ErrUnavailable, ErrNoQuorum), []error{ds.ErrUnavailable, ErrNoQuorum}},
+		{errNotHeld, []error{ds.ErrUnavailable, errNotHeld}},
+		{shard.ErrUnavailable, []error{ds.ErrUnavailable}},
+		{context.DeadlineExceeded, []error{ds.ErrUnavailable}},
+		{shard.ErrQuotaExceeded, []error{ds.ErrQuotaExceeded}},
+		{shard.ErrClosed, []error{ds.ErrUnavailable}},
+		{shard.ErrGenerationNotFound, []error{ds.ErrGenerationNotFound}},
+		{shard.ErrCurrentGeneration, []error{ds.ErrCurrentGeneration}},
+		{shard.ErrEndOfStream, []error{ds.ErrEndOfStream}},
+		{topic.ErrInvalidTopic, []error{topic.ErrInvalidTopic}},
+		{topic.ErrInvalidFilter, []error{topic.ErrInvalidFilter}},
+		{shard.ErrFailed, []error{ds.ErrFailed}},
+	} {
+		orig := fmt.Errorf("shard 3: %w", c.err)
+		got := fromWire(toWire(orig))
+		require.Equal(t, orig.Error(), got.Error())
+		for _, w := range c.want {
+			require.ErrorIs(t, got, w, "%v", c.err)
+		}
+	}
+	require.NoError(t, fromWire(toWire(nil)))
+	require.NotErrorIs(t, fromWire(toWire(errors.New("other"))), ds.ErrUnavailable)
+	require.NoError(t, validFilter([]string{"a", "+", "#"}))
+	for _, bad := range [][]string{{"a", "#", "b"}, {"a+"}, {"\x00"}} {
+		require.ErrorIs(t, validFilter(bad), topic.ErrInvalidFilter, "%q", bad)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/rpc"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +63,8 @@ func toWire(err error) wire.Error {
 		code = wire.CodeEndOfStream
 	case errors.Is(err, topic.ErrInvalidTopic):
 		code = wire.CodeInvalidTopic
+	case errors.Is(err, topic.ErrInvalidFilter):
+		code = wire.CodeInvalidFilter
 	case errors.Is(err, shard.ErrFailed):
 		code = wire.CodeFailed
 	}
@@ -95,6 +98,8 @@ func fromWire(w wire.Error) error {
 		sentinels = []error{shard.ErrEndOfStream}
 	case wire.CodeInvalidTopic:
 		sentinels = []error{topic.ErrInvalidTopic}
+	case wire.CodeInvalidFilter:
+		sentinels = []error{topic.ErrInvalidFilter}
 	case wire.CodeFailed:
 		sentinels = []error{shard.ErrFailed}
 	}
@@ -206,8 +211,16 @@ func (v siteService) Admin(a *wire.Admin, reply *wire.ErrReply) error {
 	return nil
 }
 
+// validFilter checks filter levels that came over the wire, as the DB checks its callers'.
+func validFilter(levels []string) error {
+	return topic.ValidateFilter(strings.Join(levels, "/"))
+}
+
 func (v siteService) Streams(a *wire.Streams, reply *wire.StreamsReply) error {
 	sh, err := v.held(a.Shard)
+	if err == nil {
+		err = validFilter(a.Filter)
+	}
 	if err == nil {
 		reply.Streams, err = sh.Streams(a.Filter, a.Since)
 	}
@@ -218,8 +231,14 @@ func (v siteService) Streams(a *wire.Streams, reply *wire.StreamsReply) error {
 func (v siteService) Read(a *wire.Read, reply *wire.ReadReply) error {
 	sh, err := v.held(a.It.Stream.Shard)
 	if err == nil {
+		err = validFilter(a.Filter)
+	}
+	if err == nil && a.It.Filter != "" {
+		err = topic.ValidateFilter(a.It.Filter)
+	}
+	if err == nil {
 		var msgs []message.Message
-		msgs, reply.Next, err = sh.Read(a.It, a.Filter, min(a.Max, 1<<16), nil)
+		msgs, reply.Next, err = sh.Read(a.It, a.Filter, min(max(a.Max, 1), 1<<16), nil)
 		if len(msgs) > 0 {
 			c := shard.Command{Messages: make([]*message.Message, len(msgs))}
 			reply.TS = make([]uint64, len(msgs))

@@ -36,6 +36,7 @@ const (
 	CodeEndOfStream
 	CodeInvalidTopic
 	CodeFailed
+	CodeInvalidFilter
 )
 
 // The calls' arguments and replies. Every reply carries Err; net/rpc's own error is left for
