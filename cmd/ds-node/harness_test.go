@@ -535,11 +535,18 @@ func decode(b64 string) string {
 // checkRead).
 func waitAllRead(t *testing.T, log *ackLog, urls map[int]string, timeout time.Duration) {
 	t.Helper()
+	waitAllReadVia(t, log, urls, timeout, getRead)
+}
+
+// waitAllReadVia is waitAllRead with get reading a node (getRead: /read; getAdminRead: the
+// admin handler's /v1/messages).
+func waitAllReadVia(t *testing.T, log *ackLog, urls map[int]string, timeout time.Duration, get func(url string) ([]readMessage, error)) {
+	t.Helper()
 	acked, notStored := log.snapshot()
 	for _, i := range sortedKeys(urls) {
 		var n int
 		eventually(t, timeout, fmt.Sprintf("node %d reads every acknowledged message", i), func() error {
-			read, err := getRead(urls[i])
+			read, err := get(urls[i])
 			if err != nil {
 				return err
 			}
@@ -606,12 +613,18 @@ func waitConverged(t *testing.T, urls map[int]string, timeout time.Duration) {
 // waitSameReads polls every node's /read until all return the same messages in the same order.
 func waitSameReads(t *testing.T, urls map[int]string, timeout time.Duration) {
 	t.Helper()
+	waitSameReadsVia(t, urls, timeout, getRead)
+}
+
+// waitSameReadsVia is waitSameReads with get reading a node (see waitAllReadVia).
+func waitSameReadsVia(t *testing.T, urls map[int]string, timeout time.Duration, get func(url string) ([]readMessage, error)) {
+	t.Helper()
 	var n int
 	eventually(t, timeout, "every node reads the same", func() error {
 		var first []readMessage
 		keys := sortedKeys(urls)
 		for _, i := range keys {
-			read, err := getRead(urls[i])
+			read, err := get(urls[i])
 			if err != nil {
 				return fmt.Errorf("node %d: %w", i, err)
 			}

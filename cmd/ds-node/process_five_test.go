@@ -226,9 +226,9 @@ func TestProcessKillFiveSites(t *testing.T) {
 	// forwards what the node does not hold (GET /read refused with 503 on any node without a
 	// replica of every shard before: every node here).
 	waitAllRead(t, log, urls, 30*time.Second)
-	waitAllReadAdmin(t, log, urls, 30*time.Second)
+	waitAllReadVia(t, log, urls, 30*time.Second, getAdminRead)
 	waitConvergedHeld(t, urls, shards, rf, 30*time.Second)
-	waitSameReadsAdmin(t, urls, 20*time.Second)
+	waitSameReadsVia(t, urls, 20*time.Second, getAdminRead)
 
 	for i, p := range procs {
 		require.NoError(t, p.terminate(15*time.Second), "node %d: SIGTERM", i)
@@ -356,48 +356,4 @@ func getAdminRead(base string) ([]readMessage, error) {
 		return cmp.Or(cmp.Compare(a.Shard, b.Shard), cmp.Compare(a.TS, b.TS))
 	})
 	return out, nil
-}
-
-// waitAllReadAdmin is waitAllRead through the admin handler's /v1/messages.
-func waitAllReadAdmin(t *testing.T, log *ackLog, urls map[int]string, timeout time.Duration) {
-	t.Helper()
-	acked, notStored := log.snapshot()
-	for _, i := range sortedKeys(urls) {
-		var n int
-		eventually(t, timeout, fmt.Sprintf("node %d reads every acknowledged message", i), func() error {
-			read, err := getAdminRead(urls[i])
-			if err != nil {
-				return err
-			}
-			n = len(read)
-			return checkRead(read, acked, notStored)
-		})
-		t.Logf("node %d: %d messages read, all %d acknowledged present exactly once, in order", i, n, len(acked))
-	}
-}
-
-// waitSameReadsAdmin is waitSameReads through the admin handler's /v1/messages.
-func waitSameReadsAdmin(t *testing.T, urls map[int]string, timeout time.Duration) {
-	t.Helper()
-	var n int
-	eventually(t, timeout, "every node reads the same", func() error {
-		var first []readMessage
-		keys := sortedKeys(urls)
-		for _, i := range keys {
-			read, err := getAdminRead(urls[i])
-			if err != nil {
-				return fmt.Errorf("node %d: %w", i, err)
-			}
-			if i == keys[0] {
-				first = read
-				continue
-			}
-			if !slices.Equal(read, first) {
-				return fmt.Errorf("node %d reads %d messages, node %d %d, not the same", i, len(read), keys[0], len(first))
-			}
-		}
-		n = len(first)
-		return nil
-	})
-	t.Logf("all %d nodes read the same %d messages", len(urls), n)
 }
