@@ -48,7 +48,8 @@
 // for the leader's snapshot) and stops and deletes the ones removed. The site that leads a
 // group carries out its membership changes (the meta group's leader the meta group's), one
 // per group per round, deciding on a linearizable read of the meta state: a new replica is added
-// as non-voting and promoted afterwards if it should vote; a voter is removed only while
+// as non-voting and, if it should vote, promoted once its site reported it caught up (a
+// ReadIndex completed on it); a voter is removed only while
 // enough other voters remain; a demoted voter keeps running until the group removed it (its
 // non-voting replacement starts then); a leaving site's meta replica goes last, once the
 // site reported its shard replicas stopped (it learns of their removal through it). A change

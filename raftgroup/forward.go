@@ -126,10 +126,11 @@ func (f *forwarder) dial(ctx context.Context, addr string) (*rpc.Client, error) 
 	ctx, cancel := context.WithTimeout(ctx, f.site.attemptTimeout())
 	defer cancel()
 	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
+	var conn net.Conn = deadlineConn{Conn: raw, d: f.site.attemptTimeout()}
 	if f.site.cfg.TLS != nil {
 		tc, err := f.site.tlsConfig()
 		if err != nil {
@@ -147,6 +148,21 @@ func (f *forwarder) dial(ctx context.Context, addr string) (*rpc.Client, error) 
 		conn = tconn
 	}
 	return rpc.NewClient(conn), nil
+}
+
+// deadlineConn bounds every write: net/rpc writes a request while holding its send lock, so a
+// peer that stopped reading (hung, or cut off without a reset) would otherwise block every
+// call on the connection, whatever their ctxs.
+type deadlineConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c deadlineConn) Write(b []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.d)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(b)
 }
 
 // drop forgets a broken connection.
@@ -184,9 +200,19 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 // connected, or each answered that it holds no replica or could not do it (nothing stored).
 var errNotSent = errors.New("strata: the call was done by no site")
 
-// callTo is call with the sites to try, in order.
+// callTo is call with the sites to try, in order. A read waits at most an attempt timeout
+// for each site (a hung site, stopped or cut off without a reset, must not keep the others
+// from being asked); a site that does not answer loses its connection and its preference.
 func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool) error {
 	var errs []error
+	forget := func(addr string, c *rpc.Client) {
+		f.drop(addr, c)
+		f.mu.Lock()
+		if f.mu.prefer[id] == addr {
+			delete(f.mu.prefer, id)
+		}
+		f.mu.Unlock()
+	}
 	for _, addr := range addrs {
 		c, err := f.client(ctx, addr)
 		if err != nil {
@@ -196,13 +222,26 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
-		// gob leaves the fields a reply does not carry (its zero values) as they were: a
-		// reply reused from an earlier attempt would keep that attempt's error code.
-		reflect.ValueOf(reply).Elem().SetZero()
-		call := c.Go(serviceName+"."+method, args, reply, make(chan *rpc.Call, 1))
+		// Each attempt decodes into a reply of its own, copied out only once it is complete:
+		// gob leaves the fields a reply does not carry as they were (a reply reused after a
+		// "not held" kept that code, and the batch went to a third site), and a call given up
+		// may still be decoded into by net/rpc later.
+		attempt := reflect.New(reflect.TypeOf(reply).Elem()).Interface().(wire.Reply)
+		call := c.Go(serviceName+"."+method, args, attempt, make(chan *rpc.Call, 1))
+		var timeout <-chan time.Time
+		if !once {
+			t := time.NewTimer(f.site.attemptTimeout())
+			defer t.Stop()
+			timeout = t.C
+		}
 		select {
 		case <-call.Done:
+		case <-timeout:
+			forget(addr, c)
+			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()))
+			continue
 		case <-ctx.Done():
+			forget(addr, c)
 			if once {
 				return fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
 			}
@@ -218,6 +257,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
+		reflect.ValueOf(reply).Elem().Set(reflect.ValueOf(attempt).Elem())
 		w := reply.Failure()
 		switch w.Code {
 		case wire.CodeNotHeld, wire.CodeUnavailable, wire.CodeNoQuorum, wire.CodeClosed:
@@ -240,9 +280,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 	return fmt.Errorf("%w: %w: shard %d: no site holding it did it (nothing stored): %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
 }
 
-// readCtx bounds a forwarded read: one attempt timeout per site it may try.
+// readCtx bounds a forwarded read: an attempt timeout for each of up to three sites.
 func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(f.site.ctx, 2*f.site.attemptTimeout())
+	return context.WithTimeout(f.site.ctx, 3*f.site.attemptTimeout())
 }
 
 // submitBatch sends a proposer's batch (body: shard.Command's encoding) to a site that holds
@@ -253,7 +293,9 @@ func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
 // batch reached no site). A batch that may have reached a site is not sent again: if
 // the answer is lost, the error wraps ErrOutcomeUnknown.
 func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (firstTS uint64, txns []shard.TxnResult, forwarded bool, err error) {
-	held := f.site.shardSM(p.id) != nil
+	// A replica still joining (not a member yet, or not caught up) cannot be counted on to
+	// reach the leader: forward, as from a site without one.
+	held := f.site.servingSM(p.id) != nil
 	var addrs []string
 	if held && !f.site.cfg.LeaderBatching {
 		return 0, nil, false, nil
@@ -265,13 +307,22 @@ func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (f
 		}
 		addrs = []string{addr}
 	} else if addrs, err = f.targets(p.id); err != nil {
+		if f.site.shardSM(p.id) != nil {
+			// No other site holds the shard, but a replica here is joining (with RF 1, the
+			// shard's only one after a move): propose through it.
+			return 0, nil, false, nil
+		}
 		return 0, nil, true, err
 	}
 	ctx, cancel := context.WithDeadline(f.site.ctx, deadline)
 	defer cancel()
 	var reply wire.SubmitReply
 	// The called site answers within its ProposalTimeout; wait an attempt longer for the answer.
-	args := &wire.Submit{Shard: p.id, Cmd: body, Wait: time.Until(deadline) - f.site.attemptTimeout()}
+	wait := time.Until(deadline) - f.site.attemptTimeout()
+	if wait <= 0 { // little time left: the called site must give up first all the same
+		wait = max(time.Until(deadline)/2, time.Millisecond)
+	}
+	args := &wire.Submit{Shard: p.id, Cmd: body, Wait: wait}
 	err = f.callTo(ctx, p.id, addrs, "Submit", args, &reply, true)
 	if held && errors.Is(err, errNotSent) {
 		return 0, nil, false, nil

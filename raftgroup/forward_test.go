@@ -20,11 +20,12 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// heldShards returns the shards whose replica runs on site i.
+// heldShards returns the shards that site i serves from a replica of its own (running and
+// caught up).
 func (c *testCluster) heldShards(i, nShards int) []stream.ShardID {
 	var held []stream.ShardID
 	for sh := range nShards {
-		if c.sites[i].shardSM(stream.ShardID(sh)) != nil {
+		if c.sites[i].servingSM(stream.ShardID(sh)) != nil {
 			held = append(held, stream.ShardID(sh))
 		}
 	}
@@ -458,6 +459,9 @@ func TestWireErrors(t *testing.T) {
 		{topic.ErrInvalidTopic, []error{topic.ErrInvalidTopic}},
 		{topic.ErrInvalidFilter, []error{topic.ErrInvalidFilter}},
 		{shard.ErrFailed, []error{ds.ErrFailed}},
+		{shard.ErrStreamNotFound, []error{ds.ErrStreamNotFound}},
+		{shard.ErrCorruption, []error{ds.ErrCorruption}},
+		{stream.ErrInvalid, []error{ds.ErrInvalidIterator}},
 	} {
 		orig := fmt.Errorf("shard 3: %w", c.err)
 		got := fromWire(toWire(orig))
@@ -472,4 +476,31 @@ func TestWireErrors(t *testing.T) {
 	for _, bad := range [][]string{{"a", "#", "b"}, {"a+"}, {"\x00"}} {
 		require.ErrorIs(t, validFilter(bad), topic.ErrInvalidFilter, "%q", bad)
 	}
+}
+
+// TestPlacementMoveRF1: with replication factor 1 a move has no other voter to lean on: the
+// shard's only replica leads, adds and promotes its replacement on the joining site, then
+// hands the group over and is removed. (The leader used to stop at its own pending removal
+// and never add the replacement: the shard stayed unavailable to every other site.)
+func TestPlacementMoveRF1(t *testing.T) {
+	const nShards = 2
+	c := newTestCluster(t, 1, nShards, func(i int, cfg *Config) { cfg.ReplicationFactor = 1 })
+	acked := storeN(t, c.db(0), "before", 20)
+	j := c.join(0)
+	st := c.waitPlanDone(0, 30*time.Second)
+	for _, g := range st.groups() {
+		if g == metaGroup {
+			continue
+		}
+		require.Len(t, st.GroupReplicas(g), 1, "group %d", g)
+	}
+	eventually(t, 30*time.Second, "one shard moved to the joiner", func() error {
+		if l := c.loads(nShards); l[0] != 1 || l[1] != 1 {
+			return fmt.Errorf("replicas per site %v", l)
+		}
+		return nil
+	})
+	acked = append(acked, storeN(t, c.db(j), "joiner", 20)...)
+	acked = append(acked, storeN(t, c.db(0), "first", 20)...)
+	c.requireAllRead(acked, 20*time.Second)
 }

@@ -108,6 +108,11 @@ type ReplicaInfo struct {
 	Member  Membership `json:"member"`
 	Remove  bool       `json:"remove,omitempty"`
 	Initial bool       `json:"initial,omitempty"`
+	// CaughtUp: the replica's site reported that it caught up with its group after joining
+	// (shard groups): a non-voting replica that should vote is promoted only then, so that a
+	// move onto a site that is down or still receiving the snapshot does not swap a voter
+	// that holds the data for one that does not.
+	CaughtUp bool `json:"caught_up,omitempty"`
 }
 
 // Transition describes what is still to be done to a replica, or "" when it is where the plan
@@ -121,6 +126,8 @@ func (r ReplicaInfo) Transition() string {
 		return "removing"
 	case r.Member == memberNone:
 		return "adding"
+	case r.Voter && r.Member != memberVoter && r.Group != metaGroup && !r.CaughtUp:
+		return "catching up" // to be promoted once its site reports it caught up
 	case r.Voter && r.Member != memberVoter:
 		return "promoting"
 	}
@@ -265,6 +272,7 @@ const (
 	opMember    = "member"    // Group, ReplicaID, Member: a membership change was made
 	opDrained   = "drained"   // ID: a leaving site stopped its shard replicas
 	opService   = "service"   // ID, Service: a site records its service address
+	opCaughtUp  = "caught-up" // Group, ReplicaID: a joined replica caught up with its group
 )
 
 // Errors of admin operations.
@@ -428,6 +436,13 @@ func (st *MetaState) apply(c *metaCmd) error {
 			return fmt.Errorf("%w: %s is not leaving", ErrSiteNotFound, c.ID)
 		}
 		st.Sites[s.Slot-1].Drained = true
+	case opCaughtUp:
+		for i := range st.Replicas {
+			if st.Replicas[i].Group == c.Group && st.Replicas[i].ReplicaID == c.ReplicaID {
+				st.Replicas[i].CaughtUp = true
+			}
+		}
+		return nil
 	case opService:
 		s, ok := st.SiteByID(c.ID)
 		if !ok {

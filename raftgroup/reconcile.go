@@ -118,6 +118,18 @@ func (s *Site) reconcileOnce() {
 	for _, x := range gone {
 		s.stopReplica(x[0], x[1])
 	}
+	for g, r := range mine {
+		if r.Transition() != "catching up" {
+			continue
+		}
+		if sm := s.servingSM(stream.ShardID(g - shardGroupBase)); sm == nil || sm.replicaID != r.ReplicaID {
+			continue
+		}
+		// A joined replica that should vote has caught up: say so, so that it is promoted.
+		ctx, cancel := context.WithTimeout(s.ctx, time.Second)
+		s.proposeMeta(ctx, &metaCmd{Op: opCaughtUp, Group: g, ReplicaID: r.ReplicaID})
+		cancel()
+	}
 	if me, _ := st.Site(slot); me.State == SiteLeaving && !me.Drained && len(mine) == 1 {
 		s.mu.Lock()
 		running := len(s.mu.running)
@@ -185,12 +197,24 @@ func (s *Site) drive(local *MetaState) {
 			continue
 		}
 		t := r.Transition()
-		if t == "" {
+		if t == "" || t == "catching up" { // its site reports when it has caught up
 			continue
 		}
-		if !s.memberHere(st, mySlot, r.Group) {
+		mine, isMember := s.memberHere(st, mySlot, r.Group)
+		if !isMember {
 			busy[r.Group] = true
 			stuck = append(stuck, r.Group)
+			continue
+		}
+		if t == "removing" && r.ReplicaID == mine {
+			// This site's own replica leaves: it must not remove itself (a replica removed
+			// from its group may never learn that the removal committed), so it hands the
+			// group over, once the removal is due — until then it goes on making the group's
+			// other changes (with RF 1, adding and promoting the replica that replaces it).
+			if st.removable(r, want) {
+				busy[r.Group] = true
+				stuck = append(stuck, r.Group)
+			}
 			continue
 		}
 		site, _ := st.Site(r.Slot)
@@ -279,24 +303,23 @@ func (s *Site) drainGivenUp(st *MetaState, slot int) bool {
 	return time.Since(since) > max(5*time.Second, 20*s.cfg.ReconcileInterval)
 }
 
-// memberHere reports whether this site runs a replica of group that is a member of it and
-// stays one: a membership change is requested, and its outcome checked, through the local
-// replica. A replica that is itself being removed cannot serve: the leader stops talking to it
-// once the removal applies, so it may never learn that the removal committed, and both the
-// request's answer and its membership view would stay stale for ever.
-func (s *Site) memberHere(st *MetaState, slot int, group uint64) bool {
+// memberHere returns the replica of group this site runs, and whether it is a member of the
+// group: a membership change is requested, and its outcome checked, through the local
+// replica. One that is itself to be removed still makes the group's other changes, but never
+// its own removal (drive hands the group over first).
+func (s *Site) memberHere(st *MetaState, slot int, group uint64) (uint64, bool) {
 	s.mu.Lock()
 	rid, ok := s.mu.running[group]
 	s.mu.Unlock()
 	if !ok {
-		return false
+		return 0, false
 	}
 	for _, r := range st.GroupReplicas(group) {
 		if r.ReplicaID == rid && r.Slot == slot {
-			return r.Member != memberNone && !r.Remove
+			return rid, r.Member != memberNone
 		}
 	}
-	return false
+	return 0, false
 }
 
 // handOver transfers the meta group's leadership to another active site whose meta replica

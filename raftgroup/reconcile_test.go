@@ -7,10 +7,10 @@ import (
 )
 
 // TestMembershipChangeNotThroughRemovedReplica: a membership change is made, and its outcome
-// checked, through a local replica that stays in the group. A replica being removed does not
-// qualify (the leader stops talking to it once the removal applies, so it may never learn
-// that the removal committed: the change's answer and its membership view would stay stale,
-// the flake this guards against). Meta leadership then goes to the site with the most staying
+// checked, through a local replica that is a member of the group; one being removed makes the
+// group's other changes but never its own removal (the leader stops talking to it once the
+// removal applies, so it may never learn that the removal committed: the change's answer and
+// its membership view would stay stale, the flake this guards against). Meta leadership then goes to the site with the most staying
 // replicas of the stuck groups, never to one whose meta replica is being removed.
 func TestMembershipChangeNotThroughRemovedReplica(t *testing.T) {
 	ids := [4]SiteID{{1}, {2}, {3}, {4}}
@@ -41,9 +41,12 @@ func TestMembershipChangeNotThroughRemovedReplica(t *testing.T) {
 		s.mu.running = map[uint64]uint64{1000: running}
 		return s
 	}
-	require.True(t, site(1).memberHere(st, 1, 1000), "slot 1's staying voter cannot make changes")
-	require.False(t, site(3).memberHere(st, 3, 1000), "slot 3's replica being removed is used to make changes")
-	require.False(t, site(7).memberHere(st, 3, 1000), "slot 3's replacement, not a member yet, is used to make changes")
+	member := func(s *Site, slot int) bool { _, ok := s.memberHere(st, slot, 1000); return ok }
+	require.True(t, member(site(1), 1), "slot 1's staying voter cannot make changes")
+	// Slot 3's replica being removed is still a member: it makes the group's other changes
+	// (drive never has it remove itself: it hands the group over once the removal is due).
+	require.True(t, member(site(3), 3), "slot 3's member replica being removed cannot make other changes")
+	require.False(t, member(site(7), 3), "slot 3's replacement, not a member yet, is used to make changes")
 	// Slot 3 leads the meta group and is stuck on group 1000. Slot 2 holds member replicas
 	// of both stuck groups, but both are being removed: slot 1 it is.
 	stuck := []uint64{1000, 1001}

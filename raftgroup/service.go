@@ -65,6 +65,12 @@ func toWire(err error) wire.Error {
 		code = wire.CodeInvalidTopic
 	case errors.Is(err, topic.ErrInvalidFilter):
 		code = wire.CodeInvalidFilter
+	case errors.Is(err, shard.ErrStreamNotFound):
+		code = wire.CodeStreamNotFound
+	case errors.Is(err, shard.ErrCorruption):
+		code = wire.CodeCorruption
+	case errors.Is(err, stream.ErrInvalid):
+		code = wire.CodeInvalidIterator
 	case errors.Is(err, shard.ErrFailed):
 		code = wire.CodeFailed
 	}
@@ -100,6 +106,12 @@ func fromWire(w wire.Error) error {
 		sentinels = []error{topic.ErrInvalidTopic}
 	case wire.CodeInvalidFilter:
 		sentinels = []error{topic.ErrInvalidFilter}
+	case wire.CodeStreamNotFound:
+		sentinels = []error{shard.ErrStreamNotFound}
+	case wire.CodeCorruption:
+		sentinels = []error{shard.ErrCorruption}
+	case wire.CodeInvalidIterator:
+		sentinels = []error{stream.ErrInvalid}
 	case wire.CodeFailed:
 		sentinels = []error{shard.ErrFailed}
 	}
@@ -117,6 +129,9 @@ func (e remoteError) Unwrap() []error { return e.sentinels }
 
 // maxScanPage bounds the records one ScanRecords call returns.
 const maxScanPage = 1024
+
+// maxReadReplyBytes bounds the messages one Read reply carries (at least one).
+const maxReadReplyBytes = 16 << 20
 
 // siteService is the receiver of the net/rpc service.
 type siteService struct{ s *Site }
@@ -239,6 +254,15 @@ func (v siteService) Read(a *wire.Read, reply *wire.ReadReply) error {
 	if err == nil {
 		var msgs []message.Message
 		msgs, reply.Next, err = sh.Read(a.It, a.Filter, min(max(a.Max, 1), 1<<16), nil)
+		// Bound the reply's bytes (gob refuses huge messages, which would break the connection
+		// for every call on it): the caller reads on from the first message left out.
+		size := 0
+		for i := range msgs {
+			if size += message.Size(&msgs[i]); size > maxReadReplyBytes && i > 0 {
+				reply.Next, msgs, err = msgs[i].Timestamp, msgs[:i], nil
+				break
+			}
+		}
 		if len(msgs) > 0 {
 			c := shard.Command{Messages: make([]*message.Message, len(msgs))}
 			reply.TS = make([]uint64, len(msgs))

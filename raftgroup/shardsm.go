@@ -49,11 +49,11 @@ type shardSM struct {
 
 	mu  sync.RWMutex // write-held only to swap or close cur; reads hold it for reading
 	cur *replicaStore
-	// caughtUp: the replica started with state of its own, or, started empty to join its
-	// group, it has since applied everything committed when it asked (a ReadIndex through the
-	// leader). Only then does the site serve the shard from it; until then the shard's calls
-	// are forwarded, so that a joining replica never answers "no data" for data it has not
-	// received yet.
+	// caughtUp: the replica is one of its group's first, or it has applied everything
+	// committed when it asked (a ReadIndex through the leader) once, as CAUGHT-UP in its
+	// directory remembers across restarts. Only then does the site serve the shard from it;
+	// until then the shard's calls are forwarded, so that a joining replica never answers
+	// "no data" for data it has not received yet.
 	caughtUp atomic.Bool
 }
 

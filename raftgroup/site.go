@@ -298,6 +298,7 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 	default:
 		join = true
 	}
+	caught := true
 	cfg := s.groupConfig(r)
 	if join {
 		// The group added this replica as non-voting (the reconciler always adds so, and
@@ -310,10 +311,16 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 		err = s.nh.StartReplica(members, join, newMetaSM, cfg)
 	} else {
 		id := stream.ShardID(r.Group - shardGroupBase)
+		// A replica serves reads once it has caught up with its group; that is remembered
+		// in its directory, so that a joiner restarted before it caught up does not serve
+		// the empty or partial store it has (dragonboat restarts it as a member, not a
+		// joiner). A group's first replicas held everything from the start.
+		_, statErr := os.Stat(filepath.Join(replicaDir(s.cfg.Dir, id, r.ReplicaID), caughtUpFile))
+		caught = !join && (r.Initial || statErr == nil)
 		create := func(group, replica uint64) sm.IOnDiskStateMachine {
 			m := &shardSM{site: s, shard: id, replicaID: replica,
 				dir: replicaDir(s.cfg.Dir, id, replica)}
-			m.caughtUp.Store(!join)
+			m.caughtUp.Store(caught)
 			s.mu.Lock()
 			s.mu.sms[group] = m
 			s.mu.Unlock()
@@ -327,7 +334,7 @@ func (s *Site) startReplica(r ReplicaInfo) error {
 	s.mu.Lock()
 	s.mu.running[r.Group] = r.ReplicaID
 	s.mu.Unlock()
-	if join && r.Group != metaGroup && err == nil {
+	if !caught && r.Group != metaGroup && err == nil {
 		s.wg.Add(1)
 		go s.awaitCaughtUp(r.Group, r.ReplicaID)
 	}
@@ -376,6 +383,9 @@ func (s *Site) servingSM(id stream.ShardID) *shardSM {
 	return nil
 }
 
+// caughtUpFile, in a replica's directory, says that it caught up with its group once.
+const caughtUpFile = "CAUGHT-UP"
+
 // awaitCaughtUp marks a joining replica caught up once a ReadIndex through its group's leader
 // completed on it: its state machine then holds everything committed before the request.
 func (s *Site) awaitCaughtUp(group, replica uint64) {
@@ -398,6 +408,9 @@ func (s *Site) awaitCaughtUp(group, replica uint64) {
 			}
 			rs.Release()
 			if res.Completed() {
+				if err := os.WriteFile(filepath.Join(sm.dir, caughtUpFile), nil, 0o644); err != nil {
+					s.cfg.DB.Logger.Warn("record that a replica caught up", "group", group, "replica", replica, "err", err)
+				}
 				sm.caughtUp.Store(true)
 				s.cfg.DB.Logger.Info("joined replica caught up: serving the shard here", "group", group, "replica", replica)
 				return

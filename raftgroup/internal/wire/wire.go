@@ -37,6 +37,9 @@ const (
 	CodeInvalidTopic
 	CodeFailed
 	CodeInvalidFilter
+	CodeStreamNotFound
+	CodeCorruption
+	CodeInvalidIterator
 )
 
 // The calls' arguments and replies. Every reply carries Err; net/rpc's own error is left for

@@ -397,8 +397,9 @@ func appliedIndexes(v raftgroup.ClusterView) map[uint64]uint64 {
 }
 
 // notRejoined says why the site whose view is v has not rejoined its cluster (nil once it has):
-// its meta copy is fresh, it sees every site up (and sites of them, if sites > 0), and every
-// group has a replica here, a known leader and, for a shard, applied at least target.
+// its meta copy is fresh, it sees every site up (and sites of them, if sites > 0), no replica
+// is being added, promoted or removed, and every group placed on it has a replica running
+// here, a known leader and, for a shard, applied at least target.
 func notRejoined(v raftgroup.ClusterView, sites int, target map[uint64]uint64) error {
 	if !v.MetaFresh {
 		return fmt.Errorf("meta not fresh")
@@ -411,10 +412,27 @@ func notRejoined(v raftgroup.ClusterView, sites int, target map[uint64]uint64) e
 			return fmt.Errorf("site %d (%s) %s", s.Slot, s.Addr, s.Health)
 		}
 	}
+	mySlot := 0
+	for _, s := range v.Sites {
+		if s.ID == v.Site {
+			mySlot = s.Slot
+		}
+	}
+	for _, r := range v.Replicas {
+		if r.Transition != "" {
+			return fmt.Errorf("group %d replica %d on slot %d: %s", r.Group, r.ReplicaID, r.Slot, r.Transition)
+		}
+	}
 	for _, g := range v.Groups {
+		placed := false // under the default placement a site holds only some shards
+		for _, r := range v.Replicas {
+			placed = placed || r.Group == g.Group && r.Slot == mySlot
+		}
 		switch {
+		case !placed:
+			continue // held elsewhere: this site forwards its calls
 		case g.Replica == 0:
-			return fmt.Errorf("group %d: no replica here", g.Group)
+			return fmt.Errorf("group %d: placed here, no replica running", g.Group)
 		case g.Leader == 0:
 			return fmt.Errorf("group %d: no leader known", g.Group)
 		case !g.Meta && g.Applied < target[g.Group]:

@@ -30,6 +30,8 @@ type replicatedFlags struct {
 	tlsKey      string
 	proposalTO  time.Duration
 	openTimeout time.Duration
+	serviceAddr string
+	readReplica bool
 }
 
 func (f *replicatedFlags) register(fs interface {
@@ -49,6 +51,8 @@ func (f *replicatedFlags) register(fs interface {
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "replicated mode: mutual TLS between sites, this site's certificate (PEM)")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "replicated mode: mutual TLS between sites, this site's key (PEM)")
 	fs.DurationVar(&f.proposalTO, "proposal-timeout", 0, "replicated mode: how long a write keeps retrying without quorum before it fails (0: raftgroup's default, 10s)")
+	fs.StringVar(&f.serviceAddr, "service-addr", "", "replicated mode: host:port where this site serves the Stores and reads other sites forward for shards they hold no replica of (default: the -raft-addr host, any free port)")
+	fs.BoolVar(&f.readReplica, "read-replicas", false, "replicated mode, at bootstrap: every site holds a replica of every shard (non-voting where it does not vote); default: a shard lives on its -rf voters only and other sites forward to them")
 	fs.DurationVar(&f.openTimeout, "open-timeout", 0, "replicated mode: give up starting after this long (0: wait until stopped)")
 }
 
@@ -77,6 +81,8 @@ func openStorage(ctx context.Context, rf *replicatedFlags, dataDir string, log *
 	cfg := raftgroup.Config{
 		Dir:               dataDir,
 		RaftAddress:       rf.raftAddr,
+		ServiceAddress:    rf.serviceAddr,
+		ReadReplicas:      rf.readReplica,
 		Join:              rf.join,
 		DeploymentID:      rf.deployment,
 		ReplicationFactor: rf.rf,

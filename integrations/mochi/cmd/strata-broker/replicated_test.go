@@ -552,8 +552,8 @@ func TestReplicatedKillLeader(t *testing.T) {
 }
 
 // A broker started with -join is added through another broker's POST /v1/sites: its site
-// receives a replica of every shard, and a durable subscriber resumes on it with everything
-// published (through another broker) while it was away.
+// takes over its share of the shards (the others it forwards), and a durable subscriber
+// resumes on it with everything published (through another broker) while it was away.
 func TestReplicatedJoin(t *testing.T) {
 	c := startCluster(t, 3)
 	start := time.Now()
@@ -572,7 +572,7 @@ func TestReplicatedJoin(t *testing.T) {
 	d := c.join(0)
 	t.Logf("broker %d joined and listens (%v)", d, time.Since(start).Round(time.Millisecond))
 	c.waitRejoined(d, 0)
-	t.Logf("broker %d holds every shard (%v)", d, time.Since(start).Round(time.Millisecond))
+	t.Logf("broker %d holds its share of the shards (%v)", d, time.Since(start).Round(time.Millisecond))
 
 	more := seqRange(200, 500)
 	a = publish(t, pub, pubID, more, 0, nil)
