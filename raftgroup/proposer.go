@@ -243,6 +243,17 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	if !forwarded {
 		prop := newProposal(pid, seq, batch[0].ifCurrent, body)
 		firstTS, txns, err = p.commit(prop, batch, start)
+		if errors.Is(err, errLocalGone) && batch[0].cmd == nil && !slices.ContainsFunc(batch, func(r *request) bool { return r.here }) {
+			var fwdTS uint64
+			var fwdTxns []shard.TxnResult
+			var fwdErr error
+			if fwdTS, fwdTxns, forwarded, fwdErr = p.site.fwd.submitBatch(p, body, start.Add(p.site.cfg.ProposalTimeout)); forwarded {
+				firstTS, txns, err = fwdTS, fwdTxns, fwdErr
+			}
+		}
+		if errors.Is(err, errLocalGone) {
+			err = fmt.Errorf("%w: shard %d: %w (nothing stored)", shard.ErrUnavailable, p.id, err)
+		}
 	}
 	committed := time.Now()
 	var txnErr error // the Txns' requests only: the Stores batched with them know their outcome
@@ -364,6 +375,11 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 				last = fmt.Errorf("unexpected proposal result")
 			}
 		} else {
+			if errors.Is(err, dragonboat.ErrShardNotFound) && !unknown && p.site.shardSM(p.id) == nil {
+				// The replica here was removed (moved to another site) before any attempt
+				// reached a leader: nothing was stored, the batch can go to a site holding it.
+				return 0, nil, errLocalGone
+			}
 			if !retryable(err) {
 				if errors.Is(err, dragonboat.ErrClosed) {
 					return 0, nil, fmt.Errorf("%w: %w", shard.ErrClosed, err)
@@ -416,6 +432,10 @@ func closedErr(unknown bool) error {
 }
 
 var errSkipped = errors.New("strata: condition no longer holds")
+
+// errLocalGone: the shard's replica on this site went away (moved) before a proposal through it
+// reached a leader; nothing was stored.
+var errLocalGone = errors.New("strata: the replica here was removed")
 
 func (p *proposer) closing() bool {
 	select {
