@@ -230,9 +230,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		call := c.Go(serviceName+"."+method, args, attempt, make(chan *rpc.Call, 1))
 		var timeout <-chan time.Time
 		if !once {
-			t := time.NewTimer(f.site.attemptTimeout())
-			defer t.Stop()
-			timeout = t.C
+			timeout = time.After(f.site.attemptTimeout()) // collected once it fires or is dropped
 		}
 		select {
 		case <-call.Done:

@@ -381,7 +381,7 @@ func testPartitionFiveSites(t *testing.T, c *testCluster, table *partitionTable,
 
 	table.heal()
 	healed := time.Now()
-	waitReconnectedHeld(t, c, table, healed, 20*time.Second)
+	waitReconnected(t, c, table, healed, 20*time.Second)
 	// Writes to every shard through every site, the isolated one included, after the heal.
 	eventually(t, 60*time.Second, "every (site, shard) written after the heal", func() error {
 		n := 0
@@ -404,44 +404,6 @@ func testPartitionFiveSites(t *testing.T, c *testCluster, table *partitionTable,
 	w.finish()
 	w.requireOutcomes(t, 30*time.Second)
 	c.waitConverged(fiveSiteShards, 30*time.Second)
-}
-
-// waitReconnectedHeld is waitReconnected for PlacementVoters: for every group, every site that
-// holds a replica of it and the group's leader have sent each other messages of the group since
-// t (a site without a replica sends the group nothing).
-func waitReconnectedHeld(t *testing.T, c *testCluster, table *partitionTable, since time.Time, timeout time.Duration) {
-	t.Helper()
-	eventually(t, timeout, "sites reconnected to the leaders", func() error {
-		site := map[uint64]map[uint64]int{} // group → replica ID → site
-		for i, s := range c.sites {
-			for _, g := range s.Groups() {
-				if site[g.Group] == nil {
-					site[g.Group] = map[uint64]int{}
-				}
-				if g.Replica != 0 {
-					site[g.Group][g.Replica] = i
-				}
-			}
-		}
-		for i, s := range c.sites {
-			for _, g := range s.Groups() {
-				if g.Replica == 0 {
-					continue
-				}
-				l, ok := site[g.Group][g.Leader]
-				switch {
-				case !ok:
-					return fmt.Errorf("site %d: group %d has no known leader (%d)", i, g.Group, g.Leader)
-				case l == i:
-				case !table.sentSince(c.addrs[i], c.addrs[l], g.Group, since):
-					return fmt.Errorf("site %d has sent nothing to site %d (leader of group %d) since the heal", i, l, g.Group)
-				case !table.sentSince(c.addrs[l], c.addrs[i], g.Group, since):
-					return fmt.Errorf("site %d (leader of group %d) has sent nothing to site %d since the heal", l, g.Group, i)
-				}
-			}
-		}
-		return nil
-	})
 }
 
 // TestPartitionForwardToIsolatedHolder: a site X without a replica of shard S forwards S's

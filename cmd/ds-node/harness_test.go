@@ -244,6 +244,67 @@ type targets struct {
 	urls map[int]string
 }
 
+// startProcessCluster builds ds-node and starts nodes processes on 127.0.0.1 that bootstrap one
+// cluster (shards shards, replication factor rf, a 5s proposal timeout, the test's API token,
+// then extra flags), and waits until each serves its HTTP API. What still runs when the test
+// ends is killed (with the nodes' log tails if it failed). DSNODE_TEST_KEEP keeps the nodes'
+// directories and logs for a post-mortem; DSNODE_TEST_LOG_LEVEL sets -log-level (debug: with
+// dragonboat's logs).
+func startProcessCluster(t *testing.T, nodes, shards, rf int, extra ...string) (procs []*proc, urls map[int]string, ts *targets) {
+	t.Helper()
+	start := time.Now()
+	bin := buildNode(t, "")
+	root := t.TempDir()
+	if os.Getenv("DSNODE_TEST_KEEP") != "" {
+		var err error
+		root, err = os.MkdirTemp("", "ds-node-process-")
+		require.NoError(t, err)
+		t.Logf("DSNODE_TEST_KEEP: nodes' directories and logs are kept in %s", root)
+	}
+	var raft []string
+	for range nodes {
+		raft = append(raft, freePort(t))
+	}
+	procs = make([]*proc, nodes)
+	for i := range procs {
+		args := []string{
+			"-dir", filepath.Join(root, fmt.Sprintf("node-%d", i)),
+			"-raft-addr", raft[i], "-http-addr", "127.0.0.1:0",
+			"-initial", strings.Join(raft, ","),
+			"-shards", fmt.Sprint(shards), "-rf", fmt.Sprint(rf),
+			"-proposal-timeout", "5s", "-open-timeout", "60s", "-api-token", testAPIToken,
+		}
+		args = append(args, extra...)
+		if l := os.Getenv("DSNODE_TEST_LOG_LEVEL"); l != "" {
+			args = append(args, "-log-level", l)
+		}
+		procs[i] = &proc{t: t, idx: i, bin: bin, args: args, logPath: filepath.Join(root, fmt.Sprintf("node-%d.log", i))}
+	}
+	t.Cleanup(func() {
+		for _, p := range procs {
+			if p.running() {
+				p.kill()
+			}
+		}
+		if t.Failed() {
+			for _, p := range procs {
+				t.Log(p.tail(60))
+			}
+		}
+	})
+	for _, p := range procs {
+		p.start()
+	}
+	ts = newTargets()
+	urls = map[int]string{}
+	for i, p := range procs {
+		urls[i] = p.waitReady(60 * time.Second)
+		ts.set(i, urls[i])
+	}
+	t.Logf("%d nodes ready after %v: %v", nodes, time.Since(start).Round(time.Millisecond), urls)
+	return procs, urls, ts
+}
+
 func newTargets() *targets { return &targets{urls: map[int]string{}} }
 
 func (ts *targets) set(i int, url string) {

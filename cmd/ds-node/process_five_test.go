@@ -8,8 +8,6 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -37,55 +35,7 @@ func TestProcessKillFiveSites(t *testing.T) {
 		rf     = 3
 	)
 	testStart := time.Now()
-	bin := buildNode(t, "")
-	root := t.TempDir()
-	if os.Getenv("DSNODE_TEST_KEEP") != "" {
-		var err error
-		root, err = os.MkdirTemp("", "ds-node-process5-")
-		require.NoError(t, err)
-		t.Logf("DSNODE_TEST_KEEP: nodes' directories and logs are kept in %s", root)
-	}
-	var raft []string
-	for range nodes {
-		raft = append(raft, freePort(t))
-	}
-	procs := make([]*proc, nodes)
-	for i := range procs {
-		args := []string{
-			"-dir", filepath.Join(root, fmt.Sprintf("node-%d", i)),
-			"-raft-addr", raft[i], "-http-addr", "127.0.0.1:0",
-			"-initial", strings.Join(raft, ","),
-			"-shards", fmt.Sprint(shards), "-rf", fmt.Sprint(rf),
-			"-proposal-timeout", "5s", "-open-timeout", "60s", "-api-token", testAPIToken,
-			"-admin-token", testAdminToken,
-		}
-		if l := os.Getenv("DSNODE_TEST_LOG_LEVEL"); l != "" {
-			args = append(args, "-log-level", l)
-		}
-		procs[i] = &proc{t: t, idx: i, bin: bin, args: args, logPath: filepath.Join(root, fmt.Sprintf("node-%d.log", i))}
-	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			if p.running() {
-				p.kill()
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				t.Log(p.tail(60))
-			}
-		}
-	})
-	for _, p := range procs {
-		p.start()
-	}
-	ts := newTargets()
-	urls := map[int]string{}
-	for i, p := range procs {
-		urls[i] = p.waitReady(60 * time.Second)
-		ts.set(i, urls[i])
-	}
-	t.Logf("%d nodes ready after %v", nodes, time.Since(testStart).Round(time.Millisecond))
+	procs, urls, ts := startProcessCluster(t, nodes, shards, rf, "-admin-token", testAdminToken)
 
 	// The placement settles on rf replicas per shard: every node misses some shard, so it
 	// forwards.

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -187,55 +186,7 @@ func TestProcessKillLeader(t *testing.T) {
 		shards = 4
 	)
 	testStart := time.Now()
-	bin := buildNode(t, "")
-	root := t.TempDir()
-	if os.Getenv("DSNODE_TEST_KEEP") != "" {
-		// Keep the nodes' directories and logs for a post-mortem.
-		var err error
-		root, err = os.MkdirTemp("", "ds-node-process-")
-		require.NoError(t, err)
-		t.Logf("DSNODE_TEST_KEEP: nodes' directories and logs are kept in %s", root)
-	}
-	var raft []string
-	for range nodes {
-		raft = append(raft, freePort(t))
-	}
-	procs := make([]*proc, nodes)
-	for i := range procs {
-		args := []string{
-			"-dir", filepath.Join(root, fmt.Sprintf("node-%d", i)),
-			"-raft-addr", raft[i], "-http-addr", "127.0.0.1:0",
-			"-initial", strings.Join(raft, ","),
-			"-shards", fmt.Sprint(shards), "-rf", "3",
-			"-proposal-timeout", "5s", "-open-timeout", "60s", "-api-token", testAPIToken,
-		}
-		if l := os.Getenv("DSNODE_TEST_LOG_LEVEL"); l != "" {
-			args = append(args, "-log-level", l) // debug: with dragonboat's logs
-		}
-		procs[i] = &proc{t: t, idx: i, bin: bin, args: args, logPath: filepath.Join(root, fmt.Sprintf("node-%d.log", i))}
-	}
-	t.Cleanup(func() {
-		for _, p := range procs {
-			if p.running() {
-				p.kill()
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				t.Log(p.tail(60))
-			}
-		}
-	})
-	for _, p := range procs {
-		p.start()
-	}
-	ts := newTargets()
-	urls := map[int]string{}
-	for i, p := range procs {
-		urls[i] = p.waitReady(60 * time.Second)
-		ts.set(i, urls[i])
-	}
-	t.Logf("3 nodes ready after %v: %v", time.Since(testStart).Round(time.Millisecond), urls)
+	procs, urls, ts := startProcessCluster(t, nodes, shards, 3)
 
 	log := newAckLog()
 	w := startWriter(log, ts, "p", shards)
