@@ -16,25 +16,27 @@ import (
 
 // Config describes a benchmark run.
 type Config struct {
-	MemTableBytes      int // Options.Expert.MemTableBytes; 0: the default
-	N                  int
-	Publishers         int
-	Payload            int
-	Shards             int
-	Durability         ds.Durability
-	PerShard           bool
-	Layout             ds.LayoutKind
-	Dir                string
-	Raw                bool
-	Progress           bool
-	Flush              time.Duration
-	Replay             bool
-	SubCatchUp         bool // after the replays, read everything through one subscription (ds.Subscribe)
-	Metrics            bool
-	Quick              bool
-	RaftInFlight       int  // replicated: raftgroup.Config.MaxInFlight (0: its default)
-	RaftLogShards      int  // replicated: raftgroup.Config.LogShards (0: its default)
-	RaftLeaderBatching bool // replicated: raftgroup.Config.LeaderBatching
+	MemTableBytes          int // Options.Expert.MemTableBytes; 0: the default
+	N                      int
+	Publishers             int
+	Payload                int
+	Shards                 int
+	Durability             ds.Durability
+	PerShard               bool
+	Layout                 ds.LayoutKind
+	Dir                    string
+	Raw                    bool
+	Progress               bool
+	Flush                  time.Duration
+	Replay                 bool
+	SubCatchUp             bool // after the replays, read everything through one subscription (ds.Subscribe)
+	Metrics                bool
+	Quick                  bool
+	RaftInFlight           int    // replicated: raftgroup.Config.MaxInFlight (0: its default)
+	RaftLogShards          int    // replicated: raftgroup.Config.LogShards (0: its default)
+	RaftLeaderBatching     bool   // replicated: raftgroup.Config.LeaderBatching
+	RaftSnapshotEntries    uint64 // replicated: raftgroup.Config.SnapshotEntries (0: its default)
+	RaftCompactionOverhead uint64 // replicated: raftgroup.Config.CompactionOverhead (0: its default)
 }
 
 // Result is one line of the report (and one object of the -json output).

@@ -28,13 +28,19 @@ type Metrics struct {
 
 // ShardMetrics are one shard's counters.
 type ShardMetrics struct {
-	Shard       ShardID
-	Messages    uint64 // stored since Open
-	Bytes       uint64 // message bytes stored since Open
-	Batches     uint64 // group commits since Open
-	QueueDepth  int64  // Store calls waiting for the writer
-	Generations int
-	Streams     int // in the current generation
+	Shard      ShardID
+	Messages   uint64 // stored since Open
+	Bytes      uint64 // message bytes stored since Open
+	Batches    uint64 // group commits since Open
+	QueueDepth int64  // Store calls waiting for the writer
+	// Forwarded and ForwardedBatches: messages of Stores made through this DB that another
+	// replicated site stored, and the calls that carried them (a site without a replica of
+	// the shard forwards its Stores; see raftgroup). They are not in Messages here: the site
+	// that stored them counts them there. Always 0 for an embedded DB.
+	Forwarded        uint64
+	ForwardedBatches uint64
+	Generations      int
+	Streams          int // in the current generation
 	// Held and DiskBytes: messages in the shard's generations (not yet expired or dropped;
 	// generations created before counts existed are not included), and Pebble's estimate of
 	// their bytes on disk (see GenerationUsage).
@@ -81,6 +87,8 @@ func (m Metrics) Totals() ShardMetrics {
 		t.Bytes += s.Bytes
 		t.Batches += s.Batches
 		t.QueueDepth += s.QueueDepth
+		t.Forwarded += s.Forwarded
+		t.ForwardedBatches += s.ForwardedBatches
 		t.Generations += s.Generations
 		t.Held += s.Held
 		t.DiskBytes += s.DiskBytes
@@ -110,13 +118,15 @@ func (db *DB) Metrics() (Metrics, error) {
 	for _, s := range db.shards {
 		c := s.ShardMetrics()
 		sm := ShardMetrics{
-			Shard:         s.ID(),
-			Messages:      c.Messages.Load(),
-			Bytes:         c.Bytes.Load(),
-			Batches:       c.Batches.Load(),
-			QueueDepth:    c.QueueDepth.Load(),
-			CommitTotal:   time.Duration(c.CommitNanos.Load()),
-			CommitLatency: make([]uint64, len(c.CommitLatency)),
+			Shard:            s.ID(),
+			Messages:         c.Messages.Load(),
+			Bytes:            c.Bytes.Load(),
+			Batches:          c.Batches.Load(),
+			QueueDepth:       c.QueueDepth.Load(),
+			Forwarded:        c.ForwardedMessages.Load(),
+			ForwardedBatches: c.ForwardedBatches.Load(),
+			CommitTotal:      time.Duration(c.CommitNanos.Load()),
+			CommitLatency:    make([]uint64, len(c.CommitLatency)),
 		}
 		for i := range c.CommitLatency {
 			sm.CommitLatency[i] = c.CommitLatency[i].Load()

@@ -160,6 +160,8 @@ func TestHandlerMetrics(t *testing.T) {
 		"strata_commit_latency_seconds":       "histogram",
 		"strata_batch_messages":               "histogram",
 		"strata_disk_bytes":                   "gauge",
+		"strata_messages_forwarded_total":     "counter",
+		"strata_forwarded_batches_total":      "counter",
 		"strata_bytes_written_total":          "counter",
 		"strata_subscriptions":                "gauge",
 		"strata_subscriptions_tail":           "gauge",

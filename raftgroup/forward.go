@@ -289,8 +289,9 @@ func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
 // proposer puts it in its next entry with everything queued there. forwarded false: propose
 // here instead (this site holds the shard and leads it, or the leader is unknown, or the
 // batch reached no site). A batch that may have reached a site is not sent again: if
-// the answer is lost, the error wraps ErrOutcomeUnknown.
-func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (firstTS uint64, txns []shard.TxnResult, forwarded bool, err error) {
+// the answer is lost, or every caller of the batch gave up before it came, the error wraps
+// ErrOutcomeUnknown.
+func (f *forwarder) submitBatch(p *proposer, batch []*request, body []byte, deadline time.Time) (firstTS uint64, txns []shard.TxnResult, forwarded bool, err error) {
 	// A replica still joining (not a member yet, or not caught up) cannot be counted on to
 	// reach the leader: forward, as from a site without one.
 	held := f.site.servingSM(p.id) != nil
@@ -312,7 +313,7 @@ func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (f
 		}
 		return 0, nil, true, err
 	}
-	ctx, cancel := context.WithDeadline(f.site.ctx, deadline)
+	ctx, cancel := callersCtx(f.site.ctx, deadline, batch)
 	defer cancel()
 	var reply wire.SubmitReply
 	// The called site answers within its ProposalTimeout; wait an attempt longer for the answer.
@@ -334,6 +335,24 @@ func (f *forwarder) submitBatch(p *proposer, body []byte, deadline time.Time) (f
 		f.mu.Unlock()
 	}
 	return reply.FirstTS, reply.Txns, true, nil
+}
+
+// callersCtx returns a ctx that ends at deadline, with parent, or once the ctx of every request
+// of batch has ended: a forwarded batch is not waited for longer than its callers wait (as a
+// proposal through a local replica is given up once allGone).
+func callersCtx(parent context.Context, deadline time.Time, batch []*request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithDeadline(parent, deadline)
+	go func() {
+		for _, r := range batch {
+			select {
+			case <-r.ctx.Done():
+			case <-ctx.Done():
+				return
+			}
+		}
+		cancel()
+	}()
+	return ctx, cancel
 }
 
 // leaderService returns the service address of the site whose replica leads the shard, if

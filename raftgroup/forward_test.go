@@ -116,6 +116,13 @@ func TestForwardFromSiteWithoutReplica(t *testing.T) {
 				require.Greater(t, r.Timestamp, refs[k-1].Timestamp)
 			}
 		}
+		// This site counts them as forwarded, not as stored (the holder that stored them
+		// counts those).
+		m, err := db.Metrics()
+		require.NoError(t, err)
+		require.EqualValues(t, 5, m.Shards[missing].Forwarded, "site %d, shard %d", i, missing)
+		require.EqualValues(t, 1, m.Shards[missing].ForwardedBatches, "site %d, shard %d", i, missing)
+		require.Zero(t, m.Shards[missing].Messages, "site %d, shard %d", i, missing)
 		other := (i + 1) % len(c.sites)
 		_, err = c.db(other).Store(ctx, ds.Message{ClientID: client, Topic: fmt.Sprintf("fwd/%d/b", i), Payload: []byte("elsewhere")})
 		require.NoError(t, err)
@@ -446,6 +453,64 @@ func TestForwardCallAttempts(t *testing.T) {
 	require.ErrorIs(t, err, ds.ErrUnavailable)
 	require.ErrorIs(t, err, errNotSent)
 	require.NotErrorIs(t, err, ds.ErrOutcomeUnknown)
+}
+
+// hungService accepts Submit calls, reports each on got and never answers them until release
+// is closed.
+type hungService struct{ got, release chan struct{} }
+
+func (h hungService) Submit(_ *wire.Submit, _ *wire.SubmitReply) error {
+	h.got <- struct{}{}
+	<-h.release
+	return nil
+}
+
+// TestForwardGivesUpWithCallers: a forwarded batch sent to a site that does not answer is
+// waited for as long as one of its callers waits, not until the proposal timeout: once every
+// caller's ctx ended, the call ends with ErrOutcomeUnknown (the site may still store it).
+func TestForwardGivesUpWithCallers(t *testing.T) {
+	srv := rpc.NewServer()
+	got, release := make(chan struct{}, 1), make(chan struct{})
+	defer close(release)
+	require.NoError(t, srv.RegisterName(serviceName, hungService{got: got, release: release}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go srv.Accept(ln)
+
+	s := &Site{cfg: Config{RTT: 10 * time.Millisecond, ElectionRTT: 50}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
+	f := newForwarder(s)
+	defer f.close()
+
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	batch := []*request{{ctx: ctx1}, {ctx: ctx2}}
+	ctx, cancel := callersCtx(s.ctx, time.Now().Add(time.Hour), batch)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		var reply wire.SubmitReply
+		done <- f.callTo(ctx, 0, []string{ln.Addr().String()}, "Submit", &wire.Submit{}, &reply, true)
+	}()
+	<-got // the site has the batch
+	cancel1()
+	require.NoError(t, ctx.Err(), "the batch was given up while one of its callers still waits")
+	cancel2()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, ds.ErrUnavailable)
+		require.ErrorIs(t, err, ds.ErrOutcomeUnknown, "the hung site may still store the batch")
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the forwarded call went on for 30 s after every caller gave up")
+	}
+	// A batch with a caller that never gives up ends at its deadline.
+	ctx3, cancel3 := callersCtx(s.ctx, time.Now().Add(50*time.Millisecond), []*request{{ctx: context.Background()}})
+	defer cancel3()
+	<-ctx3.Done()
+	require.ErrorIs(t, ctx3.Err(), context.DeadlineExceeded)
 }
 
 // TestWireErrors: every error a caller tests with errors.Is crosses the wire as itself, with

@@ -238,7 +238,7 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 		// Leader-side batching: a batch goes to the site that leads the shard (or, from a
 		// site without a replica, to one that holds it), whose proposer puts it in its
 		// next entry with everything else queued there.
-		firstTS, txns, forwarded, err = p.site.fwd.submitBatch(p, body, start.Add(p.site.cfg.ProposalTimeout))
+		firstTS, txns, forwarded, err = p.site.fwd.submitBatch(p, batch, body, start.Add(p.site.cfg.ProposalTimeout))
 	}
 	if !forwarded {
 		prop := newProposal(pid, seq, batch[0].ifCurrent, body)
@@ -247,7 +247,7 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 			var fwdTS uint64
 			var fwdTxns []shard.TxnResult
 			var fwdErr error
-			if fwdTS, fwdTxns, forwarded, fwdErr = p.site.fwd.submitBatch(p, body, start.Add(p.site.cfg.ProposalTimeout)); forwarded {
+			if fwdTS, fwdTxns, forwarded, fwdErr = p.site.fwd.submitBatch(p, batch, body, start.Add(p.site.cfg.ProposalTimeout)); forwarded {
 				firstTS, txns, err = fwdTS, fwdTxns, fwdErr
 			}
 		}
@@ -278,8 +278,12 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 			}
 		}
 	}
+	if err == nil && len(cmd.Messages) > 0 && forwarded {
+		// Stored, and counted in Messages, by the called site's proposer, in its entry.
+		p.metrics.ForwardedMessages.Add(uint64(len(cmd.Messages)))
+		p.metrics.ForwardedBatches.Add(1)
+	}
 	if err == nil && len(cmd.Messages) > 0 && !forwarded {
-		// (A forwarded batch is counted by the called site's proposer, in its entry.)
 		bytes := 0
 		for _, r := range batch {
 			bytes += r.bytes

@@ -399,8 +399,22 @@ func (s *Site) startService() error {
 			}
 			s.serviceConns.add(c)
 			go func() {
-				srv.ServeConn(c)
-				s.serviceConns.remove(c)
+				defer s.serviceConns.remove(c)
+				// A peer gets an attempt timeout to complete the TLS handshake: a client that
+				// connects and says nothing (or cannot authenticate) must not hold a
+				// connection and a goroutine until the site stops.
+				if tc, ok := c.(*tls.Conn); ok {
+					ctx, cancel := context.WithTimeout(s.ctx, s.attemptTimeout())
+					err := tc.HandshakeContext(ctx)
+					cancel()
+					if err != nil {
+						c.Close()
+						return
+					}
+				}
+				// Replies are written under net/rpc's send lock: a caller that stopped
+				// reading must not block the other replies on its connection for good.
+				srv.ServeConn(deadlineConn{Conn: c, d: s.attemptTimeout()})
 			}()
 		}
 	}()

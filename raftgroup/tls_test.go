@@ -262,6 +262,19 @@ func TestTLSClusterStoreAndReadEverywhere(t *testing.T) {
 	c.requireAllRead(acked, 20*time.Second)
 	c.waitConverged(nShards, 20*time.Second)
 	requireMutualTLS(t, c.addrs[0], certs[1])
+	requireMutualTLS(t, c.sites[0].Service(), certs[1])
+	// A client that connects to the service and never completes the handshake is
+	// disconnected after an attempt timeout (1 s here), instead of holding the connection
+	// until the site stops.
+	conn, err := net.Dial("tcp", c.sites[0].Service())
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	require.Error(t, err)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatalf("the service kept a connection that sent no TLS handshake for 20 s")
+	}
 }
 
 // requireMutualTLS checks that the site at addr speaks TLS with a certificate valid for it

@@ -21,6 +21,12 @@ type Metrics struct {
 	Bytes      atomic.Uint64 // message bytes stored
 	Batches    atomic.Uint64 // group commits of messages
 	QueueDepth atomic.Int64  // requests waiting for the writer
+	// ForwardedMessages and ForwardedBatches count the messages, and the batches that carried
+	// them, of Stores made through this shard that another site stored (a replicated site
+	// without a replica of the shard, or with Config.LeaderBatching): that site counts them in
+	// its Messages, this one only here.
+	ForwardedMessages atomic.Uint64
+	ForwardedBatches  atomic.Uint64
 	// CommitLatency counts commits by duration, from the start of Apply to durability;
 	// bucket i counts durations <= LatencyBuckets[i], the last one everything slower.
 	CommitLatency [12]atomic.Uint64

@@ -66,6 +66,8 @@ func main() {
 	sites := flag.Int("sites", 3, "replicated: sites in this process (replication factor 3)")
 	flag.IntVar(&c.RaftInFlight, "raft-inflight", 0, "replicated: proposals in flight per shard and site (0: the default)")
 	flag.BoolVar(&c.RaftLeaderBatching, "raft-leader-batching", false, "replicated: raftgroup.Config.LeaderBatching (a site sends its Store batches to the shard's leader site instead of proposing them through its replica)")
+	flag.Uint64Var(&c.RaftSnapshotEntries, "raft-snapshot-entries", 0, "replicated: raftgroup.Config.SnapshotEntries, entries between a replica's snapshots (log compactions) (0: the default)")
+	flag.Uint64Var(&c.RaftCompactionOverhead, "raft-compaction-overhead", 0, "replicated: raftgroup.Config.CompactionOverhead, entries kept in the log after a compaction (0: the default)")
 	flag.IntVar(&c.RaftLogShards, "raft-log-shards", 0, "replicated: raftgroup.Config.LogShards, the Raft log writers per site (0: the default, 1)")
 	fanReaders := flag.Int("fanout-readers", 100, "fan-out: readers of one stream")
 	fanN := flag.Int("fanout-n", 20_000, "fan-out: messages in the stream")
