@@ -15,8 +15,9 @@
 //     new voter is added, caught up by snapshot and promoted, then the old one removed). So
 //     capacity grows with the sites. A site without a replica of a shard forwards that
 //     shard's Stores and reads to a site that holds one (forward.go, over the site service of
-//     service.go: net/rpc on Config.ServiceAddress, mutual TLS with Config.TLS), and follows
-//     its read limit so that subscriptions there wake up.
+//     service.go: net/rpc on Config.ServiceAddress, mutual TLS with Config.TLS), and is fed
+//     the shard's durable steps by a holder (tail.go) so that subscriptions and record
+//     watchers there are served as on a holder.
 //   - PlacementEverySite: every site also holds a non-voting replica of every shard where it
 //     does not vote, so every read is local and every site applies every message.
 //
@@ -102,10 +103,11 @@
 //
 // # Limits
 //
-//   - A forwarded call adds a round trip between sites; a forwarding site's subscriptions are
-//     woken by its forwarder's long poll of the read limit and read through forwarded calls
-//     (no tail feed from memory), and Layout and DroppedMessages answer only where the
-//     shard has a replica (ds-info layout: ask a site that holds it).
+//   - A forwarded call adds a round trip between sites; a forwarding site's tail
+//     subscriptions and record watchers are fed by a holder's ring of recent steps (tail.go,
+//     a long poll), those behind the tail read through forwarded calls, and Layout and
+//     DroppedMessages answer only where the shard has a replica (ds-info layout: ask a site
+//     that holds it).
 //   - A site's RaftAddress cannot change (dragonboat addresses replicas by it).
 //   - StorageQuota is admission control per site: while the site's replica stores are over
 //     it, Stores through that site fail with ErrQuotaExceeded and nothing is proposed (a

@@ -36,6 +36,9 @@ type forwarder struct {
 		clients map[string]*rpc.Client    // by service address
 		prefer  map[stream.ShardID]string // the site that answered last, per shard
 		dialing map[string]chan struct{}  // one dial per address at a time
+		// suspect: sites that did not answer a call in time (hung, or cut off without a
+		// reset), since when; they are tried last until they answer again or suspectFor passed.
+		suspect map[string]time.Time
 		closed  bool
 	}
 }
@@ -45,6 +48,7 @@ func newForwarder(s *Site) *forwarder {
 	f.mu.clients = map[string]*rpc.Client{}
 	f.mu.prefer = map[stream.ShardID]string{}
 	f.mu.dialing = map[string]chan struct{}{}
+	f.mu.suspect = map[string]time.Time{}
 	return f
 }
 
@@ -69,14 +73,54 @@ func (f *forwarder) targets(id stream.ShardID) ([]string, error) {
 	}
 	slot, _ := f.site.mySlot(st)
 	k := (int(id) + slot) % len(addrs)
-	addrs = append(addrs[k:], addrs[:k]...)
+	return f.order(id, append(addrs[k:], addrs[:k]...)), nil
+}
+
+// order puts the site preferred for the shard first and the suspects last.
+func (f *forwarder) order(id stream.ShardID, addrs []string) []string {
 	f.mu.Lock()
 	p := f.mu.prefer[id]
-	f.mu.Unlock()
 	if i := slices.Index(addrs, p); i > 0 {
 		addrs = append(append([]string{p}, addrs[:i]...), addrs[i+1:]...)
 	}
-	return addrs, nil
+	// Sites that did not answer lately go last: a write is not sent again once it may have
+	// reached a site, so without this every write would go to a hung site first, and fail.
+	for addr, since := range f.mu.suspect {
+		if time.Since(since) > suspectFor {
+			delete(f.mu.suspect, addr)
+		}
+	}
+	if len(f.mu.suspect) > 0 {
+		slices.SortStableFunc(addrs, func(a, b string) int {
+			_, sa := f.mu.suspect[a]
+			_, sb := f.mu.suspect[b]
+			switch {
+			case sa == sb:
+				return 0
+			case sb:
+				return -1
+			}
+			return 1
+		})
+	}
+	f.mu.Unlock()
+	return addrs
+}
+
+// suspectFor is how long a site that did not answer in time is tried last (unless it answers).
+const suspectFor = 30 * time.Second
+
+// suspect marks addr as not answering; answered clears it.
+func (f *forwarder) suspect(addr string) {
+	f.mu.Lock()
+	f.mu.suspect[addr] = time.Now()
+	f.mu.Unlock()
+}
+
+func (f *forwarder) answered(addr string) {
+	f.mu.Lock()
+	delete(f.mu.suspect, addr)
+	f.mu.Unlock()
 }
 
 // client returns the connection to addr, dialing it if needed.
@@ -193,7 +237,17 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 	if err != nil {
 		return err
 	}
-	return f.callTo(ctx, id, addrs, method, args, reply, once)
+	return f.callTo(ctx, id, addrs, method, args, reply, once, 0)
+}
+
+// poll is call for a read that the called site may hold for up to wait (a long poll): each
+// attempt waits that much longer for the answer.
+func (f *forwarder) poll(ctx context.Context, id stream.ShardID, method string, args any, reply wire.Reply, wait time.Duration) error {
+	addrs, err := f.targets(id)
+	if err != nil {
+		return err
+	}
+	return f.callTo(ctx, id, addrs, method, args, reply, false, wait)
 }
 
 // errNotSent is wrapped by a call's error when the call did nothing at any site: none could be
@@ -201,12 +255,14 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 var errNotSent = errors.New("strata: the call was done by no site")
 
 // callTo is call with the sites to try, in order. A read waits at most an attempt timeout
-// for each site (a hung site, stopped or cut off without a reset, must not keep the others
-// from being asked); a site that does not answer loses its connection and its preference.
-func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool) error {
+// (plus wait, for a long poll) for each site: a hung site, stopped or cut off without a
+// reset, must not keep the others from being asked. A site that does not answer in time
+// loses its preference and is tried last for a while (suspect); its connection is kept, as
+// other calls may be in flight on it (closing it would make their outcome unknown): a
+// connection that is really dead fails on its own (write deadlines, resets).
+func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool, wait time.Duration) error {
 	var errs []error
-	forget := func(addr string, c *rpc.Client) {
-		f.drop(addr, c)
+	unprefer := func(addr string) {
 		f.mu.Lock()
 		if f.mu.prefer[id] == addr {
 			delete(f.mu.prefer, id)
@@ -219,6 +275,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			if errors.Is(err, shard.ErrClosed) {
 				return err
 			}
+			if ctx.Err() == nil {
+				f.suspect(addr)
+			}
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
@@ -230,16 +289,20 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		call := c.Go(serviceName+"."+method, args, attempt, make(chan *rpc.Call, 1))
 		var timeout <-chan time.Time
 		if !once {
-			timeout = time.After(f.site.attemptTimeout()) // collected once it fires or is dropped
+			timeout = time.After(f.site.attemptTimeout() + wait) // collected once it fires or is dropped
 		}
 		select {
 		case <-call.Done:
 		case <-timeout:
-			forget(addr, c)
-			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()))
+			f.suspect(addr)
+			unprefer(addr)
+			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()+wait))
 			continue
 		case <-ctx.Done():
-			forget(addr, c)
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				f.suspect(addr) // no answer for as long as the call could wait
+			}
+			unprefer(addr)
 			if once {
 				return fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
 			}
@@ -248,6 +311,8 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		if err := call.Error; err != nil {
 			if _, ok := err.(rpc.ServerError); !ok {
 				f.drop(addr, c) // the connection broke (a ServerError leaves it usable)
+				f.suspect(addr)
+				unprefer(addr)
 			}
 			if once && !errors.Is(err, rpc.ErrShutdown) { // ErrShutdown: not sent
 				return fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
@@ -255,6 +320,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
 		}
+		f.answered(addr)
 		reflect.ValueOf(reply).Elem().Set(reflect.ValueOf(attempt).Elem())
 		w := reply.Failure()
 		switch w.Code {
@@ -263,11 +329,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			// stored): another site holding the shard may do it, e.g. one on the majority
 			// side of a partition that cut the first one off. The next call starts elsewhere.
 			errs = append(errs, fmt.Errorf("%s: %w", addr, fromWire(w)))
-			f.mu.Lock()
-			if f.mu.prefer[id] == addr {
-				delete(f.mu.prefer, id)
-			}
-			f.mu.Unlock()
+			unprefer(addr)
 			continue
 		}
 		f.mu.Lock()
@@ -322,7 +384,7 @@ func (f *forwarder) submitBatch(p *proposer, batch []*request, body []byte, dead
 		wait = max(time.Until(deadline)/2, time.Millisecond)
 	}
 	args := &wire.Submit{Shard: p.id, Cmd: body, Wait: wait}
-	err = f.callTo(ctx, p.id, addrs, "Submit", args, &reply, true)
+	err = f.callTo(ctx, p.id, addrs, "Submit", args, &reply, true, 0)
 	if held && errors.Is(err, errNotSent) {
 		return 0, nil, false, nil
 	}
@@ -481,41 +543,93 @@ func (f *forwarder) scanRecords(ctx context.Context, id stream.ShardID, prefix [
 	}
 }
 
-// watch follows the read limit of a shard this site holds no replica of, and reports each
-// advance as a Durable without messages (Reset: readers look again, through forwarded reads),
-// so that subscriptions and watchers on this site wake up. It idles while the shard has a
-// replica here (that replica reports its own applies).
+// watch feeds this site's DB with the durable steps of a shard it holds no replica of, as its
+// replicas' steps feed it for the shards it holds: it long-polls a holder's ring (tail.go's
+// Tail) and reports each step, messages, streams and record writes included, so that tail
+// subscriptions, watchers and record watchers here are served from memory. Where the ring
+// cannot say what happened (first call, another holder, a step evicted), it reports a Reset:
+// readers look again, through forwarded reads. It idles while the shard has a replica here
+// (that replica reports its own steps).
 func (f *forwarder) watch(id stream.ShardID) {
 	defer f.site.wg.Done()
-	var last uint64
+	var last, epoch, seq uint64
+	known := map[streamKey]bool{} // streams reported here; a new one is a change (OnChange)
 	poll := f.site.cfg.ReconcileInterval
+	pause := func() bool {
+		select {
+		case <-f.site.stop:
+			return false
+		case <-time.After(poll):
+			return true
+		}
+	}
 	for !f.site.stopping() {
 		if f.site.servingSM(id) != nil {
-			last = 0
-			select {
-			case <-f.site.stop:
+			last, epoch, seq = 0, 0, 0
+			clear(known)
+			if !pause() {
 				return
-			case <-time.After(poll):
 			}
 			continue
 		}
 		wait := 5 * time.Second
 		ctx, cancel := context.WithTimeout(f.site.ctx, wait+f.site.attemptTimeout())
-		var reply wire.LimitReply
-		err := f.call(ctx, id, "WaitLimit", &wire.Limit{Shard: id, After: last, Wait: wait}, &reply, false)
+		var reply wire.TailReply
+		err := f.poll(ctx, id, "Tail", &wire.Tail{Shard: id, Epoch: epoch, Seq: seq, Wait: wait, MaxBytes: tailReplyBytes}, &reply, wait)
 		cancel()
 		if err != nil {
-			select {
-			case <-f.site.stop:
+			if !pause() {
 				return
-			case <-time.After(poll):
 			}
 			continue
 		}
-		if reply.Limit > last { // a lagging site's lower limit: wait until it passes ours
+		epoch, seq = reply.Epoch, reply.Next
+		changed := false
+		if reply.Reset && reply.Limit > last { // a lagging holder's lower limit: wait until it passes ours
 			f.site.notifyDurable(shard.Durable{Shard: id, From: last, Until: reply.Limit, Reset: true})
+			last, changed = reply.Limit, true
+			clear(known)
+		}
+		for i := range reply.Steps {
+			d, ok := decodeTailStep(id, &reply.Steps[i])
+			switch {
+			case !ok:
+				// Undecodable: readers look again from the storage, and the ring is asked anew.
+				epoch = 0
+				d = shard.Durable{Shard: id, From: last, Until: max(last, reply.Steps[i].Until), Reset: true}
+			case d.From != last && d.Until > last:
+				// Not where this site stands (it was positioned by a holder that lags or
+				// leads): readers look again below the step's end.
+				d = shard.Durable{Shard: id, From: last, Until: d.Until, Reset: true}
+			case d.From != last:
+				continue // below what this site reported already
+			}
+			for _, t := range d.Streams {
+				if k := (streamKey{t.Generation, t.Key}); !known[k] {
+					known[k], changed = true, true
+				}
+			}
+			changed = changed || d.Reset
+			f.site.notifyDurable(d)
+			last = max(last, d.Until)
+			if epoch == 0 {
+				break
+			}
+		}
+		if len(known) > 1<<16 {
+			clear(known) // a bound: streams forgotten are only reported as changes again
+		}
+		if changed {
 			f.site.notifyChanged()
-			last = reply.Limit
 		}
 	}
 }
+
+// streamKey is a stream of a shard: its generation and key.
+type streamKey struct {
+	Generation stream.GenerationID
+	Key        uint64
+}
+
+// tailReplyBytes bounds the messages and records of one Tail reply.
+const tailReplyBytes = 4 << 20

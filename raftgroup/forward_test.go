@@ -221,6 +221,119 @@ func TestForwardFromSiteWithoutReplica(t *testing.T) {
 	require.ErrorIs(t, err, ds.ErrGenerationNotFound)
 }
 
+// TestForwardTailFeed: a site without a replica of a shard is fed the shard's durable steps
+// by a holder (tail.go): a subscription at the tail there gets the messages stored through
+// other sites from memory (Fed), not by reading the storage through forwarded calls after
+// every step, and a record watcher there gets a record write made elsewhere as a write, even
+// though a write of records alone does not move the shard's read limit.
+func TestForwardTailFeed(t *testing.T) {
+	const nShards = 4
+	c := newTestCluster(t, 4, nShards, nil)
+	c.waitPlanDone(0, 30*time.Second)
+	c.waitServices()
+	eventually(t, 30*time.Second, "three replicas on site 0", func() error {
+		if h := c.heldShards(0, nShards); len(h) != 3 {
+			return fmt.Errorf("site 0 holds %v", h)
+		}
+		return nil
+	})
+	held := c.heldShards(0, nShards)
+	var missing stream.ShardID
+	for sh := range stream.ShardID(nShards) {
+		if !slices.Contains(held, sh) {
+			missing = sh
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := c.db(0)
+
+	type write struct {
+		key, value string
+		version    uint64
+		reset      bool
+	}
+	writes := make(chan write, 1024)
+	w, err := db.WatchRecords(func(sh ds.ShardID, ws []ds.RecordWrite, reset bool) {
+		if sh != missing {
+			return
+		}
+		if reset {
+			writes <- write{reset: true}
+		}
+		for _, x := range ws {
+			writes <- write{key: string(x.Key), value: string(x.Value), version: x.Version}
+		}
+	})
+	require.NoError(t, err)
+	defer w.Close()
+
+	pos, err := db.TailPosition()
+	require.NoError(t, err)
+	sub, err := db.Subscribe("feed/#", pos, nil)
+	require.NoError(t, err)
+	defer sub.Close()
+	m0, err := db.Metrics()
+	require.NoError(t, err)
+
+	// Stored through a holder of the shard, in several steps.
+	holder := slices.IndexFunc(c.sites, func(s *Site) bool { return s != c.sites[0] && s.servingSM(missing) != nil })
+	require.GreaterOrEqual(t, holder, 0)
+	client := clientOf(missing, nShards, "feed")
+	const n = 200
+	// The subscription waits at the tail while the messages are stored.
+	read := make(chan []string, 1)
+	go func() {
+		var got []string
+		defer func() { read <- got }()
+		for len(got) < n {
+			msgs, err := sub.Next(ctx, n)
+			if err != nil {
+				t.Errorf("Next: %v", err)
+				return
+			}
+			for _, x := range msgs {
+				got = append(got, string(x.Payload))
+				if err := sub.Ack(ds.RefOf(x)); err != nil {
+					t.Errorf("Ack: %v", err)
+					return
+				}
+			}
+		}
+	}()
+	var want []string
+	for k := range n {
+		p := fmt.Sprintf("m%03d", k)
+		_, err := c.db(holder).Store(ctx, ds.Message{ClientID: client, Topic: "feed/a", Payload: []byte(p)})
+		require.NoError(t, err)
+		want = append(want, p)
+	}
+	require.Equal(t, want, <-read)
+	m1, err := db.Metrics()
+	require.NoError(t, err)
+	fed := m1.Subscriptions.Fed - m0.Subscriptions.Fed
+	t.Logf("site 0, shard %d (held by site %d): %d of %d messages fed from the holder's steps, %d storage reads, %d demotions",
+		missing, holder, fed, n, m1.Subscriptions.Reads-m0.Subscriptions.Reads, m1.Subscriptions.Demoted-m0.Subscriptions.Demoted)
+	require.GreaterOrEqual(t, fed, uint64(n/2), "most messages must reach the tail subscription from memory")
+
+	// A record write alone, made through the holder, reaches the watcher here as a write.
+	res, err := c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("rec/feed"), Value: []byte("v1")}}})
+	require.NoError(t, err)
+	for {
+		select {
+		case x := <-writes:
+			if x.reset || x.key != "rec/feed" {
+				continue // the first step here is a Reset (where the feed starts)
+			}
+			require.Equal(t, "v1", x.value)
+			require.Equal(t, res.Versions[0], x.version)
+			return
+		case <-ctx.Done():
+			t.Fatal("the record write made through another site never reached the watcher on a site without the shard's replica")
+		}
+	}
+}
+
 // TestForwardNoSiteAnswers: a site whose shard's holders are all down fails a forwarded call
 // with ErrUnavailable, and says nothing was stored once nothing can be sent.
 func TestForwardNoSiteAnswers(t *testing.T) {
@@ -437,7 +550,7 @@ func TestForwardCallAttempts(t *testing.T) {
 	defer f.close()
 	for round := range 3 {
 		var reply wire.SubmitReply
-		err := f.callTo(s.ctx, 0, addrs, "Submit", &wire.Submit{}, &reply, true)
+		err := f.callTo(s.ctx, 0, addrs, "Submit", &wire.Submit{}, &reply, true, 0)
 		require.NoError(t, err, "round %d", round)
 		require.Equal(t, uint64(42), reply.FirstTS, "round %d: the second site's answer", round)
 		require.Equal(t, int64(round+1), counts[1].Load())
@@ -449,7 +562,7 @@ func TestForwardCallAttempts(t *testing.T) {
 	dead := ln.Addr().String()
 	ln.Close()
 	var reply wire.SubmitReply
-	err = f.callTo(s.ctx, 0, []string{dead, addrs[0]}, "Submit", &wire.Submit{}, &reply, true)
+	err = f.callTo(s.ctx, 0, []string{dead, addrs[0]}, "Submit", &wire.Submit{}, &reply, true, 0)
 	require.ErrorIs(t, err, ds.ErrUnavailable)
 	require.ErrorIs(t, err, errNotSent)
 	require.NotErrorIs(t, err, ds.ErrOutcomeUnknown)
@@ -460,8 +573,103 @@ func TestForwardCallAttempts(t *testing.T) {
 type hungService struct{ got, release chan struct{} }
 
 func (h hungService) Submit(_ *wire.Submit, _ *wire.SubmitReply) error {
-	h.got <- struct{}{}
+	select {
+	case h.got <- struct{}{}:
+	default:
+	}
 	<-h.release
+	return nil
+}
+
+func (h hungService) ReadLimit(_ *wire.Limit, _ *wire.LimitReply) error {
+	<-h.release
+	return nil
+}
+
+// limitService answers ReadLimit with a fixed limit and Submit with a fixed first timestamp.
+type limitService struct{ limit uint64 }
+
+func (l limitService) ReadLimit(_ *wire.Limit, reply *wire.LimitReply) error {
+	reply.Limit = l.limit
+	return nil
+}
+
+func (l limitService) Submit(_ *wire.Submit, reply *wire.SubmitReply) error {
+	reply.FirstTS = l.limit
+	return nil
+}
+
+// serve serves rcvr as the site service on a free port until the test ends.
+func serve(t *testing.T, rcvr any) string {
+	srv := rpc.NewServer()
+	require.NoError(t, srv.RegisterName(serviceName, rcvr))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go srv.Accept(ln)
+	return ln.Addr().String()
+}
+
+// TestForwardSuspectsLast: a site that does not answer (a stopped process: connections are
+// accepted, calls never answered) is tried last from then on, so that writes, which are not
+// sent again once they may have reached a site, stop failing on it; a read moves on from it
+// after an attempt timeout without closing the connection (other calls in flight on it would
+// lose their answers); a long poll is not cut off before the wait it asked for; and the site
+// is tried first again once it answers.
+func TestForwardSuspectsLast(t *testing.T) {
+	got, release := make(chan struct{}, 1), make(chan struct{})
+	hung := serve(t, hungService{got: got, release: release})
+	good := serve(t, limitService{limit: 7})
+	s := &Site{cfg: Config{RTT: 10 * time.Millisecond, ElectionRTT: 50}} // attempt timeout: 1 s
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	defer s.cancel()
+	f := newForwarder(s)
+	defer f.close()
+	both := []string{hung, good}
+
+	// A write to the hung site first: outcome unknown at its deadline.
+	ctx, cancel := context.WithTimeout(s.ctx, 200*time.Millisecond)
+	var sr wire.SubmitReply
+	err := f.callTo(ctx, 0, f.order(0, slices.Clone(both)), "Submit", &wire.Submit{}, &sr, true, 0)
+	cancel()
+	require.ErrorIs(t, err, ds.ErrOutcomeUnknown)
+	// From then on the hung site goes last, and writes succeed at the other.
+	require.Equal(t, []string{good, hung}, f.order(0, slices.Clone(both)))
+	for range 3 {
+		err = f.callTo(s.ctx, 0, f.order(0, slices.Clone(both)), "Submit", &wire.Submit{}, &sr, true, 0)
+		require.NoError(t, err)
+		require.Equal(t, uint64(7), sr.FirstTS)
+	}
+
+	// A read asked of the hung site first moves on after the attempt timeout.
+	f.answered(hung)
+	var lr wire.LimitReply
+	require.NoError(t, f.callTo(s.ctx, 1, both, "ReadLimit", &wire.Limit{}, &lr, false, 0))
+	require.Equal(t, uint64(7), lr.Limit)
+	require.Equal(t, []string{good, hung}, f.order(1, slices.Clone(both)))
+	f.mu.Lock()
+	_, connected := f.mu.clients[hung]
+	f.mu.Unlock()
+	require.True(t, connected, "the connection to the slow site was closed: calls in flight on it lose their answers")
+
+	// A long poll gets its wait on top of the attempt timeout: answered after 1.5 s, it is
+	// not cut off at 1 s.
+	slow := serve(t, slowService{d: 1500 * time.Millisecond})
+	require.NoError(t, f.callTo(s.ctx, 2, []string{slow}, "ReadLimit", &wire.Limit{}, &lr, false, 2*time.Second))
+	require.Equal(t, uint64(9), lr.Limit)
+
+	// Once the hung site answers again, it is no longer a suspect.
+	close(release)
+	require.NoError(t, f.callTo(s.ctx, 3, []string{hung}, "ReadLimit", &wire.Limit{}, &lr, false, 0))
+	require.Equal(t, both, f.order(3, slices.Clone(both)))
+}
+
+// slowService answers ReadLimit with 9 after d.
+type slowService struct{ d time.Duration }
+
+func (w slowService) ReadLimit(_ *wire.Limit, reply *wire.LimitReply) error {
+	time.Sleep(w.d) // the slow peer being simulated
+	reply.Limit = 9
 	return nil
 }
 
@@ -492,7 +700,7 @@ func TestForwardGivesUpWithCallers(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		var reply wire.SubmitReply
-		done <- f.callTo(ctx, 0, []string{ln.Addr().String()}, "Submit", &wire.Submit{}, &reply, true)
+		done <- f.callTo(ctx, 0, []string{ln.Addr().String()}, "Submit", &wire.Submit{}, &reply, true, 0)
 	}()
 	<-got // the site has the batch
 	cancel1()

@@ -285,9 +285,9 @@ func (v siteService) ReadLimit(a *wire.Limit, reply *wire.LimitReply) error {
 	return nil
 }
 
-// WaitLimit answers once the shard's read limit passes a.After, or a.Wait passed: the caller's
-// wake-ups for the shard (forward.go's watch).
-func (v siteService) WaitLimit(a *wire.Limit, reply *wire.LimitReply) error {
+// Tail answers with the shard's durable steps from a.Seq on (tail.go), once there is one or
+// a Reset to send, or once a.Wait passed: the tail feed of a site without a replica.
+func (v siteService) Tail(a *wire.Tail, reply *wire.TailReply) error {
 	sh, err := v.held(a.Shard)
 	if err != nil {
 		reply.Err = toWire(err)
@@ -299,14 +299,17 @@ func (v siteService) WaitLimit(a *wire.Limit, reply *wire.LimitReply) error {
 	for {
 		ch := v.s.applied.wait(a.Shard)
 		limit, err := sh.ReadLimit()
-		if err != nil || limit > a.After {
-			reply.Limit, reply.Err = limit, toWire(err)
+		if err != nil {
+			reply.Err = toWire(err)
+			return nil
+		}
+		if v.s.tails.read(a, limit, reply) {
 			return nil
 		}
 		select {
 		case <-ch:
 		case <-timer.C:
-			reply.Limit = limit
+			reply.Next = a.Seq
 			return nil
 		case <-v.s.stop:
 			reply.Err = toWire(shard.ErrClosed)
@@ -447,7 +450,7 @@ func (s *Site) tlsConfig() (*tls.Config, error) {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ClientCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
-// applyNotifier wakes WaitLimit calls when a shard's replica here made entries readable.
+// applyNotifier wakes Tail calls when a shard's replica here made entries readable.
 type applyNotifier struct {
 	mu sync.Mutex
 	ch map[stream.ShardID]chan struct{}

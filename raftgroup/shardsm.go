@@ -107,12 +107,14 @@ func (s *shardSM) openStore(name string) (*replicaStore, uint64, error) {
 	opts := pebbleopts.New(pebbleopts.Config{
 		Cache: s.site.cache, MemTableBytes: o.Expert.MemTableBytes, Logger: pebbleopts.SlogLogger{L: o.Logger},
 	})
+	// What this store reports does not follow what an earlier one of this site did.
+	s.site.tails.reset(s.shard)
 	db, err := pebble.Open(filepath.Join(s.dir, name), opts)
 	if err != nil {
 		return nil, 0, fmt.Errorf("shard %d replica %d: %w", s.shard, s.replicaID, err)
 	}
 	r, applied, err := shard.OpenReplica(shard.ReplicaConfig{
-		ID: s.shard, DB: db, Logger: o.Logger, OnChange: s.site.notifyChanged, OnDurable: s.site.notifyDurable,
+		ID: s.shard, DB: db, Logger: o.Logger, OnChange: s.site.notifyChanged, OnDurable: s.site.replicaDurable,
 		Layout: layout.Params{Kind: s.site.schema.Layout, Thresholds: s.site.schema.WildcardThresholds},
 	})
 	if err != nil {
@@ -270,7 +272,7 @@ func (s *shardSM) RecoverFromSnapshot(r io.Reader, stopc <-chan struct{}) error 
 	// The messages the snapshot brought were never applied here entry by entry: subscriptions
 	// at the tail must read them from the new store, and watchers look again.
 	limit := st.r.ReadLimit()
-	s.site.notifyDurable(shard.Durable{Shard: s.shard, From: limit, Until: limit, Reset: true})
+	s.site.replicaDurable(shard.Durable{Shard: s.shard, From: limit, Until: limit, Reset: true})
 	return nil
 }
 

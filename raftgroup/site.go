@@ -58,6 +58,7 @@ type Site struct {
 	serviceConns connSet
 	applied      applyNotifier
 	fwd          *forwarder
+	tails        *tailLog // the last steps of the replicas here, for sites without one (tail.go)
 	stop         chan struct{}
 	ctx          context.Context // cancelled when the site closes: bounds the loops' calls
 	cancel       context.CancelFunc
@@ -88,6 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Site, error) {
 	}
 	s.cache = pebble.NewCache(cfg.DB.Expert.CacheBytes)
 	s.fwd = newForwarder(s)
+	s.tails = newTailLog()
 	if err := s.start(ctx, existed); err != nil {
 		s.Close()
 		return nil, err
@@ -423,6 +425,13 @@ func (s *Site) awaitCaughtUp(group, replica uint64) {
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// replicaDurable is the OnDurable of the replicas here: their steps also feed the sites that
+// hold no replica of the shard (tail.go).
+func (s *Site) replicaDurable(d shard.Durable) {
+	s.tails.add(d)
+	s.notifyDurable(d)
 }
 
 func (s *Site) notifyDurable(d shard.Durable) {

@@ -90,12 +90,37 @@ type (
 	}
 	Limit struct {
 		Shard stream.ShardID
-		After uint64        // WaitLimit: answer once the limit passes this
-		Wait  time.Duration // WaitLimit: or once this passed
 	}
 	LimitReply struct {
 		Limit uint64
 		Err   Error
+	}
+	// Tail asks for a shard's durable steps from Seq on, in the ring of Epoch (raftgroup's
+	// tail.go), waiting up to Wait for one; MaxBytes bounds the messages and records of the
+	// reply (at least one step).
+	Tail struct {
+		Shard      stream.ShardID
+		Epoch, Seq uint64
+		Wait       time.Duration
+		MaxBytes   int
+	}
+	// TailReply: Steps from the asked Seq, and Next, the seq to ask for next, in the ring of
+	// Epoch. Reset: the asked position is not in the ring; readers must look again below Limit,
+	// and the steps from Next on follow it. No steps and no Reset: nothing new within Wait.
+	TailReply struct {
+		Epoch, Next uint64
+		Reset       bool
+		Limit       uint64
+		Steps       []TailStep
+		Err         Error
+	}
+	// TailStep is one shard.Durable of the holder's replica.
+	TailStep struct {
+		From, Until uint64
+		Msgs        []byte   // shard.Command{Messages} encoding
+		TS          []uint64 // the messages' timestamps
+		Streams     []shard.StreamTouch
+		Records     []shard.RecordWrite
 	}
 	GenerationsReply struct {
 		Generations []generation.Info
@@ -140,6 +165,7 @@ func (r *ErrReply) Failure() Error         { return r.Err }
 func (r *StreamsReply) Failure() Error     { return r.Err }
 func (r *ReadReply) Failure() Error        { return r.Err }
 func (r *LimitReply) Failure() Error       { return r.Err }
+func (r *TailReply) Failure() Error        { return r.Err }
 func (r *GenerationsReply) Failure() Error { return r.Err }
 func (r *UsageReply) Failure() Error       { return r.Err }
 func (r *RecordReply) Failure() Error      { return r.Err }
