@@ -194,19 +194,36 @@ func (f *forwarder) dial(ctx context.Context, addr string) (*rpc.Client, error) 
 	return rpc.NewClient(conn), nil
 }
 
-// deadlineConn bounds every write: net/rpc writes a request while holding its send lock, so a
-// peer that stopped reading (hung, or cut off without a reset) would otherwise block every
-// call on the connection, whatever their ctxs.
+// deadlineConn bounds every write: net/rpc writes a request (or a reply) while holding its
+// send lock, so a peer that stopped reading (hung, or cut off without a reset) would
+// otherwise block every call on the connection, whatever their ctxs. The deadline applies to
+// each chunk of deadlineChunk bytes, so that a large reply over a slow but live link is not
+// cut off, and a write that fails closes the connection: net/rpc's server only logs a failed
+// reply and goes on reading requests it can no longer answer, and a half-written message
+// leaves the stream unusable anyway.
 type deadlineConn struct {
 	net.Conn
 	d time.Duration
 }
 
+const deadlineChunk = 64 << 10
+
 func (c deadlineConn) Write(b []byte) (int, error) {
-	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.d)); err != nil {
-		return 0, err
+	n := 0
+	for n < len(b) {
+		chunk := b[n:min(len(b), n+deadlineChunk)]
+		err := c.Conn.SetWriteDeadline(time.Now().Add(c.d))
+		if err == nil {
+			var k int
+			k, err = c.Conn.Write(chunk)
+			n += k
+		}
+		if err != nil {
+			c.Conn.Close()
+			return n, err
+		}
 	}
-	return c.Conn.Write(b)
+	return n, nil
 }
 
 // drop forgets a broken connection.
@@ -299,8 +316,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()+wait))
 			continue
 		case <-ctx.Done():
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				f.suspect(addr) // no answer for as long as the call could wait
+			if once && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				// No answer for as long as a write could wait (a read's own timer judges it).
+				f.suspect(addr)
 			}
 			unprefer(addr)
 			if once {
@@ -545,14 +563,14 @@ func (f *forwarder) scanRecords(ctx context.Context, id stream.ShardID, prefix [
 
 // watch feeds this site's DB with the durable steps of a shard it holds no replica of, as its
 // replicas' steps feed it for the shards it holds: it long-polls a holder's ring (tail.go's
-// Tail) and reports each step, messages, streams and record writes included, so that tail
+// Tail) and reports each step (report keeps them in order, once each), so that tail
 // subscriptions, watchers and record watchers here are served from memory. Where the ring
 // cannot say what happened (first call, another holder, a step evicted), it reports a Reset:
 // readers look again, through forwarded reads. It idles while the shard has a replica here
 // (that replica reports its own steps).
 func (f *forwarder) watch(id stream.ShardID) {
 	defer f.site.wg.Done()
-	var last, epoch, seq uint64
+	var epoch, seq uint64
 	known := map[streamKey]bool{} // streams reported here; a new one is a change (OnChange)
 	poll := f.site.cfg.ReconcileInterval
 	pause := func() bool {
@@ -565,15 +583,16 @@ func (f *forwarder) watch(id stream.ShardID) {
 	}
 	for !f.site.stopping() {
 		if f.site.servingSM(id) != nil {
-			last, epoch, seq = 0, 0, 0
+			epoch, seq = 0, 0
 			clear(known)
 			if !pause() {
 				return
 			}
 			continue
 		}
+		// Each attempt waits for the long poll plus an attempt timeout: room for two holders.
 		wait := 5 * time.Second
-		ctx, cancel := context.WithTimeout(f.site.ctx, wait+f.site.attemptTimeout())
+		ctx, cancel := context.WithTimeout(f.site.ctx, 2*(wait+f.site.attemptTimeout()))
 		var reply wire.TailReply
 		err := f.poll(ctx, id, "Tail", &wire.Tail{Shard: id, Epoch: epoch, Seq: seq, Wait: wait, MaxBytes: tailReplyBytes}, &reply, wait)
 		cancel()
@@ -585,35 +604,29 @@ func (f *forwarder) watch(id stream.ShardID) {
 		}
 		epoch, seq = reply.Epoch, reply.Next
 		changed := false
-		if reply.Reset && reply.Limit > last { // a lagging holder's lower limit: wait until it passes ours
-			f.site.notifyDurable(shard.Durable{Shard: id, From: last, Until: reply.Limit, Reset: true})
-			last, changed = reply.Limit, true
-			clear(known)
+		if reply.Reset {
+			_, changed = f.site.report(shard.Durable{Shard: id, From: reply.Limit, Until: reply.Limit,
+				FromVersion: reply.Version, UntilVersion: reply.Version, Reset: true}, false)
 		}
 		for i := range reply.Steps {
 			d, ok := decodeTailStep(id, &reply.Steps[i])
-			switch {
-			case !ok:
+			if !ok {
 				// Undecodable: readers look again from the storage, and the ring is asked anew.
-				epoch = 0
-				d = shard.Durable{Shard: id, From: last, Until: max(last, reply.Steps[i].Until), Reset: true}
-			case d.From != last && d.Until > last:
-				// Not where this site stands (it was positioned by a holder that lags or
-				// leads): readers look again below the step's end.
-				d = shard.Durable{Shard: id, From: last, Until: d.Until, Reset: true}
-			case d.From != last:
-				continue // below what this site reported already
+				st := &reply.Steps[i]
+				f.site.report(shard.Durable{Shard: id, From: st.Until, Until: st.Until,
+					FromVersion: st.UntilVersion, UntilVersion: st.UntilVersion, Reset: true}, false)
+				epoch, changed = 0, true
+				break
 			}
+			d, ok = f.site.report(d, false)
+			if !ok {
+				continue
+			}
+			changed = changed || d.Reset
 			for _, t := range d.Streams {
 				if k := (streamKey{t.Generation, t.Key}); !known[k] {
 					known[k], changed = true, true
 				}
-			}
-			changed = changed || d.Reset
-			f.site.notifyDurable(d)
-			last = max(last, d.Until)
-			if epoch == 0 {
-				break
 			}
 		}
 		if len(known) > 1<<16 {

@@ -334,6 +334,92 @@ func TestForwardTailFeed(t *testing.T) {
 	}
 }
 
+// TestForwardRecordsAcrossHolderRestart (from a review): the holders' rings start anew (a new
+// epoch, as after a restart) while a site without the shard's replica follows one; a write of
+// records alone, which leaves the read limit where it was, reaches that site's record
+// watcher, or a Reset does (the watcher then reads the records again). The first version
+// compared read limits only, found nothing new at the Reset and skipped the write.
+func TestForwardRecordsAcrossHolderRestart(t *testing.T) {
+	const nShards = 4
+	c := newTestCluster(t, 4, nShards, nil)
+	c.waitPlanDone(0, 30*time.Second)
+	c.waitServices()
+	eventually(t, 30*time.Second, "three replicas on site 0", func() error {
+		if h := c.heldShards(0, nShards); len(h) != 3 {
+			return fmt.Errorf("site 0 holds %v", h)
+		}
+		return nil
+	})
+	held := c.heldShards(0, nShards)
+	var missing stream.ShardID
+	for sh := range stream.ShardID(nShards) {
+		if !slices.Contains(held, sh) {
+			missing = sh
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	db := c.db(0)
+	type write struct {
+		key   string
+		reset bool
+	}
+	writes := make(chan write, 1024)
+	w, err := db.WatchRecords(func(sh ds.ShardID, ws []ds.RecordWrite, reset bool) {
+		if sh != missing {
+			return
+		}
+		if reset {
+			writes <- write{reset: true}
+		}
+		for _, x := range ws {
+			writes <- write{key: string(x.Key)}
+		}
+	})
+	require.NoError(t, err)
+	defer w.Close()
+	holder := slices.IndexFunc(c.sites, func(s *Site) bool { return s != c.sites[0] && s.servingSM(missing) != nil })
+	client := clientOf(missing, nShards, "feed")
+	_, err = c.db(holder).Store(ctx, ds.Message{ClientID: client, Topic: "feed/a", Payload: []byte("x")})
+	require.NoError(t, err)
+	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r1"), Value: []byte("v")}}})
+	require.NoError(t, err)
+	waitKey := func(key string) []write {
+		var seen []write
+		for {
+			select {
+			case x := <-writes:
+				seen = append(seen, x)
+				if x.key == key {
+					return seen
+				}
+			case <-ctx.Done():
+				t.Fatalf("%s never reached the watcher; saw %v", key, seen)
+			}
+		}
+	}
+	waitKey("r1")
+	// Every holder "restarts" its ring (as after a process restart: new epoch).
+	for _, s := range c.sites[1:] {
+		s.tails.mu.Lock()
+		s.tails.epoch += 2
+		s.tails.mu.Unlock()
+	}
+	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r2"), Value: []byte("v")}}})
+	require.NoError(t, err)
+	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r3"), Value: []byte("v")}}})
+	require.NoError(t, err)
+	seen := waitKey("r3")
+	t.Logf("after r1: %v", seen)
+	ok := false
+	for _, x := range seen {
+		if x.reset || x.key == "r2" {
+			ok = true
+		}
+	}
+	require.True(t, ok, "r2 was neither reported nor covered by a reset: %v", seen)
+}
+
 // TestForwardNoSiteAnswers: a site whose shard's holders are all down fails a forwarded call
 // with ErrUnavailable, and says nothing was stored once nothing can be sent.
 func TestForwardNoSiteAnswers(t *testing.T) {

@@ -288,8 +288,7 @@ func (v siteService) ReadLimit(a *wire.Limit, reply *wire.LimitReply) error {
 // Tail answers with the shard's durable steps from a.Seq on (tail.go), once there is one or
 // a Reset to send, or once a.Wait passed: the tail feed of a site without a replica.
 func (v siteService) Tail(a *wire.Tail, reply *wire.TailReply) error {
-	sh, err := v.held(a.Shard)
-	if err != nil {
+	if _, err := v.held(a.Shard); err != nil {
 		reply.Err = toWire(err)
 		return nil
 	}
@@ -298,12 +297,12 @@ func (v siteService) Tail(a *wire.Tail, reply *wire.TailReply) error {
 	defer timer.Stop()
 	for {
 		ch := v.s.applied.wait(a.Shard)
-		limit, err := sh.ReadLimit()
+		pos, err := v.s.replicaPos(a.Shard)
 		if err != nil {
 			reply.Err = toWire(err)
 			return nil
 		}
-		if v.s.tails.read(a, limit, reply) {
+		if v.s.tails.read(a, pos, reply) {
 			return nil
 		}
 		select {

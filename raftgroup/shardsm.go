@@ -271,8 +271,8 @@ func (s *shardSM) RecoverFromSnapshot(r io.Reader, stopc <-chan struct{}) error 
 	s.site.notifyChanged()
 	// The messages the snapshot brought were never applied here entry by entry: subscriptions
 	// at the tail must read them from the new store, and watchers look again.
-	limit := st.r.ReadLimit()
-	s.site.replicaDurable(shard.Durable{Shard: s.shard, From: limit, Until: limit, Reset: true})
+	limit, version := st.r.ReadLimit(), st.r.RecordVersion()
+	s.site.replicaDurable(shard.Durable{Shard: s.shard, From: limit, Until: limit, FromVersion: version, UntilVersion: version, Reset: true})
 	return nil
 }
 
@@ -285,5 +285,6 @@ func (s *shardSM) Close() error {
 	s.cur.r.Close()
 	err := s.cur.db.Close()
 	s.cur = nil
+	s.site.tails.reset(s.shard)
 	return err
 }

@@ -427,11 +427,26 @@ func (s *Site) awaitCaughtUp(group, replica uint64) {
 	}
 }
 
-// replicaDurable is the OnDurable of the replicas here: their steps also feed the sites that
-// hold no replica of the shard (tail.go).
+// replicaDurable is the OnDurable of the replicas here: their steps go to this site's DB (once
+// the replica serves) and to the sites that hold no replica of the shard (tail.go).
 func (s *Site) replicaDurable(d shard.Durable) {
 	s.tails.add(d)
-	s.notifyDurable(d)
+	s.report(d, true)
+}
+
+// replicaPos returns where the serving replica of a shard here stands: its read limit and last
+// record version; errNotHeld without one.
+func (s *Site) replicaPos(id stream.ShardID) (stepPos, error) {
+	sm := s.servingSM(id)
+	if sm == nil {
+		return stepPos{}, fmt.Errorf("%w: shard %d, site %s", errNotHeld, id, s.cfg.RaftAddress)
+	}
+	var p stepPos
+	err := sm.withReplica(func(st *replicaStore) error {
+		p = stepPos{st.r.ReadLimit(), st.r.RecordVersion()}
+		return nil
+	})
+	return p, err
 }
 
 func (s *Site) notifyDurable(d shard.Durable) {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"sync"
+	"time"
 
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/raftgroup/internal/wire"
@@ -14,45 +15,76 @@ import (
 // The tail feed of a site without a replica of a shard (PlacementVoters).
 //
 // A site that holds a replica keeps its last durable steps of the shard (the Durables its
-// replica reported: messages, streams touched, record writes) in a bounded ring per shard. A
-// site that holds none long-polls one holder's ring (the service's Tail call, forward.go's
-// watch) and reports each step to its own DB as the holder's replica reported it, so that its
-// tail subscriptions, watchers and record watchers (a session store's) are fed from memory as
-// on a holder, instead of every step making each of them read the storage again through
-// forwarded calls (a Reset).
+// replica reported: messages, streams touched, record writes) in a bounded ring per shard,
+// once another site asked for them. A site that holds none long-polls one holder's ring (the
+// service's Tail call, forward.go's watch) and reports each step to its own DB as its own
+// replicas' steps are reported, so that its tail subscriptions, watchers and record watchers
+// (a session store's) are fed from memory as on a holder, instead of every step making each of
+// them read the storage again through forwarded calls (a Reset).
 //
-// Positions: a ring numbers its steps (seq, from 0, never reused) under an epoch drawn when
-// the site opened. A caller asks for the steps from (epoch, seq) on; an epoch of another ring
-// (another holder, or this one after a restart), or a seq the ring no longer has (evicted,
-// or cleared because the replica was reopened or recovered from a snapshot), gets a Reset: the
-// holder's read limit and the seq to go on from. A Reset costs the caller's readers one look
-// at the storage, as every step did before the feed existed.
+// Ring positions: a ring numbers its steps (seq, never reused) under an epoch drawn when the
+// site opened. A caller asks for the steps from (epoch, seq) on; an epoch of another ring
+// (another holder, or this one after a restart), or a seq the ring no longer has (evicted, or
+// cleared because the replica was reopened), gets a Reset at the ring's position.
+//
+// Step positions: a step goes from (From, FromVersion) to (Until, UntilVersion), the read
+// limit and the last record version before and after it. Both are assigned in apply, the same
+// on every replica, so they place a step among any replica's steps, records-only steps (which
+// leave the read limit alone) included, however replicas group entries into steps. Every
+// step reaches this site's DB through report, which keeps the position the DB stands at and
+// passes a step on only if it starts there; a step already covered is dropped, any other
+// becomes a Reset (readers look again). So a shard's DB is told of each step once and in order
+// whatever the source: the local replica (once it serves) or a holder's ring, including
+// across a change of holder or of source.
 //
 // # Invariants
 //
-//  1. The steps of a ring follow each other as the replica applied them: step i+1's From is
-//     step i's Until (a replica reopened or recovered clears the ring first).
-//  2. A caller that got the steps up to seq n-1 of one ring and asks for n gets step n
-//     next, or a Reset: it never misses a step silently.
+//  1. The steps of a ring follow each other as the replica applied them: step i+1 starts where
+//     step i ends (a replica reopened or recovered clears the ring first).
+//  2. A caller that got the steps up to seq n-1 of one ring and asks for n gets step n next,
+//     or a Reset: it never misses a step silently.
+//  3. report passes on a step whose start is where the DB stands, drops one whose end is
+//     covered by it, and turns any other into a Reset: no record write reaches a record
+//     watcher twice or out of order, and none is skipped without a Reset.
 
-// tailRingBytes and tailRingSteps bound what a ring keeps per shard: message bytes, steps.
+// tailRingBytes and tailRingSteps bound what a ring keeps per shard: message and record
+// bytes (encoded copies included), steps. A caller polls again as soon as it has an answer,
+// so a ring needs to cover little more than a round trip. tailIdle: a ring nobody asked for
+// that long keeps no steps (most shards of most sites are never asked: every site of a
+// 3-site RF 3 cluster holds every shard).
 const (
-	tailRingBytes = 4 << 20
-	tailRingSteps = 4096
+	tailRingBytes = 2 << 20
+	tailRingSteps = 2048
+	tailIdle      = time.Minute
 )
 
-// tailLog holds the rings of the shards this site holds replicas of.
+// stepPos is a position among a shard's steps: a read limit and a record version.
+type stepPos struct{ ts, ver uint64 }
+
+// covers reports whether p is at or past q in both.
+func (p stepPos) covers(q stepPos) bool { return q.ts <= p.ts && q.ver <= p.ver }
+
+func (p stepPos) join(q stepPos) stepPos { return stepPos{max(p.ts, q.ts), max(p.ver, q.ver)} }
+
+func startOf(d shard.Durable) stepPos { return stepPos{d.From, d.FromVersion} }
+func endOf(d shard.Durable) stepPos   { return stepPos{d.Until, d.UntilVersion} }
+
+// tailLog holds the rings and report's positions of this site's shards.
 type tailLog struct {
 	epoch uint64
-	mu    sync.Mutex
+	mu    sync.Mutex // guards the maps; each ring and gate has its own lock
 	rings map[stream.ShardID]*tailRing
+	gates map[stream.ShardID]*feedGate
 }
 
 type tailRing struct {
+	mu    sync.Mutex
 	next  uint64     // seq of the next step
 	steps []tailStep // seqs next-len(steps) .. next-1
 	bytes int
-	until uint64 // Until of the last step added (or of the Reset that cleared the ring); 0: none yet
+	end   stepPos   // where the last step added ended (or the Reset that cleared the ring)
+	ended bool      // end is set
+	asked time.Time // the last Tail call for the shard
 }
 
 type tailStep struct {
@@ -61,13 +93,22 @@ type tailStep struct {
 	enc   *wire.TailStep // encoded on first demand, shared by every caller
 }
 
+// feedGate is where a shard's DB stands (invariant 3).
+type feedGate struct {
+	mu  sync.Mutex
+	pos stepPos
+	set bool
+}
+
 func newTailLog() *tailLog {
 	var b [8]byte
 	rand.Read(b[:])
-	return &tailLog{epoch: binary.BigEndian.Uint64(b[:]) | 1, rings: map[stream.ShardID]*tailRing{}}
+	return &tailLog{epoch: binary.BigEndian.Uint64(b[:]) | 1, rings: map[stream.ShardID]*tailRing{}, gates: map[stream.ShardID]*feedGate{}}
 }
 
 func (l *tailLog) ring(id stream.ShardID) *tailRing {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	r, ok := l.rings[id]
 	if !ok {
 		r = &tailRing{}
@@ -76,18 +117,32 @@ func (l *tailLog) ring(id stream.ShardID) *tailRing {
 	return r
 }
 
-// add records a step of the shard's replica here. A Reset, or a step that does not follow the
-// last one (invariant 1), clears the ring: callers positioned in it get a Reset.
-func (l *tailLog) add(d shard.Durable) {
+func (l *tailLog) gate(id stream.ShardID) *feedGate {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	g, ok := l.gates[id]
+	if !ok {
+		g = &feedGate{}
+		l.gates[id] = g
+	}
+	return g
+}
+
+// add records a step of the shard's replica here. A Reset, or a step that does not start
+// where the last one ended (invariant 1), clears the ring: callers positioned in it get a
+// Reset.
+func (l *tailLog) add(d shard.Durable) {
 	r := l.ring(d.Shard)
-	if d.Reset || (r.until != 0 && d.From != r.until) {
-		r.clear()
-		if d.Reset {
-			r.until = d.Until
-			return
-		}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	idle := time.Since(r.asked) > tailIdle
+	if d.Reset || (r.ended && startOf(d) != r.end) || (idle && len(r.steps) > 0) {
+		r.clear() // a Reset, a gap, or nobody follows this shard any more
+	}
+	if d.Reset || idle {
+		// Nothing to keep (a caller that comes gets a Reset at the end of this step first).
+		r.end, r.ended = endOf(d), true
+		return
 	}
 	n := 0
 	for _, m := range d.Messages {
@@ -99,26 +154,26 @@ func (l *tailLog) add(d shard.Durable) {
 	r.steps = append(r.steps, tailStep{d: d, bytes: n})
 	r.bytes += n
 	r.next++
-	r.until = d.Until
-	drop := 0
-	for len(r.steps)-drop > 1 && (r.bytes > tailRingBytes || len(r.steps)-drop > tailRingSteps) {
-		r.bytes -= r.steps[drop].bytes
-		r.steps[drop] = tailStep{}
-		drop++
-	}
-	if drop > 0 {
-		r.steps = append(r.steps[:0], r.steps[drop:]...)
+	r.end, r.ended = endOf(d), true
+	if r.bytes > tailRingBytes || len(r.steps) > tailRingSteps {
+		// Evict down to three quarters of the bounds at once: one copy per many steps.
+		drop := 0
+		for len(r.steps)-drop > 1 && (r.bytes > tailRingBytes*3/4 || len(r.steps)-drop > tailRingSteps*3/4) {
+			r.bytes -= r.steps[drop].bytes
+			drop++
+		}
+		r.steps = append(r.steps[:0:0], r.steps[drop:]...)
 	}
 }
 
-// reset clears the shard's ring: its replica here was (re)opened, and what it reports next
-// does not follow what the ring holds.
+// reset clears the shard's ring: its replica here was (re)opened or closed, and what it
+// reports next does not follow what the ring holds.
 func (l *tailLog) reset(id stream.ShardID) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	r := l.ring(id)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.clear()
-	r.until = 0
+	r.ended = false
 }
 
 // clear forgets the steps, and skips a seq: a caller positioned at the end of the ring gets
@@ -129,22 +184,24 @@ func (r *tailRing) clear() {
 }
 
 // read fills reply with the steps of the shard from a.Seq on (at most a.MaxBytes of messages
-// and records, at least one step), or with a Reset carrying limit (the replica's read limit,
-// used when the ring has not seen a step yet). It reports false when the caller is up to date
-// (nothing to send yet).
-func (l *tailLog) read(a *wire.Tail, limit uint64, reply *wire.TailReply) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// and records, at least one step), or with a Reset at the ring's position (at replica, the
+// replica's position, when the ring has seen no step since it opened). It reports false when
+// the caller is up to date (nothing to send yet).
+func (l *tailLog) read(a *wire.Tail, replica stepPos, reply *wire.TailReply) bool {
 	r := l.ring(a.Shard)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.asked = time.Now()
 	reply.Epoch = l.epoch
 	first := r.next - uint64(len(r.steps))
 	if a.Epoch != l.epoch || a.Seq < first || a.Seq > r.next {
-		reply.Reset, reply.Next, reply.Limit = true, r.next, limit
-		if r.until != 0 {
-			// The steps from r.next on follow r.until (invariant 1); the replica's read limit
-			// may already include a step not added yet.
-			reply.Limit = r.until
+		at := replica
+		if r.ended {
+			// The steps from r.next on start at r.end (invariant 1); the replica may already
+			// be past a step not added yet.
+			at = r.end
 		}
+		reply.Reset, reply.Next, reply.Limit, reply.Version = true, r.next, at.ts, at.ver
 		return true
 	}
 	if a.Seq == r.next {
@@ -154,13 +211,16 @@ func (l *tailLog) read(a *wire.Tail, limit uint64, reply *wire.TailReply) bool {
 	i := int(a.Seq - first)
 	if st := r.steps[i]; st.bytes > maxReadReplyBytes {
 		// Too large for one reply: the caller's readers read it from the storage.
-		reply.Reset, reply.Next, reply.Limit = true, a.Seq+1, st.d.Until
+		end := endOf(st.d)
+		reply.Reset, reply.Next, reply.Limit, reply.Version = true, a.Seq+1, end.ts, end.ver
 		return true
 	}
 	for ; i < len(r.steps) && (size == 0 || size+r.steps[i].bytes <= a.MaxBytes); i++ {
 		st := &r.steps[i]
 		if st.enc == nil {
 			st.enc = encodeTailStep(st.d)
+			st.bytes += len(st.enc.Msgs)
+			r.bytes += len(st.enc.Msgs)
 		}
 		reply.Steps = append(reply.Steps, *st.enc)
 		size += st.bytes
@@ -169,8 +229,53 @@ func (l *tailLog) read(a *wire.Tail, limit uint64, reply *wire.TailReply) bool {
 	return true
 }
 
+// resetTo moves the gate past end and returns the Reset that tells the DB so.
+func (g *feedGate) resetTo(id stream.ShardID, end stepPos) shard.Durable {
+	from := g.pos
+	g.pos = g.pos.join(end)
+	return shard.Durable{Shard: id, From: from.ts, Until: g.pos.ts, FromVersion: from.ver, UntilVersion: g.pos.ver, Reset: true}
+}
+
+// report passes d, a step of shard d.Shard, to this site's DB (notifyDurable) if it comes from
+// the source that feeds the shard here now (fromReplica: the local replica, which feeds once
+// it serves; else a holder's ring, through the watch), in order (invariant 3). It returns
+// what it passed on, if anything.
+func (s *Site) report(d shard.Durable, fromReplica bool) (shard.Durable, bool) {
+	g := s.tails.gate(d.Shard)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if fromReplica != (s.servingSM(d.Shard) != nil) {
+		return d, false // the other source feeds the shard here
+	}
+	start, end := startOf(d), endOf(d)
+	if !g.set {
+		// The first step since the site opened: the DB knows nothing of the shard in memory.
+		// A replica's step is passed on as it is; a holder's first answer (a Reset) too.
+		g.pos, g.set = start, true
+		if d.Reset {
+			g.pos = stepPos{}
+		}
+	}
+	switch {
+	case d.Reset && (fromReplica || !g.pos.covers(end)):
+		// The replica here was replaced (always passed on), or a holder's ring says the
+		// shard is past where the DB stands.
+		d = g.resetTo(d.Shard, end)
+	case d.Reset:
+		return d, false // a holder that lags: its steps to come are dropped until they pass
+	case start == g.pos:
+		g.pos = end
+	case g.pos.covers(end):
+		return d, false // told already
+	default:
+		d = g.resetTo(d.Shard, end)
+	}
+	s.notifyDurable(d)
+	return d, true
+}
+
 func encodeTailStep(d shard.Durable) *wire.TailStep {
-	s := &wire.TailStep{From: d.From, Until: d.Until, Streams: d.Streams, Records: d.Records}
+	s := &wire.TailStep{From: d.From, Until: d.Until, FromVersion: d.FromVersion, UntilVersion: d.UntilVersion, Streams: d.Streams, Records: d.Records}
 	if len(d.Messages) > 0 {
 		s.TS = make([]uint64, len(d.Messages))
 		for i, m := range d.Messages {
@@ -184,9 +289,13 @@ func encodeTailStep(d shard.Durable) *wire.TailStep {
 // decodeTailStep returns the Durable a step of shard id stands for, its messages owned by the
 // caller.
 func decodeTailStep(id stream.ShardID, s *wire.TailStep) (shard.Durable, bool) {
-	d := shard.Durable{Shard: id, From: s.From, Until: s.Until, Streams: s.Streams, Records: s.Records, Owned: true}
+	d := shard.Durable{Shard: id, From: s.From, Until: s.Until, FromVersion: s.FromVersion, UntilVersion: s.UntilVersion,
+		Streams: s.Streams, Records: s.Records, Owned: true}
+	if s.From > s.Until || s.FromVersion > s.UntilVersion {
+		return d, false
+	}
 	if len(s.Msgs) == 0 {
-		return d, len(s.TS) == 0 && s.From <= s.Until
+		return d, len(s.TS) == 0
 	}
 	cmd, err := shard.DecodeCommand(s.Msgs)
 	if err != nil || len(cmd.Messages) != len(s.TS) || len(cmd.Txns) != 0 {

@@ -2,7 +2,10 @@ package raftgroup
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"testing"
+	"time"
 
 	"github.com/strata-mq/strata/internal/message"
 	"github.com/strata-mq/strata/raftgroup/internal/wire"
@@ -25,7 +28,7 @@ func step(from, until uint64) shard.Durable {
 // tailRead asks l for shard 0's steps from (epoch, seq).
 func tailRead(l *tailLog, epoch, seq uint64, maxBytes int) (wire.TailReply, bool) {
 	var reply wire.TailReply
-	ok := l.read(&wire.Tail{Epoch: epoch, Seq: seq, MaxBytes: maxBytes}, 99, &reply)
+	ok := l.read(&wire.Tail{Epoch: epoch, Seq: seq, MaxBytes: maxBytes}, stepPos{ts: 99}, &reply)
 	return reply, ok
 }
 
@@ -106,18 +109,21 @@ func TestTailLog(t *testing.T) {
 	require.True(t, r5.Reset)
 	require.Equal(t, uint64(30), r5.Limit)
 
-	// Old steps are evicted past the bounds: a caller that fell behind them gets a Reset.
+	// Old steps are evicted past the bounds: a caller that fell behind them gets a Reset, one
+	// at the oldest step kept gets it.
 	l.add(step(30, 31))
-	r6, _ := tailRead(l, e, 0, 1<<20)
-	start := r6.Next - 1
 	for ts := uint64(31); ts < 31+tailRingSteps; ts++ {
 		l.add(step(ts, ts+1))
 	}
-	r7, _ := tailRead(l, e, start, 1<<20)
+	ring := l.ring(0)
+	kept := uint64(len(ring.steps))
+	require.Less(t, kept, uint64(tailRingSteps), "nothing evicted")
+	first := ring.next - kept
+	r7, _ := tailRead(l, e, first-1, 1<<20)
 	require.True(t, r7.Reset)
-	r8, _ := tailRead(l, e, start+1, 1<<20)
+	r8, _ := tailRead(l, e, first, 1<<20)
 	require.False(t, r8.Reset, "the oldest step kept")
-	require.Equal(t, uint64(31), r8.Steps[0].From)
+	require.Equal(t, 31+tailRingSteps-kept, r8.Steps[0].From)
 
 	// A step too large for a reply: a Reset past it.
 	big := step(31+tailRingSteps, 32+tailRingSteps)
@@ -165,4 +171,93 @@ func FuzzDecodeTailStep(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestReportOrder: report passes a holder's steps to the DB once each and in order, whatever
+// order and grouping they come in (another holder's steps, a holder that lags, records-only
+// steps that leave the read limit alone), and turns what does not follow into a Reset.
+func TestReportOrder(t *testing.T) {
+	s := &Site{tails: newTailLog()}
+	var got []shard.Durable
+	f := func(d shard.Durable) { got = append(got, d) }
+	s.onDurable.Store(&f)
+	at := func(from, fromV, until, untilV uint64) shard.Durable {
+		return shard.Durable{From: from, Until: until, FromVersion: fromV, UntilVersion: untilV}
+	}
+	reset := func(ts, v uint64) shard.Durable {
+		return shard.Durable{From: ts, Until: ts, FromVersion: v, UntilVersion: v, Reset: true}
+	}
+	report := func(d shard.Durable) bool { _, ok := s.report(d, false); return ok }
+
+	// The first answer (a Reset) is passed on; the steps that follow it too.
+	require.True(t, report(reset(10, 3)))
+	require.True(t, report(at(10, 3, 12, 3)))
+	require.True(t, report(at(12, 3, 12, 4))) // records only
+	require.True(t, report(at(12, 4, 12, 5))) // records only
+	// Another holder that lags: its Reset and its steps up to where the DB stands are
+	// dropped, grouped differently or not.
+	require.False(t, report(reset(12, 4)))
+	require.False(t, report(at(12, 4, 12, 5)))
+	require.False(t, report(at(10, 3, 12, 5)))
+	// Its next step follows: passed on.
+	require.True(t, report(at(12, 5, 14, 5)))
+	// A step that straddles where the DB stands (a records-only write inside a larger step
+	// of another holder): a Reset, never the step's writes again.
+	require.True(t, report(at(13, 5, 15, 6)))
+	require.True(t, got[len(got)-1].Reset)
+	require.Equal(t, uint64(15), got[len(got)-1].Until)
+	// A gap (a step evicted): a Reset; a holder ahead (a Reset past the DB): a Reset.
+	require.True(t, report(at(16, 6, 17, 6)))
+	require.True(t, got[len(got)-1].Reset)
+	require.True(t, report(reset(17, 9)))
+	require.True(t, got[len(got)-1].Reset)
+	require.True(t, report(at(17, 9, 18, 9)))
+	require.False(t, got[len(got)-1].Reset)
+
+	// The records-only steps were passed on once each, in order; no step without a Reset
+	// before it started elsewhere than where the last one ended.
+	for i := 1; i < len(got); i++ {
+		if !got[i].Reset {
+			require.Equal(t, endOf(got[i-1]), startOf(got[i]), "step %d", i)
+		}
+	}
+	n := 0
+	for _, d := range got {
+		if !d.Reset && d.From == 12 && d.Until == 12 {
+			n++
+		}
+	}
+	require.Equal(t, 2, n)
+}
+
+// TestDeadlineConn: a write to a peer that reads slowly but steadily goes through, however
+// long the whole takes, as each chunk has its own deadline; a write to a peer that stopped
+// reading fails after one deadline and closes the connection (net/rpc's server would
+// otherwise go on reading requests it can no longer answer).
+func TestDeadlineConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := deadlineConn{Conn: a, d: 100 * time.Millisecond}
+	go func() {
+		buf := make([]byte, deadlineChunk)
+		for {
+			time.Sleep(20 * time.Millisecond) // a slow reader
+			if _, err := io.ReadFull(b, buf); err != nil {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	n, err := c.Write(make([]byte, 16*deadlineChunk))
+	require.NoError(t, err)
+	require.Equal(t, 16*deadlineChunk, n)
+	require.Greater(t, time.Since(start), 100*time.Millisecond, "the whole write outlasted one deadline")
+
+	x, y := net.Pipe()
+	defer y.Close()
+	stuck := deadlineConn{Conn: x, d: 50 * time.Millisecond}
+	_, err = stuck.Write(make([]byte, 10))
+	require.Error(t, err, "nobody reads")
+	_, err = x.Read(make([]byte, 1))
+	require.ErrorIs(t, err, io.ErrClosedPipe, "the connection was left open")
 }

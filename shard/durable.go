@@ -29,6 +29,12 @@ type Durable struct {
 	// Records are the record writes made durable, in order, with their versions set
 	// (record.go). The receiver must not modify them.
 	Records []RecordWrite
+	// FromVersion and UntilVersion are the shard's last record version before and after the
+	// step. Set by replicas only (0 elsewhere): record versions, like timestamps, are
+	// assigned in apply, the same on every replica, so (From, FromVersion) and (Until,
+	// UntilVersion) place a step among any replica's steps, records-only steps included
+	// (raftgroup feeds sites without a replica by them).
+	FromVersion, UntilVersion uint64
 	// Reset: the shard's state was replaced (a replica recovered from a snapshot); Until is
 	// its new read limit, and what changed below it is not listed: readers must look again.
 	Reset bool

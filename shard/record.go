@@ -244,6 +244,13 @@ func (c *core) applyTxn(b *pebble.Batch, a *Applied, t *Txn, store func(*message
 	return nil
 }
 
+// RecordVersion returns the last record version made durable (0: none yet).
+func (c *core) RecordVersion() uint64 {
+	c.rec.mu.Lock()
+	defer c.rec.mu.Unlock()
+	return c.rec.durable
+}
+
 // publishRecords marks every version up to v durable (invariant 3).
 func (c *core) publishRecords(v uint64) {
 	c.rec.mu.Lock()

@@ -265,12 +265,13 @@ func (r *Replica) ApplyEntries(entries []Entry) error {
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("shard %d: commit: %w", r.id, err)
 	}
-	from := r.ReadLimit()
+	from, fromVersion := r.ReadLimit(), r.RecordVersion()
 	for _, p := range pubs {
 		r.publishDurable(p)
 	}
 	if r.cfg.OnDurable != nil && len(pubs) > 0 {
-		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true, Streams: streams, Records: records})
+		r.cfg.OnDurable(Durable{Shard: r.id, From: from, Until: r.ReadLimit(), Messages: stored, Owned: true, Streams: streams, Records: records,
+			FromVersion: fromVersion, UntilVersion: r.RecordVersion()})
 	}
 	if msgs > 0 {
 		r.Metrics.Messages.Add(uint64(msgs))

@@ -105,22 +105,24 @@ type (
 		MaxBytes   int
 	}
 	// TailReply: Steps from the asked Seq, and Next, the seq to ask for next, in the ring of
-	// Epoch. Reset: the asked position is not in the ring; readers must look again below Limit,
-	// and the steps from Next on follow it. No steps and no Reset: nothing new within Wait.
+	// Epoch. Reset: the asked position is not in the ring; readers must look again below
+	// Limit, and the steps from Next on follow (Limit, Version). No steps and no Reset:
+	// nothing new within Wait.
 	TailReply struct {
-		Epoch, Next uint64
-		Reset       bool
-		Limit       uint64
-		Steps       []TailStep
-		Err         Error
+		Epoch, Next    uint64
+		Reset          bool
+		Limit, Version uint64 // Reset: the read limit and record version the steps from Next start at
+		Steps          []TailStep
+		Err            Error
 	}
 	// TailStep is one shard.Durable of the holder's replica.
 	TailStep struct {
-		From, Until uint64
-		Msgs        []byte   // shard.Command{Messages} encoding
-		TS          []uint64 // the messages' timestamps
-		Streams     []shard.StreamTouch
-		Records     []shard.RecordWrite
+		From, Until               uint64
+		FromVersion, UntilVersion uint64
+		Msgs                      []byte   // shard.Command{Messages} encoding
+		TS                        []uint64 // the messages' timestamps
+		Streams                   []shard.StreamTouch
+		Records                   []shard.RecordWrite
 	}
 	GenerationsReply struct {
 		Generations []generation.Info
