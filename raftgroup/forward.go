@@ -385,13 +385,30 @@ func (f *forwarder) submitBatch(p *proposer, batch []*request, body []byte, dead
 			return 0, nil, false, nil
 		}
 		addrs = []string{addr}
-	} else if addrs, err = f.targets(p.id); err != nil {
-		if f.site.shardSM(p.id) != nil {
-			// No other site holds the shard, but a replica here is joining (with RF 1, the
-			// shard's only one after a move): propose through it.
-			return 0, nil, false, nil
+	} else {
+		backoff := 5 * time.Millisecond
+		for {
+			if addrs, err = f.targets(p.id); err == nil {
+				break
+			}
+			if f.site.shardSM(p.id) != nil {
+				// No other site holds the shard, but a replica here is joining (with RF 1,
+				// the shard's only one after a move): propose through it.
+				return 0, nil, false, nil
+			}
+			// No holder known (this site's view of the meta group lags, as right after the
+			// cluster started, before the others' service addresses reached it): nothing was
+			// sent; look again until the deadline or every caller gave up.
+			if time.Now().Add(backoff).After(deadline) || allGone(batch) {
+				return 0, nil, true, err
+			}
+			select {
+			case <-f.site.stop:
+				return 0, nil, true, err
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 200*time.Millisecond)
 		}
-		return 0, nil, true, err
 	}
 	ctx, cancel := callersCtx(f.site.ctx, deadline, batch)
 	defer cancel()
