@@ -221,13 +221,9 @@ func TestForwardFromSiteWithoutReplica(t *testing.T) {
 	require.ErrorIs(t, err, ds.ErrGenerationNotFound)
 }
 
-// TestForwardTailFeed: a site without a replica of a shard is fed the shard's durable steps
-// by a holder (tail.go): a subscription at the tail there gets the messages stored through
-// other sites from memory (Fed), not by reading the storage through forwarded calls after
-// every step, and a record watcher there gets a record write made elsewhere as a write, even
-// though a write of records alone does not move the shard's read limit.
-func TestForwardTailFeed(t *testing.T) {
-	const nShards = 4
+// startMissingOnSite0 starts four sites with nShards shards (RF 3, each site holding three of
+// them once the plan is done) and returns a shard site 0 holds no replica of.
+func startMissingOnSite0(t *testing.T, nShards int) (*testCluster, stream.ShardID) {
 	c := newTestCluster(t, 4, nShards, nil)
 	c.waitPlanDone(0, 30*time.Second)
 	c.waitServices()
@@ -238,35 +234,54 @@ func TestForwardTailFeed(t *testing.T) {
 		return nil
 	})
 	held := c.heldShards(0, nShards)
-	var missing stream.ShardID
 	for sh := range stream.ShardID(nShards) {
 		if !slices.Contains(held, sh) {
-			missing = sh
+			return c, sh
 		}
 	}
+	t.Fatalf("site 0 holds every shard: %v", held)
+	return nil, 0
+}
+
+// recordSeen is a record write (or a reset) a record watcher saw.
+type recordSeen struct {
+	key, value string
+	version    uint64
+	reset      bool
+}
+
+// watchRecordsOf watches the record writes of shard sh through db until the test ends.
+func watchRecordsOf(t *testing.T, db *ds.DB, sh stream.ShardID) <-chan recordSeen {
+	writes := make(chan recordSeen, 1024)
+	w, err := db.WatchRecords(func(s ds.ShardID, ws []ds.RecordWrite, reset bool) {
+		if s != sh {
+			return
+		}
+		if reset {
+			writes <- recordSeen{reset: true}
+		}
+		for _, x := range ws {
+			writes <- recordSeen{key: string(x.Key), value: string(x.Value), version: x.Version}
+		}
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { w.Close() })
+	return writes
+}
+
+// TestForwardTailFeed: a site without a replica of a shard is fed the shard's durable steps
+// by a holder (tail.go): a subscription at the tail there gets the messages stored through
+// other sites from memory (Fed), not by reading the storage through forwarded calls after
+// every step, and a record watcher there gets a record write made elsewhere as a write, even
+// though a write of records alone does not move the shard's read limit.
+func TestForwardTailFeed(t *testing.T) {
+	const nShards = 4
+	c, missing := startMissingOnSite0(t, nShards)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	db := c.db(0)
 
-	type write struct {
-		key, value string
-		version    uint64
-		reset      bool
-	}
-	writes := make(chan write, 1024)
-	w, err := db.WatchRecords(func(sh ds.ShardID, ws []ds.RecordWrite, reset bool) {
-		if sh != missing {
-			return
-		}
-		if reset {
-			writes <- write{reset: true}
-		}
-		for _, x := range ws {
-			writes <- write{key: string(x.Key), value: string(x.Value), version: x.Version}
-		}
-	})
-	require.NoError(t, err)
-	defer w.Close()
+	writes := watchRecordsOf(t, db, missing)
 
 	pos, err := db.TailPosition()
 	require.NoError(t, err)
@@ -341,51 +356,19 @@ func TestForwardTailFeed(t *testing.T) {
 // compared read limits only, found nothing new at the Reset and skipped the write.
 func TestForwardRecordsAcrossHolderRestart(t *testing.T) {
 	const nShards = 4
-	c := newTestCluster(t, 4, nShards, nil)
-	c.waitPlanDone(0, 30*time.Second)
-	c.waitServices()
-	eventually(t, 30*time.Second, "three replicas on site 0", func() error {
-		if h := c.heldShards(0, nShards); len(h) != 3 {
-			return fmt.Errorf("site 0 holds %v", h)
-		}
-		return nil
-	})
-	held := c.heldShards(0, nShards)
-	var missing stream.ShardID
-	for sh := range stream.ShardID(nShards) {
-		if !slices.Contains(held, sh) {
-			missing = sh
-		}
-	}
+	c, missing := startMissingOnSite0(t, nShards)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	db := c.db(0)
-	type write struct {
-		key   string
-		reset bool
-	}
-	writes := make(chan write, 1024)
-	w, err := db.WatchRecords(func(sh ds.ShardID, ws []ds.RecordWrite, reset bool) {
-		if sh != missing {
-			return
-		}
-		if reset {
-			writes <- write{reset: true}
-		}
-		for _, x := range ws {
-			writes <- write{key: string(x.Key)}
-		}
-	})
-	require.NoError(t, err)
-	defer w.Close()
+	writes := watchRecordsOf(t, db, missing)
 	holder := slices.IndexFunc(c.sites, func(s *Site) bool { return s != c.sites[0] && s.servingSM(missing) != nil })
 	client := clientOf(missing, nShards, "feed")
-	_, err = c.db(holder).Store(ctx, ds.Message{ClientID: client, Topic: "feed/a", Payload: []byte("x")})
+	_, err := c.db(holder).Store(ctx, ds.Message{ClientID: client, Topic: "feed/a", Payload: []byte("x")})
 	require.NoError(t, err)
 	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r1"), Value: []byte("v")}}})
 	require.NoError(t, err)
-	waitKey := func(key string) []write {
-		var seen []write
+	waitKey := func(key string) []recordSeen {
+		var seen []recordSeen
 		for {
 			select {
 			case x := <-writes:
@@ -401,9 +384,7 @@ func TestForwardRecordsAcrossHolderRestart(t *testing.T) {
 	waitKey("r1")
 	// Every holder "restarts" its ring (as after a process restart: new epoch).
 	for _, s := range c.sites[1:] {
-		s.tails.mu.Lock()
-		s.tails.epoch += 2
-		s.tails.mu.Unlock()
+		s.tails.epoch.Add(2)
 	}
 	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r2"), Value: []byte("v")}}})
 	require.NoError(t, err)

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-mq/strata/internal/message"
@@ -71,8 +72,8 @@ func endOf(d shard.Durable) stepPos   { return stepPos{d.Until, d.UntilVersion} 
 
 // tailLog holds the rings and report's positions of this site's shards.
 type tailLog struct {
-	epoch uint64
-	mu    sync.Mutex // guards the maps; each ring and gate has its own lock
+	epoch atomic.Uint64 // fixed at open (tests change it to stand for a restart)
+	mu    sync.Mutex    // guards the maps; each ring and gate has its own lock
 	rings map[stream.ShardID]*tailRing
 	gates map[stream.ShardID]*feedGate
 }
@@ -103,7 +104,9 @@ type feedGate struct {
 func newTailLog() *tailLog {
 	var b [8]byte
 	rand.Read(b[:])
-	return &tailLog{epoch: binary.BigEndian.Uint64(b[:]) | 1, rings: map[stream.ShardID]*tailRing{}, gates: map[stream.ShardID]*feedGate{}}
+	l := &tailLog{rings: map[stream.ShardID]*tailRing{}, gates: map[stream.ShardID]*feedGate{}}
+	l.epoch.Store(binary.BigEndian.Uint64(b[:]) | 1)
+	return l
 }
 
 func (l *tailLog) ring(id stream.ShardID) *tailRing {
@@ -192,9 +195,9 @@ func (l *tailLog) read(a *wire.Tail, replica stepPos, reply *wire.TailReply) boo
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.asked = time.Now()
-	reply.Epoch = l.epoch
+	reply.Epoch = l.epoch.Load()
 	first := r.next - uint64(len(r.steps))
-	if a.Epoch != l.epoch || a.Seq < first || a.Seq > r.next {
+	if a.Epoch != reply.Epoch || a.Seq < first || a.Seq > r.next {
 		at := replica
 		if r.ended {
 			// The steps from r.next on start at r.end (invariant 1); the replica may already
