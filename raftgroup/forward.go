@@ -39,8 +39,13 @@ type forwarder struct {
 		// suspect: sites that did not answer a call in time (hung, or cut off without a
 		// reset), since when; they are tried last until they answer again or suspectFor passed.
 		suspect map[string]time.Time
-		closed  bool
+		// unanswered counts, per connection, the reads given up on it since its last answer:
+		// net/rpc keeps each pending until an answer comes or the connection closes, so a
+		// peer that accepts and never answers would make them pile up.
+		unanswered map[*rpc.Client]int
+		closed     bool
 	}
+	maxUnanswered int // a connection with this many reads given up in a row is closed
 }
 
 func newForwarder(s *Site) *forwarder {
@@ -49,6 +54,8 @@ func newForwarder(s *Site) *forwarder {
 	f.mu.prefer = map[stream.ShardID]string{}
 	f.mu.dialing = map[string]chan struct{}{}
 	f.mu.suspect = map[string]time.Time{}
+	f.mu.unanswered = map[*rpc.Client]int{}
+	f.maxUnanswered = 64
 	return f
 }
 
@@ -232,8 +239,20 @@ func (f *forwarder) drop(addr string, c *rpc.Client) {
 	if f.mu.clients[addr] == c {
 		delete(f.mu.clients, addr)
 	}
+	delete(f.mu.unanswered, c)
 	f.mu.Unlock()
 	c.Close()
+}
+
+// givenUp counts a read given up on c; the connection is closed once maxUnanswered pile up.
+func (f *forwarder) givenUp(addr string, c *rpc.Client) {
+	f.mu.Lock()
+	f.mu.unanswered[c]++
+	full := f.mu.unanswered[c] >= f.maxUnanswered
+	f.mu.Unlock()
+	if full {
+		f.drop(addr, c)
+	}
 }
 
 func (f *forwarder) close() {
@@ -313,6 +332,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		case <-timeout:
 			f.suspect(addr)
 			unprefer(addr)
+			f.givenUp(addr, c)
 			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()+wait))
 			continue
 		case <-ctx.Done():
@@ -339,6 +359,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			continue
 		}
 		f.answered(addr)
+		f.mu.Lock()
+		delete(f.mu.unanswered, c)
+		f.mu.Unlock()
 		reflect.ValueOf(reply).Elem().Set(reflect.ValueOf(attempt).Elem())
 		w := reply.Failure()
 		switch w.Code {

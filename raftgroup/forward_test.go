@@ -718,6 +718,14 @@ func TestForwardSuspectsLast(t *testing.T) {
 	_, connected := f.mu.clients[hung]
 	f.mu.Unlock()
 	require.True(t, connected, "the connection to the slow site was closed: calls in flight on it lose their answers")
+	// Reads given up pile up as pending calls on the connection: it is closed once too many
+	// did (two here), and dialled again for the next call.
+	f.maxUnanswered = 2
+	require.NoError(t, f.callTo(s.ctx, 1, both, "ReadLimit", &wire.Limit{}, &lr, false, 0))
+	f.mu.Lock()
+	_, connected = f.mu.clients[hung]
+	f.mu.Unlock()
+	require.False(t, connected, "a connection with two reads given up in a row stayed open")
 
 	// A long poll gets its wait on top of the attempt timeout: answered after 1.5 s, it is
 	// not cut off at 1 s.
