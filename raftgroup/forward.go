@@ -124,6 +124,13 @@ func (f *forwarder) suspect(addr string) {
 	f.mu.Unlock()
 }
 
+func (f *forwarder) suspected(addr string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.mu.suspect[addr]
+	return ok
+}
+
 func (f *forwarder) answered(addr string) {
 	f.mu.Lock()
 	delete(f.mu.suspect, addr)
@@ -277,13 +284,19 @@ func (f *forwarder) call(ctx context.Context, id stream.ShardID, method string, 
 }
 
 // poll is call for a read that the called site may hold for up to wait (a long poll): each
-// attempt waits that much longer for the answer.
-func (f *forwarder) poll(ctx context.Context, id stream.ShardID, method string, args any, reply wire.Reply, wait time.Duration) error {
+// attempt waits that much longer for the answer. It asks first (unless it is a suspect) the
+// site at, and returns the one that answered: the tail feed stays with one holder, whose ring
+// positions it knows, instead of following the shard's preference (which Stores move to the
+// leader), as each change of holder costs its readers a Reset.
+func (f *forwarder) poll(ctx context.Context, id stream.ShardID, at, method string, args any, reply wire.Reply, wait time.Duration) (string, error) {
 	addrs, err := f.targets(id)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return f.callTo(ctx, id, addrs, method, args, reply, false, wait)
+	if i := slices.Index(addrs, at); i > 0 && !f.suspected(at) {
+		addrs = append(append([]string{at}, addrs[:i]...), addrs[i+1:]...)
+	}
+	return f.callAt(ctx, id, addrs, method, args, reply, false, wait)
 }
 
 // errNotSent is wrapped by a call's error when the call did nothing at any site: none could be
@@ -297,6 +310,12 @@ var errNotSent = errors.New("strata: the call was done by no site")
 // other calls may be in flight on it (closing it would make their outcome unknown): a
 // connection that is really dead fails on its own (write deadlines, resets).
 func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool, wait time.Duration) error {
+	_, err := f.callAt(ctx, id, addrs, method, args, reply, once, wait)
+	return err
+}
+
+// callAt is callTo that also returns the site that answered.
+func (f *forwarder) callAt(ctx context.Context, id stream.ShardID, addrs []string, method string, args any, reply wire.Reply, once bool, wait time.Duration) (string, error) {
 	var errs []error
 	unprefer := func(addr string) {
 		f.mu.Lock()
@@ -309,7 +328,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		c, err := f.client(ctx, addr)
 		if err != nil {
 			if errors.Is(err, shard.ErrClosed) {
-				return err
+				return "", err
 			}
 			if ctx.Err() == nil {
 				f.suspect(addr)
@@ -342,9 +361,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 			}
 			unprefer(addr)
 			if once {
-				return fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
+				return "", fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
 			}
-			return fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
+			return "", fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
 		}
 		if err := call.Error; err != nil {
 			if _, ok := err.(rpc.ServerError); !ok {
@@ -353,7 +372,7 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 				unprefer(addr)
 			}
 			if once && !errors.Is(err, rpc.ErrShutdown) { // ErrShutdown: not sent
-				return fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
+				return "", fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
 			continue
@@ -376,9 +395,9 @@ func (f *forwarder) callTo(ctx context.Context, id stream.ShardID, addrs []strin
 		f.mu.Lock()
 		f.mu.prefer[id] = addr
 		f.mu.Unlock()
-		return fromWire(w)
+		return addr, fromWire(w)
 	}
-	return fmt.Errorf("%w: %w: shard %d: no site holding it did it (nothing stored): %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
+	return "", fmt.Errorf("%w: %w: shard %d: no site holding it did it (nothing stored): %w", shard.ErrUnavailable, errNotSent, id, errors.Join(errs...))
 }
 
 // readCtx bounds a forwarded read: an attempt timeout for each of up to three sites.
@@ -611,6 +630,7 @@ func (f *forwarder) scanRecords(ctx context.Context, id stream.ShardID, prefix [
 func (f *forwarder) watch(id stream.ShardID) {
 	defer f.site.wg.Done()
 	var epoch, seq uint64
+	var holder string             // the site whose ring this site follows
 	known := map[streamKey]bool{} // streams reported here; a new one is a change (OnChange)
 	poll := f.site.cfg.ReconcileInterval
 	pause := func() bool {
@@ -623,7 +643,7 @@ func (f *forwarder) watch(id stream.ShardID) {
 	}
 	for !f.site.stopping() {
 		if f.site.servingSM(id) != nil {
-			epoch, seq = 0, 0
+			epoch, seq, holder = 0, 0, ""
 			clear(known)
 			if !pause() {
 				return
@@ -634,7 +654,8 @@ func (f *forwarder) watch(id stream.ShardID) {
 		wait := 5 * time.Second
 		ctx, cancel := context.WithTimeout(f.site.ctx, 2*(wait+f.site.attemptTimeout()))
 		var reply wire.TailReply
-		err := f.poll(ctx, id, "Tail", &wire.Tail{Shard: id, Epoch: epoch, Seq: seq, Wait: wait, MaxBytes: tailReplyBytes}, &reply, wait)
+		var err error
+		holder, err = f.poll(ctx, id, holder, "Tail", &wire.Tail{Shard: id, Epoch: epoch, Seq: seq, Wait: wait, MaxBytes: tailReplyBytes}, &reply, wait)
 		cancel()
 		if err != nil {
 			if !pause() {
