@@ -237,11 +237,11 @@ func TestReportOrder(t *testing.T) {
 func TestDeadlineConn(t *testing.T) {
 	a, b := net.Pipe()
 	defer b.Close()
-	c := deadlineConn{Conn: a, d: 100 * time.Millisecond}
+	c := deadlineConn{Conn: a, d: time.Second}
 	go func() {
 		buf := make([]byte, deadlineChunk)
 		for {
-			time.Sleep(20 * time.Millisecond) // a slow reader
+			time.Sleep(100 * time.Millisecond) // a slow reader: 16 chunks take 1.6 s
 			if _, err := io.ReadFull(b, buf); err != nil {
 				return
 			}
@@ -251,7 +251,7 @@ func TestDeadlineConn(t *testing.T) {
 	n, err := c.Write(make([]byte, 16*deadlineChunk))
 	require.NoError(t, err)
 	require.Equal(t, 16*deadlineChunk, n)
-	require.Greater(t, time.Since(start), 100*time.Millisecond, "the whole write outlasted one deadline")
+	require.Greater(t, time.Since(start), time.Second, "the whole write outlasted one deadline")
 
 	x, y := net.Pipe()
 	defer y.Close()
