@@ -69,11 +69,9 @@ func (f *forwarder) targets(id stream.ShardID) ([]string, error) {
 	}
 	var addrs []string
 	for _, r := range st.GroupReplicas(shardGroup(id)) {
-		site, ok := st.Site(r.Slot)
-		if !ok || r.Member == memberNone || r.Remove || site.State == SiteLeft || site.Service == "" || site.ID == f.site.file.ID {
-			continue
+		if addr, ok := f.serviceOf(st, r.Slot); ok && r.Member != memberNone && !r.Remove {
+			addrs = append(addrs, addr)
 		}
-		addrs = append(addrs, site.Service)
 	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%w: no replica of shard %d on site %s, and no other site holds one and offers a service address", shard.ErrUnavailable, id, f.site.cfg.RaftAddress)
@@ -514,14 +512,20 @@ func (f *forwarder) leaderService(id stream.ShardID) (string, bool) {
 	}
 	for _, r := range st.Replicas {
 		if r.Group == g && r.ReplicaID == leader {
-			site, ok := st.Site(r.Slot)
-			if !ok || site.Service == "" || site.ID == f.site.file.ID || site.State == SiteLeft {
-				return "", false
-			}
-			return site.Service, true
+			return f.serviceOf(st, r.Slot)
 		}
 	}
 	return "", false
+}
+
+// serviceOf returns the service address of the site in slot, if it is another site, has not
+// left and offers one.
+func (f *forwarder) serviceOf(st *MetaState, slot int) (string, bool) {
+	site, ok := st.Site(slot)
+	if !ok || site.State == SiteLeft || site.Service == "" || site.ID == f.site.file.ID {
+		return "", false
+	}
+	return site.Service, true
 }
 
 func (f *forwarder) admin(ctx context.Context, id stream.ShardID, a *wire.Admin) error {
@@ -548,15 +552,15 @@ func (f *forwarder) read(it stream.Iterator, filter []string, max int, out []mes
 	if err := f.call(ctx, it.Stream.Shard, "Read", &wire.Read{It: it, Filter: filter, Max: max}, &reply, false); err != nil {
 		return out, it.Next, err
 	}
-	if len(reply.Msgs) > 0 {
-		cmd, err := shard.DecodeCommand(reply.Msgs)
-		if err != nil || len(cmd.Messages) != len(reply.TS) || len(cmd.Messages) > max {
-			return out, it.Next, fmt.Errorf("%w: shard %d: a forwarded read returned an undecodable answer: %v", shard.ErrUnavailable, it.Stream.Shard, err)
-		}
-		for i, m := range cmd.Messages {
-			m.Timestamp, m.Shard = reply.TS[i], uint16(it.Stream.Shard)
-			out = append(out, *m)
-		}
+	msgs, err := unwireMessages(it.Stream.Shard, reply.Msgs, reply.TS)
+	if err == nil && len(msgs) > max {
+		err = fmt.Errorf("%d messages, at most %d asked for", len(msgs), max)
+	}
+	if err != nil {
+		return out, it.Next, fmt.Errorf("%w: shard %d: a forwarded read returned an undecodable answer: %v", shard.ErrUnavailable, it.Stream.Shard, err)
+	}
+	for _, m := range msgs {
+		out = append(out, *m)
 	}
 	return out, reply.Next, nil
 }

@@ -334,17 +334,26 @@ func TestForwardTailFeed(t *testing.T) {
 	// A record write alone, made through the holder, reaches the watcher here as a write.
 	res, err := c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("rec/feed"), Value: []byte("v1")}}})
 	require.NoError(t, err)
+	// (The first step here is a Reset, where the feed starts.)
+	seen := waitRecordKey(ctx, t, writes, "rec/feed")
+	x := seen[len(seen)-1]
+	require.Equal(t, "v1", x.value)
+	require.Equal(t, res.Versions[0], x.version)
+}
+
+// waitRecordKey returns what the watcher saw until the write of key, that write last; the
+// test fails if ctx ends before it.
+func waitRecordKey(ctx context.Context, t *testing.T, writes <-chan recordSeen, key string) []recordSeen {
+	var seen []recordSeen
 	for {
 		select {
 		case x := <-writes:
-			if x.reset || x.key != "rec/feed" {
-				continue // the first step here is a Reset (where the feed starts)
+			seen = append(seen, x)
+			if !x.reset && x.key == key {
+				return seen
 			}
-			require.Equal(t, "v1", x.value)
-			require.Equal(t, res.Versions[0], x.version)
-			return
 		case <-ctx.Done():
-			t.Fatal("the record write made through another site never reached the watcher on a site without the shard's replica")
+			t.Fatalf("the write of %s never reached the record watcher; it saw %v", key, seen)
 		}
 	}
 }
@@ -367,21 +376,7 @@ func TestForwardRecordsAcrossHolderRestart(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r1"), Value: []byte("v")}}})
 	require.NoError(t, err)
-	waitKey := func(key string) []recordSeen {
-		var seen []recordSeen
-		for {
-			select {
-			case x := <-writes:
-				seen = append(seen, x)
-				if x.key == key {
-					return seen
-				}
-			case <-ctx.Done():
-				t.Fatalf("%s never reached the watcher; saw %v", key, seen)
-			}
-		}
-	}
-	waitKey("r1")
+	waitRecordKey(ctx, t, writes, "r1")
 	// Every holder "restarts" its ring (as after a process restart: new epoch).
 	for _, s := range c.sites[1:] {
 		s.tails.epoch.Add(2)
@@ -390,7 +385,7 @@ func TestForwardRecordsAcrossHolderRestart(t *testing.T) {
 	require.NoError(t, err)
 	_, err = c.db(holder).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte("r3"), Value: []byte("v")}}})
 	require.NoError(t, err)
-	seen := waitKey("r3")
+	seen := waitRecordKey(ctx, t, writes, "r3")
 	t.Logf("after r1: %v", seen)
 	ok := false
 	for _, x := range seen {

@@ -234,7 +234,10 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	var txns []shard.TxnResult
 	var err error
 	forwarded := false
-	if batch[0].cmd == nil && !slices.ContainsFunc(batch, func(r *request) bool { return r.here }) {
+	// A batch another site forwarded here is never forwarded again (it could loop); admin
+	// commands are proposed where they are made.
+	forwardable := batch[0].cmd == nil && !slices.ContainsFunc(batch, func(r *request) bool { return r.here })
+	if forwardable {
 		// Leader-side batching: a batch goes to the site that leads the shard (or, from a
 		// site without a replica, to one that holds it), whose proposer puts it in its
 		// next entry with everything else queued there.
@@ -243,7 +246,7 @@ func (p *proposer) propose(seq uint64, batch []*request) {
 	if !forwarded {
 		prop := newProposal(pid, seq, batch[0].ifCurrent, body)
 		firstTS, txns, err = p.commit(prop, batch, start)
-		if errors.Is(err, errLocalGone) && batch[0].cmd == nil && !slices.ContainsFunc(batch, func(r *request) bool { return r.here }) {
+		if errors.Is(err, errLocalGone) && forwardable {
 			var fwdTS uint64
 			var fwdTxns []shard.TxnResult
 			var fwdErr error

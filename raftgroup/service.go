@@ -127,6 +127,42 @@ type remoteError struct {
 func (e remoteError) Error() string   { return e.text }
 func (e remoteError) Unwrap() []error { return e.sentinels }
 
+// wireMessages encodes messages as they cross the wire (Read replies, Tail steps): in
+// shard.Command's encoding, which carries no timestamps, and their timestamps beside it.
+func wireMessages(msgs []*message.Message) (body []byte, ts []uint64) {
+	if len(msgs) == 0 {
+		return nil, nil
+	}
+	ts = make([]uint64, len(msgs))
+	for i, m := range msgs {
+		ts[i] = m.Timestamp
+	}
+	return (&shard.Command{Messages: msgs}).AppendBinary(nil), ts
+}
+
+// unwireMessages decodes what wireMessages encoded, as messages of shard id with their
+// timestamps set; an answer that does not decode, or whose timestamps do not match its
+// messages, is an error.
+func unwireMessages(id stream.ShardID, body []byte, ts []uint64) ([]*message.Message, error) {
+	if len(body) == 0 {
+		if len(ts) != 0 {
+			return nil, fmt.Errorf("%d timestamps without messages", len(ts))
+		}
+		return nil, nil
+	}
+	cmd, err := shard.DecodeCommand(body)
+	if err != nil {
+		return nil, err
+	}
+	if len(cmd.Messages) != len(ts) || len(cmd.Txns) != 0 {
+		return nil, fmt.Errorf("%d messages, %d timestamps, %d txns", len(cmd.Messages), len(ts), len(cmd.Txns))
+	}
+	for i, m := range cmd.Messages {
+		m.Timestamp, m.Shard = ts[i], uint16(id)
+	}
+	return cmd.Messages, nil
+}
+
 // maxScanPage bounds the records one ScanRecords call returns.
 const maxScanPage = 1024
 
@@ -263,14 +299,11 @@ func (v siteService) Read(a *wire.Read, reply *wire.ReadReply) error {
 				break
 			}
 		}
-		if len(msgs) > 0 {
-			c := shard.Command{Messages: make([]*message.Message, len(msgs))}
-			reply.TS = make([]uint64, len(msgs))
-			for i := range msgs {
-				c.Messages[i], reply.TS[i] = &msgs[i], msgs[i].Timestamp
-			}
-			reply.Msgs = c.AppendBinary(nil)
+		ptrs := make([]*message.Message, len(msgs))
+		for i := range msgs {
+			ptrs[i] = &msgs[i]
 		}
+		reply.Msgs, reply.TS = wireMessages(ptrs)
 	}
 	reply.Err = toWire(err)
 	return nil

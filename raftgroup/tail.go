@@ -70,12 +70,16 @@ func (p stepPos) join(q stepPos) stepPos { return stepPos{max(p.ts, q.ts), max(p
 func startOf(d shard.Durable) stepPos { return stepPos{d.From, d.FromVersion} }
 func endOf(d shard.Durable) stepPos   { return stepPos{d.Until, d.UntilVersion} }
 
-// tailLog holds the rings and report's positions of this site's shards.
+// tailLog holds, per shard of this site, its ring and report's gate.
 type tailLog struct {
-	epoch atomic.Uint64 // fixed at open (tests change it to stand for a restart)
-	mu    sync.Mutex    // guards the maps; each ring and gate has its own lock
-	rings map[stream.ShardID]*tailRing
-	gates map[stream.ShardID]*feedGate
+	epoch  atomic.Uint64 // fixed at open (tests change it to stand for a restart)
+	mu     sync.Mutex    // guards shards; each ring and gate has its own lock
+	shards map[stream.ShardID]*tailShard
+}
+
+type tailShard struct {
+	ring tailRing
+	gate feedGate
 }
 
 type tailRing struct {
@@ -104,32 +108,24 @@ type feedGate struct {
 func newTailLog() *tailLog {
 	var b [8]byte
 	rand.Read(b[:])
-	l := &tailLog{rings: map[stream.ShardID]*tailRing{}, gates: map[stream.ShardID]*feedGate{}}
+	l := &tailLog{shards: map[stream.ShardID]*tailShard{}}
 	l.epoch.Store(binary.BigEndian.Uint64(b[:]) | 1)
 	return l
 }
 
-func (l *tailLog) ring(id stream.ShardID) *tailRing {
+func (l *tailLog) shard(id stream.ShardID) *tailShard {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r, ok := l.rings[id]
+	t, ok := l.shards[id]
 	if !ok {
-		r = &tailRing{}
-		l.rings[id] = r
+		t = &tailShard{}
+		l.shards[id] = t
 	}
-	return r
+	return t
 }
 
-func (l *tailLog) gate(id stream.ShardID) *feedGate {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	g, ok := l.gates[id]
-	if !ok {
-		g = &feedGate{}
-		l.gates[id] = g
-	}
-	return g
-}
+func (l *tailLog) ring(id stream.ShardID) *tailRing { return &l.shard(id).ring }
+func (l *tailLog) gate(id stream.ShardID) *feedGate { return &l.shard(id).gate }
 
 // add records a step of the shard's replica here. A Reset, or a step that does not start
 // where the last one ended (invariant 1), clears the ring: callers positioned in it get a
@@ -279,13 +275,7 @@ func (s *Site) report(d shard.Durable, fromReplica bool) (shard.Durable, bool) {
 
 func encodeTailStep(d shard.Durable) *wire.TailStep {
 	s := &wire.TailStep{From: d.From, Until: d.Until, FromVersion: d.FromVersion, UntilVersion: d.UntilVersion, Streams: d.Streams, Records: d.Records}
-	if len(d.Messages) > 0 {
-		s.TS = make([]uint64, len(d.Messages))
-		for i, m := range d.Messages {
-			s.TS[i] = m.Timestamp
-		}
-		s.Msgs = (&shard.Command{Messages: d.Messages}).AppendBinary(nil)
-	}
+	s.Msgs, s.TS = wireMessages(d.Messages)
 	return s
 }
 
@@ -297,19 +287,15 @@ func decodeTailStep(id stream.ShardID, s *wire.TailStep) (shard.Durable, bool) {
 	if s.From > s.Until || s.FromVersion > s.UntilVersion {
 		return d, false
 	}
-	if len(s.Msgs) == 0 {
-		return d, len(s.TS) == 0
-	}
-	cmd, err := shard.DecodeCommand(s.Msgs)
-	if err != nil || len(cmd.Messages) != len(s.TS) || len(cmd.Txns) != 0 {
+	msgs, err := unwireMessages(id, s.Msgs, s.TS)
+	if err != nil {
 		return d, false
 	}
-	for i, m := range cmd.Messages {
-		if s.TS[i] < s.From || s.TS[i] >= s.Until || i > 0 && s.TS[i] <= s.TS[i-1] {
+	for i, m := range msgs {
+		if m.Timestamp < s.From || m.Timestamp >= s.Until || i > 0 && m.Timestamp <= msgs[i-1].Timestamp {
 			return d, false
 		}
-		m.Timestamp, m.Shard = s.TS[i], uint16(id)
 	}
-	d.Messages = cmd.Messages
+	d.Messages = msgs
 	return d, true
 }

@@ -165,12 +165,7 @@ func TestDockerPartitionAndKill(t *testing.T) {
 	w := startWriter(log, ts, "a", shards)
 	defer func() { w.stop() }()
 	eventually(t, 60*time.Second, "(a) acknowledged writes through every site", func() error {
-		for i := range nodes {
-			if n := log.count(func(a ack) bool { return a.node == i }); n < 30 {
-				return fmt.Errorf("site %d: %d acknowledged; %s", i, n, log.summary())
-			}
-		}
-		return nil
+		return log.everyNodeAcked(time.Time{}, nodes, 30)
 	})
 	t.Logf("(a) %s", log.summary())
 
@@ -243,12 +238,7 @@ func TestDockerPartitionAndKill(t *testing.T) {
 	t.Logf("(d) sites %d and %d restarted: %v", k1, k2, urls)
 	w = startWriter(log, ts, "e", shards)
 	eventually(t, 60*time.Second, "(d) writes through every site after the restarts", func() error {
-		for i := range nodes {
-			if n := log.count(func(a ack) bool { return a.node == i && a.started.After(restarted) }); n < 10 {
-				return fmt.Errorf("site %d: %d acknowledged since the restart; %s", i, n, log.summary())
-			}
-		}
-		return nil
+		return log.everyNodeAcked(restarted, nodes, 10)
 	})
 	w.stop()
 	t.Logf("(d) writer stopped: %s", log.summary())

@@ -393,6 +393,17 @@ func (l *ackLog) everyShardAcked(t time.Time, shards, n int) error {
 	return nil
 }
 
+// everyNodeAcked reports an error unless, through each of the nodes 0..nodes-1, at least n
+// writes sent after t were acknowledged.
+func (l *ackLog) everyNodeAcked(t time.Time, nodes, n int) error {
+	for i := range nodes {
+		if c := l.count(func(a ack) bool { return a.node == i && a.started.After(t) }); c < n {
+			return fmt.Errorf("node %d: %d acknowledged of writes sent since %s; %s", i, c, t.Format("15:04:05.000"), l.summary())
+		}
+	}
+	return nil
+}
+
 // firstPerShard says, per shard, how long after t the first write sent after t was
 // acknowledged.
 func (l *ackLog) firstPerShard(t time.Time, shards int) string {

@@ -67,12 +67,7 @@ func TestProcessKillFiveSites(t *testing.T) {
 	w := startWriter(log, ts, "p5", shards)
 	defer w.stop()
 	eventually(t, 30*time.Second, "acknowledged writes through every node", func() error {
-		for i := range nodes {
-			if n := log.count(func(a ack) bool { return a.node == i }); n < 20 {
-				return fmt.Errorf("node %d: %d acknowledged; %s", i, n, log.summary())
-			}
-		}
-		return nil
+		return log.everyNodeAcked(time.Time{}, nodes, 20)
 	})
 
 	var victims []int

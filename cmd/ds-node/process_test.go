@@ -192,12 +192,7 @@ func TestProcessKillLeader(t *testing.T) {
 	w := startWriter(log, ts, "p", shards)
 	defer w.stop()
 	eventually(t, 30*time.Second, "acknowledged writes through every node", func() error {
-		for i := range nodes {
-			if n := log.count(func(a ack) bool { return a.node == i }); n < 30 {
-				return fmt.Errorf("node %d: %d acknowledged; %s", i, n, log.summary())
-			}
-		}
-		return nil
+		return log.everyNodeAcked(time.Time{}, nodes, 30)
 	})
 
 	// The victim: the node leading the most shard groups, as the nodes themselves say.
