@@ -90,7 +90,7 @@ func TestSubscribeScenariosRun(t *testing.T) {
 func TestSubscribeReplicatedRuns(t *testing.T) {
 	c := Config{Publishers: 20, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
 	sc := SubConfig{LatencySubs: 3, LatencyN: 600, LatencyRate: 2000, Timeout: time.Minute}
-	rs, err := RunSubscribeReplicated(c, sc, 3, raftgroup.LogDBPebble)
+	rs, err := RunSubscribeReplicated(c, sc, 3, raftgroup.LogDBSegments)
 	require.NoError(t, err)
 	require.Len(t, rs, 3)
 	for _, r := range rs {
@@ -143,10 +143,14 @@ func TestWriteHTML(t *testing.T) {
 // and reports a latency distribution.
 func TestReplicatedRuns(t *testing.T) {
 	c := Config{N: 3000, Publishers: 30, Payload: 100, Shards: 2, Layout: ds.LayoutLTS, Dir: t.TempDir()}
-	r, err := RunReplicated(c, 3, raftgroup.LogDBPebble)
+	r, err := RunReplicated(c, 3, raftgroup.LogDBSegments)
 	require.NoError(t, err)
 	require.True(t, r.Msgs == c.N && r.Elapsed > 0 && r.P50 > 0 && r.MsgsPerCommit >= 1,
 		"want %d messages, positive elapsed and p50, at least 1 message per commit: %+v", c.N, r)
+	// The sites' own Raft logs count their fsyncs, and the row reports them.
+	require.Positive(t, r.Figures["log_fsyncs_per_sec_max_site"], "%+v", r.Figures)
+	require.GreaterOrEqual(t, r.Figures["msgs_per_log_fsync"], 1.0, "%+v", r.Figures)
+	require.Contains(t, r.Note, "Raft log fsyncs per second per site")
 }
 
 // TestSessionsScenarioRuns runs the durable-session scenario on tiny sizes: every message

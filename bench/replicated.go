@@ -32,6 +32,7 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	name := fmt.Sprintf("replicated ingest (%d sites, RF 3, %d shards, %s log)", sites, c.Shards, logdb)
 	cpu0 := processCPU()
 	mem := startMemory()
+	logs0 := logStats(cl, sites)
 	// A Store that fails with ErrUnavailable (a proposal that timed out on the loaded machine,
 	// a leader change) is sent again, as an MQTT client resends an unacknowledged QoS 1
 	// PUBLISH; its latency includes the retries, and the row counts them. A third failure, or
@@ -54,6 +55,7 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	}
 	heap, rss := mem.finish()
 	cpu := processCPU() - cpu0
+	logs := logStats(cl, sites)
 	var all ds.Metrics // every site's proposers: each proposes the Stores made through it
 	for _, db := range dbs {
 		m, err := db.Metrics()
@@ -87,6 +89,22 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	r.Figures["max_site_copy_share"] = 3 * float64(most) / float64(max(total, 1))
 	r.Note = fmt.Sprintf("%.0f msgs/proposal, %.0f CPU-µs/msg per site, per msg: %s (commit: the Raft round); replica data per site, as a share of one copy: %s (%d MiB in all); heap %d MiB, RSS %d MiB (all %d sites in one process)",
 		r.MsgsPerCommit, cpuPerMsg, stageNote(t, r.Figures), strings.Join(share, "/"), total>>20, heap>>20, rss>>20, sites)
+	if logs != nil {
+		// Raft log fsyncs per site: each site's own log, over the run (LogDBSegments).
+		var fsyncs []string
+		var most, all float64
+		var took time.Duration
+		for i := range logs {
+			n := float64(logs[i].Fsyncs - logs0[i].Fsyncs)
+			most, all, took = max(most, n), all+n, took+logs[i].FsyncTime-logs0[i].FsyncTime
+			fsyncs = append(fsyncs, fmt.Sprintf("%.0f", n/elapsed.Seconds()))
+		}
+		r.Figures["log_fsyncs_per_sec_max_site"] = most / elapsed.Seconds()
+		r.Figures["msgs_per_log_fsync"] = float64(c.N) / max(most, 1)
+		r.Figures["log_fsync_ms"] = took.Seconds() * 1e3 / max(all, 1)
+		r.Note += fmt.Sprintf("; Raft log fsyncs per second per site %s (%.1f messages per fsync on the busiest, %.2f ms each)",
+			strings.Join(fsyncs, "/"), r.Figures["msgs_per_log_fsync"], r.Figures["log_fsync_ms"])
+	}
 	r.Figures["stores_retried"] = float64(retried.Load())
 	if t.Forwarded > 0 {
 		r.Figures["forwarded_share"] = float64(t.Forwarded) / float64(c.N)
@@ -97,6 +115,19 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 		r.Note += fmt.Sprintf("; %d Stores failed and were sent again (first: %v)", retried.Load(), *e)
 	}
 	return r, nil
+}
+
+// logStats returns every site's Raft log counters, or nil if the sites' LogDB keeps none.
+func logStats(cl *clustertest.Cluster, sites int) []raftgroup.LogStats {
+	var out []raftgroup.LogStats
+	for i := range sites {
+		st, ok := cl.Site(i).LogStats()
+		if !ok {
+			return nil
+		}
+		out = append(out, st)
+	}
+	return out
 }
 
 // dirBytes sums the sizes of the files under dir (0 where it cannot be read).

@@ -116,7 +116,7 @@ func TestSiteAdminHandler(t *testing.T) {
 				leadersPerShard[line]++
 			}
 		}
-		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{", "broker_extra_metric 7"} {
+		for _, series := range []string{"strata_messages_stored_total{", "strata_raft_applied_index{", "strata_raft_last_index{", "strata_raft_apply_lag{", "strata_raft_log_fsyncs_total ", "strata_raft_log_segments ", "broker_extra_metric 7"} {
 			require.Contains(t, string(body), series, "site %d metrics lack %s:\n%s", i, series, body)
 		}
 		n := strings.Count(string(body), "strata_raft_peer_unreachable_seconds{")

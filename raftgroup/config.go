@@ -16,13 +16,18 @@ import (
 type LogDB string
 
 const (
-	// LogDBPebble is dragonboat's default LogDB, a key-value store (its own Pebble). Default:
-	// as fast as tan for Strata's entries on this project's machine (median 22.4k vs 20.3k
-	// msgs/s, 3 sites, `ds-bench -scenarios replicated`) with a sixth of the memory (Go heap
-	// ~320 MiB vs ~1.8 GiB for three sites at LogDBSmall).
+	// LogDBPebble is dragonboat's default LogDB, a key-value store (its own Pebble): every entry
+	// goes through a WAL record, a memtable insert, a flush and compactions before a snapshot
+	// lets it be deleted. The default before LogDBSegments, and what sites created before
+	// Strata recorded the LogDB in SITE keep.
 	LogDBPebble LogDB = "pebble"
 	// LogDBTan is dragonboat's tan log (an append-only log per NodeHost).
 	LogDBTan LogDB = "tan"
+	// LogDBSegments is Strata's own Raft log (raftgroup/internal/raftlog), the default:
+	// append-only segment files, one write and one fdatasync per round of the site's groups,
+	// entries read back by offset, no memtable, flush or compaction; it counts its fsyncs
+	// (Site.LogStats, strata_raft_log_fsyncs_total).
+	LogDBSegments LogDB = "segments"
 )
 
 // LogDBMemory sizes the LogDB's write buffers: dragonboat's default is sized for machines with
@@ -80,9 +85,11 @@ type Config struct {
 	RTT          time.Duration
 	ElectionRTT  uint64
 	HeartbeatRTT uint64
-	// LogDB is the Raft log's storage. Default LogDBPebble. Fixed once the site has state.
+	// LogDB is the Raft log's storage of a new site. Default LogDBSegments. A site keeps the one
+	// it was created with (recorded in its SITE file; sites created before it was recorded use
+	// LogDBPebble).
 	LogDB LogDB
-	// LogDBMemory sizes the LogDB. Default LogDBSmall.
+	// LogDBMemory sizes LogDBPebble's write buffers. Default LogDBSmall.
 	LogDBMemory LogDBMemory
 	// LogShards is how many workers step this site's Raft groups and persist their logs
 	// (dragonboat's engine execution shards and LogDB shards, the same number). Default 1:
@@ -149,7 +156,7 @@ func (c *Config) ensureDefaults() {
 		c.HeartbeatRTT = 5
 	}
 	if c.LogDB == "" {
-		c.LogDB = LogDBPebble
+		c.LogDB = LogDBSegments
 	}
 	if c.LogDBMemory == "" {
 		c.LogDBMemory = LogDBSmall
@@ -228,7 +235,7 @@ func (c *Config) validate() error {
 	if c.ElectionRTT <= 2*c.HeartbeatRTT {
 		bad("ElectionRTT %d must exceed 2×HeartbeatRTT %d", c.ElectionRTT, c.HeartbeatRTT)
 	}
-	if c.LogDB != LogDBTan && c.LogDB != LogDBPebble {
+	if c.LogDB != LogDBTan && c.LogDB != LogDBPebble && c.LogDB != LogDBSegments {
 		bad("LogDB %q", c.LogDB)
 	}
 	switch c.LogDBMemory {

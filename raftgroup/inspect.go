@@ -19,7 +19,7 @@ import (
 // (ds-info -dir). A site keeps each shard in the Pebble of its replica of the shard's group:
 //
 //	<site>/SITE                              the site's ID, deployment and Raft address
-//	       nodehost/                         dragonboat's Raft logs (not read here)
+//	       nodehost/                         dragonboat's NodeHost; the Raft log (raftlog/ segments) (not read here)
 //	       replicas/shard-0003-r7/CURRENT    names the replica's live Pebble ("db-000002")
 //	                              db-000002/ the live Pebble: shard 3, no shard key prefix
 //

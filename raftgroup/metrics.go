@@ -2,6 +2,7 @@ package raftgroup
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -24,6 +25,14 @@ import (
 //	                                      connection (1/0)
 //	strata_raft_peer_unreachable_seconds  how long it has been unreachable
 //
+// With LogDBSegments, the site's Raft log (one per site, all groups):
+//
+//	strata_raft_log_fsyncs_total        fdatasyncs of the log (one per round of the site's
+//	                                    groups, whatever their number)
+//	strata_raft_log_fsync_seconds_total time spent in them
+//	strata_raft_log_bytes_total         bytes written
+//	strata_raft_log_segments            segment files on disk
+//
 // Replication lag across sites is a query over all sites' metrics, e.g. in PromQL
 // max by (shard) (strata_raft_applied_index) - on (shard) group_right strata_raft_applied_index.
 // These names and labels are stable.
@@ -42,10 +51,14 @@ var (
 	raftMetaLeader = prometheus.NewDesc("strata_raft_meta_leader", "1 if this site leads the meta group.", nil, nil)
 	peerReachable  = prometheus.NewDesc("strata_raft_peer_reachable", "1 if this site reached the site at the last probe or Raft connection, else 0.", peerLabels, nil)
 	peerDown       = prometheus.NewDesc("strata_raft_peer_unreachable_seconds", "How long this site has failed to reach the site (0 when it reaches it).", peerLabels, nil)
+	logFsyncs      = prometheus.NewDesc("strata_raft_log_fsyncs_total", "fdatasyncs of this site's Raft log.", nil, nil)
+	logFsyncTime   = prometheus.NewDesc("strata_raft_log_fsync_seconds_total", "Time this site's Raft log spent in fdatasync.", nil, nil)
+	logBytes       = prometheus.NewDesc("strata_raft_log_bytes_total", "Bytes written to this site's Raft log.", nil, nil)
+	logSegments    = prometheus.NewDesc("strata_raft_log_segments", "Segment files of this site's Raft log.", nil, nil)
 )
 
 func (c siteCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{raftLeader, raftTerm, raftApplied, raftLast, raftApplyLag, raftMetaLeader, peerReachable, peerDown} {
+	for _, d := range []*prometheus.Desc{raftLeader, raftTerm, raftApplied, raftLast, raftApplyLag, raftMetaLeader, peerReachable, peerDown, logFsyncs, logFsyncTime, logBytes, logSegments} {
 		ch <- d
 	}
 }
@@ -77,6 +90,15 @@ func (c siteCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	if ls, ok := s.LogStats(); ok {
+		counter := func(d *prometheus.Desc, v float64) {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v)
+		}
+		counter(logFsyncs, float64(ls.Fsyncs))
+		counter(logFsyncTime, ls.FsyncTime.Seconds())
+		counter(logBytes, float64(ls.Bytes))
+		gauge(logSegments, float64(ls.Segments))
+	}
 	st, err := s.localMeta()
 	if err != nil {
 		return
@@ -98,4 +120,25 @@ func boolGauge(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// LogStats are the counters of a site's Raft log since the site opened (LogDBSegments only).
+type LogStats struct {
+	Fsyncs    uint64        // fdatasyncs: one per round of the site's groups that persisted anything
+	FsyncTime time.Duration // spent in them
+	Frames    uint64        // atomic writes (a round, a snapshot record, a removal)
+	Bytes     uint64        // bytes written
+	Segments  int           // segment files now
+	Entries   int           // entries retained now, all groups
+}
+
+// LogStats returns the counters of the site's Raft log; ok is false unless the site runs
+// LogDBSegments (dragonboat's own LogDBs expose none).
+func (s *Site) LogStats() (st LogStats, ok bool) {
+	l := s.raftLog.Load()
+	if l == nil {
+		return LogStats{}, false
+	}
+	ls := l.Stats()
+	return LogStats{Fsyncs: ls.Fsyncs, FsyncTime: ls.SyncTime, Frames: ls.Frames, Bytes: ls.Bytes, Segments: ls.Segments, Entries: ls.Entries}, true
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/lni/dragonboat/v4/config"
 	"github.com/lni/dragonboat/v4/plugin/tan"
 	sm "github.com/lni/dragonboat/v4/statemachine"
+	"github.com/strata-mq/strata/raftgroup/internal/raftlog"
 	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
@@ -58,7 +59,8 @@ type Site struct {
 	serviceConns connSet
 	applied      applyNotifier
 	fwd          *forwarder
-	tails        *tailLog // the last steps of the replicas here, for sites without one (tail.go)
+	tails        *tailLog                    // the last steps of the replicas here, for sites without one (tail.go)
+	raftLog      atomic.Pointer[raftlog.Log] // the Raft log, if LogDBSegments (for its counters)
 	stop         chan struct{}
 	ctx          context.Context // cancelled when the site closes: bounds the loops' calls
 	cancel       context.CancelFunc
@@ -128,8 +130,11 @@ func (s *Site) startNodeHost() error {
 	if c.transport != nil {
 		nhc.Expert.TransportFactory = c.transport
 	}
-	if c.LogDB == LogDBTan {
+	switch s.file.logDB() {
+	case LogDBTan:
 		nhc.Expert.LogDBFactory = tan.Factory
+	case LogDBSegments:
+		nhc.Expert.LogDBFactory = raftlog.Factory{Opened: func(l *raftlog.Log) { s.raftLog.Store(l) }}
 	}
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil {

@@ -66,6 +66,17 @@ type siteFile struct {
 	// LogShards is Config.LogShards as the site was created with (dragonboat refuses another
 	// value later). 0 in directories written before it was recorded: they use 16.
 	LogShards int `json:"log_shards,omitempty"`
+	// LogDB is Config.LogDB as the site was created with (dragonboat refuses another LogDB
+	// in its directory). Empty in directories written before it was recorded: LogDBPebble.
+	LogDB LogDB `json:"log_db,omitempty"`
+}
+
+// logDB is the Raft log storage the site's NodeHost must use.
+func (f siteFile) logDB() LogDB {
+	if f.LogDB == "" {
+		return LogDBPebble
+	}
+	return f.LogDB
 }
 
 // legacyLogShards is dragonboat's default, which sites created before Config.LogShards used.
@@ -99,7 +110,7 @@ func loadOrCreateSite(cfg *Config) (siteFile, bool, error) {
 	if !cfg.Join && len(cfg.InitialSites) == 0 {
 		return siteFile{}, false, fmt.Errorf("%w: %s holds no site: set InitialSites to bootstrap or Join to join", ErrInvalidConfig, cfg.Dir)
 	}
-	f = siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress, LogShards: cfg.LogShards}
+	f = siteFile{DeploymentID: cfg.DeploymentID, RaftAddress: cfg.RaftAddress, LogShards: cfg.LogShards, LogDB: cfg.LogDB}
 	if _, err := rand.Read(f.ID[:]); err != nil {
 		return f, false, err
 	}

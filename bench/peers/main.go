@@ -104,7 +104,7 @@ func runAll(n, subjects, size, syncAlwaysN, r3N int) {
 // loopback (replication factor 3, 16 shards, dragonboat's Pebble log), publishers over the
 // sites, each Store acknowledged once a quorum holds it in its fsynced Raft log.
 func strataR3Publish(n, publishers, payload int) (row, error) {
-	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16}, 3, raftgroup.LogDBPebble)
+	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16}, 3, raftgroup.LogDBSegments)
 	return row{name: "Strata R3 publish (3 sites, 16 shards, loopback)", msgs: r.Msgs, elapsed: r.Elapsed,
 		durability: "fsync per Raft round, replicated to 3"}, err
 }

@@ -59,7 +59,7 @@ func main() {
 	flag.BoolVar(&c.Quick, "quick", false, "a short run (300k messages, no default-options Pebble baseline), well under a minute")
 	scenarios := flag.String("scenarios", "ingest,fanout,retention,raw,replicated,subscribe,subscribe-replicated,sessions",
 		"comma-separated: ingest (with the replays), fanout, retention, raw, replicated, subscribe (fan-out at the tail, latency, catch-up), subscribe-replicated (latency on -sites sites), sessions (ingest with -sessions-count durable sessions vs without, resume), recovery (Open after kill -9 of a child writing at full load, at -recovery-bytes; not in the default set)")
-	logdbs := flag.String("raft-logdb", "pebble", "replicated: Raft LogDB(s) to measure, comma-separated: pebble, tan (tan measured 0.6× of pebble with 16 shards)")
+	logdbs := flag.String("raft-logdb", "segments", "replicated: Raft LogDB(s) to measure, comma-separated: segments (Strata's own), pebble, tan (tan measured 0.6× of pebble with 16 shards)")
 	raftN := flag.Int("raft-n", 200_000, "replicated: messages (the cluster ingests ~20k msgs/s here; capped by -n)")
 	raftShards := flag.Int("raft-shards", 16, "replicated: shards (the DB's default; fewer shards, larger Raft entries)")
 	raftSites := flag.String("raft-sites", "3,5", "replicated: comma-separated numbers of sites in this process (replication factor 3), one row each")
@@ -85,7 +85,7 @@ func main() {
 	flag.IntVar(&sc.MaxUnacked, "sub-max-unacked", 0, "subscribe: SubscribeOptions.MaxUnacked (0: the default, 1000)")
 	subRaftN := flag.Int("sub-raft-n", 30_000, "subscribe-replicated: messages of the latency run")
 	subRaftRate := flag.Float64("sub-raft-rate", 0, "subscribe-replicated: msgs/s of the latency run (0: half the maximum through site 0, measured first)")
-	subLogDB := flag.String("sub-raft-logdb", "pebble", "subscribe-replicated: Raft LogDB (pebble or tan)")
+	subLogDB := flag.String("sub-raft-logdb", "segments", "subscribe-replicated: Raft LogDB (segments, pebble or tan)")
 	var ssc bench.SessionConfig
 	flag.IntVar(&ssc.Sessions, "sessions-count", 10_000, "sessions: durable sessions connected during the second ingest run, session i on dev/<i>/# (QoS 1)")
 	flag.IntVar(&ssc.N, "sessions-n", 200_000, "sessions: messages of each ingest run (without, then with the sessions)")

@@ -1,0 +1,693 @@
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4/raftio"
+	pb "github.com/lni/dragonboat/v4/raftpb"
+)
+
+// ErrClosed is returned by every call after Close.
+var ErrClosed = errors.New("raftlog: closed")
+
+// Name is the LogDB type name dragonboat records in the NodeHost directory: a site keeps the
+// LogDB it was created with.
+const Name = "strata-segments"
+
+// DefaultSegmentBytes is the size past which the next frame goes to a new segment.
+const DefaultSegmentBytes = 64 << 20
+
+// Options configure a Log.
+type Options struct {
+	SegmentBytes int64 // default DefaultSegmentBytes; at most 1 GiB (offsets are 32-bit)
+}
+
+// Stats are the log's counters since Open.
+type Stats struct {
+	Fsyncs   uint64        // fdatasyncs of segment files (directory syncs not counted)
+	SyncTime time.Duration // spent in them
+	Frames   uint64        // frames written
+	Bytes    uint64        // bytes written
+	Segments int           // segment files now
+	Entries  int           // entries retained now, all replicas
+}
+
+type nodeKey struct{ shard, replica uint64 }
+
+// loc is where one retained entry's bytes are.
+type loc struct {
+	seg    uint64
+	off, n uint32
+}
+
+// node is one replica's state (doc.go, invariant 3).
+type node struct {
+	hasBootstrap bool
+	bootstrap    pb.Bootstrap
+	hasState     bool
+	state        pb.State
+	snapshot     pb.Snapshot
+	hasLog       bool   // maxIndex was set
+	maxIndex     uint64 // the last index of the log
+	base         uint64 // index of locs[0]
+	locs         []loc
+}
+
+type segment struct {
+	seq  uint64
+	f    *os.File
+	size int64
+	live int // retained entries in it
+}
+
+// Log is a raftio.ILogDB on segment files.
+type Log struct {
+	dir  string
+	opts Options
+
+	// writeMu orders writers: one frame is appended, synced and applied at a time. The
+	// nodes and segments change only under writeMu and mu together, so a holder of writeMu
+	// may read them without mu.
+	writeMu sync.Mutex
+	buf     payload
+	failed  error // sticky: a write that may have left a partial frame
+
+	mu      sync.RWMutex
+	nodes   map[nodeKey]*node
+	segs    []*segment // contiguous seqs; the last is appended to
+	closed  bool
+	scratch []span
+
+	fsyncs, syncNanos, frames, bytes atomic.Uint64
+}
+
+var _ raftio.ILogDB = (*Log)(nil)
+
+// Open opens the log in dir, creating it if needed, replays its segments and starts a new
+// one. A torn frame at the end of the last segment (a crash during a write) is cut off.
+func Open(dir string, opts Options) (*Log, error) {
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	opts.SegmentBytes = min(opts.SegmentBytes, 1<<30)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	l := &Log{dir: dir, opts: opts, nodes: map[nodeKey]*node{}}
+	seqs, err := listSegments(dir)
+	if err != nil {
+		return nil, err
+	}
+	for i, seq := range seqs {
+		if i > 0 && seq != seqs[i-1]+1 {
+			return nil, fmt.Errorf("%w: %s: segment %016x missing", ErrCorrupt, dir, seqs[i-1]+1)
+		}
+		if err := l.replay(seq, i == len(seqs)-1); err != nil {
+			l.closeFiles()
+			return nil, err
+		}
+	}
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	if err := l.rotate(); err != nil {
+		l.closeFiles()
+		return nil, err
+	}
+	return l, nil
+}
+
+func segmentName(seq uint64) string { return fmt.Sprintf("%016x.log", seq) }
+
+func listSegments(dir string) ([]uint64, error) {
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var seqs []uint64
+	for _, de := range des {
+		name, ok := strings.CutSuffix(de.Name(), ".log")
+		if !ok || len(name) != 16 {
+			continue
+		}
+		seq, err := strconv.ParseUint(name, 16, 64)
+		if err != nil {
+			continue
+		}
+		seqs = append(seqs, seq)
+	}
+	slices.Sort(seqs)
+	return seqs, nil
+}
+
+// replay applies every frame of segment seq; last says it may end in a torn frame.
+func (l *Log) replay(seq uint64, last bool) error {
+	path := filepath.Join(l.dir, segmentName(seq))
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	seg := &segment{seq: seq, f: f}
+	l.segs = append(l.segs, seg)
+	for off := 0; off < len(b); {
+		n, ok := checkFrame(b[off:])
+		if !ok {
+			if !last {
+				return fmt.Errorf("%w: %s: bad frame at offset %d", ErrCorrupt, path, off)
+			}
+			// A torn write: nothing in it was acknowledged. Cut it off so that the bytes
+			// are never mistaken for a frame.
+			if err := f.Truncate(int64(off)); err != nil {
+				return err
+			}
+			if err := datasync(f); err != nil {
+				return err
+			}
+			b = b[:off]
+			break
+		}
+		if err := l.apply(seg, int64(off), b[off+frameHeader:off+frameHeader+n]); err != nil {
+			return fmt.Errorf("%s: frame at offset %d: %w", path, off, err)
+		}
+		off += frameHeader + n
+	}
+	seg.size = int64(len(b))
+	return nil
+}
+
+// apply decodes a frame written at off in seg and applies it to memory. Caller holds mu or
+// runs before the log is shared.
+func (l *Log) apply(seg *segment, off int64, body []byte) error {
+	var err error
+	l.scratch, err = decode(body, applier{l: l, seg: seg, base: uint32(off) + frameHeader}, l.scratch)
+	return err
+}
+
+// rotate starts a new segment that begins with a checkpoint of every replica (doc.go).
+// Caller holds writeMu.
+func (l *Log) rotate() error {
+	seq := uint64(1)
+	if n := len(l.segs); n > 0 {
+		seq = l.segs[n-1].seq + 1
+	}
+	f, err := os.OpenFile(filepath.Join(l.dir, segmentName(seq)), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	p := &l.buf
+	p.reset()
+	keys := make([]nodeKey, 0, len(l.nodes))
+	for k := range l.nodes {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b nodeKey) int {
+		if a.shard != b.shard {
+			return cmpU64(a.shard, b.shard)
+		}
+		return cmpU64(a.replica, b.replica)
+	})
+	for _, k := range keys {
+		n := l.nodes[k]
+		if n.hasBootstrap {
+			p.bootstrap(k.shard, k.replica, &n.bootstrap)
+		}
+		if n.hasState {
+			p.state(k.shard, k.replica, &n.state)
+		}
+		if !pb.IsEmptySnapshot(n.snapshot) {
+			p.snapshot(opSnapshot, k.shard, k.replica, &n.snapshot)
+		}
+		p.checkpoint(k.shard, k.replica, n)
+	}
+	seg := &segment{seq: seq, f: f}
+	frame := p.frame()
+	if err := l.writeFrame(seg, frame); err != nil {
+		f.Close()
+		return err
+	}
+	seg.size = int64(len(frame))
+	if err := syncDir(l.dir); err != nil {
+		f.Close()
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.segs = append(l.segs, seg)
+	if err := l.apply(seg, 0, p.b[frameHeader:]); err != nil {
+		return err
+	}
+	l.collect()
+	return nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// writeFrame appends frame to seg and syncs it. Caller holds writeMu.
+func (l *Log) writeFrame(seg *segment, frame []byte) error {
+	if _, err := seg.f.WriteAt(frame, seg.size); err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := datasync(seg.f); err != nil {
+		return err
+	}
+	l.syncNanos.Add(uint64(time.Since(start)))
+	l.fsyncs.Add(1)
+	l.frames.Add(1)
+	l.bytes.Add(uint64(len(frame)))
+	return nil
+}
+
+// write appends the frame built in l.buf to the last segment, syncs it and applies it.
+// Caller holds writeMu.
+func (l *Log) write() error {
+	if l.failed != nil {
+		return l.failed
+	}
+	if l.closed {
+		return ErrClosed
+	}
+	if l.buf.empty() {
+		return nil
+	}
+	seg := l.segs[len(l.segs)-1]
+	if seg.size >= l.opts.SegmentBytes {
+		frame := slices.Clone(l.buf.b) // rotate reuses the buffer for the checkpoint
+		if err := l.rotate(); err != nil {
+			return l.fail(err)
+		}
+		l.buf.b = frame
+		seg = l.segs[len(l.segs)-1]
+	}
+	off := seg.size
+	frame := l.buf.frame()
+	if err := l.writeFrame(seg, frame); err != nil {
+		return l.fail(err)
+	}
+	seg.size += int64(len(frame))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.apply(seg, off, frame[frameHeader:]); err != nil {
+		return l.fail(err) // our own bytes: a bug, stop writing
+	}
+	l.collect()
+	return nil
+}
+
+// fail makes err sticky: after a failed write or sync the segment may end in a partial
+// frame, and a frame appended after it would be lost at the next Open.
+func (l *Log) fail(err error) error {
+	l.failed = fmt.Errorf("raftlog: %s: write failed, the log takes no more writes until reopened: %w", l.dir, err)
+	return l.failed
+}
+
+// collect deletes the dead segments at the front (doc.go, invariant 4). Caller holds writeMu
+// and mu.
+func (l *Log) collect() {
+	for len(l.segs) > 1 && l.segs[0].live == 0 {
+		seg := l.segs[0]
+		seg.f.Close()
+		if err := os.Remove(filepath.Join(l.dir, segmentName(seg.seq))); err != nil && !os.IsNotExist(err) {
+			return // kept; tried again after the next write
+		}
+		if err := syncDir(l.dir); err != nil {
+			return
+		}
+		l.segs = l.segs[1:]
+	}
+}
+
+func (l *Log) segment(seq uint64) *segment { return l.segs[seq-l.segs[0].seq] }
+
+func (l *Log) release(locs []loc) {
+	for _, lc := range locs {
+		l.segment(lc.seg).live--
+	}
+}
+
+// applier applies decoded ops to the log's memory. base is the payload's offset in seg.
+type applier struct {
+	l    *Log
+	seg  *segment
+	base uint32
+}
+
+func (a applier) node(shard, replica uint64) *node {
+	k := nodeKey{shard, replica}
+	n := a.l.nodes[k]
+	if n == nil {
+		n = &node{}
+		a.l.nodes[k] = n
+	}
+	return n
+}
+
+func (a applier) entries(shard, replica, first uint64, spans []span) error {
+	n := a.node(shard, replica)
+	if len(n.locs) == 0 || first < n.base || first > n.base+uint64(len(n.locs)) {
+		a.l.release(n.locs) // not a continuation: the window restarts (invariant 3)
+		n.locs, n.base = n.locs[:0], first
+	} else {
+		cut := first - n.base
+		a.l.release(n.locs[cut:])
+		n.locs = n.locs[:cut]
+	}
+	for _, s := range spans {
+		n.locs = append(n.locs, loc{seg: a.seg.seq, off: a.base + s.off, n: s.n})
+	}
+	a.seg.live += len(spans)
+	n.maxIndex, n.hasLog = first+uint64(len(spans))-1, true
+	return nil
+}
+
+func (a applier) state(shard, replica uint64, st pb.State) {
+	n := a.node(shard, replica)
+	n.state, n.hasState = st, true
+}
+
+func (a applier) snapshot(shard, replica uint64, ss pb.Snapshot, install bool) {
+	n := a.node(shard, replica)
+	if ss.Index <= n.snapshot.Index {
+		return // an older snapshot than the one kept: dragonboat's LogDB ignores it too
+	}
+	n.snapshot = ss
+	if install {
+		// A snapshot received: the log now ends at its index.
+		n.maxIndex, n.hasLog = ss.Index, true
+		if keep := ss.Index + 1; keep <= n.base {
+			a.l.release(n.locs)
+			n.locs = n.locs[:0]
+		} else if k := keep - n.base; k < uint64(len(n.locs)) {
+			a.l.release(n.locs[k:])
+			n.locs = n.locs[:k]
+		}
+	}
+}
+
+func (a applier) bootstrap(shard, replica uint64, bs pb.Bootstrap) {
+	n := a.node(shard, replica)
+	n.bootstrap, n.hasBootstrap = bs, true
+}
+
+func (a applier) removeTo(shard, replica, index uint64) {
+	n := a.l.nodes[nodeKey{shard, replica}]
+	if n == nil || index < n.base {
+		return
+	}
+	k := min(index+1-n.base, uint64(len(n.locs)))
+	a.l.release(n.locs[:k])
+	n.locs, n.base = n.locs[k:], index+1
+}
+
+func (a applier) removeNode(shard, replica uint64) {
+	k := nodeKey{shard, replica}
+	if n := a.l.nodes[k]; n != nil {
+		a.l.release(n.locs)
+		delete(a.l.nodes, k)
+	}
+}
+
+func (a applier) checkpoint(shard, replica, maxIndex, base uint64, hasLog bool) {
+	n := a.node(shard, replica)
+	n.maxIndex, n.hasLog = maxIndex, hasLog
+	if len(n.locs) == 0 {
+		n.base = base // the entries before this segment are in deleted segments, or dead
+	}
+}
+
+// Name implements raftio.ILogDB.
+func (l *Log) Name() string { return Name }
+
+// BinaryFormat implements raftio.ILogDB.
+func (l *Log) BinaryFormat() uint32 { return raftio.PlainLogDBBinVersion }
+
+// Close closes the files. Calls after Close return ErrClosed.
+func (l *Log) Close() error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	return l.closeFiles()
+}
+
+func (l *Log) closeFiles() error {
+	var err error
+	for _, s := range l.segs {
+		err = errors.Join(err, s.f.Close())
+	}
+	return err
+}
+
+// Stats returns the log's counters.
+func (l *Log) Stats() Stats {
+	s := Stats{Fsyncs: l.fsyncs.Load(), SyncTime: time.Duration(l.syncNanos.Load()), Frames: l.frames.Load(), Bytes: l.bytes.Load()}
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	s.Segments = len(l.segs)
+	for _, n := range l.nodes {
+		s.Entries += len(n.locs)
+	}
+	return s
+}
+
+// ListNodeInfo implements raftio.ILogDB: the replicas with bootstrap info.
+func (l *Log) ListNodeInfo() ([]raftio.NodeInfo, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, ErrClosed
+	}
+	var out []raftio.NodeInfo
+	for k, n := range l.nodes {
+		if n.hasBootstrap {
+			out = append(out, raftio.GetNodeInfo(k.shard, k.replica))
+		}
+	}
+	slices.SortFunc(out, func(a, b raftio.NodeInfo) int {
+		if a.ShardID != b.ShardID {
+			return cmpU64(a.ShardID, b.ShardID)
+		}
+		return cmpU64(a.ReplicaID, b.ReplicaID)
+	})
+	return out, nil
+}
+
+// SaveBootstrapInfo implements raftio.ILogDB.
+func (l *Log) SaveBootstrapInfo(shardID, replicaID uint64, bs pb.Bootstrap) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	l.buf.bootstrap(shardID, replicaID, &bs)
+	return l.write()
+}
+
+// GetBootstrapInfo implements raftio.ILogDB.
+func (l *Log) GetBootstrapInfo(shardID, replicaID uint64) (pb.Bootstrap, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return pb.Bootstrap{}, ErrClosed
+	}
+	n := l.nodes[nodeKey{shardID, replicaID}]
+	if n == nil || !n.hasBootstrap {
+		return pb.Bootstrap{}, raftio.ErrNoBootstrapInfo
+	}
+	return n.bootstrap, nil
+}
+
+// SaveRaftState implements raftio.ILogDB: every update's state, received snapshot and
+// entries in one frame, one write and one fdatasync.
+func (l *Log) SaveRaftState(updates []pb.Update, _ uint64) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	for i := range updates {
+		ud := &updates[i]
+		n := l.nodes[nodeKey{ud.ShardID, ud.ReplicaID}] // read under writeMu (see Log)
+		if !pb.IsEmptyState(ud.State) && (n == nil || !n.hasState || !pb.IsStateEqual(n.state, ud.State)) {
+			l.buf.state(ud.ShardID, ud.ReplicaID, &ud.State)
+		}
+		if !pb.IsEmptySnapshot(ud.Snapshot) && (n == nil || ud.Snapshot.Index > n.snapshot.Index) {
+			l.buf.snapshot(opInstall, ud.ShardID, ud.ReplicaID, &ud.Snapshot)
+		}
+		if len(ud.EntriesToSave) > 0 {
+			l.buf.entries(ud.ShardID, ud.ReplicaID, ud.EntriesToSave)
+		}
+	}
+	return l.write()
+}
+
+// SaveSnapshots implements raftio.ILogDB: snapshots taken, metadata only.
+func (l *Log) SaveSnapshots(updates []pb.Update) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	for i := range updates {
+		ud := &updates[i]
+		n := l.nodes[nodeKey{ud.ShardID, ud.ReplicaID}]
+		if !pb.IsEmptySnapshot(ud.Snapshot) && (n == nil || ud.Snapshot.Index > n.snapshot.Index) {
+			l.buf.snapshot(opSnapshot, ud.ShardID, ud.ReplicaID, &ud.Snapshot)
+		}
+	}
+	return l.write()
+}
+
+// GetSnapshot implements raftio.ILogDB: the latest snapshot saved, or an empty one.
+func (l *Log) GetSnapshot(shardID, replicaID uint64) (pb.Snapshot, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return pb.Snapshot{}, ErrClosed
+	}
+	if n := l.nodes[nodeKey{shardID, replicaID}]; n != nil {
+		return n.snapshot, nil
+	}
+	return pb.Snapshot{}, nil
+}
+
+// ReadRaftState implements raftio.ILogDB, as dragonboat's own LogDB answers it: the entries
+// from the first retained one at or after snapshotIndex to the last.
+func (l *Log) ReadRaftState(shardID, replicaID, snapshotIndex uint64) (raftio.RaftState, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return raftio.RaftState{}, ErrClosed
+	}
+	n := l.nodes[nodeKey{shardID, replicaID}]
+	if n == nil || !n.hasState {
+		return raftio.RaftState{}, raftio.ErrNoSavedLog
+	}
+	rs := raftio.RaftState{State: n.state, FirstIndex: snapshotIndex}
+	if !n.hasLog || snapshotIndex == n.maxIndex {
+		return rs, nil
+	}
+	first, end := max(n.base, snapshotIndex), n.base+uint64(len(n.locs)) // end: exclusive
+	if first > n.maxIndex || end <= n.maxIndex {
+		return raftio.RaftState{}, fmt.Errorf("%w: shard %d replica %d: entries [%d, %d) retained, the log ends at %d, snapshot at %d",
+			ErrCorrupt, shardID, replicaID, n.base, end, n.maxIndex, snapshotIndex)
+	}
+	rs.FirstIndex, rs.EntryCount = first, n.maxIndex-first+1
+	return rs, nil
+}
+
+// IterateEntries implements raftio.ILogDB: the entries from low on, below high and the end of
+// the log, until their size passes maxSize (the entry that passes it included).
+func (l *Log) IterateEntries(ents []pb.Entry, size uint64, shardID, replicaID, low, high, maxSize uint64) ([]pb.Entry, uint64, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if l.closed {
+		return nil, 0, ErrClosed
+	}
+	n := l.nodes[nodeKey{shardID, replicaID}]
+	if n == nil || !n.hasLog || low < n.base {
+		return ents, size, nil
+	}
+	high = min(high, n.maxIndex+1)
+	var buf []byte
+	for idx := low; idx < high && idx-n.base < uint64(len(n.locs)); idx++ {
+		lc := n.locs[idx-n.base]
+		if cap(buf) < int(lc.n) {
+			buf = make([]byte, lc.n)
+		}
+		buf = buf[:lc.n]
+		if _, err := l.segment(lc.seg).f.ReadAt(buf, int64(lc.off)); err != nil {
+			return nil, 0, fmt.Errorf("raftlog: shard %d replica %d entry %d: %w", shardID, replicaID, idx, err)
+		}
+		var e pb.Entry
+		if err := unmarshalEntry(&e, buf); err != nil || e.Index != idx {
+			return nil, 0, fmt.Errorf("%w: shard %d replica %d: entry %d in segment %016x at %d (read index %d): %v",
+				ErrCorrupt, shardID, replicaID, idx, lc.seg, lc.off, e.Index, err)
+		}
+		ents = append(ents, e)
+		size += uint64(e.SizeUpperLimit())
+		if size > maxSize {
+			break
+		}
+	}
+	return ents, size, nil
+}
+
+// unmarshalEntry decodes an entry; dragonboat's generated decoder can panic on bad bytes.
+func unmarshalEntry(e *pb.Entry, b []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("undecodable entry: %v", r)
+		}
+	}()
+	return e.Unmarshal(b)
+}
+
+// RemoveEntriesTo implements raftio.ILogDB.
+func (l *Log) RemoveEntriesTo(shardID, replicaID, index uint64) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	l.buf.removeTo(shardID, replicaID, index)
+	return l.write()
+}
+
+// CompactEntriesTo implements raftio.ILogDB: nothing to do, a segment's space comes back when
+// its last retained entry is removed.
+func (l *Log) CompactEntriesTo(uint64, uint64, uint64) (<-chan struct{}, error) {
+	done := make(chan struct{})
+	close(done)
+	return done, nil
+}
+
+// RemoveNodeData implements raftio.ILogDB.
+func (l *Log) RemoveNodeData(shardID, replicaID uint64) error {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	l.buf.removeNode(shardID, replicaID)
+	return l.write()
+}
+
+// ImportSnapshot implements raftio.ILogDB: the replica restarts from ss, as a joiner.
+func (l *Log) ImportSnapshot(ss pb.Snapshot, replicaID uint64) error {
+	if ss.Type == pb.UnknownStateMachine {
+		return fmt.Errorf("raftlog: import of a snapshot of an unknown state machine type")
+	}
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.buf.reset()
+	l.buf.removeNode(ss.ShardID, replicaID)
+	l.buf.bootstrap(ss.ShardID, replicaID, &pb.Bootstrap{Join: true, Type: ss.Type})
+	l.buf.state(ss.ShardID, replicaID, &pb.State{Term: ss.Term, Commit: ss.Index})
+	l.buf.snapshot(opInstall, ss.ShardID, replicaID, &ss)
+	return l.write()
+}
+
+// syncDir makes the directory's entries (a segment created or removed) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
