@@ -128,6 +128,7 @@ type LogStats struct {
 	FsyncTime time.Duration // spent in them
 	Frames    uint64        // atomic writes (a round, a snapshot record, a removal)
 	Bytes     uint64        // bytes written
+	Moved     uint64        // of which entries of quiet groups written again to free old segments
 	Segments  int           // segment files now
 	Entries   int           // entries retained now, all groups
 }
@@ -140,5 +141,5 @@ func (s *Site) LogStats() (st LogStats, ok bool) {
 		return LogStats{}, false
 	}
 	ls := l.Stats()
-	return LogStats{Fsyncs: ls.Fsyncs, FsyncTime: ls.SyncTime, Frames: ls.Frames, Bytes: ls.Bytes, Segments: ls.Segments, Entries: ls.Entries}, true
+	return LogStats{Fsyncs: ls.Fsyncs, FsyncTime: ls.SyncTime, Frames: ls.Frames, Bytes: ls.Bytes, Moved: ls.Moved, Segments: ls.Segments, Entries: ls.Entries}, true
 }

@@ -16,8 +16,9 @@ import (
 // more than the quota, Stores through this site fail with ErrQuotaExceeded and nothing is
 // proposed. Every site holds the same data, so with the same quota they all refuse at about
 // the same point. Generation drops and rotations are never refused (they free space). The
-// Raft log is not counted: it is bounded by SnapshotEntries + CompactionOverhead entries per
-// group and shrinks only as writes go on, so counting it could hold the quota for ever.
+// Raft log is not counted: it retains up to SnapshotEntries + CompactionOverhead entries per
+// group (on disk at most about twice that plus four 64 MiB segments with LogDBSegments) and
+// shrinks only as writes go on, so counting it could hold the quota for ever.
 type siteQuota struct {
 	mu       sync.Mutex
 	checked  time.Time

@@ -33,6 +33,7 @@
 //	opRemoveTo   index(uvarint)                       (entries up to index are not needed)
 //	opRemoveNode                                      (forget the replica)
 //	opCheckpoint maxIndex(uvarint) | base(uvarint) | hasLog(u8)
+//	opWindow     as opEntries: the replica's whole retained window again, moved (below)
 //
 // Every segment begins with a checkpoint frame written when it is created: for every replica
 // known then, its bootstrap, state and snapshot ops and an opCheckpoint. So the segments
@@ -42,14 +43,20 @@
 //
 //  1. A frame is durable (fdatasync) before the call that wrote it returns; a frame is applied
 //     to memory only once written, by the same decoder recovery uses (one owner of the format).
-//  2. A frame is all or nothing: recovery stops at the first frame of the last segment whose
-//     CRC or length does not check (a write torn by a crash; nothing in it was acknowledged),
-//     truncates it there, and starts a new segment. A bad frame in any other segment is
-//     corruption (ErrCorrupt), not silently skipped.
+//  2. A frame is all or nothing: recovery cuts off a last frame of the last segment whose CRC
+//     or length does not check (a write torn by a crash; nothing in it was acknowledged) and
+//     starts a new segment. A bad frame anywhere else — in another segment, or followed by a
+//     good frame — is corruption (ErrCorrupt), not silently skipped. A round too large for one
+//     frame (over 1 GiB) is split between replicas' updates, each synced before the next.
 //  3. Each replica's retained entries are one contiguous window [base, base+n) of locations
 //     (segment, offset, length); entries above maxIndex are dropped when it moves down, and
 //     entries written after a gap restart the window, as dragonboat's own LogDB reads them.
 //  4. A segment is deleted only when it is not the last one, every segment before it is
 //     deleted, and no retained entry is in it (a live count per segment); the directory is
 //     synced after each deletion, so replaying the segments left gives the same state.
+//  5. The disk holds at most about twice the retained entries plus four segments: a group
+//     that goes quiet takes no more snapshots and would keep its last entries, and with them
+//     every later segment, for ever. When a new segment starts and the segments hold more
+//     than that, the windows of the replicas that keep the oldest segment alive are written
+//     again whole (opWindow), so it dies.
 package raftlog

@@ -29,6 +29,7 @@ const (
 	opRemoveTo
 	opRemoveNode
 	opCheckpoint
+	opWindow
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -62,13 +63,23 @@ func (p *payload) message(m marshaler) {
 	}
 }
 
-func (p *payload) entries(shard, replica uint64, ents []pb.Entry) {
+// entries appends an opEntries op; the entries' indexes must follow on from the first.
+func (p *payload) entries(shard, replica uint64, ents []pb.Entry) error {
+	if len(ents) > maxCount {
+		return fmt.Errorf("raftlog: shard %d replica %d: %d entries in one update (at most %d)", shard, replica, len(ents), maxCount)
+	}
+	for i := range ents {
+		if ents[i].Index != ents[0].Index+uint64(i) {
+			return fmt.Errorf("raftlog: shard %d replica %d: entry index %d at position %d after %d", shard, replica, ents[i].Index, i, ents[0].Index)
+		}
+	}
 	p.head(opEntries, shard, replica)
 	p.b = binary.AppendUvarint(p.b, ents[0].Index) // the entries' indexes follow on
 	p.b = binary.AppendUvarint(p.b, uint64(len(ents)))
 	for i := range ents {
 		p.message(&ents[i])
 	}
+	return nil
 }
 
 func (p *payload) state(shard, replica uint64, st *pb.State) {
@@ -120,20 +131,36 @@ func checkFrame(b []byte) (n int, ok bool) {
 	if len(b) < frameHeader {
 		return 0, false
 	}
-	n = int(binary.LittleEndian.Uint32(b[4:8]))
-	if n > maxFrame || len(b)-frameHeader < n {
+	length := binary.LittleEndian.Uint32(b[4:8])
+	if length > maxFrame || uint64(len(b)-frameHeader) < uint64(length) {
 		return 0, false
 	}
+	n = int(length)
 	if crc32.Checksum(b[4:frameHeader+n], castagnoli) != binary.LittleEndian.Uint32(b[0:4]) {
 		return 0, false
 	}
 	return n, true
 }
 
+// declaredEnd returns where the frame at the start of b says it ends (0 if its header is not
+// whole or its length is impossible).
+func declaredEnd(b []byte) int {
+	if len(b) < frameHeader {
+		return 0
+	}
+	length := binary.LittleEndian.Uint32(b[4:8])
+	if length > maxFrame {
+		return 0
+	}
+	return frameHeader + int(length)
+}
+
 // visitor receives the ops of a payload in order. Entry bytes are given as offset and length
 // within the payload; the other messages decoded.
 type visitor interface {
-	entries(shard, replica uint64, first uint64, locs []span) error
+	// entries: an opEntries op, or with whole an opWindow (the replica's whole window again,
+	// relocated: doc.go).
+	entries(shard, replica uint64, first uint64, locs []span, whole bool) error
 	state(shard, replica uint64, st pb.State)
 	snapshot(shard, replica uint64, ss pb.Snapshot, install bool)
 	bootstrap(shard, replica uint64, bs pb.Bootstrap)
@@ -156,7 +183,7 @@ func decode(b []byte, v visitor, scratch []span) ([]span, error) {
 			return scratch, d.err
 		}
 		switch op {
-		case opEntries:
+		case opEntries, opWindow:
 			first, count := d.uvarint(), d.uvarint()
 			if count == 0 || count > maxCount || first == 0 || first+count < first {
 				d.fail("entries from %d, count %d", first, count)
@@ -167,7 +194,7 @@ func decode(b []byte, v visitor, scratch []span) ([]span, error) {
 				scratch = append(scratch, span{off: uint32(d.i - len(raw)), n: uint32(len(raw))})
 			}
 			if d.err == nil {
-				if err := v.entries(shard, replica, first, scratch); err != nil {
+				if err := v.entries(shard, replica, first, scratch, op == opWindow); err != nil {
 					return scratch, err
 				}
 			}

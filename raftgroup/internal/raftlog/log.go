@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -37,6 +38,7 @@ type Stats struct {
 	SyncTime time.Duration // spent in them
 	Frames   uint64        // frames written
 	Bytes    uint64        // bytes written
+	Moved    uint64        // bytes of entries written again to free old segments (doc.go, invariant 5)
 	Segments int           // segment files now
 	Entries  int           // entries retained now, all replicas
 }
@@ -81,13 +83,15 @@ type Log struct {
 	buf     payload
 	failed  error // sticky: a write that may have left a partial frame
 
-	mu      sync.RWMutex
-	nodes   map[nodeKey]*node
-	segs    []*segment // contiguous seqs; the last is appended to
-	closed  bool
-	scratch []span
+	mu        sync.RWMutex
+	nodes     map[nodeKey]*node
+	segs      []*segment // contiguous seqs; the last is appended to
+	liveBytes int64      // bytes of the retained entries
+	closed    bool
+	scratch   []span
+	rbuf      payload // relocation frames (under writeMu)
 
-	fsyncs, syncNanos, frames, bytes atomic.Uint64
+	fsyncs, syncNanos, frames, bytes, moved atomic.Uint64
 }
 
 var _ raftio.ILogDB = (*Log)(nil)
@@ -100,6 +104,9 @@ func Open(dir string, opts Options) (*Log, error) {
 	}
 	opts.SegmentBytes = min(opts.SegmentBytes, 1<<30)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := syncDir(filepath.Dir(dir)); err != nil { // the log's own directory entry
 		return nil, err
 	}
 	l := &Log{dir: dir, opts: opts, nodes: map[nodeKey]*node{}}
@@ -164,7 +171,11 @@ func (l *Log) replay(seq uint64, last bool) error {
 	for off := 0; off < len(b); {
 		n, ok := checkFrame(b[off:])
 		if !ok {
-			if !last {
+			// Only the last frame of the last segment can be torn (each frame is synced
+			// before the next is written, and Open starts a new segment): a bad frame with
+			// a good one after it is damage.
+			end := declaredEnd(b[off:])
+			if _, next := checkFrame(b[min(off+end, len(b)):]); !last || (end > 0 && off+end < len(b) && next) {
 				return fmt.Errorf("%w: %s: bad frame at offset %d", ErrCorrupt, path, off)
 			}
 			// A torn write: nothing in it was acknowledged. Cut it off so that the bytes
@@ -208,17 +219,7 @@ func (l *Log) rotate() error {
 	}
 	p := &l.buf
 	p.reset()
-	keys := make([]nodeKey, 0, len(l.nodes))
-	for k := range l.nodes {
-		keys = append(keys, k)
-	}
-	slices.SortFunc(keys, func(a, b nodeKey) int {
-		if a.shard != b.shard {
-			return cmpU64(a.shard, b.shard)
-		}
-		return cmpU64(a.replica, b.replica)
-	})
-	for _, k := range keys {
+	for _, k := range l.sortedKeys() {
 		n := l.nodes[k]
 		if n.hasBootstrap {
 			p.bootstrap(k.shard, k.replica, &n.bootstrap)
@@ -243,13 +244,74 @@ func (l *Log) rotate() error {
 		return err
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	l.segs = append(l.segs, seg)
-	if err := l.apply(seg, 0, p.b[frameHeader:]); err != nil {
+	err = l.apply(seg, 0, p.b[frameHeader:])
+	l.mu.Unlock()
+	if err != nil {
 		return err
 	}
 	l.collect()
+	return l.relocate()
+}
+
+// relocate copies forward the windows of the replicas that keep the oldest segment alive,
+// once the segments hold much more than the retained entries: a group that goes quiet never
+// takes another snapshot, so without this its last entries would keep every later segment
+// on disk. Each such window is written again whole (opWindow) into the last segment, so the
+// oldest one dies. Caller holds writeMu.
+func (l *Log) relocate() error {
+	if len(l.segs) < 3 || l.segs[0].live == 0 {
+		return nil
+	}
+	var total int64
+	for _, seg := range l.segs {
+		total += seg.size
+	}
+	if total <= 2*l.liveBytes+4*l.opts.SegmentBytes {
+		return nil // mostly retained entries: they go with the groups' next snapshots
+	}
+	front := l.segs[0].seq
+	for _, k := range l.sortedKeys() {
+		n := l.nodes[k]
+		if len(n.locs) == 0 || n.locs[0].seg != front { // a window's locations run in segment order
+			continue
+		}
+		p := &l.rbuf
+		p.reset()
+		p.head(opWindow, k.shard, k.replica)
+		p.b = binary.AppendUvarint(p.b, n.base)
+		p.b = binary.AppendUvarint(p.b, uint64(len(n.locs)))
+		for _, lc := range n.locs {
+			p.b = binary.AppendUvarint(p.b, uint64(lc.n))
+			at := len(p.b)
+			p.b = append(p.b, make([]byte, lc.n)...)
+			if _, err := l.segment(lc.seg).f.ReadAt(p.b[at:], int64(lc.off)); err != nil {
+				return err
+			}
+		}
+		if len(p.b)-frameHeader > maxFrame {
+			continue // too large to move in one frame; it goes with the group's next snapshot
+		}
+		if err := l.appendFrame(p.frame()); err != nil {
+			return err
+		}
+		l.moved.Add(uint64(len(p.b)))
+	}
 	return nil
+}
+
+func (l *Log) sortedKeys() []nodeKey {
+	keys := make([]nodeKey, 0, len(l.nodes))
+	for k := range l.nodes {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b nodeKey) int {
+		if a.shard != b.shard {
+			return cmpU64(a.shard, b.shard)
+		}
+		return cmpU64(a.replica, b.replica)
+	})
+	return keys
 }
 
 func cmpU64(a, b uint64) int {
@@ -278,8 +340,8 @@ func (l *Log) writeFrame(seg *segment, frame []byte) error {
 	return nil
 }
 
-// write appends the frame built in l.buf to the last segment, syncs it and applies it.
-// Caller holds writeMu.
+// write appends the frame built in l.buf to the last segment (a new one if that is full),
+// syncs it and applies it. Caller holds writeMu.
 func (l *Log) write() error {
 	if l.failed != nil {
 		return l.failed
@@ -290,25 +352,33 @@ func (l *Log) write() error {
 	if l.buf.empty() {
 		return nil
 	}
-	seg := l.segs[len(l.segs)-1]
-	if seg.size >= l.opts.SegmentBytes {
+	if l.segs[len(l.segs)-1].size >= l.opts.SegmentBytes {
 		frame := slices.Clone(l.buf.b) // rotate reuses the buffer for the checkpoint
 		if err := l.rotate(); err != nil {
 			return l.fail(err)
 		}
 		l.buf.b = frame
-		seg = l.segs[len(l.segs)-1]
 	}
-	off := seg.size
-	frame := l.buf.frame()
-	if err := l.writeFrame(seg, frame); err != nil {
+	if err := l.appendFrame(l.buf.frame()); err != nil {
 		return l.fail(err)
+	}
+	return nil
+}
+
+// appendFrame writes frame at the end of the last segment, syncs it, applies it and deletes
+// the segments that died. Caller holds writeMu; a failure must be made sticky (fail).
+func (l *Log) appendFrame(frame []byte) error {
+	seg := l.segs[len(l.segs)-1]
+	off := seg.size
+	if err := l.writeFrame(seg, frame); err != nil {
+		return err
 	}
 	seg.size += int64(len(frame))
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err := l.apply(seg, off, frame[frameHeader:]); err != nil {
-		return l.fail(err) // our own bytes: a bug, stop writing
+	err := l.apply(seg, off, frame[frameHeader:])
+	l.mu.Unlock()
+	if err != nil {
+		return err // our own bytes: a bug, stop writing
 	}
 	l.collect()
 	return nil
@@ -321,19 +391,29 @@ func (l *Log) fail(err error) error {
 	return l.failed
 }
 
-// collect deletes the dead segments at the front (doc.go, invariant 4). Caller holds writeMu
-// and mu.
+// collect deletes the dead segments at the front (doc.go, invariant 4), in order, syncing
+// the directory after each. Caller holds writeMu; readers are held up only while the list
+// changes.
 func (l *Log) collect() {
-	for len(l.segs) > 1 && l.segs[0].live == 0 {
-		seg := l.segs[0]
-		seg.f.Close()
-		if err := os.Remove(filepath.Join(l.dir, segmentName(seg.seq))); err != nil && !os.IsNotExist(err) {
-			return // kept; tried again after the next write
+	for {
+		l.mu.Lock()
+		if len(l.segs) < 2 || l.segs[0].live > 0 {
+			l.mu.Unlock()
+			return
 		}
+		seg := l.segs[0]
+		l.segs = l.segs[1:]
+		l.mu.Unlock()
+		// A failure leaves the file: replaying a dead segment changes nothing, and the ones
+		// after it stay, so the sequence has no gap.
+		if err := os.Remove(filepath.Join(l.dir, segmentName(seg.seq))); err != nil && !os.IsNotExist(err) {
+			seg.f.Close()
+			return
+		}
+		seg.f.Close()
 		if err := syncDir(l.dir); err != nil {
 			return
 		}
-		l.segs = l.segs[1:]
 	}
 }
 
@@ -342,6 +422,7 @@ func (l *Log) segment(seq uint64) *segment { return l.segs[seq-l.segs[0].seq] }
 func (l *Log) release(locs []loc) {
 	for _, lc := range locs {
 		l.segment(lc.seg).live--
+		l.liveBytes -= int64(lc.n)
 	}
 }
 
@@ -362,9 +443,9 @@ func (a applier) node(shard, replica uint64) *node {
 	return n
 }
 
-func (a applier) entries(shard, replica, first uint64, spans []span) error {
+func (a applier) entries(shard, replica, first uint64, spans []span, whole bool) error {
 	n := a.node(shard, replica)
-	if len(n.locs) == 0 || first < n.base || first > n.base+uint64(len(n.locs)) {
+	if whole || len(n.locs) == 0 || first < n.base || first > n.base+uint64(len(n.locs)) {
 		a.l.release(n.locs) // not a continuation: the window restarts (invariant 3)
 		n.locs, n.base = n.locs[:0], first
 	} else {
@@ -374,9 +455,12 @@ func (a applier) entries(shard, replica, first uint64, spans []span) error {
 	}
 	for _, s := range spans {
 		n.locs = append(n.locs, loc{seg: a.seg.seq, off: a.base + s.off, n: s.n})
+		a.l.liveBytes += int64(s.n)
 	}
 	a.seg.live += len(spans)
-	n.maxIndex, n.hasLog = first+uint64(len(spans))-1, true
+	if !whole { // a window moved: the log's end is as it was
+		n.maxIndex, n.hasLog = first+uint64(len(spans))-1, true
+	}
 	return nil
 }
 
@@ -464,7 +548,7 @@ func (l *Log) closeFiles() error {
 
 // Stats returns the log's counters.
 func (l *Log) Stats() Stats {
-	s := Stats{Fsyncs: l.fsyncs.Load(), SyncTime: time.Duration(l.syncNanos.Load()), Frames: l.frames.Load(), Bytes: l.bytes.Load()}
+	s := Stats{Fsyncs: l.fsyncs.Load(), SyncTime: time.Duration(l.syncNanos.Load()), Frames: l.frames.Load(), Bytes: l.bytes.Load(), Moved: l.moved.Load()}
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	s.Segments = len(l.segs)
@@ -520,13 +604,16 @@ func (l *Log) GetBootstrapInfo(shardID, replicaID uint64) (pb.Bootstrap, error) 
 }
 
 // SaveRaftState implements raftio.ILogDB: every update's state, received snapshot and
-// entries in one frame, one write and one fdatasync.
+// entries in one frame, one write and one fdatasync. A round too large for one frame (more
+// than 1 GiB: many groups catching up at once) is split between updates; each replica's
+// update stays in one frame, which is all Raft needs.
 func (l *Log) SaveRaftState(updates []pb.Update, _ uint64) error {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.buf.reset()
 	for i := range updates {
 		ud := &updates[i]
+		mark := len(l.buf.b)
 		n := l.nodes[nodeKey{ud.ShardID, ud.ReplicaID}] // read under writeMu (see Log)
 		if !pb.IsEmptyState(ud.State) && (n == nil || !n.hasState || !pb.IsStateEqual(n.state, ud.State)) {
 			l.buf.state(ud.ShardID, ud.ReplicaID, &ud.State)
@@ -535,7 +622,21 @@ func (l *Log) SaveRaftState(updates []pb.Update, _ uint64) error {
 			l.buf.snapshot(opInstall, ud.ShardID, ud.ReplicaID, &ud.Snapshot)
 		}
 		if len(ud.EntriesToSave) > 0 {
-			l.buf.entries(ud.ShardID, ud.ReplicaID, ud.EntriesToSave)
+			if err := l.buf.entries(ud.ShardID, ud.ReplicaID, ud.EntriesToSave); err != nil {
+				return err
+			}
+		}
+		if len(l.buf.b)-frameHeader > maxFrame {
+			update := slices.Clone(l.buf.b[mark:])
+			if len(update) > maxFrame {
+				return fmt.Errorf("raftlog: shard %d replica %d: an update of %d bytes (at most %d in a frame)", ud.ShardID, ud.ReplicaID, len(update), maxFrame)
+			}
+			l.buf.b = l.buf.b[:mark]
+			if err := l.write(); err != nil {
+				return err
+			}
+			l.buf.reset()
+			l.buf.b = append(l.buf.b, update...)
 		}
 	}
 	return l.write()
