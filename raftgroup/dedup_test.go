@@ -71,3 +71,53 @@ func firstTS(t testing.TB, value uint64, data []byte) uint64 {
 	require.NoError(t, err)
 	return ts
 }
+
+// TestProposeAgainElsewhere: a proposal whose outcome a site lost (its replica moved away
+// while an attempt was in flight) is proposed again as it is through another site's replica
+// (forwarder.proposeAgain, service Propose): the answer is the first attempt's outcome — the
+// original timestamp, the message stored once — and asking again, through any holder, gives
+// the same answer. A proposal without a sequence is refused (it would not be applied once).
+func TestProposeAgainElsewhere(t *testing.T) {
+	c := newTestCluster(t, 3, 1, nil)
+	storeN(t, c.db(0), "warm", 1) // a leader
+	c.waitServices()              // every site's service address known
+	cmd := &shard.Command{Time: 1, Messages: []*message.Message{{ClientID: "again", Topic: "d/1", Payload: []byte("once")}}}
+	var pid shard.ProposerID
+	copy(pid[:], "test-proposer-03")
+	b := newProposal(pid, 9, 0, cmd.AppendBinary(nil)).appendBinary(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	res, err := c.sites[0].nh.SyncPropose(ctx, c.sites[0].nh.GetNoOPSession(shardGroup(0)), b)
+	cancel()
+	require.NoError(t, err)
+	ts := firstTS(t, res.Value, res.Data)
+	for i := range c.sites {
+		value, data, err := c.sites[i].fwd.proposeAgain(0, b, time.Now().Add(10*time.Second))
+		require.NoError(t, err, "through a site other than %d", i)
+		require.Equal(t, uint64(resultDuplicate), value, "through a site other than %d", i)
+		require.Equal(t, ts, firstTS(t, value, data), "through a site other than %d", i)
+	}
+	// Never proposed before: proposed now, once.
+	fresh := newProposal(pid, 10, 0, (&shard.Command{Time: 1, Messages: []*message.Message{{ClientID: "again", Topic: "d/1", Payload: []byte("fresh")}}}).AppendBinary(nil)).appendBinary(nil)
+	value, data, err := c.sites[1].fwd.proposeAgain(0, fresh, time.Now().Add(10*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, uint64(resultStored), value)
+	value2, data2, err := c.sites[2].fwd.proposeAgain(0, fresh, time.Now().Add(10*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, uint64(resultDuplicate), value2)
+	require.Equal(t, firstTS(t, value, data), firstTS(t, value2, data2))
+	eventually(t, 10*time.Second, "every site reads each message once", func() error {
+		for i := range c.sites {
+			got, err := readAll(c.db(i))
+			if err != nil {
+				return err
+			}
+			if len(got) != 3 {
+				return fmt.Errorf("site %d reads %q", i, got)
+			}
+		}
+		return nil
+	})
+	noSeq := newProposal(shard.ProposerID{}, 0, 0, cmd.AppendBinary(nil)).appendBinary(nil)
+	_, _, err = c.sites[0].fwd.proposeAgain(0, noSeq, time.Now().Add(5*time.Second))
+	require.ErrorContains(t, err, "without a sequence")
+}

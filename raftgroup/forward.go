@@ -403,6 +403,22 @@ func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.site.ctx, 3*f.site.attemptTimeout())
 }
 
+// proposeAgain proposes a proposal made here (its identity and sequence kept) through a site
+// that holds the shard, and returns the entry's result. Safe to send to several sites: the
+// replicas apply a sequence once.
+func (f *forwarder) proposeAgain(id stream.ShardID, proposal []byte, deadline time.Time) (uint64, []byte, error) {
+	addrs, err := f.targets(id)
+	if err != nil {
+		return 0, nil, err
+	}
+	ctx, cancel := context.WithDeadline(f.site.ctx, deadline)
+	defer cancel()
+	wait := max(time.Until(deadline)-f.site.attemptTimeout(), time.Until(deadline)/2, time.Millisecond)
+	var reply wire.ProposeReply
+	err = f.callTo(ctx, id, addrs, "Propose", &wire.Propose{Shard: id, Proposal: proposal, Wait: wait}, &reply, false, wait)
+	return reply.Value, reply.Data, err
+}
+
 // submitBatch sends a proposer's batch (body: shard.Command's encoding) to a site that holds
 // the shard when this one holds none (the leader's when known), or, with
 // Config.LeaderBatching, to the site that leads it when that is another; the called site's

@@ -382,10 +382,22 @@ func (p *proposer) commit(prop *proposal, batch []*request, start time.Time) (ui
 				last = fmt.Errorf("unexpected proposal result")
 			}
 		} else {
-			if errors.Is(err, dragonboat.ErrShardNotFound) && !unknown && p.site.shardSM(p.id) == nil {
-				// The replica here was removed (moved to another site) before any attempt
-				// reached a leader: nothing was stored, the batch can go to a site holding it.
-				return 0, nil, errLocalGone
+			if errors.Is(err, dragonboat.ErrShardNotFound) && p.site.shardSM(p.id) == nil {
+				if !unknown {
+					// The replica here was removed (moved to another site) before any attempt
+					// reached a leader: nothing was stored, the batch can go to a site holding it.
+					return 0, nil, errLocalGone
+				}
+				// An attempt may have reached the leader before the replica went: the same
+				// proposal (identity and sequence) goes through a site that holds the shard;
+				// the replicas apply a sequence once, so its answer is the outcome.
+				if value, rdata, ferr := p.site.fwd.proposeAgain(p.id, data, deadline); ferr == nil {
+					ts, txns, skipped, err := decodeResult(value, rdata)
+					if skipped {
+						return 0, nil, errSkipped
+					}
+					return ts, txns, err
+				}
 			}
 			if !retryable(err) {
 				if errors.Is(err, dragonboat.ErrClosed) {
@@ -464,6 +476,38 @@ func allGone(batch []*request) bool {
 
 // retryable reports whether a dragonboat error may clear by itself: busy, no leader yet, a
 // replica that is starting, a timed-out attempt.
+// proposeAgain proposes an encoded proposal through this site's replica of shard id until it
+// has a result or ctx ends. Every attempt is the same proposal, applied once whichever
+// commits, so timeouts and leader changes are simply retried.
+func (s *Site) proposeAgain(ctx context.Context, id stream.ShardID, data []byte) (uint64, []byte, error) {
+	session := s.nh.GetNoOPSession(shardGroup(id))
+	for {
+		timeout := max(s.attemptTimeout(), 50*time.Millisecond)
+		if d, ok := ctx.Deadline(); ok {
+			timeout = max(min(timeout, time.Until(d)), 50*time.Millisecond)
+		}
+		rs, err := s.nh.Propose(session, data, timeout)
+		if err == nil {
+			res := <-rs.ResultC()
+			rs.Release()
+			if res.Completed() {
+				r := res.GetResult()
+				return r.Value, r.Data, nil
+			}
+			if res.Rejected() {
+				return 0, nil, fmt.Errorf("%w: proposal rejected", shard.ErrFailed)
+			}
+		} else if !retryable(err) {
+			return 0, nil, fmt.Errorf("%w: %w", shard.ErrFailed, err)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, nil, fmt.Errorf("%w: %w: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func retryable(err error) bool {
 	for _, e := range []error{dragonboat.ErrSystemBusy, dragonboat.ErrShardNotReady, dragonboat.ErrShardNotFound,
 		dragonboat.ErrShardNotInitialized, dragonboat.ErrTimeout, dragonboat.ErrAborted, dragonboat.ErrCanceled,

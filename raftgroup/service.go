@@ -247,6 +247,30 @@ func (v siteService) submit(a *wire.Submit, reply *wire.SubmitReply) error {
 	return nil
 }
 
+func (v siteService) Propose(a *wire.Propose, reply *wire.ProposeReply) error {
+	reply.Err = toWire(v.propose(a, reply))
+	return nil
+}
+
+func (v siteService) propose(a *wire.Propose, reply *wire.ProposeReply) error {
+	if _, err := v.held(a.Shard); err != nil {
+		return err
+	}
+	e, err := decodeProposal(0, a.Proposal)
+	if err != nil {
+		return err
+	}
+	if e.Seq == 0 || e.Cmd.AddGeneration || len(e.Cmd.Drop) > 0 {
+		// Without a sequence it would not be applied once; admin commands are proposed
+		// where they are made.
+		return fmt.Errorf("%w: a forwarded proposal without a sequence, or one that adds or drops generations", shard.ErrInvalidCommand)
+	}
+	ctx, cancel := v.callCtx(a.Wait)
+	defer cancel()
+	reply.Value, reply.Data, err = v.s.proposeAgain(ctx, a.Shard, a.Proposal)
+	return err
+}
+
 func (v siteService) Admin(a *wire.Admin, reply *wire.ErrReply) error {
 	sh, err := v.held(a.Shard)
 	if err == nil {

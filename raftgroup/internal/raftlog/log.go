@@ -1,6 +1,7 @@
 package raftlog
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -307,21 +308,11 @@ func (l *Log) sortedKeys() []nodeKey {
 	}
 	slices.SortFunc(keys, func(a, b nodeKey) int {
 		if a.shard != b.shard {
-			return cmpU64(a.shard, b.shard)
+			return cmp.Compare(a.shard, b.shard)
 		}
-		return cmpU64(a.replica, b.replica)
+		return cmp.Compare(a.replica, b.replica)
 	})
 	return keys
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // writeFrame appends frame to seg and syncs it. Caller holds writeMu.
@@ -573,9 +564,9 @@ func (l *Log) ListNodeInfo() ([]raftio.NodeInfo, error) {
 	}
 	slices.SortFunc(out, func(a, b raftio.NodeInfo) int {
 		if a.ShardID != b.ShardID {
-			return cmpU64(a.ShardID, b.ShardID)
+			return cmp.Compare(a.ShardID, b.ShardID)
 		}
-		return cmpU64(a.ReplicaID, b.ReplicaID)
+		return cmp.Compare(a.ReplicaID, b.ReplicaID)
 	})
 	return out, nil
 }

@@ -533,3 +533,41 @@ func TestDamagedFrameBeforeLast(t *testing.T) {
 	require.ErrorIs(t, err, ErrCorrupt)
 	require.Contains(t, err.Error(), filepath.Base(lastFile))
 }
+
+// BenchmarkOpen: Open replays every segment (reads and checks every frame), so its time grows
+// with the retained log. go test ./raftgroup/internal/raftlog -run '^$' -bench Open -benchtime 5x
+func BenchmarkOpen(b *testing.B) {
+	for _, mib := range []int{64, 512} {
+		b.Run(fmt.Sprintf("%dMiB", mib), func(b *testing.B) {
+			dir := b.TempDir()
+			l, err := Open(dir, Options{})
+			require.NoError(b, err)
+			cmd := bytes.Repeat([]byte{'x'}, 6<<10)
+			next := map[uint64]uint64{}
+			for written := 0; written < mib<<20; {
+				var ups []pb.Update
+				for shard := uint64(1); shard <= 16; shard++ {
+					first := next[shard] + 1
+					ents := entries(1, first, first+3)
+					for i := range ents {
+						ents[i].Cmd = cmd
+					}
+					next[shard] = first + 3
+					ups = append(ups, pb.Update{ShardID: shard, ReplicaID: 1, State: pb.State{Term: 1, Commit: first}, EntriesToSave: ents})
+					written += 4 * len(cmd)
+				}
+				require.NoError(b, l.SaveRaftState(ups, 1))
+			}
+			require.NoError(b, l.Close())
+			b.SetBytes(int64(mib) << 20)
+			b.ResetTimer()
+			for b.Loop() {
+				l, err := Open(dir, Options{})
+				require.NoError(b, err)
+				b.StopTimer()
+				require.NoError(b, l.Close())
+				b.StartTimer()
+			}
+		})
+	}
+}

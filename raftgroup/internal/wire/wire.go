@@ -59,6 +59,20 @@ type (
 		Leader  string            // the service address of the shard's leader, if another site's
 		Err     Error
 	}
+	// Propose is a proposal made at the calling site, with its proposer identity and
+	// sequence, to be proposed again as it is through this site's replica. The replicas apply
+	// a sequence once, so the answer is the outcome of every attempt of it: this resolves an
+	// attempt whose outcome the caller lost with its own replica (moved away meanwhile).
+	Propose struct {
+		Shard    stream.ShardID
+		Proposal []byte        // raftgroup's proposal encoding
+		Wait     time.Duration // the caller's time left
+	}
+	ProposeReply struct {
+		Value uint64 // the entry's result, as the state machine returned it
+		Data  []byte
+		Err   Error
+	}
 	Admin struct {
 		Shard stream.ShardID
 		Add   bool
@@ -163,6 +177,7 @@ type (
 type Reply interface{ Failure() Error }
 
 func (r *SubmitReply) Failure() Error      { return r.Err }
+func (r *ProposeReply) Failure() Error     { return r.Err }
 func (r *ErrReply) Failure() Error         { return r.Err }
 func (r *StreamsReply) Failure() Error     { return r.Err }
 func (r *ReadReply) Failure() Error        { return r.Err }
