@@ -47,22 +47,28 @@ func TestClusterDuplicateProposal(t *testing.T) {
 	copy(other[:], "test-proposer-02")
 	v, _ := propose(other, 7)
 	require.Equal(t, uint64(resultStored), v, "another proposer's sequence 7: result %d", v)
-	eventually(t, 10*time.Second, "every site reads the message twice (once per proposer)", func() error {
+	everySiteReads(t, c, 2) // the message twice, once per proposer
+	c.waitConverged(1, 10*time.Second)
+	d, _ := c.sites[0].Digest(stream.ShardID(0))
+	require.NotZero(t, d.Applied, "digest %+v", d)
+	require.NotZero(t, d.Keys, "digest %+v", d)
+}
+
+// everySiteReads waits until every site of c reads n messages.
+func everySiteReads(t *testing.T, c *testCluster, n int) {
+	t.Helper()
+	eventually(t, 10*time.Second, fmt.Sprintf("every site reads %d messages", n), func() error {
 		for i := range c.sites {
 			got, err := readAll(c.db(i))
 			if err != nil {
 				return err
 			}
-			if len(got) != 2 {
+			if len(got) != n {
 				return fmt.Errorf("site %d reads %q", i, got)
 			}
 		}
 		return nil
 	})
-	c.waitConverged(1, 10*time.Second)
-	d, _ := c.sites[0].Digest(stream.ShardID(0))
-	require.NotZero(t, d.Applied, "digest %+v", d)
-	require.NotZero(t, d.Keys, "digest %+v", d)
 }
 
 func firstTS(t testing.TB, value uint64, data []byte) uint64 {
@@ -105,18 +111,7 @@ func TestProposeAgainElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(resultDuplicate), value2)
 	require.Equal(t, firstTS(t, value, data), firstTS(t, value2, data2))
-	eventually(t, 10*time.Second, "every site reads each message once", func() error {
-		for i := range c.sites {
-			got, err := readAll(c.db(i))
-			if err != nil {
-				return err
-			}
-			if len(got) != 3 {
-				return fmt.Errorf("site %d reads %q", i, got)
-			}
-		}
-		return nil
-	})
+	everySiteReads(t, c, 3) // each message once
 	noSeq := newProposal(shard.ProposerID{}, 0, 0, cmd.AppendBinary(nil)).appendBinary(nil)
 	_, _, err = c.sites[0].fwd.proposeAgain(0, noSeq, time.Now().Add(5*time.Second))
 	require.ErrorContains(t, err, "without a sequence")
