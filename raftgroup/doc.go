@@ -73,6 +73,12 @@
 // killed process recovers its applied state from the page cache instead of replaying the
 // log. Turning the WAL off measured no faster here (the Raft log's fsyncs dominate).
 //
+// The Raft log of every group a site holds is one log per site (Config.LogShards 1), by
+// default Strata's own (Config.LogDB "segments", package raftgroup/internal/raftlog: segment
+// files under <dir>/nodehost/…/raftlog/, one frame and one fdatasync per round, format and
+// invariants in its doc.go); sites created before keep dragonboat's Pebble LogDB, as their
+// SITE file says. Site.LogStats counts its fsyncs.
+//
 // Snapshots (to a new or lagging replica): a Pebble checkpoint, streamed file by file through
 // zstd (format in snapshot.go). The receiver writes it beside the live store, opens it, then
 // switches CURRENT atomically and swaps the handle; readers hold a read lock, so they finish
