@@ -403,6 +403,16 @@ func (f *forwarder) readCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(f.site.ctx, 3*f.site.attemptTimeout())
 }
 
+// calledWait is how long a called site may take for a write due by deadline: an attempt less,
+// so that its answer arrives in time (half the time left when less is left: the called site
+// must give up first all the same).
+func (f *forwarder) calledWait(deadline time.Time) time.Duration {
+	if wait := time.Until(deadline) - f.site.attemptTimeout(); wait > 0 {
+		return wait
+	}
+	return max(time.Until(deadline)/2, time.Millisecond)
+}
+
 // proposeAgain proposes a proposal made here (its identity and sequence kept) through a site
 // that holds the shard, and returns the entry's result. Safe to send to several sites: the
 // replicas apply a sequence once.
@@ -413,7 +423,7 @@ func (f *forwarder) proposeAgain(id stream.ShardID, proposal []byte, deadline ti
 	}
 	ctx, cancel := context.WithDeadline(f.site.ctx, deadline)
 	defer cancel()
-	wait := max(time.Until(deadline)-f.site.attemptTimeout(), time.Until(deadline)/2, time.Millisecond)
+	wait := f.calledWait(deadline)
 	var reply wire.ProposeReply
 	err = f.callTo(ctx, id, addrs, "Propose", &wire.Propose{Shard: id, Proposal: proposal, Wait: wait}, &reply, false, wait)
 	return reply.Value, reply.Data, err
@@ -469,11 +479,7 @@ func (f *forwarder) submitBatch(p *proposer, batch []*request, body []byte, dead
 	ctx, cancel := callersCtx(f.site.ctx, deadline, batch)
 	defer cancel()
 	var reply wire.SubmitReply
-	// The called site answers within its ProposalTimeout; wait an attempt longer for the answer.
-	wait := time.Until(deadline) - f.site.attemptTimeout()
-	if wait <= 0 { // little time left: the called site must give up first all the same
-		wait = max(time.Until(deadline)/2, time.Millisecond)
-	}
+	wait := f.calledWait(deadline)
 	args := &wire.Submit{Shard: p.id, Cmd: body, Wait: wait}
 	err = f.callTo(ctx, p.id, addrs, "Submit", args, &reply, true, 0)
 	if held && errors.Is(err, errNotSent) {

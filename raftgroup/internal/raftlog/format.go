@@ -82,6 +82,21 @@ func (p *payload) entries(shard, replica uint64, ents []pb.Entry) error {
 	return nil
 }
 
+// window starts an opWindow op of count entries from first; rawEntry then appends each.
+func (p *payload) window(shard, replica, first uint64, count int) {
+	p.head(opWindow, shard, replica)
+	p.b = binary.AppendUvarint(p.b, first)
+	p.b = binary.AppendUvarint(p.b, uint64(count))
+}
+
+// rawEntry appends len | n bytes of an entry as stored, and returns them to be filled.
+func (p *payload) rawEntry(n uint32) []byte {
+	p.b = binary.AppendUvarint(p.b, uint64(n))
+	at := len(p.b)
+	p.b = append(p.b, make([]byte, n)...)
+	return p.b[at:]
+}
+
 func (p *payload) state(shard, replica uint64, st *pb.State) {
 	p.head(opState, shard, replica)
 	p.message(st)
@@ -142,17 +157,19 @@ func checkFrame(b []byte) (n int, ok bool) {
 	return n, true
 }
 
-// declaredEnd returns where the frame at the start of b says it ends (0 if its header is not
-// whole or its length is impossible).
-func declaredEnd(b []byte) int {
+// followedByFrame reports whether a frame that does not check at the start of b has a good
+// frame after it, at the end its header declares: damage, not a write torn by a crash (only
+// the last frame can be torn).
+func followedByFrame(b []byte) bool {
 	if len(b) < frameHeader {
-		return 0
+		return false
 	}
 	length := binary.LittleEndian.Uint32(b[4:8])
-	if length > maxFrame {
-		return 0
+	if length > maxFrame || uint64(len(b)-frameHeader) <= uint64(length) {
+		return false
 	}
-	return frameHeader + int(length)
+	_, ok := checkFrame(b[frameHeader+int(length):])
+	return ok
 }
 
 // visitor receives the ops of a payload in order. Entry bytes are given as offset and length

@@ -2,7 +2,6 @@ package raftlog
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -175,8 +174,7 @@ func (l *Log) replay(seq uint64, last bool) error {
 			// Only the last frame of the last segment can be torn (each frame is synced
 			// before the next is written, and Open starts a new segment): a bad frame with
 			// a good one after it is damage.
-			end := declaredEnd(b[off:])
-			if _, next := checkFrame(b[min(off+end, len(b)):]); !last || (end > 0 && off+end < len(b) && next) {
+			if !last || followedByFrame(b[off:]) {
 				return fmt.Errorf("%w: %s: bad frame at offset %d", ErrCorrupt, path, off)
 			}
 			// A torn write: nothing in it was acknowledged. Cut it off so that the bytes
@@ -279,14 +277,9 @@ func (l *Log) relocate() error {
 		}
 		p := &l.rbuf
 		p.reset()
-		p.head(opWindow, k.shard, k.replica)
-		p.b = binary.AppendUvarint(p.b, n.base)
-		p.b = binary.AppendUvarint(p.b, uint64(len(n.locs)))
+		p.window(k.shard, k.replica, n.base, len(n.locs))
 		for _, lc := range n.locs {
-			p.b = binary.AppendUvarint(p.b, uint64(lc.n))
-			at := len(p.b)
-			p.b = append(p.b, make([]byte, lc.n)...)
-			if _, err := l.segment(lc.seg).f.ReadAt(p.b[at:], int64(lc.off)); err != nil {
+			if _, err := l.segment(lc.seg).f.ReadAt(p.rawEntry(lc.n), int64(lc.off)); err != nil {
 				return err
 			}
 		}
@@ -440,9 +433,7 @@ func (a applier) entries(shard, replica, first uint64, spans []span, whole bool)
 		a.l.release(n.locs) // not a continuation: the window restarts (invariant 3)
 		n.locs, n.base = n.locs[:0], first
 	} else {
-		cut := first - n.base
-		a.l.release(n.locs[cut:])
-		n.locs = n.locs[:cut]
+		a.dropFrom(n, first)
 	}
 	for _, s := range spans {
 		n.locs = append(n.locs, loc{seg: a.seg.seq, off: a.base + s.off, n: s.n})
@@ -469,13 +460,19 @@ func (a applier) snapshot(shard, replica uint64, ss pb.Snapshot, install bool) {
 	if install {
 		// A snapshot received: the log now ends at its index.
 		n.maxIndex, n.hasLog = ss.Index, true
-		if keep := ss.Index + 1; keep <= n.base {
-			a.l.release(n.locs)
-			n.locs = n.locs[:0]
-		} else if k := keep - n.base; k < uint64(len(n.locs)) {
-			a.l.release(n.locs[k:])
-			n.locs = n.locs[:k]
-		}
+		a.dropFrom(n, ss.Index+1)
+	}
+}
+
+// dropFrom releases n's retained entries at and after index.
+func (a applier) dropFrom(n *node, index uint64) {
+	k := uint64(0)
+	if index > n.base {
+		k = index - n.base
+	}
+	if k < uint64(len(n.locs)) {
+		a.l.release(n.locs[k:])
+		n.locs = n.locs[:k]
 	}
 }
 
