@@ -380,20 +380,23 @@ func (l *Log) fail(err error) error {
 // changes.
 func (l *Log) collect() {
 	for {
-		l.mu.Lock()
-		if len(l.segs) < 2 || l.segs[0].live > 0 {
-			l.mu.Unlock()
+		l.mu.RLock()
+		dead := len(l.segs) > 1 && l.segs[0].live == 0
+		l.mu.RUnlock()
+		if !dead {
 			return
 		}
+		// Only writers change the list, and the caller is the writer: the front segment is
+		// still the dead one. A failed removal keeps it in the list (it is tried again after
+		// the next write), so no later segment goes before it: the files on disk never have
+		// a gap (Open refuses one), and replaying a dead segment changes nothing.
 		seg := l.segs[0]
+		if err := os.Remove(filepath.Join(l.dir, segmentName(seg.seq))); err != nil && !os.IsNotExist(err) {
+			return
+		}
+		l.mu.Lock()
 		l.segs = l.segs[1:]
 		l.mu.Unlock()
-		// A failure leaves the file: replaying a dead segment changes nothing, and the ones
-		// after it stay, so the sequence has no gap.
-		if err := os.Remove(filepath.Join(l.dir, segmentName(seg.seq))); err != nil && !os.IsNotExist(err) {
-			seg.f.Close()
-			return
-		}
 		seg.f.Close()
 		if err := syncDir(l.dir); err != nil {
 			return
