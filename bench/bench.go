@@ -19,6 +19,7 @@ type Config struct {
 	MemTableBytes          int // Options.Expert.MemTableBytes; 0: the default
 	N                      int
 	Publishers             int
+	Window                 int // ingest: also through StoreAsync with this many messages in flight per publisher; 0: not
 	Payload                int
 	Shards                 int
 	Durability             ds.Durability

@@ -15,11 +15,12 @@ import (
 func TestScenariosRun(t *testing.T) {
 	for _, perShard := range []bool{false, true} {
 		c := Config{N: 4000, Publishers: 40, Payload: 100, Shards: 4, Durability: ds.NoSync,
-			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true, SubCatchUp: true}
+			PerShard: perShard, Layout: ds.LayoutLTS, Dir: t.TempDir(), Replay: true, SubCatchUp: true, Window: 4}
 		rs, err := RunStrata(c)
 		require.NoError(t, err)
 		want := map[string]int{
 			"ingest":               c.N,
+			"ingest StoreAsync":    c.N,
 			"replay all":           c.N,
 			"replay wildcard":      c.N / 8,            // one region of 8
 			"replay one publisher": c.N / c.Publishers, // one publisher's share

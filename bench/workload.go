@@ -41,6 +41,62 @@ func payloads(k, size int) [][]byte {
 // calling send(p, i) sequentially, like a broker connection's read loop. It returns the elapsed
 // time, the latency of every send (in no particular order) and the first error.
 func runPublishers(name string, n, publishers int, progress bool, send func(p, i int) error) (time.Duration, []time.Duration, []float64, error) {
+	return runLoad(name, n, publishers, progress, func(p, count int, sent func(t0 time.Time)) error {
+		for i := 0; i < count; i++ {
+			t0 := time.Now()
+			if err := send(p, i); err != nil {
+				return err
+			}
+			sent(t0)
+		}
+		return nil
+	})
+}
+
+// runWindowed is runPublishers for an asynchronous send: publisher p keeps up to window
+// messages in flight (sent, outcome not yet known), like an MQTT connection with a Receive
+// Maximum of window whose broker acknowledges each PUBLISH once it is durable while it reads
+// the next ones. send(p, i, done) returns once the message is queued and calls done with its
+// outcome later; a latency runs from the send to its done.
+func runWindowed(name string, n, publishers, window int, progress bool, send func(p, i int, done func(error)) error) (time.Duration, []time.Duration, []float64, error) {
+	return runLoad(name, n, publishers, progress, func(p, count int, sent func(t0 time.Time)) error {
+		slots := make(chan struct{}, window)
+		var failed atomic.Pointer[error]
+		var err error
+		for i := 0; i < count && err == nil; i++ {
+			slots <- struct{}{}
+			if e := failed.Load(); e != nil {
+				err = *e
+				break
+			}
+			t0 := time.Now()
+			err = send(p, i, func(err error) {
+				if err != nil {
+					failed.CompareAndSwap(nil, &err)
+				} else {
+					sent(t0)
+				}
+				<-slots
+			})
+			if err != nil {
+				<-slots
+			}
+		}
+		for range window { // wait for the messages still in flight
+			slots <- struct{}{}
+		}
+		if e := failed.Load(); e != nil && err == nil {
+			err = *e
+		}
+		return err
+	})
+}
+
+// runLoad runs publish(p, count, sent) for each publisher in a goroutine of its own, count
+// being p's share of n; publish calls sent(t0) once per message it sent successfully (t0: when
+// it was sent), never concurrently for one p. It returns the elapsed time, the latencies (in no
+// particular order), the throughput series and the first error.
+func runLoad(name string, n, publishers int, progress bool, publish func(p, count int, sent func(t0 time.Time)) error) (time.Duration, []time.Duration, []float64, error) {
 	var done atomic.Int64
 	var firstErr atomic.Pointer[error]
 	stop := make(chan struct{})
@@ -61,14 +117,12 @@ func runPublishers(name string, n, publishers int, progress bool, send func(p, i
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < count; i++ {
-				t0 := time.Now()
-				if err := send(p, i); err != nil {
-					firstErr.CompareAndSwap(nil, &err)
-					return
-				}
+			err := publish(p, count, func(t0 time.Time) {
 				lats[p] = append(lats[p], time.Since(t0))
 				done.Add(1)
+			})
+			if err != nil {
+				firstErr.CompareAndSwap(nil, &err)
 			}
 		}()
 	}

@@ -43,6 +43,8 @@ type DB struct {
 		all []*Watcher // copied on write: onDurable iterates a snapshot
 	}
 	recWatch recordWatches
+	waits    []waitQueue    // per shard: StoreAsync over a backend without SubmitNotify
+	asyncWG  sync.WaitGroup // the waitQueues' goroutines
 }
 
 // Open opens the DB in dir, creating it if it does not exist. opts may be nil for the defaults.
@@ -118,6 +120,10 @@ func newDB(b Backend, opts *Options) (*DB, error) {
 	}
 	opts.NShards = len(shards)
 	db.shards = shards
+	db.waits = make([]waitQueue, len(shards))
+	for i := range db.waits {
+		db.waits[i].wg = &db.asyncWG
+	}
 	db.stats, _ = b.(StorageStatser)
 	db.subs.all = map[*Subscription]struct{}{}
 	for i, s := range shards {
@@ -138,6 +144,7 @@ func (db *DB) Close() error {
 	}
 	db.mu.closed = true
 	err := db.backend.Close()
+	db.asyncWG.Wait() // the backend finished every Waiter: the last StoreAsync calls are done
 	// No commit comes any more: stop the feeds, then end the subscriptions.
 	for _, f := range db.feeds {
 		f.close()

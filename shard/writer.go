@@ -69,14 +69,29 @@ type request struct {
 	gen      stream.GenerationID
 	enqueued time.Time
 
-	err  error
-	done chan struct{}
+	err    error
+	done   chan struct{}   // closed when finished (Store, Submit); nil: not waited on
+	notify func(err error) // called when finished (SubmitNotify); nil: none
 }
 
-// inflight is a batch committed to Pebble and waiting for its WAL sync.
+// finish reports the request's outcome to whoever waits for it.
+func (r *request) finish(err error) {
+	r.err = err
+	if r.done != nil {
+		close(r.done)
+	}
+	if r.notify != nil {
+		r.notify(err)
+	}
+}
+
+// inflight is a batch committed to Pebble and waiting for its WAL sync, or requests that
+// failed before a commit (err set, batch nil), which pass through the syncer all the same so
+// that every request of a shard is finished in the order it was queued.
 type inflight struct {
 	batch *pebble.Batch
 	reqs  []*request
+	err   error // set when the requests failed before a commit
 	pub   *publication
 	news  bool
 	// When the batch was started, applied and committed, and its messages' summed wait in
@@ -185,6 +200,16 @@ func (s *Shard) Submit(ctx context.Context, msgs []*message.Message, bytes int) 
 		return Waiter{}, err
 	}
 	return Waiter{r}, nil
+}
+
+// SubmitNotify is Submit with a callback instead of a Waiter: it returns once msgs are queued
+// (or an error, and then done is never called), and done is called exactly once with Store's
+// result, by the shard's syncer goroutine. The requests of a shard are finished in the order
+// they were queued, so the done calls of messages submitted one after another come in that
+// order, failures included. done must return quickly and must not call the shard (the next
+// commits wait for it).
+func (s *Shard) SubmitNotify(ctx context.Context, msgs []*message.Message, bytes int, done func(error)) error {
+	return s.enqueue(ctx, &request{kind: reqStore, msgs: msgs, bytes: bytes, notify: done})
 }
 
 // SubmitTxns queues txns, to be applied in order in one command, like Submit queues
@@ -362,14 +387,8 @@ func (s *Shard) maintain() {
 // handle applies one command built from reqs (all stores, or one admin request) and hands it to
 // the syncer. Requests without a done channel are internal (maintenance).
 func (s *Shard) handle(reqs []*request) {
-	finish := func(err error) {
-		for _, r := range reqs {
-			r.err = err
-			if r.done != nil {
-				close(r.done)
-			}
-		}
-	}
+	// Failed requests are finished by the syncer too, after the batches committed before them.
+	finish := func(err error) { s.synced <- &inflight{reqs: reqs, err: err} }
 	if err := s.failure(); err != nil {
 		finish(err)
 		return
@@ -385,14 +404,16 @@ func (s *Shard) handle(reqs []*request) {
 			// Messages are refused; record-only Txns (a session's acknowledgements) still
 			// pass: they are small, and refusing them would not free anything.
 			quota := fmt.Errorf("%w (shard %d)", ErrQuotaExceeded, s.cfg.ID)
-			keep := reqs[:0:0]
+			var keep, refused []*request
 			for _, r := range reqs {
 				if len(r.msgs) > 0 || len(r.txns) == 0 || txnMessages(r.txns) {
-					r.err = quota
-					close(r.done)
-					continue
+					refused = append(refused, r)
+				} else {
+					keep = append(keep, r)
 				}
-				keep = append(keep, r)
+			}
+			if len(refused) > 0 {
+				s.synced <- &inflight{reqs: refused, err: quota}
 			}
 			if reqs = keep; len(reqs) == 0 {
 				return
@@ -473,6 +494,12 @@ func pebbleSyncWait(sync bool) func(*pebble.Batch) error {
 func (s *Shard) runSyncer() {
 	defer s.wg.Done()
 	for f := range s.synced {
+		if f.batch == nil {
+			for _, r := range f.reqs {
+				r.finish(f.err)
+			}
+			continue
+		}
 		err := s.cfg.syncWait(f.batch)
 		synced := time.Now()
 		f.batch.Close()
@@ -508,10 +535,7 @@ func (s *Shard) runSyncer() {
 			s.Metrics.observeStages(f.msgs, f.queued, f.start, f.applied, f.committed, synced, time.Now())
 		}
 		for _, r := range f.reqs {
-			r.err = err
-			if r.done != nil {
-				close(r.done)
-			}
+			r.finish(err)
 		}
 		if err == nil && f.news && s.cfg.OnChange != nil {
 			s.cfg.OnChange()

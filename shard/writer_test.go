@@ -647,3 +647,77 @@ func TestWriterStages(t *testing.T) {
 		require.GreaterOrEqual(t, stage(s), time.Duration(0), StageNames[s])
 	}
 }
+
+// TestWriterNotifyOrder: SubmitNotify's callbacks come in the order the requests were queued,
+// exactly once each, failures included: a batch whose commit fails, and requests refused for
+// the quota, are told so only after the batches queued before them (still waiting for their
+// sync here) were told their outcome. A connection acknowledges its PUBLISHes in that order.
+func TestWriterNotifyOrder(t *testing.T) {
+	var quota atomic.Bool // set: the next quota check refuses, and signals refused
+	refused := make(chan struct{})
+	wt := newWriterTest(t, func(c *Config) {
+		c.QuotaExceeded = func() bool {
+			if quota.CompareAndSwap(true, false) {
+				close(refused)
+				return true
+			}
+			return false
+		}
+	})
+	errCommit := errors.New("injected commit failure")
+	release := wt.sync.hold(1)
+	wt.commit.fail(2, errCommit)
+
+	var mu sync.Mutex
+	var got []string
+	outcomes := make(chan struct{}, 16)
+	notify := func(name string) func(error) {
+		return func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, fmt.Sprintf("%s: %v", name, err))
+			outcomes <- struct{}{}
+		}
+	}
+	submit := func(name string) {
+		t.Helper()
+		m := msg("w/"+name, name)
+		require.NoError(t, wt.SubmitNotify(context.Background(), []*message.Message{m}, 10, notify(name)))
+	}
+	submit("a") // batch 1: committed, its sync held
+	wt.sync.await(t, 1)
+	submit("b") // batch 2: its commit fails
+	wt.commit.await(t, 2)
+	quota.Store(true)
+	submit("c") // refused: over the quota
+	select {
+	case <-refused:
+	case <-time.After(patience):
+		require.Fail(t, "the quota was never checked")
+	}
+	submit("d") // batch 3: stored
+	wt.commit.await(t, 3)
+	select {
+	case <-outcomes:
+		mu.Lock()
+		defer mu.Unlock()
+		require.Failf(t, "an outcome came before batch 1's sync", "%q", got)
+	default:
+	}
+	release()
+	for range 4 {
+		select {
+		case <-outcomes:
+		case <-time.After(patience):
+			require.Fail(t, "outcomes missing")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, got, 4)
+	require.Equal(t, "a: <nil>", got[0])
+	require.Equal(t, "b: "+errCommit.Error(), got[1])
+	require.True(t, strings.HasPrefix(got[2], "c: ") && strings.Contains(got[2], ErrQuotaExceeded.Error()), "got %q", got[2])
+	require.Equal(t, "d: <nil>", got[3])
+	checkStored(t, wt.core, "a", "d")
+}

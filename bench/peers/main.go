@@ -81,6 +81,8 @@ func runAll(n, subjects, size, syncAlwaysN, r3N int) {
 	rows = append(rows, st.readAll, st.filtered)
 	stNoSync, err := strataRun(n, subjects, data, ds.NoSync)
 	add(stNoSync.publish, err)
+	stAsync, err := strataAsyncPublish(n, subjects, data)
+	add(stAsync, err)
 	stR3, err := strataR3Publish(min(r3N, n), subjects, size)
 	add(stR3, err)
 
@@ -92,6 +94,7 @@ func runAll(n, subjects, size, syncAlwaysN, r3N int) {
 	w.Flush()
 	fmt.Println()
 	fmt.Printf("durable ingest, Strata (fsync per commit) / JetStream R1 default sync (no fsync per write): %.2f×\n", st.publish.rate()/js.publish.rate())
+	fmt.Printf("durable ingest, Strata StoreAsync (4,000 in flight) / JetStream R1 (4,000 pending):        %.2f×\n", stAsync.rate()/js.publish.rate())
 	fmt.Printf("NoSync ingest, Strata NoSync / JetStream R1 default sync (neither fsyncs per write):     %.2f×\n", stNoSync.publish.rate()/js.publish.rate())
 	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
 	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×\n", st.publish.rate()/r3.rate())
@@ -107,6 +110,63 @@ func strataR3Publish(n, publishers, payload int) (row, error) {
 	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16}, 3, raftgroup.LogDBSegments)
 	return row{name: "Strata R3 publish (3 sites, 16 shards, loopback)", msgs: r.Msgs, elapsed: r.Elapsed,
 		durability: "fsync per Raft round, replicated to 3"}, err
+}
+
+// asyncWindow is the messages each Strata publisher keeps in flight through StoreAsync: with
+// 1,000 publishers, 4,000 in all, as many as the JetStream client's PublishAsync may have
+// pending.
+const asyncWindow = 4
+
+// strataAsyncPublish stores n messages through StoreAsync (Sync durability) from publishers
+// goroutines, each with asyncWindow messages in flight, as a broker acknowledging a
+// connection's PUBLISHes as they become durable while it reads the next ones.
+func strataAsyncPublish(n, publishers int, data []byte) (row, error) {
+	r := row{name: fmt.Sprintf("Strata StoreAsync (%d publishers × %d in flight)", publishers, asyncWindow),
+		msgs: n, durability: "Sync (fsync per group commit)"}
+	dir, err := os.MkdirTemp("", "peers-strata-async-")
+	if err != nil {
+		return r, err
+	}
+	defer os.RemoveAll(dir)
+	db, err := ds.Open(dir, &ds.Options{Retention: ds.RetainForever})
+	if err != nil {
+		return r, err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed sync.Once
+	var firstErr error
+	fail := func(err error) { failed.Do(func() { firstErr = err }) }
+	for p := 0; p < publishers; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			client := fmt.Sprintf("client-%d", p)
+			slots := make(chan struct{}, asyncWindow)
+			for i := p; i < n; i += publishers {
+				slots <- struct{}{}
+				m := ds.Message{ClientID: client, Topic: "bench/" + client, QoS: 1, Payload: data}
+				err := db.StoreAsync(ctx, m, func(_ ds.Ref, err error) {
+					if err != nil {
+						fail(err)
+					}
+					<-slots
+				})
+				if err != nil {
+					fail(err)
+					return
+				}
+			}
+			for range asyncWindow {
+				slots <- struct{}{}
+			}
+		}()
+	}
+	wg.Wait()
+	r.elapsed = time.Since(start)
+	return r, firstErr
 }
 
 type row struct {
