@@ -33,6 +33,7 @@ type Config struct {
 	SubCatchUp             bool // after the replays, read everything through one subscription (ds.Subscribe)
 	Metrics                bool
 	Quick                  bool
+	RaftWindow             int    // replicated: through StoreAsync with this many messages in flight per publisher; 0: Store
 	RaftInFlight           int    // replicated: raftgroup.Config.MaxInFlight (0: its default)
 	RaftLogShards          int    // replicated: raftgroup.Config.LogShards (0: its default)
 	RaftLeaderBatching     bool   // replicated: raftgroup.Config.LeaderBatching

@@ -152,6 +152,13 @@ func TestReplicatedRuns(t *testing.T) {
 	require.Positive(t, r.Figures["log_fsyncs_per_sec_max_site"], "%+v", r.Figures)
 	require.GreaterOrEqual(t, r.Figures["msgs_per_log_fsync"], 1.0, "%+v", r.Figures)
 	require.Contains(t, r.Note, "Raft log fsyncs per second per site")
+
+	// Through StoreAsync: every message acknowledged, larger proposals.
+	c.RaftWindow = 8
+	r, err = RunReplicated(c, 3, raftgroup.LogDBSegments)
+	require.NoError(t, err)
+	require.True(t, r.Msgs == c.N && len(r.LatencyHist) > 0 && r.MsgsPerCommit >= 1, "StoreAsync row: %+v", r)
+	require.Contains(t, r.Name, "StoreAsync ×8")
 }
 
 // TestSessionsScenarioRuns runs the durable-session scenario on tiny sizes: every message

@@ -20,9 +20,14 @@ import (
 // factor 3 and c.Shards shards; publisher p stores through site p mod sites, so two thirds of
 // the proposals are forwarded to a leader elsewhere. A Store returns once a quorum of the
 // shard's voters holds the message in its Raft log (fsynced) and the local proposer learned
-// the outcome.
+// the outcome. With c.RaftWindow > 0 the publishers store through StoreAsync instead, each
+// keeping that many messages in flight.
 func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
-	cl, dbs, err := startSites(c, sites, logdb, "replicated-"+string(logdb))
+	dirName := "replicated-" + string(logdb)
+	if c.RaftWindow > 0 {
+		dirName += fmt.Sprintf("-async%d", c.RaftWindow)
+	}
+	cl, dbs, err := startSites(c, sites, logdb, dirName)
 	if err != nil {
 		return Result{}, err
 	}
@@ -39,17 +44,32 @@ func RunReplicated(c Config, sites int, logdb raftgroup.LogDB) (Result, error) {
 	// any other error, ends the run.
 	var retried atomic.Int64
 	var firstRetry atomic.Pointer[error]
-	elapsed, lats, series, err := runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
-		m := ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]}
-		for attempt := 1; ; attempt++ {
-			_, err := dbs[p%sites].Store(ctx, m)
-			if err == nil || attempt == 3 || !errors.Is(err, ds.ErrUnavailable) {
-				return err
+	message := func(p, i int) ds.Message {
+		return ds.Message{ClientID: clientID(p), Topic: topicOf(p, i), QoS: 1, Payload: pl[(p+i)%len(pl)]}
+	}
+	var elapsed time.Duration
+	var lats []time.Duration
+	var series []float64
+	if c.RaftWindow > 0 {
+		// Through StoreAsync, c.RaftWindow messages in flight per publisher; a failure ends
+		// the run (no resend).
+		name += fmt.Sprintf(", StoreAsync ×%d", c.RaftWindow)
+		elapsed, lats, series, err = runWindowed(name, c.N, c.Publishers, c.RaftWindow, c.Progress, func(p, i int, done func(error)) error {
+			return dbs[p%sites].StoreAsync(ctx, message(p, i), func(_ ds.Ref, err error) { done(err) })
+		})
+	} else {
+		elapsed, lats, series, err = runPublishers(name, c.N, c.Publishers, c.Progress, func(p, i int) error {
+			m := message(p, i)
+			for attempt := 1; ; attempt++ {
+				_, err := dbs[p%sites].Store(ctx, m)
+				if err == nil || attempt == 3 || !errors.Is(err, ds.ErrUnavailable) {
+					return err
+				}
+				retried.Add(1)
+				firstRetry.CompareAndSwap(nil, &err)
 			}
-			retried.Add(1)
-			firstRetry.CompareAndSwap(nil, &err)
-		}
-	})
+		})
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("%s: %w", name, err)
 	}

@@ -83,8 +83,10 @@ func runAll(n, subjects, size, syncAlwaysN, r3N int) {
 	add(stNoSync.publish, err)
 	stAsync, err := strataAsyncPublish(n, subjects, data)
 	add(stAsync, err)
-	stR3, err := strataR3Publish(min(r3N, n), subjects, size)
+	stR3, err := strataR3Publish(min(r3N, n), subjects, size, 0)
 	add(stR3, err)
+	stR3Async, err := strataR3Publish(min(r3N, n), subjects, size, asyncWindow)
+	add(stR3Async, err)
 
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "scenario\tmessages\ttime\tmsgs/s\t\tdurability")
@@ -99,17 +101,22 @@ func runAll(n, subjects, size, syncAlwaysN, r3N int) {
 	fmt.Printf("durable ingest, Strata / JetStream R1 SyncAlways (fsync per write):                         %.2f×\n", st.publish.rate()/jsAlways.publish.rate())
 	fmt.Printf("durable ingest, Strata R1 / JetStream R3 (3 servers, loopback):                             %.2f×\n", st.publish.rate()/r3.rate())
 	fmt.Printf("replicated ingest, Strata R3 (fsync per Raft round) / JetStream R3 (no fsync per write):  %.2f×\n", stR3.rate()/r3.rate())
+	fmt.Printf("replicated ingest, Strata R3 StoreAsync (4,000 in flight) / JetStream R3 (4,000 pending):  %.2f×\n", stR3Async.rate()/r3.rate())
 	fmt.Printf("full replay, Strata / JetStream:                                                             %.2f×\n", st.readAll.rate()/js.readAll.rate())
 	fmt.Printf("one subject of %d, Strata / JetStream filtered consumer:                                   %.0f×\n", subjects, st.filtered.rate()/js.filtered.rate())
 }
 
 // strataR3Publish runs ds-bench's replicated ingest: three Strata sites in this process on
-// loopback (replication factor 3, 16 shards, dragonboat's Pebble log), publishers over the
-// sites, each Store acknowledged once a quorum holds it in its fsynced Raft log.
-func strataR3Publish(n, publishers, payload int) (row, error) {
-	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16}, 3, raftgroup.LogDBSegments)
-	return row{name: "Strata R3 publish (3 sites, 16 shards, loopback)", msgs: r.Msgs, elapsed: r.Elapsed,
-		durability: "fsync per Raft round, replicated to 3"}, err
+// loopback (replication factor 3, 16 shards, Strata's segment Raft log), publishers over the
+// sites, each message acknowledged once a quorum holds it in its fsynced Raft log; through
+// Store (window 0) or StoreAsync with window messages in flight per publisher.
+func strataR3Publish(n, publishers, payload, window int) (row, error) {
+	r, err := bench.RunReplicated(bench.Config{N: n, Publishers: publishers, Payload: payload, Shards: 16, RaftWindow: window}, 3, raftgroup.LogDBSegments)
+	name := "Strata R3 publish (3 sites, 16 shards, loopback)"
+	if window > 0 {
+		name = fmt.Sprintf("Strata R3 StoreAsync (3 sites, %d × %d in flight)", publishers, window)
+	}
+	return row{name: name, msgs: r.Msgs, elapsed: r.Elapsed, durability: "fsync per Raft round, replicated to 3"}, err
 }
 
 // asyncWindow is the messages each Strata publisher keeps in flight through StoreAsync: with

@@ -65,6 +65,7 @@ func main() {
 	raftShards := flag.Int("raft-shards", 16, "replicated: shards (the DB's default; fewer shards, larger Raft entries)")
 	raftSites := flag.String("raft-sites", "3,5", "replicated: comma-separated numbers of sites in this process (replication factor 3), one row each")
 	sites := flag.Int("sites", 3, "replicated: sites in this process (replication factor 3)")
+	flag.IntVar(&c.RaftWindow, "raft-window", 16, "replicated: also store through StoreAsync with this many messages in flight per publisher, a row per site count; 0: no such row")
 	flag.IntVar(&c.RaftInFlight, "raft-inflight", 0, "replicated: proposals in flight per shard and site (0: the default)")
 	flag.BoolVar(&c.RaftLeaderBatching, "raft-leader-batching", false, "replicated: raftgroup.Config.LeaderBatching (a site sends its Store batches to the shard's leader site instead of proposing them through its replica)")
 	flag.Uint64Var(&c.RaftSnapshotEntries, "raft-snapshot-entries", 0, "replicated: raftgroup.Config.SnapshotEntries, entries between a replica's snapshots (log compactions) (0: the default)")
@@ -251,11 +252,19 @@ func main() {
 				if c.Quick {
 					rc.N = min(rc.N, 60_000)
 				}
-				r, err := bench.RunReplicated(rc, n, raftgroup.LogDB(strings.TrimSpace(l)))
-				if err != nil {
-					fail("replicated: %v", err)
+				windows := []int{0} // Store, one message at a time per publisher
+				if c.RaftWindow > 0 {
+					windows = append(windows, c.RaftWindow) // and StoreAsync
 				}
-				results = append(results, r)
+				for _, w := range windows {
+					wc := rc
+					wc.RaftWindow = w
+					r, err := bench.RunReplicated(wc, n, raftgroup.LogDB(strings.TrimSpace(l)))
+					if err != nil {
+						fail("replicated: %v", err)
+					}
+					results = append(results, r)
+				}
 			}
 		}
 	}
