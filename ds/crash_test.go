@@ -51,6 +51,9 @@ type crashCase struct {
 	// presync creates and syncs the DB directory before Open, as an operator who created it
 	// would; without it Open creates the directory itself.
 	presync bool
+	// async: the writers store one message at a time through StoreAsync, 8 in flight each; a
+	// message counts as acknowledged when its done reports success.
+	async bool
 }
 
 func (c crashCase) String() string {
@@ -69,6 +72,9 @@ func (c crashCase) String() string {
 	}
 	if !c.presync {
 		s += "-newdir"
+	}
+	if c.async {
+		s += "-async"
 	}
 	return s
 }
@@ -90,6 +96,9 @@ func TestCrash(t *testing.T) {
 		{perShard: false, layout: ds.LayoutLTS, big: true, addGen: true, presync: true},
 		// Open creating the directory itself.
 		{perShard: false, layout: ds.LayoutLTS},
+		// Acknowledged through StoreAsync's done.
+		{perShard: false, layout: ds.LayoutLTS, async: true, presync: true},
+		{perShard: true, layout: ds.LayoutLTS, addGen: true, async: true, presync: true},
 	}
 	rounds := *crashRoundsFlag
 	if testing.Short() {
@@ -231,6 +240,10 @@ func crashTopic(rng *rand.Rand) string {
 
 // write stores batches until stop is closed or the DB is closed.
 func (r *crashRun) write(db *ds.DB, w int, stop <-chan struct{}) {
+	if r.c.async {
+		r.writeAsync(db, w, stop)
+		return
+	}
 	rng := rand.New(rand.NewPCG(r.seed, uint64(w)+2))
 	ctx := context.Background()
 	for {
@@ -273,6 +286,61 @@ func (r *crashRun) write(db *ds.DB, w int, stop <-chan struct{}) {
 		select {
 		case r.ackSignal <- struct{}{}:
 		default:
+		}
+	}
+}
+
+// writeAsync is write through StoreAsync: one message per call, up to 8 in flight; a message
+// is acknowledged when its done reports success. It returns once the writer's last outcome
+// came in.
+func (r *crashRun) writeAsync(db *ds.DB, w int, stop <-chan struct{}) {
+	rng := rand.New(rand.NewPCG(r.seed, uint64(w)+2))
+	ctx := context.Background()
+	slots := make(chan struct{}, 8)
+	defer func() {
+		for range cap(slots) {
+			slots <- struct{}{}
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			return
+		case slots <- struct{}{}:
+		}
+		call := int(r.nextCall.Add(1))
+		id := int(r.nextID.Add(1))
+		m := ds.Message{
+			ClientID: fmt.Sprintf("w%d-pub-%d", w, rng.IntN(6)),
+			Topic:    crashTopic(rng),
+			QoS:      byte(rng.IntN(3)),
+			Retain:   rng.IntN(4) == 0,
+			Payload:  crashPayload(rng, id, r.c.big),
+		}
+		r.mu.Lock()
+		r.sent[id] = crashMsg{call: call, msg: m}
+		r.calls[call] = []int{id}
+		r.mu.Unlock()
+		err := db.StoreAsync(ctx, m, func(ref ds.Ref, err error) {
+			defer func() { <-slots }()
+			if err != nil {
+				r.t.Errorf("writer %d: StoreAsync's outcome: %v", w, err)
+				return
+			}
+			r.mu.Lock()
+			r.acked = append(r.acked, crashAck{id: id, ref: ref})
+			r.mu.Unlock()
+			select {
+			case r.ackSignal <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			<-slots
+			if !errors.Is(err, ds.ErrClosed) {
+				r.t.Errorf("writer %d: StoreAsync: %v", w, err)
+			}
+			return
 		}
 	}
 }
