@@ -84,4 +84,65 @@ func TestStoreAsyncReplicated(t *testing.T) {
 		})
 		require.Equal(t, want, got, "site %d", site)
 	}
+
+	// Messages queued on a site that is then closed: every outcome is in when Close returns
+	// (stored, or an error), and each one reported stored is read once on the other sites.
+	db2, err := c.DB(2)
+	require.NoError(t, err)
+	var late sync.Map // message i → its outcome
+	var count sync.WaitGroup
+	firstStored := make(chan struct{})
+	var once sync.Once
+	const lateN = 300
+	for i := range lateN {
+		count.Add(1)
+		m := ds.Message{ClientID: "late", Topic: "late/x", QoS: 1, Payload: fmt.Appendf(nil, "late#%d", i)}
+		err := db2.StoreAsync(context.Background(), m, func(ref ds.Ref, err error) {
+			late.Store(i, outcome{i, ref, err})
+			if err == nil {
+				once.Do(func() { close(firstStored) })
+			}
+			count.Done()
+		})
+		if err != nil {
+			count.Done()
+			require.ErrorIs(t, err, ds.ErrClosed)
+		}
+	}
+	select { // close while the rest are in flight
+	case <-firstStored:
+	case <-time.After(time.Minute):
+		require.Fail(t, "no late message stored")
+	}
+	require.NoError(t, c.Stop(2))
+	reported := 0
+	stored := map[ds.Ref]string{}
+	late.Range(func(k, v any) bool {
+		reported++
+		if o := v.(outcome); o.err == nil {
+			stored[o.ref] = fmt.Sprintf("late#%d", o.i)
+		}
+		return true
+	})
+	require.Equal(t, lateN, reported, "outcomes reported when the site's Close returned")
+	count.Wait()
+	t.Logf("%d of %d late messages stored before the site closed", len(stored), lateN)
+	db0, err := c.DB(0)
+	require.NoError(t, err)
+	testutil.Eventually(t, 30*time.Second, "site 0 reads the late messages reported stored", func() error {
+		msgs, err := db0.Messages("late/#", time.Time{}, 10*lateN)
+		if err != nil {
+			return err
+		}
+		got := map[ds.Ref]string{}
+		for _, m := range msgs {
+			got[ds.Ref{Shard: ds.ShardID(m.Shard), Timestamp: m.Timestamp}] = string(m.Payload)
+		}
+		for ref, want := range stored {
+			if got[ref] != want {
+				return fmt.Errorf("message %v: %q, want %q", ref, got[ref], want)
+			}
+		}
+		return nil
+	})
 }

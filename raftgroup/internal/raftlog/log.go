@@ -698,30 +698,55 @@ func (l *Log) IterateEntries(ents []pb.Entry, size uint64, shardID, replicaID, l
 	if n == nil || !n.hasLog || low < n.base {
 		return ents, size, nil
 	}
-	high = min(high, n.maxIndex+1)
+	end := min(high, n.maxIndex+1, n.base+uint64(len(n.locs)))
 	var buf []byte
-	for idx := low; idx < high && idx-n.base < uint64(len(n.locs)); idx++ {
-		lc := n.locs[idx-n.base]
-		if cap(buf) < int(lc.n) {
-			buf = make([]byte, lc.n)
+	for idx := low; idx < end; {
+		// One pread for a run of entries close together in one segment (a replica's entries
+		// of one frame lie back to back): a catch-up read of thousands of entries holds the
+		// read lock, which the writer needs, for a few syscalls instead of one per entry.
+		first := n.locs[idx-n.base]
+		last, spanEnd := idx, uint64(first.off)+uint64(first.n)
+		for last+1 < end {
+			next := n.locs[last+1-n.base]
+			start, stop := uint64(next.off), uint64(next.off)+uint64(next.n)
+			if next.seg != first.seg || start < spanEnd || start-spanEnd > maxReadGap || stop-uint64(first.off) > maxReadSpan {
+				break
+			}
+			last, spanEnd = last+1, stop
 		}
-		buf = buf[:lc.n]
-		if _, err := l.segment(lc.seg).f.ReadAt(buf, int64(lc.off)); err != nil {
-			return nil, 0, fmt.Errorf("raftlog: shard %d replica %d entry %d: %w", shardID, replicaID, idx, err)
+		span := int(spanEnd - uint64(first.off))
+		if cap(buf) < span {
+			buf = make([]byte, span)
 		}
-		var e pb.Entry
-		if err := unmarshalEntry(&e, buf); err != nil || e.Index != idx {
-			return nil, 0, fmt.Errorf("%w: shard %d replica %d: entry %d in segment %016x at %d (read index %d): %v",
-				ErrCorrupt, shardID, replicaID, idx, lc.seg, lc.off, e.Index, err)
+		buf = buf[:span]
+		if _, err := l.segment(first.seg).f.ReadAt(buf, int64(first.off)); err != nil {
+			return nil, 0, fmt.Errorf("raftlog: shard %d replica %d entries %d-%d: %w", shardID, replicaID, idx, last, err)
 		}
-		ents = append(ents, e)
-		size += uint64(e.SizeUpperLimit())
-		if size > maxSize {
-			break
+		for ; idx <= last; idx++ {
+			lc := n.locs[idx-n.base]
+			var e pb.Entry // Unmarshal copies what it keeps: buf is reused
+			at := lc.off - first.off
+			if err := unmarshalEntry(&e, buf[at:at+lc.n]); err != nil || e.Index != idx {
+				return nil, 0, fmt.Errorf("%w: shard %d replica %d: entry %d in segment %016x at %d (read index %d): %v",
+					ErrCorrupt, shardID, replicaID, idx, lc.seg, lc.off, e.Index, err)
+			}
+			ents = append(ents, e)
+			size += uint64(e.SizeUpperLimit())
+			if size > maxSize {
+				return ents, size, nil
+			}
 		}
 	}
 	return ents, size, nil
 }
+
+// An IterateEntries read takes entries that lie in one segment in one pread, as long as the
+// bytes between two of them stay under maxReadGap and the read under maxReadSpan (a larger
+// entry is read alone).
+const (
+	maxReadGap  = 64 << 10
+	maxReadSpan = 1 << 20
+)
 
 // unmarshalEntry decodes an entry; dragonboat's generated decoder can panic on bad bytes.
 func unmarshalEntry(e *pb.Entry, b []byte) (err error) {
