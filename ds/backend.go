@@ -32,6 +32,8 @@ type Backend interface {
 	// use; f returns quickly and copies what it keeps unless the Durable says Owned.
 	WatchDurable(f func(shard.Durable))
 	// Close stops the shards and releases the storage. The DB calls it once, after every call in progress has ended.
+	// Every Waiter handed out must return once Close has returned (StoreAsync's outcomes
+	// may still be waited for: DB.Close waits for them).
 	Close() error
 }
 

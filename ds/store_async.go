@@ -47,8 +47,16 @@ func (db *DB) StoreAsync(ctx context.Context, m Message, done func(Ref, error)) 
 	if ns, ok := s.(notifySubmitter); ok {
 		err = ns.SubmitNotify(ctx, a.msgs[:], size, a.finish)
 	} else {
+		// ctx bounds the wait for room in the queue only. A backend may keep the ctx it was
+		// given and give the message up once the ctx ends (the replicated proposer does, for
+		// a Store whose caller left): here the caller returns at once, so the ctx handed on
+		// ends only if ctx ends before the message is queued.
+		qctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, cancel)
 		var w Waiter
-		if w, err = s.Submit(ctx, a.msgs[:], size); err == nil {
+		w, err = s.Submit(qctx, a.msgs[:], size)
+		stop()
+		if err == nil {
 			db.waits[a.shard].add(w, a.finish)
 		}
 	}

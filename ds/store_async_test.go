@@ -227,6 +227,13 @@ func TestStoreAsyncWaiterBackend(t *testing.T) {
 	gates := []chan struct{}{store("a"), store("b"), store("c")}
 	close(gates[2]) // c's Wait returns first, then b's: their outcomes still wait for a's
 	close(gates[1])
+	select { // an absence: given time to show up, no outcome may come before a's
+	case <-outcome:
+		mu.Lock()
+		defer mu.Unlock()
+		require.Failf(t, "an outcome came before the first message's", "%q", got)
+	case <-time.After(50 * time.Millisecond):
+	}
 	close(gates[0])
 	for range 3 {
 		<-outcome
@@ -239,6 +246,11 @@ func TestStoreAsyncWaiterBackend(t *testing.T) {
 	last := store("d")
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
+	select { // an absence: Close must not return while an outcome is still to come
+	case err := <-closed:
+		require.Failf(t, "Close returned before the last outcome", "Close: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
 	close(last)
 	require.NoError(t, <-closed)
 	mu.Lock()

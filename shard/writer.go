@@ -87,7 +87,9 @@ func (r *request) finish(err error) {
 
 // inflight is a batch committed to Pebble and waiting for its WAL sync, or requests that
 // failed before a commit (err set, batch nil), which pass through the syncer all the same so
-// that every request of a shard is finished in the order it was queued.
+// that a shard's requests are finished in the order they were queued. (One exception: over the
+// quota, the requests a batch refuses are finished before the record-only Txns it keeps; the
+// messages' outcomes keep their order.)
 type inflight struct {
 	batch *pebble.Batch
 	reqs  []*request
@@ -385,7 +387,7 @@ func (s *Shard) maintain() {
 }
 
 // handle applies one command built from reqs (all stores, or one admin request) and hands it to
-// the syncer. Requests without a done channel are internal (maintenance).
+// the syncer. Requests nobody waits for (no done channel, no notify) are internal (maintenance).
 func (s *Shard) handle(reqs []*request) {
 	// Failed requests are finished by the syncer too, after the batches committed before them.
 	finish := func(err error) { s.synced <- &inflight{reqs: reqs, err: err} }
@@ -436,7 +438,7 @@ func (s *Shard) handle(reqs []*request) {
 	if err != nil {
 		b.Close()
 		finish(err)
-		if reqs[0].done == nil {
+		if reqs[0].done == nil && reqs[0].notify == nil {
 			s.cfg.Logger.Warn("shard maintenance failed", "shard", s.cfg.ID, "err", err)
 		}
 		return
