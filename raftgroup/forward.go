@@ -43,7 +43,10 @@ type forwarder struct {
 		// net/rpc keeps each pending until an answer comes or the connection closes, so a
 		// peer that accepts and never answers would make them pile up.
 		unanswered map[*rpc.Client]int
-		closed     bool
+		// feeding: per shard without a replica here, the site whose ring the tail feed
+		// follows (watch), for the tests.
+		feeding map[stream.ShardID]string
+		closed  bool
 	}
 	maxUnanswered int // a connection with this many reads given up in a row is closed
 }
@@ -55,6 +58,7 @@ func newForwarder(s *Site) *forwarder {
 	f.mu.dialing = map[string]chan struct{}{}
 	f.mu.suspect = map[string]time.Time{}
 	f.mu.unanswered = map[*rpc.Client]int{}
+	f.mu.feeding = map[stream.ShardID]string{}
 	f.maxUnanswered = 64
 	return f
 }
@@ -683,6 +687,9 @@ func (f *forwarder) watch(id stream.ShardID) {
 		var err error
 		holder, err = f.poll(ctx, id, holder, "Tail", &wire.Tail{Shard: id, Epoch: epoch, Seq: seq, Wait: wait, MaxBytes: tailReplyBytes}, &reply, wait)
 		cancel()
+		f.mu.Lock()
+		f.mu.feeding[id] = holder
+		f.mu.Unlock()
 		if err != nil {
 			if !pause() {
 				return
@@ -723,6 +730,14 @@ func (f *forwarder) watch(id stream.ShardID) {
 			f.site.notifyChanged()
 		}
 	}
+}
+
+// feedingHolder returns the site whose ring the tail feed of shard id follows ("" before the
+// first answer).
+func (f *forwarder) feedingHolder(id stream.ShardID) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mu.feeding[id]
 }
 
 // streamKey is a stream of a shard: its generation and key.

@@ -857,3 +857,86 @@ func TestPlacementMoveRF1(t *testing.T) {
 	acked = append(acked, storeN(t, c.db(0), "first", 20)...)
 	c.requireAllRead(acked, 20*time.Second)
 }
+
+// TestForwardFeedStaysWithHolder: the tail feed of a site without a replica of a shard stays
+// with the holder it follows, and its readers see no Reset, while the shard's leadership goes
+// round the holders and Stores through the site are forwarded (each answer naming the leader,
+// which the site then prefers for the shard's calls). A change of holder would cost the
+// readers a Reset wherever the new holder's ring is ahead (each ring has an epoch of its own).
+// What keeps the feed in place here is mostly that its own answers make its holder the
+// preferred site again; poll asking the followed holder first (forward.go) covers the moments
+// in between, which this test does not single out.
+func TestForwardFeedStaysWithHolder(t *testing.T) {
+	const nShards = 4
+	c, missing := startMissingOnSite0(t, nShards)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	db := c.db(0)
+	writes := watchRecordsOf(t, db, missing)
+	var holders []int
+	for i, s := range c.sites {
+		if i != 0 && s.servingSM(missing) != nil {
+			holders = append(holders, i)
+		}
+	}
+	require.Len(t, holders, 3)
+	update := func(via int, key string) {
+		t.Helper()
+		_, err := c.db(via).Update(ctx, missing, &ds.Txn{Writes: []ds.RecordWrite{{Key: []byte(key), Value: []byte("v")}}})
+		require.NoError(t, err)
+	}
+	group := func(i int) GroupStatus {
+		for _, g := range c.sites[i].Groups() {
+			if !g.Meta && g.Shard == missing {
+				return g
+			}
+		}
+		t.Fatalf("site %d holds no replica of shard %d", i, missing)
+		return GroupStatus{}
+	}
+
+	// The feed starts (its first answer, a Reset, may cover the first writes: they are read
+	// again, not seen as writes), then follows the writes step by step.
+	eventually(t, 30*time.Second, "the feed started", func() error {
+		if c.sites[0].fwd.feedingHolder(missing) == "" {
+			return errors.New("no answer yet")
+		}
+		return nil
+	})
+	update(holders[0], "rec/start")
+	waitRecordKey(ctx, t, writes, "rec/start")
+	followed := c.sites[0].fwd.feedingHolder(missing)
+	client := clientOf(missing, nShards, "sticky")
+	away := 0 // rounds led by another holder than the one followed
+	for round, to := range holders {
+		target := group(to).Replica
+		eventually(t, 30*time.Second, fmt.Sprintf("site %d leads shard %d", to, missing), func() error {
+			if group(to).LeaderHere {
+				return nil
+			}
+			for _, h := range holders {
+				if group(h).LeaderHere {
+					_ = c.sites[h].nh.RequestLeaderTransfer(shardGroup(missing), target)
+				}
+			}
+			return fmt.Errorf("leader replica %d, want %d", group(to).Leader, target)
+		})
+		if c.sites[to].Service() != followed {
+			away++
+		}
+		for k := range 20 { // forwarded by site 0 to the leader, which becomes its preference
+			_, err := db.Store(ctx, ds.Message{ClientID: client, Topic: "sticky/a", Payload: fmt.Appendf(nil, "%d.%d", round, k)})
+			require.NoError(t, err)
+		}
+		key := fmt.Sprintf("rec/round-%d", round)
+		update(to, key)
+		for _, x := range waitRecordKey(ctx, t, writes, key) {
+			require.False(t, x.reset, "round %d (site %d leads): the feed was reset", round, to)
+		}
+		c.sites[0].fwd.mu.Lock()
+		t.Logf("round %d: leader %s, followed %s, now %s, prefer %s", round, c.sites[to].Service(), followed, c.sites[0].fwd.mu.feeding[missing], c.sites[0].fwd.mu.prefer[missing])
+		c.sites[0].fwd.mu.Unlock()
+		require.Equal(t, followed, c.sites[0].fwd.feedingHolder(missing), "round %d (site %d leads): the feed changed holder", round, to)
+	}
+	require.GreaterOrEqual(t, away, 2, "rounds led by another holder than the one the feed follows")
+}
