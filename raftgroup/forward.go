@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strata-mq/strata/generation"
@@ -49,6 +50,9 @@ type forwarder struct {
 		closed  bool
 	}
 	maxUnanswered int // a connection with this many reads given up in a row is closed
+	// hideHolders, set by tests, makes targets answer as a site whose meta view knows no
+	// holder of a shard yet (as right after the cluster started) while it returns true.
+	hideHolders atomic.Pointer[func(stream.ShardID) bool]
 }
 
 func newForwarder(s *Site) *forwarder {
@@ -67,6 +71,9 @@ func newForwarder(s *Site) *forwarder {
 // shard (not one being removed), the preferred one first, then from a place that rotates with
 // the shard and this site, so that sites spread their calls.
 func (f *forwarder) targets(id stream.ShardID) ([]string, error) {
+	if hide := f.hideHolders.Load(); hide != nil && (*hide)(id) {
+		return nil, fmt.Errorf("%w: no replica of shard %d on site %s, and no other site holds one and offers a service address (test)", shard.ErrUnavailable, id, f.site.cfg.RaftAddress)
+	}
 	st, err := f.site.localMeta()
 	if err != nil {
 		return nil, fmt.Errorf("%w: no replica of shard %d on site %s, and no meta state to find one elsewhere (not in the cluster?): %w", shard.ErrUnavailable, id, f.site.cfg.RaftAddress, err)

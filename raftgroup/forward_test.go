@@ -940,3 +940,89 @@ func TestForwardFeedStaysWithHolder(t *testing.T) {
 	}
 	require.GreaterOrEqual(t, away, 2, "rounds led by another holder than the one the feed follows")
 }
+
+// TestForwardNoHolderKnownYet: a Store through a site without a replica of the shard, made
+// while that site's meta view knows no holder yet (as right after the cluster started, before
+// the other sites' service addresses reached it), waits and looks again: it is stored once a
+// holder is known. One whose caller gives up first fails, saying nothing was stored (not
+// ErrOutcomeUnknown), and is not stored.
+func TestForwardNoHolderKnownYet(t *testing.T) {
+	const nShards = 4
+	c, missing := startMissingOnSite0(t, nShards)
+	db := c.db(0)
+	var hidden atomic.Bool
+	looked := make(chan struct{}, 1024) // a token per look at the holders while hidden
+	hide := func(id stream.ShardID) bool {
+		if id != missing || !hidden.Load() {
+			return false
+		}
+		select {
+		case looked <- struct{}{}:
+		default:
+		}
+		return true
+	}
+	c.sites[0].fwd.hideHolders.Store(&hide)
+	client := clientOf(missing, nShards, "nohold")
+	await := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-looked:
+			case <-time.After(30 * time.Second):
+				require.Fail(t, "the Store never looked for a holder")
+			}
+		}
+	}
+
+	// Given up while no holder is known: nothing stored.
+	hidden.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error, 1)
+	go func() {
+		_, err := db.Store(ctx, ds.Message{ClientID: client, Topic: "nohold/a", Payload: []byte("given up")})
+		gaveUp <- err
+	}()
+	await(2)
+	cancel()
+	err := <-gaveUp
+	require.Error(t, err)
+	require.NotErrorIs(t, err, ds.ErrOutcomeUnknown, "nothing was sent: %v", err)
+	t.Logf("given up while no holder was known: %v", err)
+
+	// Looked for again until a holder is known: stored.
+	stored := make(chan error, 1)
+	go func() {
+		_, err := db.Store(context.Background(), ds.Message{ClientID: client, Topic: "nohold/a", Payload: []byte("stored")})
+		stored <- err
+	}()
+	await(3) // three more looks at the holders (the Store's, or the tail feed's): still waiting
+	select {
+	case err := <-stored:
+		require.Failf(t, "the Store returned while no holder was known", "%v", err)
+	default:
+	}
+	hidden.Store(false)
+	select {
+	case err := <-stored:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		require.Fail(t, "the Store did not complete once a holder was known")
+	}
+	var got []string
+	eventually(t, 30*time.Second, "the stored message is read", func() error {
+		msgs, err := db.Messages("nohold/#", time.Time{}, 10)
+		if err != nil {
+			return err
+		}
+		got = got[:0]
+		for _, m := range msgs {
+			got = append(got, string(m.Payload))
+		}
+		if len(got) == 0 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	require.Equal(t, []string{"stored"}, got)
+}
