@@ -13,6 +13,11 @@
 //	it, _ := db.Iterator(streams[0], "sensor/+/temp", since)
 //	msgs, it, err := db.Next(ctx, it, 100)
 //
+// A connection that acknowledges each PUBLISH once it is durable, while it reads the next ones,
+// uses StoreAsync instead of parking a goroutine per message in Store:
+//
+//	err := db.StoreAsync(ctx, msg, func(ref ds.Ref, err error) { pubacks <- packetID })
+//
 // # Subscriptions
 //
 // A broker rarely wants the iterators themselves: Subscribe gives it "every message matching
@@ -36,7 +41,8 @@
 // # Guarantees
 //
 //   - Store returns once the messages are durable (Options.Durability), and then they are
-//     readable; a message that is not yet durable is never returned by Next.
+//     readable; a message that is not yet durable is never returned by Next. StoreAsync's done
+//     is called at the same point, once, and in queue order per shard.
 //   - Within a stream, messages come back in timestamp order; timestamps strictly increase within
 //     a shard, and a publisher's messages keep their order.
 //   - A shard's part of one Store is atomic: all of it is stored, or none.
