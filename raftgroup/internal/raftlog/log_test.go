@@ -600,3 +600,45 @@ func BenchmarkIterateEntries(b *testing.B) {
 		require.Len(b, ents, perShard)
 	}
 }
+
+// TestIterateEntriesRuns: IterateEntries reads runs of entries with one pread each; with
+// entries of 1 B to 2 MiB, gaps over maxReadGap (another replica's entries in between), runs
+// over maxReadSpan and segment ends, read from every starting index, every entry comes back
+// whole and in order, and the size limit stops the read after the entry that passes it. (Where
+// the runs are cut is not observed: a run cut too late is only a larger read.)
+func TestIterateEntriesRuns(t *testing.T) {
+	l := open(t, t.TempDir(), 1<<20) // segments of 1 MiB: the larger entries end them
+	sizes := []int{10, 300 << 10, 5, 700 << 10, 1, 64 << 10, 2 << 20, 3, 3, 3}
+	want := map[uint64][]byte{}
+	for i, n := range sizes {
+		idx := uint64(i + 1)
+		cmd := bytes.Repeat([]byte{byte('a' + i)}, n)
+		want[idx] = cmd
+		ups := []pb.Update{{ShardID: 1, ReplicaID: 1, State: pb.State{Term: 1, Commit: idx},
+			EntriesToSave: []pb.Entry{{Index: idx, Term: 1, Cmd: cmd}}}}
+		if i%3 == 1 { // another replica's entries between this one's: a gap over maxReadGap
+			ups = append(ups, pb.Update{ShardID: 2, ReplicaID: 1, State: pb.State{Term: 1, Commit: idx},
+				EntriesToSave: []pb.Entry{{Index: idx, Term: 1, Cmd: make([]byte, maxReadGap+1)}}})
+		}
+		require.NoError(t, l.SaveRaftState(ups, 1))
+	}
+	check := func(ents []pb.Entry, from uint64) {
+		t.Helper()
+		for k, e := range ents {
+			require.Equal(t, from+uint64(k), e.Index)
+			require.True(t, bytes.Equal(want[e.Index], e.Cmd), "entry %d: %d bytes, want %d", e.Index, len(e.Cmd), len(want[e.Index]))
+		}
+	}
+	for from := uint64(1); from <= uint64(len(sizes)); from++ {
+		ents, _, err := l.IterateEntries(nil, 0, 1, 1, from, uint64(len(sizes))+1, math.MaxUint64)
+		require.NoError(t, err)
+		require.Len(t, ents, len(sizes)-int(from)+1, "from %d", from)
+		check(ents, from)
+	}
+	// The size limit: the read stops after the entry that passes it (here the 700 KiB one).
+	ents, size, err := l.IterateEntries(nil, 0, 1, 1, 1, uint64(len(sizes))+1, 400<<10)
+	require.NoError(t, err)
+	require.Len(t, ents, 4)
+	require.Greater(t, size, uint64(400<<10))
+	check(ents, 1)
+}
