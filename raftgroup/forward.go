@@ -351,28 +351,38 @@ func (f *forwarder) callAt(ctx context.Context, id stream.ShardID, addrs []strin
 		// may still be decoded into by net/rpc later.
 		attempt := reflect.New(reflect.TypeOf(reply).Elem()).Interface().(wire.Reply)
 		call := c.Go(serviceName+"."+method, args, attempt, make(chan *rpc.Call, 1))
-		var timeout <-chan time.Time
-		if !once {
-			timeout = time.After(f.site.attemptTimeout() + wait) // collected once it fires or is dropped
-		}
+		// net/rpc ends a call with ErrShutdown both when the connection was closed before the
+		// call was sent (then inside Go, before it returns) and when this side closed the
+		// connection with the call pending (later: the call went out, and the called site may
+		// have done it). Only the first is "not sent".
+		refused := false
 		select {
 		case <-call.Done:
-		case <-timeout:
-			f.suspect(addr)
-			unprefer(addr)
-			f.givenUp(addr, c)
-			errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()+wait))
-			continue
-		case <-ctx.Done():
-			if once && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				// No answer for as long as a write could wait (a read's own timer judges it).
+			refused = errors.Is(call.Error, rpc.ErrShutdown)
+		default:
+			var timeout <-chan time.Time
+			if !once {
+				timeout = time.After(f.site.attemptTimeout() + wait) // collected once it fires or is dropped
+			}
+			select {
+			case <-call.Done:
+			case <-timeout:
 				f.suspect(addr)
+				unprefer(addr)
+				f.givenUp(addr, c)
+				errs = append(errs, fmt.Errorf("%s: no answer within %v", addr, f.site.attemptTimeout()+wait))
+				continue
+			case <-ctx.Done():
+				if once && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+					// No answer for as long as a write could wait (a read's own timer judges it).
+					f.suspect(addr)
+				}
+				unprefer(addr)
+				if once {
+					return "", fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
+				}
+				return "", fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
 			}
-			unprefer(addr)
-			if once {
-				return "", fmt.Errorf("%w: %w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, ctx.Err())
-			}
-			return "", fmt.Errorf("%w: shard %d: forwarded to %s, no answer: %w", shard.ErrUnavailable, id, addr, ctx.Err())
 		}
 		if err := call.Error; err != nil {
 			if _, ok := err.(rpc.ServerError); !ok {
@@ -380,7 +390,7 @@ func (f *forwarder) callAt(ctx context.Context, id stream.ShardID, addrs []strin
 				f.suspect(addr)
 				unprefer(addr)
 			}
-			if once && !errors.Is(err, rpc.ErrShutdown) { // ErrShutdown: not sent
+			if once && !refused {
 				return "", fmt.Errorf("%w: %w: shard %d: forwarded to %s: %w", shard.ErrUnavailable, shard.ErrOutcomeUnknown, id, addr, err)
 			}
 			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
