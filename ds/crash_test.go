@@ -227,6 +227,18 @@ func crashPayloadID(p []byte) (int, bool) {
 
 var crashLevels = []string{"a", "b", "c", "d", "e"}
 
+// crashMessage is message id of writer w: one of the writer's six publishers, a random
+// topic, QoS and retain flag, and a payload that names it.
+func crashMessage(rng *rand.Rand, w, id int, big bool) ds.Message {
+	return ds.Message{
+		ClientID: fmt.Sprintf("w%d-pub-%d", w, rng.IntN(6)),
+		Topic:    crashTopic(rng),
+		QoS:      byte(rng.IntN(3)),
+		Retain:   rng.IntN(4) == 0,
+		Payload:  crashPayload(rng, id, big),
+	}
+}
+
 func crashTopic(rng *rand.Rand) string {
 	levels := make([]string, 1+rng.IntN(3))
 	for i := range levels {
@@ -258,13 +270,7 @@ func (r *crashRun) write(db *ds.DB, w int, stop <-chan struct{}) {
 		r.mu.Lock()
 		for i := range msgs {
 			id := int(r.nextID.Add(1))
-			msgs[i] = ds.Message{
-				ClientID: fmt.Sprintf("w%d-pub-%d", w, rng.IntN(6)),
-				Topic:    crashTopic(rng),
-				QoS:      byte(rng.IntN(3)),
-				Retain:   rng.IntN(4) == 0,
-				Payload:  crashPayload(rng, id, r.c.big),
-			}
+			msgs[i] = crashMessage(rng, w, id, r.c.big)
 			ids[i] = id
 			r.sent[id] = crashMsg{call: call, msg: msgs[i]}
 		}
@@ -310,13 +316,7 @@ func (r *crashRun) writeAsync(db *ds.DB, w int, stop <-chan struct{}) {
 		}
 		call := int(r.nextCall.Add(1))
 		id := int(r.nextID.Add(1))
-		m := ds.Message{
-			ClientID: fmt.Sprintf("w%d-pub-%d", w, rng.IntN(6)),
-			Topic:    crashTopic(rng),
-			QoS:      byte(rng.IntN(3)),
-			Retain:   rng.IntN(4) == 0,
-			Payload:  crashPayload(rng, id, r.c.big),
-		}
+		m := crashMessage(rng, w, id, r.c.big)
 		r.mu.Lock()
 		r.sent[id] = crashMsg{call: call, msg: m}
 		r.calls[call] = []int{id}

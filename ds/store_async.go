@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/strata-mq/strata/internal/message"
+	"github.com/strata-mq/strata/shard"
 	"github.com/strata-mq/strata/stream"
 )
 
@@ -45,7 +46,7 @@ func (db *DB) StoreAsync(ctx context.Context, m Message, done func(Ref, error)) 
 	a.shard = ShardOf(m.ClientID, len(db.shards))
 	s := db.shards[a.shard]
 	if ns, ok := s.(notifySubmitter); ok {
-		err = ns.SubmitNotify(ctx, a.msgs[:], size, a.finish)
+		err = ns.SubmitNotify(ctx, a.msgs[:], size, a)
 	} else {
 		// ctx bounds the wait for room in the queue only. A backend may keep the ctx it was
 		// given and give the message up once the ctx ends (the replicated proposer does, for
@@ -57,7 +58,7 @@ func (db *DB) StoreAsync(ctx context.Context, m Message, done func(Ref, error)) 
 		w, err = s.Submit(qctx, a.msgs[:], size)
 		stop()
 		if err == nil {
-			db.waits[a.shard].add(w, a.finish)
+			db.waits[a.shard].add(w, a)
 		}
 	}
 	if err != nil {
@@ -75,7 +76,9 @@ type asyncStore struct {
 	done  func(Ref, error)
 }
 
-func (a *asyncStore) finish(err error) {
+// Notify reports the outcome to the caller's done (shard.Notifier: the struct is the callback,
+// no closure per message).
+func (a *asyncStore) Notify(err error) {
 	if err != nil {
 		a.done(Ref{}, fmt.Errorf("shard %d: %w", a.shard, err))
 		return
@@ -83,10 +86,11 @@ func (a *asyncStore) finish(err error) {
 	a.done(Ref{Shard: a.shard, Timestamp: a.m.Timestamp}, nil)
 }
 
-// notifySubmitter is a ShardBackend that calls a function when a Submit finishes, in the order
-// of its Submits (the embedded shard). For the others StoreAsync waits with a waitQueue.
+// notifySubmitter is a ShardBackend that tells a shard.Notifier when a Submit finishes, in
+// the order of its Submits (the embedded shard). For the others StoreAsync waits with a
+// waitQueue.
 type notifySubmitter interface {
-	SubmitNotify(ctx context.Context, msgs []*message.Message, bytes int, done func(error)) error
+	SubmitNotify(ctx context.Context, msgs []*message.Message, bytes int, done shard.Notifier) error
 }
 
 // waitQueue finishes one shard's StoreAsync calls, over a backend that only offers Waiters, in
@@ -103,10 +107,10 @@ type waitQueue struct {
 
 type pendingWait struct {
 	w    Waiter
-	done func(error)
+	done shard.Notifier
 }
 
-func (q *waitQueue) add(w Waiter, done func(error)) {
+func (q *waitQueue) add(w Waiter, done shard.Notifier) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.pending = append(q.pending, pendingWait{w, done})
@@ -131,6 +135,6 @@ func (q *waitQueue) run() {
 		q.pending[0] = pendingWait{}
 		q.pending = q.pending[1:]
 		q.mu.Unlock()
-		p.done(p.w.Wait())
+		p.done.Notify(p.w.Wait())
 	}
 }

@@ -70,8 +70,8 @@ type request struct {
 	enqueued time.Time
 
 	err    error
-	done   chan struct{}   // closed when finished (Store, Submit); nil: not waited on
-	notify func(err error) // called when finished (SubmitNotify); nil: none
+	done   chan struct{} // closed when finished (Store, Submit); nil: not waited on
+	notify Notifier      // told when finished (SubmitNotify); nil: none
 }
 
 // finish reports the request's outcome to whoever waits for it.
@@ -81,7 +81,7 @@ func (r *request) finish(err error) {
 		close(r.done)
 	}
 	if r.notify != nil {
-		r.notify(err)
+		r.notify.Notify(err)
 	}
 }
 
@@ -205,14 +205,19 @@ func (s *Shard) Submit(ctx context.Context, msgs []*message.Message, bytes int) 
 }
 
 // SubmitNotify is Submit with a callback instead of a Waiter: it returns once msgs are queued
-// (or an error, and then done is never called), and done is called exactly once with Store's
-// result, by the shard's syncer goroutine. The requests of a shard are finished in the order
-// they were queued, so the done calls of messages submitted one after another come in that
-// order, failures included. done must return quickly and must not call the shard (the next
-// commits wait for it).
-func (s *Shard) SubmitNotify(ctx context.Context, msgs []*message.Message, bytes int, done func(error)) error {
+// (or an error, and then done is never told), and done.Notify is called exactly once with
+// Store's result, by the shard's syncer goroutine. The requests of a shard are finished in the
+// order they were queued, so the Notify calls of messages submitted one after another come in
+// that order, failures included. Notify must return quickly and must not call the shard (the
+// next commits wait for it).
+func (s *Shard) SubmitNotify(ctx context.Context, msgs []*message.Message, bytes int, done Notifier) error {
 	return s.enqueue(ctx, &request{kind: reqStore, msgs: msgs, bytes: bytes, notify: done})
 }
+
+// Notifier is told the outcome of a request queued by SubmitNotify. It is an interface, not a
+// func, so that a caller's own per-message struct can be it without a closure allocated per
+// message.
+type Notifier interface{ Notify(err error) }
 
 // SubmitTxns queues txns, to be applied in order in one command, like Submit queues
 // messages. Once Wait returned nil, each Txn's Result says whether it applied (Txn.Err), and

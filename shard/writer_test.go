@@ -671,7 +671,7 @@ func TestWriterNotifyOrder(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
 	outcomes := make(chan struct{}, 16)
-	notify := func(name string) func(error) {
+	notify := func(name string) notifyFunc {
 		return func(err error) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -721,3 +721,8 @@ func TestWriterNotifyOrder(t *testing.T) {
 	require.Equal(t, "d: <nil>", got[3])
 	checkStored(t, wt.core, "a", "d")
 }
+
+// notifyFunc is a func as a Notifier.
+type notifyFunc func(error)
+
+func (f notifyFunc) Notify(err error) { f(err) }
